@@ -1,0 +1,43 @@
+//  wsr_classes — private umbrella header, first include of every wsrouter .c
+
+#ifndef WSR_CLASSES_H_INCLUDED
+#define WSR_CLASSES_H_INCLUDED
+
+#include <czmq.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+//  Limits and defaults: named here, never as magic numbers in the code.
+#define WSR_MAX_ID_LEN              128     //  user id / channel name bytes
+#define WSR_MAX_CHANNELS            32      //  channels claim entries per session
+#define WSR_MAX_TOKEN_LEN           8192    //  JWT bytes accepted
+#define WSR_MAX_HEADER_BYTES        8192    //  request line + headers
+#define WSR_MAX_API_BODY            (2 * 1024 * 1024)   //  POST /api/publish
+#define WSR_DEFAULT_MAX_MESSAGE     (1024 * 1024)       //  WEBSOCKET_MAX_MESSAGE
+#define WSR_DEFAULT_MAX_QUEUE       (8 * 1024 * 1024)   //  per-session output cap
+#define WSR_HANDSHAKE_TIMEOUT_MS    10000   //  request must be complete by then
+#define WSR_CLOSE_TIMEOUT_MS        2000    //  wait for the peer's close reply
+#define WSR_DRAIN_TIMEOUT_MS        5000    //  SIGTERM to exit, at most
+#define WSR_JWT_LEEWAY_S            30      //  exp / nbf / iat clock skew
+#define WSR_DEFAULT_PORT            8080
+#define WSR_HWM                     100000  //  inproc high-water marks
+#define WSR_WORKER_BUDGET           256     //  messages per socket per turn
+#define WSR_MAX_WORKERS             64
+
+#include "wsr_msgs.h"
+#include "wsr_util.h"
+#include "wsr_metrics.h"
+#include "wsr_topic.h"
+#include "wsr_envelope.h"
+#include "wsr_jwt.h"
+#include "wsr_http.h"
+#include "wsr_outframe.h"
+#include "wsr_listener.h"
+#include "wsr_auth.h"
+#include "wsr_session.h"
+#include "wsr_router.h"
+#include "wsr_node.h"
+
+#endif

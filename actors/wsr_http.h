@@ -1,0 +1,4 @@
+//  wsr_http — (placeholder)
+#ifndef WSR_HTTP_H_INCLUDED
+#define WSR_HTTP_H_INCLUDED
+#endif

@@ -1,0 +1,4 @@
+//  wsr_msgs — (placeholder)
+#ifndef WSR_MSGS_H_INCLUDED
+#define WSR_MSGS_H_INCLUDED
+#endif

@@ -1,0 +1,47 @@
+//  wsr_util — small shared helpers: clocks, id validation, UTF-8, base64url
+
+#ifndef WSR_UTIL_H_INCLUDED
+#define WSR_UTIL_H_INCLUDED
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+//  Wall clock in microseconds since the epoch.
+int64_t
+    wsr_util_now_us (void);
+
+//  Monotonic clock in milliseconds.
+int64_t
+    wsr_util_mono_ms (void);
+
+//  True if id (len bytes) is a valid user id or channel name: 1..WSR_MAX_ID_LEN
+//  bytes of [A-Za-z0-9] and "_-.@=+|~" (no spaces, control bytes, NUL, wildcards
+//  '*' '>' '?' or separators ':' ',' '/'), so that it can never address another
+//  id's topic on any backplane.
+bool
+    wsr_util_id_valid (const char *id, size_t len);
+
+//  True if data is well-formed UTF-8 (RFC 3629: no overlongs, no surrogates,
+//  nothing above U+10FFFF).
+bool
+    wsr_util_utf8_valid (const uint8_t *data, size_t len);
+
+//  Streaming UTF-8 check across fragments. state starts at 0; returns false as
+//  soon as the bytes so far cannot be a prefix of valid UTF-8. At the end of a
+//  message the text is valid iff the state is 0 again.
+bool
+    wsr_util_utf8_step (uint32_t *state, const uint8_t *data, size_t len);
+
+//  Set the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+long
+    wsr_util_raise_nofile (void);
+
+//  Self test
+void
+    wsr_util_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
