@@ -1,4 +1,48 @@
-//  wsr_listener — (placeholder)
+//  wsr_listener — the listener actor: accepts TCP, parses HTTP, routes requests
+
 #ifndef WSR_LISTENER_H_INCLUDED
 #define WSR_LISTENER_H_INCLUDED
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct _wsr_listener_t wsr_listener_t;
+
+//  Listener settings (plain values; strings are copied by wsr_listener_new).
+typedef struct {
+    const char *bind;               //  address to bind, e.g. "0.0.0.0"
+    int port;                       //  TCP port, 0 for any free port
+    const char *api_key;            //  publish API key; NULL disables the API
+    bool reuseport;                 //  SO_REUSEPORT: several nodes on one port
+    size_t max_pending;             //  handshakes in progress at once
+    int handshake_timeout_ms;       //  request must be complete by then
+    size_t max_message;             //  largest payload the API accepts
+} wsr_listener_opts_t;
+
+//  Start the listener of node `name`: binds the TCP port and connects to the
+//  node's auth and router endpoints. Returns NULL if the port cannot be bound.
+wsr_listener_t *
+    wsr_listener_new (const char *name, const wsr_listener_opts_t *opts,
+                      wsr_metrics_t *metrics);
+
+//  Stop the listener and close every connection it still holds.
+void
+    wsr_listener_destroy (wsr_listener_t **self_p);
+
+//  The TCP port actually bound.
+int
+    wsr_listener_port (wsr_listener_t *self);
+
+//  Stop accepting and report not ready (graceful drain). Waits for the ack.
+void
+    wsr_listener_drain (wsr_listener_t *self);
+
+//  Self test
+void
+    wsr_listener_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

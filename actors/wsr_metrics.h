@@ -1,4 +1,69 @@
-//  wsr_metrics — (placeholder)
+//  wsr_metrics — process-wide counters, rendered in Prometheus text format
+
 #ifndef WSR_METRICS_H_INCLUDED
 #define WSR_METRICS_H_INCLUDED
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+//  Every counter and gauge the node exports. Names and help text live in the
+//  table in wsr_metrics.c, in this order.
+typedef enum {
+    WSR_M_SESSIONS_OPEN,            //  gauge
+    WSR_M_CONNECTIONS_OPEN,         //  gauge: TCP connections incl. handshakes
+    WSR_M_HANDSHAKES_OK,
+    WSR_M_HS_FAIL_HTTP,             //  malformed or refused upgrade request
+    WSR_M_HS_FAIL_TOKEN_MISSING,
+    WSR_M_HS_FAIL_TOKEN_INVALID,    //  malformed, bad signature, wrong alg
+    WSR_M_HS_FAIL_TOKEN_EXPIRED,    //  exp / nbf / iat out of range
+    WSR_M_HS_FAIL_CLAIMS,           //  sub or channels invalid
+    WSR_M_HS_FAIL_TIMEOUT,          //  request not complete in time
+    WSR_M_HS_FAIL_CAPACITY,         //  node full or auth queue full
+    WSR_M_MESSAGES_IN,              //  client → server messages
+    WSR_M_BYTES_IN,
+    WSR_M_MESSAGES_OUT,             //  server → client, per recipient
+    WSR_M_BYTES_OUT,
+    WSR_M_PUBLISHED,                //  messages entering the node's router
+    WSR_M_PUBLISH_REJECTED,         //  API publish refused (auth, body, full)
+    WSR_M_DELIVER_NO_SESSION,       //  downstream message with no local session
+    WSR_M_QUEUE_DROPS,              //  session closed as a slow consumer
+    WSR_M_UPSTREAM_DROPS,           //  client message dropped: upstream full
+    WSR_M_UPSTREAM_SENT,            //  client message handed to upstream
+    WSR_M_ACCEPT_ERRORS,            //  accept failed (EMFILE, ENFILE, ...)
+    WSR_M_HTTP_REQUESTS,
+    WSR_M_CLOSED_PROTOCOL,          //  sessions closed for protocol errors
+    WSR_M_COUNT
+} wsr_metric_t;
+
+typedef struct _wsr_metrics_t wsr_metrics_t;
+
+//  Create a zeroed set of counters. Caller owns it; it must outlive every
+//  actor that was given it.
+wsr_metrics_t *
+    wsr_metrics_new (void);
+
+//  Destroy the counters.
+void
+    wsr_metrics_destroy (wsr_metrics_t **self_p);
+
+//  Add delta to a counter (negative for gauges going down). Thread-safe.
+void
+    wsr_metrics_add (wsr_metrics_t *self, wsr_metric_t which, int64_t delta);
+
+//  Read a counter. Thread-safe.
+int64_t
+    wsr_metrics_get (wsr_metrics_t *self, wsr_metric_t which);
+
+//  Render all counters in Prometheus text format. Caller owns the string.
+char *
+    wsr_metrics_render (wsr_metrics_t *self);
+
+//  Self test
+void
+    wsr_metrics_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

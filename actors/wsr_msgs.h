@@ -1,4 +1,55 @@
-//  wsr_msgs — (placeholder)
+//  wsr_msgs — the message catalogue in code: commands, endpoints, pictures
+//
+//  Mirrors the "Message catalogue" section of ARCHITECTURE.md. Change both in
+//  the same commit, with a selftest that exercises the change.
+
 #ifndef WSR_MSGS_H_INCLUDED
 #define WSR_MSGS_H_INCLUDED
+
+//  Pipe commands (actor API class → actor), upper-case verbs in frame 1
+#define WSR_CMD_START       "START"     //  → "i" status (0 ok)
+#define WSR_CMD_DRAIN       "DRAIN"     //  → "i" 0; stop accepting / close with 1001
+#define WSR_CMD_SESSIONS    "SESSIONS"  //  → "8" open sessions (session worker)
+#define WSR_CMD_PORT        "PORT"      //  → "i" bound TCP port (listener)
+#define WSR_CMD_SET_READY   "READY"     //  "i" 0/1 → none (listener: /readyz)
+
+//  Data messages between actors of one node (see ARCHITECTURE.md)
+#define WSR_MSG_AUTH        "AUTH"      //  listener → auth
+#define WSR_MSG_ADOPT       "ADOPT"     //  auth → session worker N
+#define WSR_MSG_PUBLISH     "PUBLISH"   //  listener (HTTP API) → router
+
+//  Pictures
+//  AUTH:  s "AUTH", 8 conn id, i fd, s ws-accept, s peer address, f token, f early bytes
+#define WSR_PIC_AUTH        "s8issff"
+//  ADOPT: s "ADOPT", 8 conn id, i fd, i close code (0 = ok), s reason, s user,
+//         s channels (comma-joined), s ws-accept, f early bytes
+#define WSR_PIC_ADOPT       "s8iissssf"
+//  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
+#define WSR_PIC_PUBLISH     "sff"
+
+//  Endpoint name templates; %s is the node's instance name (unique per node
+//  in a process), %d the session worker index.
+#define WSR_EP_AUTH         "inproc://wsr-auth-%s"
+#define WSR_EP_ADOPT        "inproc://wsr-adopt-%s-%d"
+#define WSR_EP_DOWN         "inproc://wsr-down-%s"
+#define WSR_EP_UP           "inproc://wsr-up-%s"
+#define WSR_EP_PUB          "inproc://wsr-pub-%s"
+
+//  Topic keys: "user:" + id or "channel:" + id, always with a NUL terminator
+//  in the frame, so ZeroMQ's prefix match is an exact match.
+#define WSR_TOPIC_USER      "user:"
+#define WSR_TOPIC_CHANNEL   "channel:"
+#define WSR_TOPIC_UPSTREAM  "up:"
+#define WSR_TOPIC_MAX       (sizeof (WSR_TOPIC_CHANNEL) + WSR_MAX_ID_LEN + 1)
+
+//  Envelope version carried by every msgpack envelope
+#define WSR_ENVELOPE_VERSION 1
+
+//  Close codes wslay has no name for
+#define WSR_CLOSE_TRY_AGAIN_LATER   1013    //  node full
+
+//  WebSocket opcodes used in envelopes ("k")
+#define WSR_KIND_TEXT       1
+#define WSR_KIND_BINARY     2
+
 #endif

@@ -1,4 +1,46 @@
-//  wsr_session — (placeholder)
+//  wsr_session — a session worker actor: thousands of WebSocket sessions on one epoll loop
+
 #ifndef WSR_SESSION_H_INCLUDED
 #define WSR_SESSION_H_INCLUDED
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct _wsr_session_t wsr_session_t;
+
+//  Limits a worker applies to each of its sessions (plain values, copied).
+typedef struct {
+    size_t max_message;         //  largest client message (→ 1009 above)
+    size_t max_queue;           //  output bytes queued per session (→ 1008)
+    size_t max_sessions;        //  sessions this worker accepts (→ 1013)
+    int close_timeout_ms;       //  wait for the peer's close reply
+} wsr_session_opts_t;
+
+//  Start session worker `index` of node `name`. It binds
+//  inproc://wsr-adopt-NAME-INDEX and connects to the router's endpoints
+//  (so the router must exist first). Returns NULL on failure.
+wsr_session_t *
+    wsr_session_new (const char *name, int index, const wsr_session_opts_t *opts,
+                     wsr_metrics_t *metrics);
+
+//  Stop the worker: every remaining connection is closed at once.
+void
+    wsr_session_destroy (wsr_session_t **self_p);
+
+//  Close every session with 1001 Going Away (graceful drain). Returns at once.
+void
+    wsr_session_drain (wsr_session_t *self);
+
+//  Connections this worker holds, open or closing.
+int64_t
+    wsr_session_count (wsr_session_t *self);
+
+//  Self test
+void
+    wsr_session_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -7,6 +7,10 @@
 extern "C" {
 #endif
 
+//  Debug logging switch (set once by main before actors start; read-only after).
+extern bool wsr_verbose;
+#define wsr_debug(...) do { if (wsr_verbose) zsys_debug (__VA_ARGS__); } while (0)
+
 //  Wall clock in microseconds since the epoch.
 int64_t
     wsr_util_now_us (void);

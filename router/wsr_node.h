@@ -1,4 +1,62 @@
-//  wsr_node — (placeholder)
+//  wsr_node — one wsrouter node: metrics, router, session workers, auth, listener
+
 #ifndef WSR_NODE_H_INCLUDED
 #define WSR_NODE_H_INCLUDED
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct _wsr_node_t wsr_node_t;
+
+//  Node settings (plain values; everything is copied by wsr_node_new).
+typedef struct {
+    const char *name;               //  node id: inproc suffix and envelope "n"
+    const char *bind;               //  listen address
+    int port;                       //  listen port, 0 = any
+    bool reuseport;                 //  share the port with other nodes
+    const char *api_key;            //  publish API key, NULL disables it
+    const char *jwt_alg;            //  "HS256" or "EdDSA"
+    const uint8_t *jwt_secret;      //  HS256 secret
+    size_t jwt_secret_len;
+    const uint8_t *jwt_public_key;  //  EdDSA public key, 32 bytes
+    int workers;                    //  session worker threads
+    size_t max_message;             //  WEBSOCKET_MAX_MESSAGE
+    size_t max_queue;               //  WEBSOCKET_MAX_QUEUE
+    size_t max_connections;         //  WEBSOCKET_MAX_CONNECTIONS (whole node)
+    const char *upstream;           //  upstream PUB endpoint or NULL
+} wsr_node_opts_t;
+
+//  Fill opts with the defaults (port 8080, one worker per core, ...).
+void
+    wsr_node_opts_defaults (wsr_node_opts_t *opts);
+
+//  Start a node. Returns NULL (having logged why) if any part cannot start.
+wsr_node_t *
+    wsr_node_new (const wsr_node_opts_t *opts);
+
+//  Stop everything, in reverse start order, and free the node.
+void
+    wsr_node_destroy (wsr_node_t **self_p);
+
+//  The port the node listens on.
+int
+    wsr_node_port (wsr_node_t *self);
+
+//  The node's counters (owned by the node).
+wsr_metrics_t *
+    wsr_node_metrics (wsr_node_t *self);
+
+//  Graceful drain: stop accepting, readiness off, close every session with
+//  1001 and wait up to timeout_ms for them to go. Returns sessions left.
+int64_t
+    wsr_node_drain (wsr_node_t *self, int timeout_ms);
+
+//  Self test
+void
+    wsr_node_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

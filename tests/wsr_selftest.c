@@ -28,6 +28,7 @@ int
 main (int argc, char *argv [])
 {
     bool verbose = getenv ("VERBOSE") != NULL;
+    wsr_verbose = verbose;
     const char *only = argc > 1? argv [1]: NULL;
     if (sodium_init () < 0)
         return 1;

@@ -1,0 +1,315 @@
+//  wsr_auth — the auth actor: verifies tokens, hands sessions to workers
+//
+//  Takes AUTH from the listener (a TCP connection whose upgrade request is
+//  complete), verifies the JWT (HS256 or EdDSA, see wsr_jwt) and sends ADOPT
+//  to a session worker (round robin by connection id) with the verdict: 0 and
+//  the user's id and channels, or 1008 and a short reason. The worker writes
+//  the 101 response either way; a refused session is then closed with 1008,
+//  as the seeds specify. Verification never runs on a session thread, and a
+//  slow signature check never delays sessions.
+//
+//  The descriptor travels inside the messages: the listener gives it up when
+//  it sends AUTH, auth gives it up when it sends ADOPT; whoever fails to send
+//  closes it.
+//
+//  Sockets (owned):
+//    pipe                          PAIR  commands: START, $TERM
+//    inproc://wsr-auth-NAME        PULL  bind; AUTH from the listener
+//    inproc://wsr-adopt-NAME-N     PUSH  connect, one per worker; ADOPT
+
+#include "wsr_classes.h"
+
+struct _wsr_auth_t {
+    zactor_t *actor;                //  the auth thread
+};
+
+typedef struct {
+    char *name;                     //  node instance name
+    int workers;                    //  session workers
+    wsr_jwt_t *verifier;            //  handed to the actor, which owns it
+    wsr_metrics_t *metrics;         //  shared counters (not owned)
+} s_args_t;
+
+typedef struct {
+    zsock_t *pipe;                  //  actor pipe (not owned)
+    zsock_t *in;                    //  PULL AUTH
+    zsock_t *out [WSR_MAX_WORKERS]; //  PUSH ADOPT per worker
+    int workers;                    //  entries in out
+    wsr_jwt_t *verifier;            //  token verifier (owned)
+    wsr_metrics_t *metrics;         //  shared counters
+    int status;                     //  init result
+} s_auth_t;
+
+//  Which handshake-failure counter a verifier reason belongs to.
+static wsr_metric_t
+s_reason_metric (const char *reason)
+{
+    if (streq (reason, "token missing"))
+        return WSR_M_HS_FAIL_TOKEN_MISSING;
+    if (streq (reason, "token expired") || streq (reason, "token not yet valid")
+    ||  streq (reason, "iat in future") || streq (reason, "exp missing"))
+        return WSR_M_HS_FAIL_TOKEN_EXPIRED;
+    if (strstr (reason, "sub ") == reason || strstr (reason, "channels ") == reason)
+        return WSR_M_HS_FAIL_CLAIMS;
+    return WSR_M_HS_FAIL_TOKEN_INVALID;
+}
+
+static void
+s_handle_auth (s_auth_t *self)
+{
+    char *command = NULL, *accept = NULL, *peer = NULL;
+    uint64_t id = 0;
+    int fd = -1;
+    zframe_t *token = NULL, *early = NULL;
+    if (zsock_recv (self->in, WSR_PIC_AUTH, &command, &id, &fd, &accept, &peer,
+                    &token, &early) == -1)
+        return;
+    assert (streq (command, WSR_MSG_AUTH));
+
+    wsr_claims_t claims;
+    const char *reason = NULL;
+    int code = 0;
+    int rc = wsr_jwt_verify (self->verifier, (const char *) zframe_data (token),
+                             zframe_size (token), (int64_t) time (NULL), &claims, &reason);
+    char channels [WSR_MAX_CHANNELS * (WSR_MAX_ID_LEN + 1) + 1] = "";
+    if (rc == 0) {
+        size_t used = 0;
+        for (size_t i = 0; i < claims.channels_count; i++)
+            used += (size_t) snprintf (channels + used, sizeof channels - used, "%s%s",
+                                       i? ",": "", claims.channels [i]);
+        reason = "";
+    }
+    else {
+        code = 1008;
+        claims.sub [0] = 0;
+        wsr_metrics_add (self->metrics, s_reason_metric (reason), 1);
+        wsr_debug ("auth: conn %" PRIu64 " from %s refused: %s", id, peer, reason);
+    }
+    zsock_t *out = self->out [id % (uint64_t) self->workers];
+    if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, reason, claims.sub,
+                    channels, accept, early) == -1) {
+        //  Worker saturated: shed this connection, keep the node healthy
+        close (fd);
+        wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
+        wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+    }
+    sodium_memzero (&claims, sizeof claims);
+    zstr_free (&command);
+    zstr_free (&accept);
+    zstr_free (&peer);
+    zframe_destroy (&token);
+    zframe_destroy (&early);
+}
+
+static void
+s_auth_actor (zsock_t *pipe, void *args)
+{
+    s_args_t *a = (s_args_t *) args;
+    s_auth_t self = { 0 };
+    self.pipe = pipe;
+    self.verifier = a->verifier;
+    self.metrics = a->metrics;
+    self.workers = a->workers;
+    pthread_setname_np (pthread_self (), "wsr-auth");
+    self.in = zsock_new (ZMQ_PULL);
+    assert (self.in);
+    zsock_set_rcvhwm (self.in, WSR_HWM);
+    self.status = zsock_bind (self.in, WSR_EP_AUTH, a->name) == -1? -1: 0;
+    for (int i = 0; i < self.workers; i++) {
+        self.out [i] = zsock_new (ZMQ_PUSH);
+        assert (self.out [i]);
+        zsock_set_sndhwm (self.out [i], WSR_HWM);
+        zsock_set_sndtimeo (self.out [i], 0);
+        zsock_set_linger (self.out [i], 0);
+        if (zsock_connect (self.out [i], WSR_EP_ADOPT, a->name, i) == -1)
+            self.status = -1;
+    }
+    zsock_signal (pipe, 0);
+
+    zpoller_t *poller = zpoller_new (pipe, self.in, NULL);
+    zpoller_set_nonstop (poller, true);
+    while (true) {
+        zsock_t *which = (zsock_t *) zpoller_wait (poller, -1);
+        if (which == pipe) {
+            char *command = zstr_recv (pipe);
+            if (!command)
+                break;
+            bool term = streq (command, "$TERM");
+            if (streq (command, WSR_CMD_START))
+                zsock_send (pipe, "i", self.status);
+            else
+                assert (term);
+            zstr_free (&command);
+            if (term)
+                break;
+        }
+        else
+        if (which == self.in) {
+            //  Drain a batch before polling again
+            for (int budget = WSR_WORKER_BUDGET;
+                 budget > 0 && (zsock_events (self.in) & ZMQ_POLLIN); budget--)
+                s_handle_auth (&self);
+        }
+    }
+    zpoller_destroy (&poller);
+    //  Connections still queued to us are closed with the socket's messages
+    zsock_destroy (&self.in);
+    for (int i = 0; i < self.workers; i++)
+        zsock_destroy (&self.out [i]);
+    wsr_jwt_destroy (&self.verifier);
+}
+
+//  --------------------------------------------------------------------------
+//  Start the auth actor; takes the verifier.
+wsr_auth_t *
+wsr_auth_new (const char *name, int workers, wsr_jwt_t **verifier_p, wsr_metrics_t *metrics)
+{
+    assert (name && verifier_p && *verifier_p && metrics);
+    assert (workers > 0 && workers <= WSR_MAX_WORKERS);
+    s_args_t args = { (char *) name, workers, *verifier_p, metrics };
+    *verifier_p = NULL;
+    wsr_auth_t *self = (wsr_auth_t *) zmalloc (sizeof (wsr_auth_t));
+    self->actor = zactor_new (s_auth_actor, &args);
+    assert (self->actor);
+    int status = -1;
+    zsock_send (self->actor, "s", WSR_CMD_START);
+    zsock_recv (self->actor, "i", &status);
+    if (status != 0)
+        wsr_auth_destroy (&self);
+    return self;
+}
+
+//  --------------------------------------------------------------------------
+//  Stop the actor.
+void
+wsr_auth_destroy (wsr_auth_t **self_p)
+{
+    assert (self_p);
+    if (*self_p) {
+        wsr_auth_t *self = *self_p;
+        zactor_destroy (&self->actor);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: the test plays the listener (AUTH) and two workers (ADOPT).
+
+static void
+s_send_auth (zsock_t *listener, uint64_t id, int fd, const char *token)
+{
+    zframe_t *tok = zframe_new (token, token? strlen (token): 0);
+    zframe_t *early = zframe_new ("E", 1);
+    zsock_send (listener, WSR_PIC_AUTH, WSR_MSG_AUTH, id, fd, "ACCEPT", "127.0.0.1:1", tok,
+                early);
+    zframe_destroy (&tok);
+    zframe_destroy (&early);
+}
+
+//  Receive one ADOPT on worker and check the verdict.
+static void
+s_expect_adopt (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
+                const char *want_reason, const char *want_user, const char *want_channels)
+{
+    zpoller_t *poller = zpoller_new (worker, NULL);
+    assert (zpoller_wait (poller, 2000) == worker);
+    zpoller_destroy (&poller);
+    char *command, *reason, *user, *channels, *accept;
+    uint64_t id;
+    int fd, code;
+    zframe_t *early;
+    assert (zsock_recv (worker, WSR_PIC_ADOPT, &command, &id, &fd, &code, &reason, &user,
+                        &channels, &accept, &early) == 0);
+    assert (streq (command, WSR_MSG_ADOPT));
+    assert (id == want_id && fd == want_fd && code == want_code);
+    assert (streq (reason, want_reason));
+    assert (streq (user, want_user));
+    assert (streq (channels, want_channels));
+    assert (streq (accept, "ACCEPT"));
+    assert (zframe_size (early) == 1);
+    zstr_free (&command);
+    zstr_free (&reason);
+    zstr_free (&user);
+    zstr_free (&channels);
+    zstr_free (&accept);
+    zframe_destroy (&early);
+}
+
+void
+wsr_auth_test (bool verbose)
+{
+    (void) verbose;
+    const char *secret = "auth-test-secret";
+    wsr_metrics_t *metrics = wsr_metrics_new ();
+    zsock_t *w0 = zsock_new_pull ("inproc://wsr-adopt-atest-0");
+    zsock_t *w1 = zsock_new_pull ("inproc://wsr-adopt-atest-1");
+    wsr_jwt_t *verifier = wsr_jwt_new_hs256 ((const uint8_t *) secret, strlen (secret));
+    wsr_auth_t *auth = wsr_auth_new ("atest", 2, &verifier, metrics);
+    assert (auth && verifier == NULL);
+    zsock_t *listener = zsock_new_push ("inproc://wsr-auth-atest");
+
+    int64_t now = (int64_t) time (NULL);
+    char *good = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), "u1", now,
+                                     now + 60, "room.7,lobby");
+    char *expired = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), "u1",
+                                        now - 7200, now - 3600, NULL);
+    char *forged = wsr_jwt_mint_hs256 ((const uint8_t *) "other", 5, "u1", now, now + 60, NULL);
+    //  alg none: header {"alg":"none"} with the good token's payload
+    char none [WSR_MAX_TOKEN_LEN];
+    const char *payload = strchr (good, '.') + 1;
+    size_t payload_len = (size_t) (strchr (payload, '.') - payload);
+    snprintf (none, sizeof none, "eyJhbGciOiJub25lIn0.%.*s.", (int) payload_len, payload);
+    //  wrong alg: HS512 header, otherwise valid HS256 signature over it
+    const char *hs512_header = "eyJhbGciOiJIUzUxMiIsInR5cCI6IkpXVCJ9";
+
+    //  Even ids go to worker 0, odd ones to worker 1
+    s_send_auth (listener, 10, 100, good);
+    s_expect_adopt (w0, 10, 100, 0, "", "u1", "room.7,lobby");
+    s_send_auth (listener, 11, 101, good);
+    s_expect_adopt (w1, 11, 101, 0, "", "u1", "room.7,lobby");
+    s_send_auth (listener, 12, 102, expired);
+    s_expect_adopt (w0, 12, 102, 1008, "token expired", "", "");
+    s_send_auth (listener, 14, 104, forged);
+    s_expect_adopt (w0, 14, 104, 1008, "bad signature", "", "");
+    s_send_auth (listener, 16, 106, none);
+    s_expect_adopt (w0, 16, 106, 1008, "token malformed", "", "");
+    s_send_auth (listener, 18, 108, NULL);
+    s_expect_adopt (w0, 18, 108, 1008, "token missing", "", "");
+    char wrong_alg [WSR_MAX_TOKEN_LEN];
+    snprintf (wrong_alg, sizeof wrong_alg, "%s.%.*s.AAAA", hs512_header,
+              (int) payload_len, payload);
+    s_send_auth (listener, 20, 110, wrong_alg);
+    s_expect_adopt (w0, 20, 110, 1008, "alg not allowed", "", "");
+
+    assert (wsr_metrics_get (metrics, WSR_M_HS_FAIL_TOKEN_EXPIRED) == 1);
+    assert (wsr_metrics_get (metrics, WSR_M_HS_FAIL_TOKEN_MISSING) == 1);
+    assert (wsr_metrics_get (metrics, WSR_M_HS_FAIL_TOKEN_INVALID) == 3);
+
+    //  EdDSA verifier: an EdDSA token passes, an HS256 one is refused
+    uint8_t pk [crypto_sign_PUBLICKEYBYTES], sk [crypto_sign_SECRETKEYBYTES];
+    crypto_sign_keypair (pk, sk);
+    wsr_auth_destroy (&auth);
+    zsock_t *w2 = zsock_new_pull ("inproc://wsr-adopt-atest2-0");
+    verifier = wsr_jwt_new_eddsa (pk);
+    auth = wsr_auth_new ("atest2", 1, &verifier, metrics);
+    assert (auth);
+    zsock_t *listener2 = zsock_new_push ("inproc://wsr-auth-atest2");
+    char *ed = wsr_jwt_mint_eddsa (sk, "u2", now, now + 60, NULL);
+    s_send_auth (listener2, 1, 200, ed);
+    s_expect_adopt (w2, 1, 200, 0, "", "u2", "");
+    s_send_auth (listener2, 2, 201, good);
+    s_expect_adopt (w2, 2, 201, 1008, "alg not allowed", "", "");
+
+    free (good);
+    free (expired);
+    free (forged);
+    free (ed);
+    zsock_destroy (&listener);
+    zsock_destroy (&listener2);
+    wsr_auth_destroy (&auth);
+    zsock_destroy (&w0);
+    zsock_destroy (&w1);
+    zsock_destroy (&w2);
+    wsr_metrics_destroy (&metrics);
+}

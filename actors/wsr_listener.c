@@ -1,0 +1,855 @@
+//  wsr_listener — the listener actor: accepts TCP, parses HTTP, routes requests
+//
+//  Owns the listening socket and every connection until its HTTP request is
+//  complete (libhttp-parser via wsr_http; size and time limits). Then:
+//    GET /ws (or /ws/...)  checks the upgrade (RFC 6455 §4.2.1), computes the
+//                          accept key, and hands the descriptor with the token
+//                          and any early frame bytes to the auth actor (AUTH);
+//    GET /healthz, /readyz, /metrics, POST /api/publish answer here and close.
+//  A publish becomes PUBLISH [topic key][downstream envelope] to the router.
+//
+//  Overload: at most max_pending handshakes; accept errors (EMFILE, ENFILE)
+//  close a spare descriptor to shed the connection and pause accepting for a
+//  moment instead of spinning; handshakes have a deadline (FIFO list).
+//
+//  Sockets (owned):
+//    pipe                          PAIR  commands: START, PORT, DRAIN, $TERM
+//    inproc://wsr-auth-NAME        PUSH  connect; AUTH
+//    inproc://wsr-pub-NAME         PUSH  connect; PUBLISH
+//  Descriptors (owned): listening socket, epoll set, spare fd, connections in
+//  handshake.
+
+#include "wsr_classes.h"
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#define S_TAG_LISTEN        1
+#define S_TAG_PIPE          2
+#define S_TAG_MAX           16
+#define S_MAX_EVENTS        256
+#define S_ACCEPT_BATCH      64      //  accepts per wake-up
+#define S_ACCEPT_PAUSE_MS   100     //  after EMFILE / ENFILE
+#define S_READ_CHUNK        16384
+
+typedef struct _s_hs_t s_hs_t;
+struct _s_hs_t {
+    int fd;                         //  client socket (owned until handed over)
+    uint64_t id;                    //  connection id, becomes the session id
+    wsr_http_t *http;               //  request parser (owned)
+    int64_t deadline;               //  mono ms
+    char peer [INET6_ADDRSTRLEN + 8];   //  "addr:port" for logs
+    s_hs_t *prev, *next;            //  pending list, oldest first
+};
+
+struct _wsr_listener_t {
+    zactor_t *actor;                //  the listener thread
+};
+
+typedef struct {
+    char *name;                     //  node instance name
+    wsr_listener_opts_t opts;       //  settings (strings borrowed for START)
+    wsr_metrics_t *metrics;         //  shared counters (not owned)
+} s_args_t;
+
+typedef struct {
+    zsock_t *pipe;                  //  actor pipe (not owned)
+    zsock_t *auth;                  //  PUSH AUTH
+    zsock_t *publish;               //  PUSH PUBLISH
+    int listen_fd;                  //  listening socket, -1 when draining
+    int epoll_fd;                   //  epoll set
+    int spare_fd;                   //  reserve descriptor for EMFILE shedding
+    bool accept_paused;             //  listen fd out of epoll for a moment
+    int64_t accept_resume;          //  when to put it back (mono ms)
+    int port;                       //  bound port
+    bool ready;                     //  /readyz answer
+    uint64_t next_id;               //  connection ids
+    s_hs_t *head, *tail;            //  pending handshakes, FIFO by deadline
+    size_t pending;                 //  list length
+    wsr_listener_opts_t opts;       //  settings; strings owned below
+    char *api_key;                  //  publish API key (owned) or NULL
+    uint8_t api_key_hash [crypto_generichash_BYTES];    //  for constant-time compare
+    wsr_metrics_t *metrics;         //  shared counters
+    bool terminated;                //  $TERM seen
+    int status;                     //  init result
+} s_listener_t;
+
+//  --------------------------------------------------------------------------
+//  Pending handshakes
+
+static void
+s_hs_unlink (s_listener_t *self, s_hs_t *hs)
+{
+    if (hs->prev)
+        hs->prev->next = hs->next;
+    else
+        self->head = hs->next;
+    if (hs->next)
+        hs->next->prev = hs->prev;
+    else
+        self->tail = hs->prev;
+    self->pending--;
+}
+
+//  Forget a handshake; close its socket unless it was handed over.
+static void
+s_hs_end (s_listener_t *self, s_hs_t *hs, bool close_fd)
+{
+    s_hs_unlink (self, hs);
+    epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, hs->fd, NULL);
+    if (close_fd) {
+        close (hs->fd);
+        wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+    }
+    wsr_http_destroy (&hs->http);
+    free (hs);
+}
+
+//  Best-effort response on a non-blocking socket; the connection closes next.
+static void
+s_respond (s_hs_t *hs, int status, const char *content_type, const char *extra,
+           const char *body, size_t body_len)
+{
+    const char *text = status == 200? "OK": status == 202? "Accepted":
+                       status == 400? "Bad Request": status == 401? "Unauthorized":
+                       status == 403? "Forbidden": status == 404? "Not Found":
+                       status == 405? "Method Not Allowed": status == 408? "Request Timeout":
+                       status == 413? "Payload Too Large": status == 414? "URI Too Long":
+                       status == 426? "Upgrade Required":
+                       status == 431? "Request Header Fields Too Large":
+                       status == 501? "Not Implemented":
+                       status == 503? "Service Unavailable":
+                       status == 505? "HTTP Version Not Supported": "Error";
+    char head [512];
+    int n = snprintf (head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Connection: close\r\nCache-Control: no-store\r\n%s\r\n",
+                      status, text, content_type, body_len, extra? extra: "");
+    struct iovec iov [2] = {
+        { head, (size_t) n }, { (void *) body, body_len }
+    };
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+    if (sendmsg (hs->fd, &msg, MSG_NOSIGNAL) < 0)
+        wsr_debug ("listener: conn %" PRIu64 ": response not sent: %s", hs->id,
+                    strerror (errno));
+    //  Half-close so the client reads the whole response before the FIN
+    shutdown (hs->fd, SHUT_WR);
+}
+
+static void
+s_respond_json (s_hs_t *hs, int status, const char *json)
+{
+    s_respond (hs, status, "application/json", NULL, json, strlen (json));
+}
+
+//  --------------------------------------------------------------------------
+//  Routes
+
+static bool
+s_api_key_ok (s_listener_t *self, const char *header)
+{
+    if (!header || strncasecmp (header, "apikey ", 7))
+        return false;
+    const char *key = header + 7;
+    while (*key == ' ')
+        key++;
+    //  Hash both sides so the comparison is constant-time whatever the lengths
+    uint8_t hash [crypto_generichash_BYTES];
+    crypto_generichash (hash, sizeof hash, (const uint8_t *) key, strlen (key), NULL, 0);
+    return sodium_memcmp (hash, self->api_key_hash, sizeof hash) == 0;
+}
+
+//  POST /api/publish {"user"|"channel": id, "data": json | "data_base64": b64}
+static void
+s_route_publish (s_listener_t *self, s_hs_t *hs)
+{
+    if (!self->api_key) {
+        s_respond_json (hs, 403, "{\"error\":\"publish API disabled: set WEBSOCKET_API_KEY\"}");
+        return;
+    }
+    if (!s_api_key_ok (self, wsr_http_header (hs->http, "authorization"))) {
+        wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
+        s_respond (hs, 401, "application/json", "WWW-Authenticate: apikey\r\n",
+                   "{\"error\":\"missing or wrong api key\"}", 35);
+        return;
+    }
+    size_t size = 0;
+    const uint8_t *body = wsr_http_body (hs->http, &size);
+    json_error_t error;
+    json_t *root = body? json_loadb ((const char *) body, size, JSON_REJECT_DUPLICATES, &error)
+                       : NULL;
+    const char *problem = NULL;
+    json_t *user = NULL, *channel = NULL, *data = NULL, *data64 = NULL;
+    if (!json_is_object (root))
+        problem = "body must be a JSON object";
+    else {
+        user = json_object_get (root, "user");
+        channel = json_object_get (root, "channel");
+        data = json_object_get (root, "data");
+        data64 = json_object_get (root, "data_base64");
+        if (!user == !channel)
+            problem = "give exactly one of user, channel";
+        else
+        if (!data == !data64)
+            problem = "give exactly one of data, data_base64";
+        else
+        if (!json_is_string (user? user: channel))
+            problem = "user / channel must be a string";
+        else {
+            json_t *id = user? user: channel;
+            const char *text = json_string_value (id);
+            if (!wsr_util_id_valid (text, json_string_length (id))
+            ||  strlen (text) != json_string_length (id))
+                problem = "invalid user / channel id";
+            else
+            if (data64 && !json_is_string (data64))
+                problem = "data_base64 must be a string";
+        }
+    }
+    if (problem) {
+        wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
+        char reply [160];
+        snprintf (reply, sizeof reply, "{\"error\":\"%s\"}", problem);
+        s_respond_json (hs, 400, reply);
+        json_decref (root);
+        return;
+    }
+    //  The payload: a JSON string's contents, any other value's serialization,
+    //  or the decoded base64 bytes
+    char *owned = NULL;
+    const uint8_t *payload;
+    size_t payload_size;
+    int kind = 0;
+    if (data && json_is_string (data)) {
+        payload = (const uint8_t *) json_string_value (data);
+        payload_size = json_string_length (data);
+        kind = WSR_KIND_TEXT;
+    }
+    else
+    if (data) {
+        owned = json_dumps (data, JSON_COMPACT | JSON_ENCODE_ANY);
+        payload = (const uint8_t *) owned;
+        payload_size = owned? strlen (owned): 0;
+        kind = WSR_KIND_TEXT;
+    }
+    else {
+        const char *b64 = json_string_value (data64);
+        size_t b64_len = json_string_length (data64);
+        owned = (char *) malloc (b64_len / 4 * 3 + 3);
+        if (sodium_base642bin ((uint8_t *) owned, b64_len / 4 * 3 + 3, b64, b64_len,
+                               "\n\r ", &payload_size, NULL,
+                               sodium_base64_VARIANT_ORIGINAL)) {
+            free (owned);
+            json_decref (root);
+            wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
+            s_respond_json (hs, 400, "{\"error\":\"data_base64 is not valid base64\"}");
+            return;
+        }
+        payload = (const uint8_t *) owned;
+    }
+    if (payload_size > self->opts.max_message) {
+        free (owned);
+        json_decref (root);
+        wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
+        s_respond_json (hs, 413, "{\"error\":\"message larger than the maximum\"}");
+        return;
+    }
+    char key [WSR_TOPIC_MAX];
+    int key_size = wsr_topic_key (key, sizeof key, user? WSR_TOPIC_USER: WSR_TOPIC_CHANNEL,
+                                  json_string_value (user? user: channel));
+    assert (key_size > 0);
+    zframe_t *topic = zframe_new (key, (size_t) key_size);
+    zframe_t *env = wsr_envelope_encode_down (payload, payload_size, kind, wsr_util_now_us ());
+    free (owned);
+    json_decref (root);
+    int rc = zsock_send (self->publish, WSR_PIC_PUBLISH, WSR_MSG_PUBLISH, topic, env);
+    zframe_destroy (&topic);
+    zframe_destroy (&env);
+    if (rc == -1) {
+        wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
+        s_respond_json (hs, 503, "{\"error\":\"router queue full, retry\"}");
+        return;
+    }
+    char reply [WSR_TOPIC_MAX + 48];
+    snprintf (reply, sizeof reply, "{\"status\":\"accepted\",\"topic\":\"%s\"}", key);
+    s_respond_json (hs, 202, reply);
+}
+
+//  GET /ws: hand the connection to auth. Returns true if handed over.
+static bool
+s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early_size)
+{
+    const char *reason = NULL;
+    int status = wsr_http_ws_check (hs->http, &reason);
+    if (status) {
+        wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_HTTP, 1);
+        char body [128];
+        int n = snprintf (body, sizeof body, "%s\n", reason? reason: "bad upgrade request");
+        s_respond (hs, status, "text/plain", status == 426? "Sec-WebSocket-Version: 13\r\n": NULL,
+                   body, (size_t) n);
+        return false;
+    }
+    char accept [WSR_HTTP_ACCEPT_SIZE];
+    wsr_http_ws_accept (wsr_http_header (hs->http, "sec-websocket-key"), accept);
+    //  Token: ?token= as the seeds say, or Authorization: Bearer
+    char *token = wsr_http_query (hs->http, "token");
+    const char *authz = wsr_http_header (hs->http, "authorization");
+    if (!token && authz && strncasecmp (authz, "Bearer ", 7) == 0)
+        token = strdup (authz + 7);
+    zframe_t *token_frame = zframe_new (token, token? strnlen (token, WSR_MAX_TOKEN_LEN + 1): 0);
+    if (token)
+        sodium_memzero (token, strlen (token));
+    free (token);
+    zframe_t *early_frame = zframe_new (early, early_size);
+    int rc = zsock_send (self->auth, WSR_PIC_AUTH, WSR_MSG_AUTH, hs->id, hs->fd, accept,
+                         hs->peer, token_frame, early_frame);
+    zframe_destroy (&token_frame);
+    zframe_destroy (&early_frame);
+    if (rc == -1) {
+        wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
+        s_respond (hs, 503, "text/plain", "Retry-After: 1\r\n", "overloaded\n", 11);
+        return false;
+    }
+    return true;
+}
+
+static bool
+s_path_is (const char *path, const char *want)
+{
+    return path && streq (path, want);
+}
+
+//  A complete request: answer it or hand it over. Returns true if handed over.
+static bool
+s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
+{
+    wsr_metrics_add (self->metrics, WSR_M_HTTP_REQUESTS, 1);
+    const char *method = wsr_http_method (hs->http);
+    const char *path = wsr_http_path (hs->http);
+    bool get = streq (method, "GET") || streq (method, "HEAD");
+    if (path && (streq (path, "/ws") || strncmp (path, "/ws/", 4) == 0))
+        return s_route_upgrade (self, hs, rest, rest_size);
+    if (s_path_is (path, "/healthz") && get)
+        s_respond (hs, 200, "text/plain", NULL, "ok\n", 3);
+    else
+    if (s_path_is (path, "/readyz") && get) {
+        if (self->ready)
+            s_respond (hs, 200, "text/plain", NULL, "ready\n", 6);
+        else
+            s_respond (hs, 503, "text/plain", NULL, "draining\n", 9);
+    }
+    else
+    if (s_path_is (path, "/metrics") && get) {
+        char *text = wsr_metrics_render (self->metrics);
+        s_respond (hs, 200, "text/plain; version=0.0.4", NULL, text, strlen (text));
+        free (text);
+    }
+    else
+    if (s_path_is (path, "/api/publish") && streq (method, "POST"))
+        s_route_publish (self, hs);
+    else
+    if (s_path_is (path, "/healthz") || s_path_is (path, "/readyz")
+    ||  s_path_is (path, "/metrics") || s_path_is (path, "/api/publish"))
+        s_respond (hs, 405, "text/plain", NULL, "method not allowed\n", 19);
+    else
+        s_respond (hs, 404, "text/plain", NULL, "not found\n", 10);
+    return false;
+}
+
+//  --------------------------------------------------------------------------
+//  I/O
+
+static void
+s_hs_read (s_listener_t *self, s_hs_t *hs)
+{
+    char buf [S_READ_CHUNK];
+    ssize_t n;
+    do
+        n = recv (hs->fd, buf, sizeof buf, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+    if (n <= 0) {
+        s_hs_end (self, hs, true);
+        return;
+    }
+    size_t consumed = 0;
+    int rc = wsr_http_feed (hs->http, buf, (size_t) n, &consumed);
+    if (rc == WSR_HTTP_MORE)
+        return;
+    bool handed = false;
+    if (rc == WSR_HTTP_ERROR) {
+        wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_HTTP, 1);
+        char body [128];
+        int len = snprintf (body, sizeof body, "%s\n", wsr_http_error (hs->http));
+        s_respond (hs, wsr_http_status (hs->http), "text/plain", NULL, body, (size_t) len);
+    }
+    else
+        handed = s_route (self, hs, buf + consumed, (size_t) n - consumed);
+    s_hs_end (self, hs, !handed);
+}
+
+static void
+s_accept (s_listener_t *self)
+{
+    for (int i = 0; i < S_ACCEPT_BATCH && self->listen_fd >= 0; i++) {
+        struct sockaddr_storage addr;
+        socklen_t addr_len = sizeof addr;
+        int fd = accept4 (self->listen_fd, (struct sockaddr *) &addr, &addr_len,
+                          SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            wsr_metrics_add (self->metrics, WSR_M_ACCEPT_ERRORS, 1);
+            if (errno == EMFILE || errno == ENFILE) {
+                //  Shed the waiting connection with the spare descriptor, then
+                //  stop polling the socket for a moment instead of spinning
+                if (self->spare_fd >= 0) {
+                    close (self->spare_fd);
+                    int victim = accept4 (self->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+                    if (victim >= 0)
+                        close (victim);
+                    self->spare_fd = open ("/dev/null", O_RDONLY | O_CLOEXEC);
+                }
+                zsys_warning ("listener: accept: %s; pausing accepts", strerror (errno));
+            }
+            else
+                zsys_warning ("listener: accept: %s", strerror (errno));
+            epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, self->listen_fd, NULL);
+            self->accept_paused = true;
+            self->accept_resume = wsr_util_mono_ms () + S_ACCEPT_PAUSE_MS;
+            return;
+        }
+        wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, 1);
+        if (self->pending >= self->opts.max_pending) {
+            wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
+            wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+            close (fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        s_hs_t *hs = (s_hs_t *) zmalloc (sizeof (s_hs_t));
+        hs->fd = fd;
+        hs->id = ++self->next_id;
+        hs->http = wsr_http_new (WSR_MAX_HEADER_BYTES, self->opts.max_message + 4096);
+        hs->deadline = wsr_util_mono_ms () + self->opts.handshake_timeout_ms;
+        char host [INET6_ADDRSTRLEN] = "?";
+        int port = 0;
+        if (addr.ss_family == AF_INET) {
+            struct sockaddr_in *in = (struct sockaddr_in *) &addr;
+            inet_ntop (AF_INET, &in->sin_addr, host, sizeof host);
+            port = ntohs (in->sin_port);
+        }
+        else
+        if (addr.ss_family == AF_INET6) {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &addr;
+            inet_ntop (AF_INET6, &in6->sin6_addr, host, sizeof host);
+            port = ntohs (in6->sin6_port);
+        }
+        snprintf (hs->peer, sizeof hs->peer, "%s:%d", host, port);
+        hs->prev = self->tail;
+        if (self->tail)
+            self->tail->next = hs;
+        else
+            self->head = hs;
+        self->tail = hs;
+        self->pending++;
+        struct epoll_event event = { .events = EPOLLIN };
+        event.data.ptr = hs;
+        if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &event))
+            s_hs_end (self, hs, true);
+    }
+}
+
+//  Bind the listening socket; returns the fd or -1.
+static int
+s_listen (s_listener_t *self, const char *bind_addr, int port)
+{
+    struct sockaddr_storage addr = { 0 };
+    socklen_t addr_len;
+    struct sockaddr_in *in = (struct sockaddr_in *) &addr;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &addr;
+    if (inet_pton (AF_INET, bind_addr, &in->sin_addr) == 1) {
+        in->sin_family = AF_INET;
+        in->sin_port = htons ((uint16_t) port);
+        addr_len = sizeof *in;
+    }
+    else
+    if (inet_pton (AF_INET6, bind_addr, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons ((uint16_t) port);
+        addr_len = sizeof *in6;
+    }
+    else {
+        zsys_error ("listener: bad bind address '%s'", bind_addr);
+        return -1;
+    }
+    int fd = socket (addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (self->opts.reuseport)
+        setsockopt (fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind (fd, (struct sockaddr *) &addr, addr_len) || listen (fd, 4096)) {
+        zsys_error ("listener: cannot listen on %s:%d: %s", bind_addr, port, strerror (errno));
+        close (fd);
+        return -1;
+    }
+    struct sockaddr_storage bound;
+    socklen_t bound_len = sizeof bound;
+    getsockname (fd, (struct sockaddr *) &bound, &bound_len);
+    self->port = ntohs (bound.ss_family == AF_INET
+                        ? ((struct sockaddr_in *) &bound)->sin_port
+                        : ((struct sockaddr_in6 *) &bound)->sin6_port);
+    return fd;
+}
+
+static void
+s_stop_accepting (s_listener_t *self)
+{
+    if (self->listen_fd >= 0) {
+        epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, self->listen_fd, NULL);
+        close (self->listen_fd);
+        self->listen_fd = -1;
+    }
+    self->ready = false;
+}
+
+static void
+s_handle_pipe (s_listener_t *self)
+{
+    char *command = zstr_recv (self->pipe);
+    if (!command) {
+        self->terminated = true;
+        return;
+    }
+    if (streq (command, "$TERM"))
+        self->terminated = true;
+    else
+    if (streq (command, WSR_CMD_START))
+        zsock_send (self->pipe, "i", self->status);
+    else
+    if (streq (command, WSR_CMD_PORT))
+        zsock_send (self->pipe, "i", self->port);
+    else
+    if (streq (command, WSR_CMD_DRAIN)) {
+        s_stop_accepting (self);
+        zsock_send (self->pipe, "i", 0);
+    }
+    else
+        assert (false);
+    zstr_free (&command);
+}
+
+static void
+s_listener_actor (zsock_t *pipe, void *args)
+{
+    s_args_t *a = (s_args_t *) args;
+    s_listener_t self_data = { 0 };
+    s_listener_t *self = &self_data;
+    self->pipe = pipe;
+    self->opts = a->opts;
+    self->metrics = a->metrics;
+    self->listen_fd = -1;
+    self->spare_fd = open ("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (a->opts.api_key && *a->opts.api_key) {
+        self->api_key = strdup (a->opts.api_key);
+        crypto_generichash (self->api_key_hash, sizeof self->api_key_hash,
+                            (const uint8_t *) self->api_key, strlen (self->api_key), NULL, 0);
+    }
+    pthread_setname_np (pthread_self (), "wsr-listener");
+
+    self->auth = zsock_new (ZMQ_PUSH);
+    self->publish = zsock_new (ZMQ_PUSH);
+    assert (self->auth && self->publish);
+    zsock_set_sndhwm (self->auth, WSR_HWM);
+    zsock_set_sndhwm (self->publish, WSR_HWM);
+    zsock_set_sndtimeo (self->auth, 0);
+    zsock_set_sndtimeo (self->publish, 0);
+    zsock_set_linger (self->auth, 0);
+    zsock_set_linger (self->publish, 0);
+    self->status = 0;
+    if (zsock_connect (self->auth, WSR_EP_AUTH, a->name) == -1
+    ||  zsock_connect (self->publish, WSR_EP_PUB, a->name) == -1)
+        self->status = -1;
+    self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
+    self->listen_fd = s_listen (self, a->opts.bind, a->opts.port);
+    struct epoll_event event = { .events = EPOLLIN };
+    event.data.u64 = S_TAG_LISTEN;
+    if (self->listen_fd < 0 || self->epoll_fd < 0
+    ||  epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->listen_fd, &event))
+        self->status = -1;
+    event.data.u64 = S_TAG_PIPE;
+    if (self->epoll_fd >= 0)
+        epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, zsock_fd (pipe), &event);
+    self->ready = self->status == 0;
+    zsock_signal (pipe, 0);
+
+    struct epoll_event events [S_MAX_EVENTS];
+    bool again = true;
+    while (!self->terminated) {
+        int timeout = again? 0: self->accept_paused? S_ACCEPT_PAUSE_MS: 250;
+        int n = epoll_wait (self->epoll_fd, events, S_MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR)
+            break;
+        again = false;
+        for (int i = 0; i < n; i++) {
+            uint64_t tag = events [i].data.u64;
+            if (tag == S_TAG_LISTEN)
+                s_accept (self);
+            else
+            if (tag >= S_TAG_MAX)
+                s_hs_read (self, (s_hs_t *) events [i].data.ptr);
+        }
+        //  Edge-triggered ZMQ_FD: check the pipe every turn
+        while (!self->terminated && (zsock_events (pipe) & ZMQ_POLLIN))
+            s_handle_pipe (self);
+        int64_t now = wsr_util_mono_ms ();
+        while (self->head && self->head->deadline <= now) {
+            wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_TIMEOUT, 1);
+            s_hs_t *hs = self->head;
+            s_respond (hs, 408, "text/plain", NULL, "request timeout\n", 16);
+            s_hs_end (self, hs, true);
+        }
+        if (self->accept_paused && now >= self->accept_resume && self->listen_fd >= 0) {
+            struct epoll_event listen_event = { .events = EPOLLIN };
+            listen_event.data.u64 = S_TAG_LISTEN;
+            epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->listen_fd, &listen_event);
+            self->accept_paused = false;
+        }
+    }
+    while (self->head)
+        s_hs_end (self, self->head, true);
+    s_stop_accepting (self);
+    if (self->spare_fd >= 0)
+        close (self->spare_fd);
+    if (self->epoll_fd >= 0)
+        close (self->epoll_fd);
+    zsock_destroy (&self->auth);
+    zsock_destroy (&self->publish);
+    free (self->api_key);
+}
+
+//  --------------------------------------------------------------------------
+//  Start the listener.
+wsr_listener_t *
+wsr_listener_new (const char *name, const wsr_listener_opts_t *opts, wsr_metrics_t *metrics)
+{
+    assert (name && opts && opts->bind && metrics);
+    //  The actor copies what it keeps before it signals, so borrowing is safe
+    s_args_t args = { (char *) name, *opts, metrics };
+    wsr_listener_t *self = (wsr_listener_t *) zmalloc (sizeof (wsr_listener_t));
+    self->actor = zactor_new (s_listener_actor, &args);
+    assert (self->actor);
+    int status = -1;
+    zsock_send (self->actor, "s", WSR_CMD_START);
+    zsock_recv (self->actor, "i", &status);
+    if (status != 0)
+        wsr_listener_destroy (&self);
+    return self;
+}
+
+//  --------------------------------------------------------------------------
+//  Stop the listener.
+void
+wsr_listener_destroy (wsr_listener_t **self_p)
+{
+    assert (self_p);
+    if (*self_p) {
+        wsr_listener_t *self = *self_p;
+        zactor_destroy (&self->actor);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Bound port.
+int
+wsr_listener_port (wsr_listener_t *self)
+{
+    assert (self);
+    int port = -1;
+    zsock_send (self->actor, "s", WSR_CMD_PORT);
+    zsock_recv (self->actor, "i", &port);
+    return port;
+}
+
+//  --------------------------------------------------------------------------
+//  Stop accepting; readiness off.
+void
+wsr_listener_drain (wsr_listener_t *self)
+{
+    assert (self);
+    int rc;
+    zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    zsock_recv (self->actor, "i", &rc);
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: the test plays auth (PULL AUTH) and router (PULL PUBLISH) and
+//  talks HTTP to the port over real TCP.
+
+static int
+s_connect (int port)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    assert (connect (fd, (struct sockaddr *) &addr, sizeof addr) == 0);
+    struct timeval tv = { 2, 0 };
+    setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+//  Send a request, read the whole response (server closes); caller frees.
+static char *
+s_http (int port, const char *request)
+{
+    int fd = s_connect (port);
+    assert (send (fd, request, strlen (request), 0) == (ssize_t) strlen (request));
+    char *buf = (char *) zmalloc (65536);
+    size_t got = 0;
+    ssize_t n;
+    while (got < 65535 && (n = recv (fd, buf + got, 65535 - got, 0)) > 0)
+        got += (size_t) n;
+    close (fd);
+    return buf;
+}
+
+static char *
+s_post (int port, const char *key, const char *body)
+{
+    char request [4096];
+    snprintf (request, sizeof request,
+              "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: apikey %s\r\n"
+              "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+              key, strlen (body), body);
+    return s_http (port, request);
+}
+
+void
+wsr_listener_test (bool verbose)
+{
+    (void) verbose;
+    wsr_metrics_t *metrics = wsr_metrics_new ();
+    zsock_t *auth = zsock_new_pull ("inproc://wsr-auth-ltest");
+    zsock_t *router = zsock_new_pull ("inproc://wsr-pub-ltest");
+    wsr_listener_opts_t opts = {
+        "127.0.0.1", 0, "sekrit", false, 100, 300, 1024 * 1024
+    };
+    wsr_listener_t *listener = wsr_listener_new ("ltest", &opts, metrics);
+    assert (listener);
+    int port = wsr_listener_port (listener);
+    assert (port > 0);
+
+    char *reply = s_http (port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    free (reply);
+    reply = s_http (port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strstr (reply, "wsrouter_http_requests_total"));
+    free (reply);
+    reply = s_http (port, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 404", 12) == 0);
+    free (reply);
+    reply = s_http (port, "garbage\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 400", 12) == 0);
+    free (reply);
+
+    //  Publish: wrong key, bad body, good user and channel
+    reply = s_post (port, "wrong", "{\"user\":\"u1\",\"data\":\"x\"}");
+    assert (strncmp (reply, "HTTP/1.1 401", 12) == 0);
+    free (reply);
+    reply = s_post (port, "sekrit", "{\"user\":\"u 1\",\"data\":\"x\"}");
+    assert (strncmp (reply, "HTTP/1.1 400", 12) == 0);
+    free (reply);
+    reply = s_post (port, "sekrit", "{\"user\":\"u1\",\"data\":{\"a\":[1,2]}}");
+    assert (strncmp (reply, "HTTP/1.1 202", 12) == 0);
+    free (reply);
+    zframe_t *topic, *env;
+    char *verb;
+    assert (zsock_recv (router, WSR_PIC_PUBLISH, &verb, &topic, &env) == 0);
+    assert (streq (verb, WSR_MSG_PUBLISH));
+    assert (zframe_size (topic) == 8 && !memcmp (zframe_data (topic), "user:u1", 8));
+    wsr_envelope_t decoded;
+    assert (wsr_envelope_decode (zframe_data (env), zframe_size (env), &decoded) == 0);
+    assert (decoded.size == 11 && memcmp (decoded.data, "{\"a\":[1,2]}", 11) == 0);
+    assert (decoded.kind == WSR_KIND_TEXT);
+    zstr_free (&verb);
+    zframe_destroy (&topic);
+    zframe_destroy (&env);
+    reply = s_post (port, "sekrit", "{\"channel\":\"room.7\",\"data_base64\":\"/wD+\"}");
+    assert (strncmp (reply, "HTTP/1.1 202", 12) == 0);
+    free (reply);
+    assert (zsock_recv (router, WSR_PIC_PUBLISH, &verb, &topic, &env) == 0);
+    assert (!memcmp (zframe_data (topic), "channel:room.7", 15));
+    assert (wsr_envelope_decode (zframe_data (env), zframe_size (env), &decoded) == 0);
+    assert (decoded.size == 3 && decoded.kind == WSR_KIND_BINARY);
+    zstr_free (&verb);
+    zframe_destroy (&topic);
+    zframe_destroy (&env);
+
+    //  Upgrade with a token and a pipelined frame: AUTH carries both and the fd
+    int fd = s_connect (port);
+    const char *upgrade = "GET /ws?token=abc.def.ghi HTTP/1.1\r\nHost: x\r\n"
+                          "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n\x81\x80" "abcd";
+    assert (send (fd, upgrade, strlen (upgrade), 0) > 0);
+    char *accept, *peer;
+    uint64_t id;
+    int handed_fd;
+    zframe_t *token, *early;
+    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &accept, &peer, &token,
+                        &early) == 0);
+    assert (streq (accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    assert (zframe_size (token) == 11 && !memcmp (zframe_data (token), "abc.def.ghi", 11));
+    assert (zframe_size (early) == 6);
+    assert (handed_fd >= 0 && strncmp (peer, "127.0.0.1:", 10) == 0);
+    close (handed_fd);
+    close (fd);
+    zstr_free (&verb);
+    zstr_free (&accept);
+    zstr_free (&peer);
+    zframe_destroy (&token);
+    zframe_destroy (&early);
+
+    //  Version 8 → 426 with the supported version
+    reply = s_http (port, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 8\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 426", 12) == 0);
+    assert (strstr (reply, "Sec-WebSocket-Version: 13\r\n"));
+    free (reply);
+
+    //  Slowloris: an incomplete request is closed at the deadline (300 ms)
+    fd = s_connect (port);
+    assert (send (fd, "GET /ws HTTP/1.1\r\nHost:", 23, 0) == 23);
+    char buf [256];
+    int64_t start = zclock_mono ();
+    ssize_t n = recv (fd, buf, sizeof buf, 0);
+    assert (n > 0 && strncmp (buf, "HTTP/1.1 408", 12) == 0);
+    assert (zclock_mono () - start < 1900);
+    close (fd);
+    assert (wsr_metrics_get (metrics, WSR_M_HS_FAIL_TIMEOUT) == 1);
+
+    //  Drain: readiness off, port closed
+    wsr_listener_drain (listener);
+    int probe = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    assert (connect (probe, (struct sockaddr *) &addr, sizeof addr) == -1);
+    close (probe);
+
+    wsr_listener_destroy (&listener);
+    zsock_destroy (&auth);
+    zsock_destroy (&router);
+    wsr_metrics_destroy (&metrics);
+}

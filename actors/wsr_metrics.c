@@ -1,0 +1,149 @@
+//  wsr_metrics — process-wide counters, rendered in Prometheus text format
+//
+//  The one piece of state shared by every actor of a node: an array of
+//  relaxed atomic counters. Writers add per event or per batch (a delivery to
+//  N sessions is one add of N), so contention stays at one atomic per message
+//  per worker. Only the listener reads, to answer GET /metrics.
+
+#include "wsr_classes.h"
+
+struct _wsr_metrics_t {
+    _Atomic int64_t value [WSR_M_COUNT];    //  one slot per wsr_metric_t
+};
+
+typedef struct {
+    const char *name;           //  Prometheus metric name
+    const char *labels;         //  label set or NULL
+    const char *type;           //  counter or gauge
+    const char *help;           //  HELP text
+} s_metric_info_t;
+
+static const s_metric_info_t
+s_info [WSR_M_COUNT] = {
+    { "wsrouter_sessions_open", NULL, "gauge", "Open WebSocket sessions" },
+    { "wsrouter_connections_open", NULL, "gauge", "Open TCP connections incl. handshakes" },
+    { "wsrouter_handshakes_total", "result=\"ok\"", "counter", "WebSocket handshakes" },
+    { "wsrouter_handshakes_total", "result=\"bad_request\"", "counter", NULL },
+    { "wsrouter_handshakes_total", "result=\"token_missing\"", "counter", NULL },
+    { "wsrouter_handshakes_total", "result=\"token_invalid\"", "counter", NULL },
+    { "wsrouter_handshakes_total", "result=\"token_expired\"", "counter", NULL },
+    { "wsrouter_handshakes_total", "result=\"claims_invalid\"", "counter", NULL },
+    { "wsrouter_handshakes_total", "result=\"timeout\"", "counter", NULL },
+    { "wsrouter_handshakes_total", "result=\"capacity\"", "counter", NULL },
+    { "wsrouter_messages_in_total", NULL, "counter", "Messages received from clients" },
+    { "wsrouter_bytes_in_total", NULL, "counter", "Payload bytes received from clients" },
+    { "wsrouter_messages_out_total", NULL, "counter", "Messages queued to clients" },
+    { "wsrouter_bytes_out_total", NULL, "counter", "Payload bytes queued to clients" },
+    { "wsrouter_published_total", NULL, "counter", "Messages published into the node" },
+    { "wsrouter_publish_rejected_total", NULL, "counter", "Publish API requests refused" },
+    { "wsrouter_deliver_unmatched_total", NULL, "counter",
+      "Downstream messages with no local session" },
+    { "wsrouter_queue_drops_total", NULL, "counter",
+      "Sessions closed because their output queue overflowed" },
+    { "wsrouter_upstream_drops_total", NULL, "counter",
+      "Client messages dropped because upstream was full" },
+    { "wsrouter_upstream_sent_total", NULL, "counter", "Client messages sent upstream" },
+    { "wsrouter_accept_errors_total", NULL, "counter", "accept() failures" },
+    { "wsrouter_http_requests_total", NULL, "counter", "HTTP requests parsed" },
+    { "wsrouter_closed_protocol_total", NULL, "counter",
+      "Sessions closed for protocol violations" },
+};
+
+//  --------------------------------------------------------------------------
+//  Create a zeroed set of counters.
+wsr_metrics_t *
+wsr_metrics_new (void)
+{
+    wsr_metrics_t *self = (wsr_metrics_t *) zmalloc (sizeof (wsr_metrics_t));
+    return self;
+}
+
+//  --------------------------------------------------------------------------
+//  Destroy the counters.
+void
+wsr_metrics_destroy (wsr_metrics_t **self_p)
+{
+    assert (self_p);
+    if (*self_p) {
+        free (*self_p);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Relaxed: counters need atomicity, not ordering.
+void
+wsr_metrics_add (wsr_metrics_t *self, wsr_metric_t which, int64_t delta)
+{
+    assert (self);
+    assert (which < WSR_M_COUNT);
+    atomic_fetch_add_explicit (&self->value [which], delta, memory_order_relaxed);
+}
+
+//  --------------------------------------------------------------------------
+//  Read one counter.
+int64_t
+wsr_metrics_get (wsr_metrics_t *self, wsr_metric_t which)
+{
+    assert (self);
+    assert (which < WSR_M_COUNT);
+    return atomic_load_explicit (&self->value [which], memory_order_relaxed);
+}
+
+//  --------------------------------------------------------------------------
+//  Render in Prometheus text exposition format 0.0.4; HELP/TYPE once per name.
+char *
+wsr_metrics_render (wsr_metrics_t *self)
+{
+    assert (self);
+    size_t cap = 8192, used = 0;
+    char *text = (char *) zmalloc (cap);
+    const char *last_name = "";
+    for (int i = 0; i < WSR_M_COUNT; i++) {
+        const s_metric_info_t *info = &s_info [i];
+        char line [512];
+        int n = 0;
+        if (strcmp (info->name, last_name)) {
+            n = snprintf (line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n",
+                          info->name, info->help? info->help: "", info->name, info->type);
+            last_name = info->name;
+        }
+        n += snprintf (line + n, sizeof line - n, "%s%s%s%s %" PRId64 "\n",
+                       info->name, info->labels? "{": "", info->labels? info->labels: "",
+                       info->labels? "}": "", wsr_metrics_get (self, (wsr_metric_t) i));
+        if (used + n + 1 > cap) {
+            cap *= 2;
+            text = (char *) realloc (text, cap);
+            assert (text);
+        }
+        memcpy (text + used, line, n);
+        used += n;
+        text [used] = 0;
+    }
+    return text;
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest
+void
+wsr_metrics_test (bool verbose)
+{
+    wsr_metrics_t *metrics = wsr_metrics_new ();
+    assert (metrics);
+    wsr_metrics_add (metrics, WSR_M_SESSIONS_OPEN, 3);
+    wsr_metrics_add (metrics, WSR_M_SESSIONS_OPEN, -1);
+    wsr_metrics_add (metrics, WSR_M_HS_FAIL_TOKEN_EXPIRED, 7);
+    assert (wsr_metrics_get (metrics, WSR_M_SESSIONS_OPEN) == 2);
+    char *text = wsr_metrics_render (metrics);
+    if (verbose)
+        printf ("\n%s", text);
+    assert (strstr (text, "\nwsrouter_sessions_open 2\n") || !strncmp (text, "# HELP", 6));
+    assert (strstr (text, "wsrouter_sessions_open 2\n"));
+    assert (strstr (text, "wsrouter_handshakes_total{result=\"token_expired\"} 7\n"));
+    //  One TYPE line per metric name, even with several label sets
+    char *first = strstr (text, "# TYPE wsrouter_handshakes_total");
+    assert (first && !strstr (first + 1, "# TYPE wsrouter_handshakes_total"));
+    free (text);
+    wsr_metrics_destroy (&metrics);
+    assert (metrics == NULL);
+}

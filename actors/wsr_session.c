@@ -1,0 +1,1174 @@
+//  wsr_session — a session worker actor: thousands of WebSocket sessions on one epoll loop
+//
+//  Each session is a small state machine (open → closing → closed) driven by
+//  one message at a time, but sessions are not threads: a worker (one per
+//  core by default) owns an epoll set with all its client sockets and its
+//  ZeroMQ sockets (through ZMQ_FD, edge-triggered, drained with a budget).
+//
+//  Input: wslay's event API parses client frames (masking, fragmentation,
+//  control frames, close codes, length limit). Its context holds ~8.8 KB of
+//  buffers, so a session only has one while it is reading or closing: the
+//  context is created when bytes arrive and released as soon as every byte
+//  fed to it belongs to a completed frame and no message is half-received.
+//  Text messages are checked for UTF-8 (→ 1007).
+//
+//  Output: one ordered queue of shared, already-framed wsr_outframe_t per
+//  session. A delivery frames the message once per worker and links it into
+//  every recipient's queue; dirty sessions are flushed with writev after
+//  each batch. wslay's own output (pong, close) is appended to the same queue
+//  from its send callback, so frames never interleave.
+//
+//  Sockets (owned):
+//    pipe                          PAIR  commands: START, DRAIN, SESSIONS, $TERM
+//    inproc://wsr-adopt-NAME-N     PULL  bind; ADOPT from the auth actor
+//    inproc://wsr-down-NAME        SUB   connect; DELIVER from the router
+//    inproc://wsr-up-NAME          PUSH  connect; client messages upstream
+//  Descriptors (owned): the epoll set and every adopted client socket.
+
+#include "wsr_classes.h"
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <wslay/wslay.h>
+
+#define S_TAG_PIPE          1       //  epoll data for the ZeroMQ sockets
+#define S_TAG_ADOPT         2
+#define S_TAG_DOWN          3
+#define S_TAG_MAX           16      //  below any heap pointer
+#define S_MAX_EVENTS        256     //  epoll_wait batch
+#define S_MAX_IOV           64      //  iovecs per writev
+#define S_READ_BUDGET       (256 * 1024)    //  bytes per session per turn
+
+typedef enum {
+    S_OPEN,                         //  authenticated, receiving deliveries
+    S_CLOSING,                      //  our close frame queued or sent
+    S_DEAD                          //  fd closed, freed at end of the turn
+} s_state_t;
+
+typedef struct _s_qnode_t {
+    wsr_outframe_t *frame;          //  one reference (owned)
+    struct _s_qnode_t *next;
+} s_qnode_t;
+
+typedef struct _s_conn_t s_conn_t;
+struct _s_conn_t {
+    uint64_t id;                    //  session id (from the listener)
+    int fd;                         //  client socket (owned)
+    s_state_t state;                //  lifecycle
+    bool dirty;                     //  on the worker's flush list
+    bool want_out;                  //  EPOLLOUT registered
+    bool in_frame;                  //  wslay saw a frame start, not its end
+    bool in_msg;                    //  fragmented message in progress
+    bool doomed;                    //  on the worker's close list
+    uint16_t doom_code;             //  close code to send when doomed
+    wslay_event_context_ptr ws;     //  lazily created wslay context (owned)
+    uint64_t fed;                   //  bytes given to wslay
+    uint64_t framed;                //  bytes of frames wslay has started
+    char *user;                     //  user id (owned), NULL if rejected
+    wsr_topic_member_t *member;     //  user topic membership
+    wsr_topic_member_t **channels;  //  channel memberships (owned array)
+    size_t channel_count;
+    s_qnode_t *qhead, *qtail;       //  output queue
+    size_t qbytes;                  //  wire bytes queued
+    size_t qoffset;                 //  bytes of qhead already written
+    uint8_t *early;                 //  bytes read by the listener (owned)
+    size_t early_size, early_used;
+    int64_t deadline;               //  close deadline (mono ms) when closing
+    s_conn_t *prev, *next;          //  all connections of the worker
+    s_conn_t *dirty_next;           //  flush list
+    s_conn_t *doom_next;            //  close list
+    s_conn_t *close_prev;           //  closing list (FIFO by deadline)
+    s_conn_t *close_next;
+    bool on_closing;                //  linked into the closing list
+    bool read_off;                  //  wslay reads no more (close or error)
+    bool hs_pending;                //  the 101 response is still queued (head)
+};
+
+struct _wsr_session_t {
+    zactor_t *actor;                //  the worker thread
+};
+
+typedef struct {
+    char *name;                     //  node instance name
+    int index;                      //  worker index
+    wsr_session_opts_t opts;        //  limits
+    wsr_metrics_t *metrics;         //  shared counters (not owned)
+} s_args_t;
+
+typedef struct {
+    zsock_t *pipe;                  //  actor pipe (not owned)
+    zsock_t *adopt;                 //  PULL ADOPT
+    zsock_t *down;                  //  SUB DELIVER
+    zsock_t *up;                    //  PUSH upstream
+    int epoll_fd;                   //  epoll set (owned)
+    char *node;                     //  node id for envelopes
+    int index;                      //  worker index for logs
+    wsr_session_opts_t opts;        //  limits
+    wsr_metrics_t *metrics;         //  shared counters
+    wsr_topic_t *topics;            //  topic → sessions
+    s_conn_t *all;                  //  every connection
+    size_t count;                   //  connections in all
+    size_t open;                    //  sessions in S_OPEN
+    s_conn_t *dirty;                //  sessions to flush
+    s_conn_t *doomed;               //  sessions to close after the current batch
+    s_conn_t *closing_head;         //  closing sessions, oldest first
+    s_conn_t *closing_tail;
+    s_conn_t *dead;                 //  freed at the end of the turn
+    s_conn_t *current;              //  session wslay is working for
+    size_t read_budget;             //  bytes left for current in this turn
+    bool draining;                  //  DRAIN received
+    bool terminated;                //  $TERM received
+    int status;                     //  init result for START
+} s_worker_t;
+
+static void s_conn_flush (s_worker_t *self, s_conn_t *conn);
+static void s_conn_kill (s_worker_t *self, s_conn_t *conn);
+
+//  --------------------------------------------------------------------------
+//  Output queue
+
+static void
+s_queue_push (s_conn_t *conn, wsr_outframe_t **frame_p)
+{
+    s_qnode_t *node = (s_qnode_t *) malloc (sizeof (s_qnode_t));
+    assert (node);
+    node->frame = *frame_p;
+    *frame_p = NULL;
+    node->next = NULL;
+    conn->qbytes += wsr_outframe_size (node->frame);
+    if (conn->qtail)
+        conn->qtail->next = node;
+    else
+        conn->qhead = node;
+    conn->qtail = node;
+}
+
+//  Drop queued frames; keep the head if it is partly written so the stream
+//  stays well-formed for the close frame that follows.
+static void
+s_queue_clear (s_conn_t *conn, bool keep_partial)
+{
+    s_qnode_t *node = conn->qhead;
+    s_qnode_t *kept = NULL;
+    if (node && keep_partial && (conn->qoffset > 0 || conn->hs_pending)) {
+        kept = node;
+        node = node->next;
+        kept->next = NULL;
+    }
+    while (node) {
+        s_qnode_t *next = node->next;
+        wsr_outframe_unlink (&node->frame);
+        free (node);
+        node = next;
+    }
+    conn->qhead = conn->qtail = kept;
+    conn->qbytes = kept? wsr_outframe_size (kept->frame) - conn->qoffset: 0;
+    if (!kept)
+        conn->qoffset = 0;
+}
+
+static void
+s_mark_dirty (s_worker_t *self, s_conn_t *conn)
+{
+    if (!conn->dirty && conn->state != S_DEAD) {
+        conn->dirty = true;
+        conn->dirty_next = self->dirty;
+        self->dirty = conn;
+    }
+}
+
+//  Sessions are never closed from inside a walk or a wslay callback: they
+//  are put on the close list and closed after the batch.
+static void
+s_doom (s_worker_t *self, s_conn_t *conn, uint16_t code)
+{
+    if (!conn->doomed && conn->state == S_OPEN) {
+        conn->doomed = true;
+        conn->doom_code = code;
+        conn->doom_next = self->doomed;
+        self->doomed = conn;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  wslay callbacks; user_data is the worker, self->current the session.
+
+static ssize_t
+s_recv_cb (wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user_data)
+{
+    (void) flags;
+    s_worker_t *self = (s_worker_t *) user_data;
+    s_conn_t *conn = self->current;
+    if (conn->early) {
+        size_t n = conn->early_size - conn->early_used;
+        if (n > len)
+            n = len;
+        memcpy (buf, conn->early + conn->early_used, n);
+        conn->early_used += n;
+        if (conn->early_used == conn->early_size) {
+            free (conn->early);
+            conn->early = NULL;
+        }
+        conn->fed += n;
+        return (ssize_t) n;
+    }
+    if (self->read_budget == 0) {
+        wslay_event_set_error (ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    if (len > self->read_budget)
+        len = self->read_budget;
+    ssize_t n;
+    do
+        n = recv (conn->fd, buf, len, 0);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        conn->fed += (size_t) n;
+        self->read_budget -= (size_t) n;
+        return n;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        wslay_event_set_error (ctx, WSLAY_ERR_WOULDBLOCK);
+    else
+        wslay_event_set_error (ctx, WSLAY_ERR_CALLBACK_FAILURE);   //  EOF or reset
+    return -1;
+}
+
+//  wslay's frames join our queue so that they follow data already queued.
+static ssize_t
+s_send_cb (wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+           void *user_data)
+{
+    (void) ctx;
+    (void) flags;
+    s_worker_t *self = (s_worker_t *) user_data;
+    wsr_outframe_t *frame = wsr_outframe_new_raw (data, len);
+    s_queue_push (self->current, &frame);
+    s_mark_dirty (self, self->current);
+    return (ssize_t) len;
+}
+
+static void
+s_frame_start_cb (wslay_event_context_ptr ctx,
+                  const struct wslay_event_on_frame_recv_start_arg *arg, void *user_data)
+{
+    (void) ctx;
+    s_worker_t *self = (s_worker_t *) user_data;
+    s_conn_t *conn = self->current;
+    uint64_t len = arg->payload_length;
+    uint64_t header = 2 + 4 + (len < 126? 0: len <= 0xFFFF? 2: 8);
+    conn->framed += header + len;
+    conn->in_frame = true;
+    bool control = arg->opcode & 0x8;
+    if (!control)
+        conn->in_msg = !arg->fin;
+}
+
+static void
+s_frame_end_cb (wslay_event_context_ptr ctx, void *user_data)
+{
+    (void) ctx;
+    s_worker_t *self = (s_worker_t *) user_data;
+    self->current->in_frame = false;
+}
+
+static void
+s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+          void *user_data)
+{
+    s_worker_t *self = (s_worker_t *) user_data;
+    s_conn_t *conn = self->current;
+    if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
+        return;                     //  ping, pong, close: wslay answers them
+    if (conn->state != S_OPEN)
+        return;                     //  data after our close is ignored
+    if (arg->opcode == WSLAY_TEXT_FRAME
+    && !wsr_util_utf8_valid (arg->msg, arg->msg_length)) {
+        const char *reason = "invalid UTF-8";
+        wslay_event_queue_close (ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA,
+                                 (const uint8_t *) reason, strlen (reason));
+        wslay_event_shutdown_read (ctx);
+        wsr_metrics_add (self->metrics, WSR_M_CLOSED_PROTOCOL, 1);
+        return;
+    }
+    wsr_metrics_add (self->metrics, WSR_M_MESSAGES_IN, 1);
+    wsr_metrics_add (self->metrics, WSR_M_BYTES_IN, (int64_t) arg->msg_length);
+    char key [WSR_TOPIC_MAX];
+    int key_size = wsr_topic_key (key, sizeof key, WSR_TOPIC_UPSTREAM, conn->user);
+    assert (key_size > 0);
+    zframe_t *topic = zframe_new (key, (size_t) key_size);
+    zframe_t *env = wsr_envelope_encode_up (
+        conn->user, conn->id, self->node, wsr_util_now_us (),
+        arg->opcode == WSLAY_TEXT_FRAME? WSR_KIND_TEXT: WSR_KIND_BINARY,
+        arg->msg, arg->msg_length);
+    zmsg_t *msg = zmsg_new ();
+    zmsg_append (msg, &topic);
+    zmsg_append (msg, &env);
+    if (zmsg_send (&msg, self->up)) {
+        zmsg_destroy (&msg);
+        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_DROPS, 1);
+    }
+}
+
+static const struct wslay_event_callbacks
+s_callbacks = {
+    s_recv_cb, s_send_cb, NULL, s_frame_start_cb, NULL, s_frame_end_cb, s_msg_cb
+};
+
+static void
+s_conn_ws (s_worker_t *self, s_conn_t *conn)
+{
+    if (!conn->ws) {
+        int rc = wslay_event_context_server_init (&conn->ws, &s_callbacks, self);
+        assert (rc == 0);
+        wslay_event_config_set_max_recv_msg_length (conn->ws, self->opts.max_message);
+        conn->fed = conn->framed = 0;
+    }
+}
+
+//  Release the wslay context of an open session that is between messages:
+//  every byte wslay read belongs to a frame it has finished.
+static void
+s_conn_trim (s_conn_t *conn)
+{
+    if (conn->ws && conn->state == S_OPEN && !conn->doomed
+    &&  !conn->in_frame && !conn->in_msg && conn->fed == conn->framed
+    &&  !wslay_event_want_write (conn->ws)
+    &&  !wslay_event_get_close_received (conn->ws)
+    &&  !wslay_event_get_close_sent (conn->ws)
+    &&  wslay_event_get_read_enabled (conn->ws)) {
+        wslay_event_context_free (conn->ws);
+        conn->ws = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Session lifecycle
+
+static void
+s_conn_leave_topics (s_worker_t *self, s_conn_t *conn)
+{
+    wsr_topic_member_t **members [WSR_MAX_CHANNELS + 1];
+    size_t n = 0;
+    if (conn->member)
+        members [n++] = &conn->member;
+    for (size_t i = 0; i < conn->channel_count; i++)
+        if (conn->channels [i])
+            members [n++] = &conn->channels [i];
+    for (size_t i = 0; i < n; i++) {
+        char key [WSR_TOPIC_MAX];
+        snprintf (key, sizeof key, "%s", wsr_topic_member_key (*members [i]));
+        if (wsr_topic_leave (self->topics, members [i]))
+            zmq_setsockopt (zsock_resolve (self->down), ZMQ_UNSUBSCRIBE, key, strlen (key) + 1);
+    }
+}
+
+static bool
+s_conn_join (s_worker_t *self, s_conn_t *conn, const char *kind, const char *id,
+             wsr_topic_member_t **member_p)
+{
+    char key [WSR_TOPIC_MAX];
+    int size = wsr_topic_key (key, sizeof key, kind, id);
+    if (size < 0)
+        return false;
+    bool first = false;
+    *member_p = wsr_topic_join (self->topics, key, conn, &first);
+    if (!*member_p)
+        return false;
+    if (first)
+        zmq_setsockopt (zsock_resolve (self->down), ZMQ_SUBSCRIBE, key, (size_t) size);
+    return true;
+}
+
+//  Start the closing handshake: queue our close frame behind what is being
+//  written, stop deliveries, wait for the peer's close until the deadline.
+static void
+s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reason)
+{
+    if (conn->state != S_OPEN)
+        return;
+    if (conn->user) {
+        s_conn_leave_topics (self, conn);
+        wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
+        self->open--;
+    }
+    conn->state = S_CLOSING;
+    s_conn_ws (self, conn);
+    self->current = conn;
+    if (!wslay_event_get_close_sent (conn->ws)) {
+        //  Undelivered data is dropped: the close goes right after the frame
+        //  being written. (If wslay already sent a close, it is queued.)
+        s_queue_clear (conn, true);
+        wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason, strlen (reason));
+        wslay_event_send (conn->ws);
+    }
+    conn->deadline = wsr_util_mono_ms () + self->opts.close_timeout_ms;
+    conn->close_next = NULL;
+    conn->close_prev = self->closing_tail;
+    if (self->closing_tail)
+        self->closing_tail->close_next = conn;
+    else
+        self->closing_head = conn;
+    self->closing_tail = conn;
+    conn->on_closing = true;
+    s_mark_dirty (self, conn);
+}
+
+//  Close the TCP connection now; memory is freed at the end of the turn.
+static void
+s_conn_kill (s_worker_t *self, s_conn_t *conn)
+{
+    if (conn->state == S_DEAD)
+        return;
+    if (conn->state == S_OPEN && conn->user) {
+        s_conn_leave_topics (self, conn);
+        wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
+        self->open--;
+    }
+    conn->state = S_DEAD;
+    epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
+    close (conn->fd);
+    conn->fd = -1;
+    wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+    if (conn->on_closing) {
+        if (conn->close_prev)
+            conn->close_prev->close_next = conn->close_next;
+        else
+            self->closing_head = conn->close_next;
+        if (conn->close_next)
+            conn->close_next->close_prev = conn->close_prev;
+        else
+            self->closing_tail = conn->close_prev;
+        conn->on_closing = false;
+    }
+    if (conn->prev)
+        conn->prev->next = conn->next;
+    else
+        self->all = conn->next;
+    if (conn->next)
+        conn->next->prev = conn->prev;
+    self->count--;
+    conn->next = self->dead;
+    self->dead = conn;
+}
+
+static void
+s_conn_free (s_conn_t *conn)
+{
+    s_queue_clear (conn, false);
+    if (conn->ws)
+        wslay_event_context_free (conn->ws);
+    free (conn->channels);
+    free (conn->user);
+    free (conn->early);
+    free (conn);
+}
+
+//  --------------------------------------------------------------------------
+//  I/O
+
+//  Write as much of the queue as the socket takes, in batches of iovecs.
+static void
+s_conn_flush (s_worker_t *self, s_conn_t *conn)
+{
+    while (conn->qhead && conn->state != S_DEAD) {
+        struct iovec iov [S_MAX_IOV];
+        int count = 0;
+        size_t offset = conn->qoffset;
+        for (s_qnode_t *node = conn->qhead; node && count <= S_MAX_IOV - 2; node = node->next) {
+            count += wsr_outframe_iov (node->frame, offset, iov + count);
+            offset = 0;
+        }
+        ssize_t n;
+        do
+            n = writev (conn->fd, iov, count);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            s_conn_kill (self, conn);
+            return;
+        }
+        //  Retire what was written
+        size_t written = (size_t) n;
+        conn->qbytes -= written;
+        while (written > 0) {
+            size_t left = wsr_outframe_size (conn->qhead->frame) - conn->qoffset;
+            if (written < left) {
+                conn->qoffset += written;
+                break;
+            }
+            written -= left;
+            s_qnode_t *node = conn->qhead;
+            conn->qhead = node->next;
+            if (!conn->qhead)
+                conn->qtail = NULL;
+            wsr_outframe_unlink (&node->frame);
+            free (node);
+            conn->qoffset = 0;
+            conn->hs_pending = false;
+        }
+    }
+    if (conn->state == S_DEAD)
+        return;
+    //  Close handshake complete (or the peer broke the protocol) and all
+    //  flushed: the server closes TCP first (RFC 6455 §7.1.1)
+    if (!conn->qhead && conn->state == S_CLOSING && conn->ws
+    &&  wslay_event_get_close_sent (conn->ws)
+    && (wslay_event_get_close_received (conn->ws) || conn->read_off)) {
+        s_conn_kill (self, conn);
+        return;
+    }
+    bool want_out = conn->qhead != NULL;
+    if (want_out != conn->want_out) {
+        //  Level-triggered input stops once wslay reads no more, or it would spin
+        struct epoll_event event = {
+            .events = (conn->read_off? 0: EPOLLIN) | (want_out? EPOLLOUT: 0)
+        };
+        event.data.ptr = conn;
+        epoll_ctl (self->epoll_fd, EPOLL_CTL_MOD, conn->fd, &event);
+        conn->want_out = want_out;
+    }
+}
+
+static void
+s_conn_read (s_worker_t *self, s_conn_t *conn)
+{
+    if (conn->state == S_DEAD)
+        return;
+    s_conn_ws (self, conn);
+    self->current = conn;
+    self->read_budget = S_READ_BUDGET;
+    int rc = wslay_event_recv (conn->ws);
+    if (rc != 0) {
+        //  EOF, reset or out of memory: nothing more can be said to the peer
+        s_conn_kill (self, conn);
+        return;
+    }
+    if (wslay_event_want_write (conn->ws))
+        wslay_event_send (conn->ws);
+    if (!wslay_event_get_read_enabled (conn->ws) && !conn->read_off) {
+        conn->read_off = true;
+        conn->want_out = !conn->want_out;   //  force the epoll mask update
+        s_mark_dirty (self, conn);
+    }
+    if (conn->state == S_OPEN && wslay_event_get_close_sent (conn->ws)) {
+        //  wslay answered a close or failed the connection (1002, 1007, 1009)
+        if (!wslay_event_get_close_received (conn->ws))
+            wsr_metrics_add (self->metrics, WSR_M_CLOSED_PROTOCOL, 1);
+        s_conn_close (self, conn, 0, "");
+    }
+    s_conn_trim (conn);
+    if (conn->qhead)
+        s_mark_dirty (self, conn);
+}
+
+//  --------------------------------------------------------------------------
+//  Messages from other actors
+
+static const char *
+s_response_101 = "HTTP/1.1 101 Switching Protocols\r\n"
+                 "Upgrade: websocket\r\n"
+                 "Connection: Upgrade\r\n"
+                 "Sec-WebSocket-Accept: %s\r\n\r\n";
+
+static void
+s_handle_adopt (s_worker_t *self)
+{
+    char *command = NULL, *reason = NULL, *user = NULL, *channels = NULL, *accept = NULL;
+    uint64_t id = 0;
+    int fd = -1, code = 0;
+    zframe_t *early = NULL;
+    if (zsock_recv (self->adopt, WSR_PIC_ADOPT, &command, &id, &fd, &code, &reason,
+                    &user, &channels, &accept, &early) == -1)
+        return;
+    assert (streq (command, WSR_MSG_ADOPT));
+    assert (fd >= 0);
+
+    s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
+    conn->id = id;
+    conn->fd = fd;
+    conn->state = S_OPEN;
+    conn->next = self->all;
+    if (self->all)
+        self->all->prev = conn;
+    self->all = conn;
+    self->count++;
+    if (early && zframe_size (early) > 0) {
+        conn->early_size = zframe_size (early);
+        conn->early = (uint8_t *) malloc (conn->early_size);
+        memcpy (conn->early, zframe_data (early), conn->early_size);
+    }
+    struct epoll_event event = { .events = EPOLLIN };
+    event.data.ptr = conn;
+    if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &event)) {
+        zsys_error ("session-%d: conn %" PRIu64 ": epoll: %s", self->index, id, strerror (errno));
+        conn->state = S_CLOSING;    //  not open: nothing to leave
+        s_conn_kill (self, conn);
+        goto done;
+    }
+    char response [256];
+    int size = snprintf (response, sizeof response, s_response_101, accept);
+    wsr_outframe_t *frame = wsr_outframe_new_raw ((const uint8_t *) response, (size_t) size);
+    s_queue_push (conn, &frame);
+    conn->hs_pending = true;
+
+    if (code == 0 && self->open >= self->opts.max_sessions) {
+        code = WSR_CLOSE_TRY_AGAIN_LATER;
+        zstr_free (&reason);
+        reason = strdup ("node full");
+        wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
+    }
+    bool joined = code == 0;
+    if (joined) {
+        conn->user = user;
+        user = NULL;
+        joined = s_conn_join (self, conn, WSR_TOPIC_USER, conn->user, &conn->member);
+        if (joined && *channels) {
+            conn->channels = (wsr_topic_member_t **) zmalloc (
+                WSR_MAX_CHANNELS * sizeof (wsr_topic_member_t *));
+            char *saveptr = NULL;
+            for (char *name = strtok_r (channels, ",", &saveptr);
+                 name && joined && conn->channel_count < WSR_MAX_CHANNELS;
+                 name = strtok_r (NULL, ",", &saveptr))
+                joined = s_conn_join (self, conn, WSR_TOPIC_CHANNEL, name,
+                                      &conn->channels [conn->channel_count++]);
+        }
+        if (!joined) {
+            s_conn_leave_topics (self, conn);
+            code = WSR_CLOSE_TRY_AGAIN_LATER;
+            zstr_free (&reason);
+            reason = strdup ("node full");
+            wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
+            free (conn->user);
+            conn->user = NULL;
+        }
+    }
+    if (code == 0) {
+        self->open++;
+        wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, 1);
+        wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
+        if (self->draining)
+            s_conn_close (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
+        else
+        if (conn->early)
+            s_conn_read (self, conn);
+    }
+    else {
+        //  Upgraded, then closed with the auth verdict (RFC 6455 §7.4)
+        conn->state = S_OPEN;
+        s_conn_close (self, conn, (uint16_t) code, reason);
+    }
+    s_mark_dirty (self, conn);
+done:
+    zstr_free (&command);
+    zstr_free (&reason);
+    zstr_free (&user);
+    zstr_free (&channels);
+    zstr_free (&accept);
+    zframe_destroy (&early);
+}
+
+//  DELIVER: [topic key][envelope]. Frame once, link to every member.
+static void
+s_handle_deliver (s_worker_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->down);
+    if (!msg)
+        return;
+    zframe_t *topic = zmsg_pop (msg);
+    zframe_t *body = zmsg_pop (msg);
+    wsr_envelope_t env;
+    if (!topic || !body || zframe_size (topic) == 0
+    ||  zframe_data (topic) [zframe_size (topic) - 1] != 0
+    ||  wsr_envelope_decode (zframe_data (body), zframe_size (body), &env)) {
+        zsys_warning ("session-%d: malformed DELIVER dropped", self->index);
+        goto done;
+    }
+    const char *key = (const char *) zframe_data (topic);
+    wsr_topic_member_t *member = wsr_topic_first (self->topics, key);
+    if (!member) {
+        wsr_metrics_add (self->metrics, WSR_M_DELIVER_NO_SESSION, 1);
+        goto done;
+    }
+    wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, &body);
+    int64_t recipients = 0;
+    for (; member; member = wsr_topic_next (member)) {
+        s_conn_t *conn = (s_conn_t *) wsr_topic_owner (member);
+        if (conn->state != S_OPEN || conn->doomed)
+            continue;
+        wsr_outframe_t *link = wsr_outframe_link (frame);
+        s_queue_push (conn, &link);
+        recipients++;
+        if (conn->qbytes > self->opts.max_queue)
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION);
+        s_mark_dirty (self, conn);
+    }
+    wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, recipients);
+    wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, recipients * (int64_t) env.size);
+    wsr_outframe_unlink (&frame);
+done:
+    zframe_destroy (&topic);
+    zframe_destroy (&body);
+    zmsg_destroy (&msg);
+}
+
+static void
+s_drain_all (s_worker_t *self)
+{
+    self->draining = true;
+    for (s_conn_t *conn = self->all; conn; conn = conn->next)
+        if (conn->state == S_OPEN)
+            s_doom (self, conn, WSLAY_CODE_GOING_AWAY);
+}
+
+static void
+s_handle_pipe (s_worker_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->pipe);
+    if (!msg) {
+        self->terminated = true;
+        return;
+    }
+    char *command = zmsg_popstr (msg);
+    if (streq (command, "$TERM"))
+        self->terminated = true;
+    else
+    if (streq (command, WSR_CMD_START))
+        zsock_send (self->pipe, "i", self->status);
+    else
+    if (streq (command, WSR_CMD_DRAIN))
+        s_drain_all (self);
+    else
+    if (streq (command, WSR_CMD_SESSIONS))
+        zsock_send (self->pipe, "8", (uint64_t) self->count);
+    else
+        assert (false);
+    zstr_free (&command);
+    zmsg_destroy (&msg);
+}
+
+//  Drain a ZeroMQ socket whose ZMQ_FD fired; true if the budget ran out.
+static bool
+s_drain_socket (s_worker_t *self, zsock_t *sock, void (*handler) (s_worker_t *))
+{
+    int budget = WSR_WORKER_BUDGET;
+    while (!self->terminated && (zsock_events (sock) & ZMQ_POLLIN)) {
+        if (budget-- == 0)
+            return true;
+        handler (self);
+    }
+    return false;
+}
+
+//  After each batch: close doomed sessions, flush dirty ones, expire closes,
+//  free the dead.
+static void
+s_after_batch (s_worker_t *self)
+{
+    while (self->doomed) {
+        s_conn_t *conn = self->doomed;
+        self->doomed = conn->doom_next;
+        conn->doomed = false;
+        if (conn->doom_code == WSLAY_CODE_POLICY_VIOLATION) {
+            wsr_metrics_add (self->metrics, WSR_M_QUEUE_DROPS, 1);
+            zsys_info ("session-%d: conn %" PRIu64 " closed: output limit (%zu bytes queued)",
+                       self->index, conn->id, conn->qbytes);
+            s_conn_close (self, conn, conn->doom_code, "slow consumer: output queue full");
+        }
+        else
+            s_conn_close (self, conn, conn->doom_code, "going away");
+    }
+    while (self->dirty) {
+        s_conn_t *conn = self->dirty;
+        self->dirty = conn->dirty_next;
+        conn->dirty = false;
+        s_conn_flush (self, conn);
+    }
+    int64_t now = wsr_util_mono_ms ();
+    while (self->closing_head && self->closing_head->deadline <= now)
+        s_conn_kill (self, self->closing_head);
+    while (self->dead) {
+        s_conn_t *conn = self->dead;
+        self->dead = conn->next;
+        s_conn_free (conn);
+    }
+}
+
+static int
+s_epoll_add_zmq (s_worker_t *self, zsock_t *sock, uint64_t tag)
+{
+    struct epoll_event event = { .events = EPOLLIN };
+    event.data.u64 = tag;
+    return epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, zsock_fd (sock), &event);
+}
+
+static void
+s_session_actor (zsock_t *pipe, void *args)
+{
+    s_args_t *a = (s_args_t *) args;
+    s_worker_t self_data = { 0 };
+    s_worker_t *self = &self_data;
+    self->pipe = pipe;
+    self->index = a->index;
+    self->opts = a->opts;
+    self->metrics = a->metrics;
+    self->node = strdup (a->name);
+    self->topics = wsr_topic_new (self->opts.max_sessions * (WSR_MAX_CHANNELS + 1));
+    char thread_name [16];
+    snprintf (thread_name, sizeof thread_name, "wsr-session-%d", a->index);
+    pthread_setname_np (pthread_self (), thread_name);
+
+    self->adopt = zsock_new (ZMQ_PULL);
+    self->down = zsock_new (ZMQ_SUB);
+    self->up = zsock_new (ZMQ_PUSH);
+    assert (self->adopt && self->down && self->up);
+    zsock_set_rcvhwm (self->down, WSR_HWM);
+    zsock_set_sndhwm (self->up, WSR_HWM);
+    zsock_set_sndtimeo (self->up, 0);
+    zsock_set_linger (self->up, 0);
+    char *adopt_ep = zsys_sprintf (WSR_EP_ADOPT, a->name, a->index);
+    self->status = 0;
+    if (zsock_bind (self->adopt, "%s", adopt_ep) == -1
+    ||  zsock_connect (self->down, WSR_EP_DOWN, a->name) == -1
+    ||  zsock_connect (self->up, WSR_EP_UP, a->name) == -1)
+        self->status = -1;
+    zstr_free (&adopt_ep);
+    self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
+    if (self->epoll_fd < 0
+    ||  s_epoll_add_zmq (self, pipe, S_TAG_PIPE)
+    ||  s_epoll_add_zmq (self, self->adopt, S_TAG_ADOPT)
+    ||  s_epoll_add_zmq (self, self->down, S_TAG_DOWN))
+        self->status = -1;
+    zsock_signal (pipe, 0);
+
+    bool again = true;              //  ZMQ_FD is edge-triggered: check once at start
+    struct epoll_event events [S_MAX_EVENTS];
+    while (!self->terminated) {
+        int timeout = again? 0: self->closing_head? 100: 1000;
+        int n = epoll_wait (self->epoll_fd, events, S_MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR) {
+            zsys_error ("session-%d: epoll_wait: %s", self->index, strerror (errno));
+            break;
+        }
+        again = false;
+        for (int i = 0; i < n; i++) {
+            if (events [i].data.u64 < S_TAG_MAX)
+                continue;           //  ZeroMQ sockets are drained below, always
+            s_conn_t *conn = (s_conn_t *) events [i].data.ptr;
+            if (conn->state == S_DEAD)
+                continue;
+            if (events [i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                s_conn_read (self, conn);
+            if ((events [i].events & EPOLLOUT) && conn->state != S_DEAD)
+                s_conn_flush (self, conn);
+        }
+        //  Edge-triggered ZMQ_FD: check every socket every turn (three calls)
+        again |= s_drain_socket (self, pipe, s_handle_pipe);
+        again |= s_drain_socket (self, self->adopt, s_handle_adopt);
+        again |= s_drain_socket (self, self->down, s_handle_deliver);
+        s_after_batch (self);
+    }
+    //  Terminated: drop every connection at once
+    while (self->all)
+        s_conn_kill (self, self->all);
+    s_after_batch (self);
+    close (self->epoll_fd);
+    zsock_destroy (&self->adopt);
+    zsock_destroy (&self->down);
+    zsock_destroy (&self->up);
+    wsr_topic_destroy (&self->topics);
+    free (self->node);
+}
+
+//  --------------------------------------------------------------------------
+//  Start a worker.
+wsr_session_t *
+wsr_session_new (const char *name, int index, const wsr_session_opts_t *opts,
+                 wsr_metrics_t *metrics)
+{
+    assert (name && opts && metrics);
+    s_args_t args = { (char *) name, index, *opts, metrics };
+    wsr_session_t *self = (wsr_session_t *) zmalloc (sizeof (wsr_session_t));
+    self->actor = zactor_new (s_session_actor, &args);
+    assert (self->actor);
+    int status = -1;
+    zsock_send (self->actor, "s", WSR_CMD_START);
+    zsock_recv (self->actor, "i", &status);
+    if (status != 0)
+        wsr_session_destroy (&self);
+    return self;
+}
+
+//  --------------------------------------------------------------------------
+//  Stop a worker.
+void
+wsr_session_destroy (wsr_session_t **self_p)
+{
+    assert (self_p);
+    if (*self_p) {
+        wsr_session_t *self = *self_p;
+        zactor_destroy (&self->actor);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Graceful close of every session.
+void
+wsr_session_drain (wsr_session_t *self)
+{
+    assert (self);
+    zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+}
+
+//  --------------------------------------------------------------------------
+//  Connections held.
+int64_t
+wsr_session_count (wsr_session_t *self)
+{
+    assert (self);
+    uint64_t count = 0;
+    zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    zsock_recv (self->actor, "8", &count);
+    return (int64_t) count;
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: a socketpair is the client; the test plays auth (ADOPT) and
+//  router (XPUB for DELIVER, PULL for upstream).
+
+//  Read exactly len bytes from fd within timeout_ms; returns bytes read.
+static size_t
+s_read_exact (int fd, uint8_t *buf, size_t len, int timeout_ms)
+{
+    size_t got = 0;
+    int64_t end = zclock_mono () + timeout_ms;
+    while (got < len && zclock_mono () < end) {
+        zmq_pollitem_t item = { NULL, fd, ZMQ_POLLIN, 0 };
+        if (zmq_poll (&item, 1, 50) > 0) {
+            ssize_t n = recv (fd, buf + got, len - got, 0);
+            if (n <= 0)
+                break;
+            got += (size_t) n;
+        }
+    }
+    return got;
+}
+
+//  Read the 101 response up to the blank line.
+static void
+s_expect_101 (int fd)
+{
+    char buf [512];
+    size_t got = 0;
+    while (got < sizeof buf - 1) {
+        if (s_read_exact (fd, (uint8_t *) buf + got, 1, 2000) != 1)
+            break;
+        got++;
+        buf [got] = 0;
+        if (got >= 4 && streq (buf + got - 4, "\r\n\r\n"))
+            break;
+    }
+    assert (strstr (buf, "HTTP/1.1 101 Switching Protocols\r\n"));
+    assert (strstr (buf, "Sec-WebSocket-Accept: ACCEPT\r\n"));
+}
+
+//  Send a masked client frame.
+static void
+s_client_send (int fd, int opcode, bool fin, const void *data, size_t len)
+{
+    uint8_t frame [256];
+    assert (len < 126);
+    frame [0] = (fin? 0x80: 0) | (uint8_t) opcode;
+    frame [1] = 0x80 | (uint8_t) len;
+    uint8_t mask [4] = { 0x11, 0x22, 0x33, 0x44 };
+    memcpy (frame + 2, mask, 4);
+    for (size_t i = 0; i < len; i++)
+        frame [6 + i] = ((const uint8_t *) data) [i] ^ mask [i % 4];
+    assert (send (fd, frame, 6 + len, 0) == (ssize_t) (6 + len));
+}
+
+//  Read one unmasked server frame (payload < 64 KiB); returns opcode.
+static int
+s_client_recv (int fd, uint8_t *payload, size_t *len)
+{
+    uint8_t header [4];
+    if (s_read_exact (fd, header, 2, 2000) != 2)
+        return -1;
+    size_t size = header [1] & 0x7f;
+    assert (!(header [1] & 0x80));
+    if (size == 126) {
+        assert (s_read_exact (fd, header + 2, 2, 2000) == 2);
+        size = (size_t) header [2] << 8 | header [3];
+    }
+    assert (s_read_exact (fd, payload, size, 2000) == size);
+    *len = size;
+    return header [0] & 0x0f;
+}
+
+static int
+s_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
+         const char *channels, const void *early, size_t early_size)
+{
+    int pair [2];
+    assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+    int flags = fcntl (pair [0], F_GETFL);
+    fcntl (pair [0], F_SETFL, flags | O_NONBLOCK);
+    zframe_t *frame = zframe_new (early, early_size);
+    zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, reason, user,
+                channels, "ACCEPT", frame);
+    zframe_destroy (&frame);
+    return pair [1];
+}
+
+static void
+s_publish (zsock_t *xpub, const char *topic, const char *text)
+{
+    zframe_t *key = zframe_new (topic, strlen (topic) + 1);
+    zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) text, strlen (text), 0, 0);
+    zsock_send (xpub, "ff", key, env);
+    zframe_destroy (&key);
+    zframe_destroy (&env);
+}
+
+//  Wait until the XPUB has seen n subscription changes matching prefix byte.
+static void
+s_expect_sub (zsock_t *xpub, int kind, const char *topic)
+{
+    zpoller_t *poller = zpoller_new (xpub, NULL);
+    assert (zpoller_wait (poller, 2000) == xpub);
+    zframe_t *frame = zframe_recv (xpub);
+    assert (zframe_size (frame) == strlen (topic) + 2);
+    assert (zframe_data (frame) [0] == kind);
+    assert (memcmp (zframe_data (frame) + 1, topic, strlen (topic) + 1) == 0);
+    zframe_destroy (&frame);
+    zpoller_destroy (&poller);
+}
+
+void
+wsr_session_test (bool verbose)
+{
+    (void) verbose;
+    wsr_metrics_t *metrics = wsr_metrics_new ();
+    //  The test plays the router
+    zsock_t *xpub = zsock_new_xpub ("inproc://wsr-down-stest");
+    zsock_t *upstream = zsock_new_pull ("inproc://wsr-up-stest");
+    wsr_session_opts_t opts = { 1024 * 1024, 64 * 1024, 1000, 500 };
+    wsr_session_t *worker = wsr_session_new ("stest", 0, &opts, metrics);
+    assert (worker);
+    zsock_t *auth = zsock_new_push ("inproc://wsr-adopt-stest-0");
+
+    //  A good session for u1 with channel room.7; a client frame arrives
+    //  together with the handshake (early bytes) and goes upstream
+    uint8_t early [6 + 5];
+    early [0] = 0x81; early [1] = 0x80 | 5;
+    uint8_t mask [4] = { 1, 2, 3, 4 };
+    memcpy (early + 2, mask, 4);
+    for (int i = 0; i < 5; i++)
+        early [6 + i] = "early" [i] ^ mask [i % 4];
+    int c1 = s_adopt (auth, 1, 0, "", "u1", "room.7", early, sizeof early);
+    s_expect_101 (c1);
+    s_expect_sub (xpub, 1, "user:u1");
+    s_expect_sub (xpub, 1, "channel:room.7");
+    char *key = NULL;
+    zframe_t *env_frame = NULL;
+    assert (zsock_recv (upstream, "sf", &key, &env_frame) == 0);
+    assert (streq (key, "up:u1"));
+    wsr_envelope_t env;
+    assert (wsr_envelope_decode (zframe_data (env_frame), zframe_size (env_frame), &env) == 0);
+    assert (env.size == 5 && memcmp (env.data, "early", 5) == 0 && env.session == 1);
+    assert (env.kind == WSR_KIND_TEXT);
+    zstr_free (&key);
+    zframe_destroy (&env_frame);
+
+    //  A second session of u1 (no new subscription) and one of u10
+    int c2 = s_adopt (auth, 2, 0, "", "u1", "", NULL, 0);
+    s_expect_101 (c2);
+    int c3 = s_adopt (auth, 3, 0, "", "u10", "", NULL, 0);
+    s_expect_101 (c3);
+    s_expect_sub (xpub, 1, "user:u10");
+
+    //  Deliveries: both u1 sessions get u1's message, u10 only its own
+    s_publish (xpub, "user:u1", "to-u1");
+    s_publish (xpub, "user:u10", "to-u10");
+    s_publish (xpub, "channel:room.7", "to-room");
+    uint8_t payload [70000];
+    size_t len;
+    assert (s_client_recv (c1, payload, &len) == 1 && len == 5 && !memcmp (payload, "to-u1", 5));
+    assert (s_client_recv (c1, payload, &len) == 1 && len == 7 && !memcmp (payload, "to-room", 7));
+    assert (s_client_recv (c2, payload, &len) == 1 && len == 5 && !memcmp (payload, "to-u1", 5));
+    assert (s_client_recv (c3, payload, &len) == 1 && len == 6 && !memcmp (payload, "to-u10", 6));
+    //  c2 got nothing for room.7
+    assert (s_read_exact (c2, payload, 1, 100) == 0);
+
+    //  Ping between fragments is answered; the fragmented message goes up whole
+    s_client_send (c2, 0x2, false, "ab", 2);
+    s_client_send (c2, 0x9, true, "pp", 2);
+    s_client_send (c2, 0x0, true, "\xff", 1);
+    assert (s_client_recv (c2, payload, &len) == 0xA && len == 2 && !memcmp (payload, "pp", 2));
+    assert (zsock_recv (upstream, "sf", &key, &env_frame) == 0);
+    assert (wsr_envelope_decode (zframe_data (env_frame), zframe_size (env_frame), &env) == 0);
+    assert (env.kind == WSR_KIND_BINARY && env.size == 3 && !memcmp (env.data, "ab\xff", 3));
+    zstr_free (&key);
+    zframe_destroy (&env_frame);
+
+    //  Invalid UTF-8 text → close 1007
+    s_client_send (c3, 0x1, true, "\xc0\xaf", 2);
+    assert (s_client_recv (c3, payload, &len) == 0x8);
+    assert (len >= 2 && (payload [0] << 8 | payload [1]) == 1007);
+    s_expect_sub (xpub, 0, "user:u10");         //  last u10 session left
+    close (c3);
+
+    //  A rejected token: upgraded, then closed with 1008 and the reason
+    int c4 = s_adopt (auth, 4, 1008, "token expired", "", "", NULL, 0);
+    s_expect_101 (c4);
+    assert (s_client_recv (c4, payload, &len) == 0x8);
+    assert ((payload [0] << 8 | payload [1]) == 1008);
+    assert (len == 2 + 13 && !memcmp (payload + 2, "token expired", 13));
+    //  Client answers the close; the server then closes TCP
+    s_client_send (c4, 0x8, true, "\x03\xf0", 2);
+    assert (s_read_exact (c4, payload, 1, 2000) == 0);
+    close (c4);
+
+    //  Slow consumer: c2 never reads; its queue overflows (64 KiB) and it is
+    //  closed, while c1 keeps receiving everything in order
+    char big [1000];
+    memset (big, 'x', sizeof big - 1);
+    big [sizeof big - 1] = 0;
+    for (int i = 0; i < 1000; i++) {
+        s_publish (xpub, "user:u1", big);
+        if (i % 10 == 9)
+            for (int j = 0; j < 10; j++) {
+                assert (s_client_recv (c1, payload, &len) == 1);
+                assert (len == sizeof big - 1);
+            }
+    }
+    int64_t deadline = zclock_mono () + 3000;
+    while (wsr_metrics_get (metrics, WSR_M_QUEUE_DROPS) < 1 && zclock_mono () < deadline)
+        zclock_sleep (10);
+    assert (wsr_metrics_get (metrics, WSR_M_QUEUE_DROPS) == 1);
+    //  c2 sees its queued data, then a close 1008 (after at most the frame in flight)
+    int opcode;
+    while ((opcode = s_client_recv (c2, payload, &len)) == 1)
+        ;
+    assert (opcode == 0x8 && (payload [0] << 8 | payload [1]) == 1008);
+    close (c2);
+
+    //  Drain: c1 gets 1001
+    wsr_session_drain (worker);
+    assert (s_client_recv (c1, payload, &len) == 0x8);
+    assert ((payload [0] << 8 | payload [1]) == 1001);
+    close (c1);
+    deadline = zclock_mono () + 3000;
+    while (wsr_session_count (worker) > 0 && zclock_mono () < deadline)
+        zclock_sleep (10);
+    assert (wsr_session_count (worker) == 0);
+    assert (wsr_metrics_get (metrics, WSR_M_SESSIONS_OPEN) == 0);
+
+    wsr_session_destroy (&worker);
+    zsock_destroy (&auth);
+    zsock_destroy (&xpub);
+    zsock_destroy (&upstream);
+    wsr_metrics_destroy (&metrics);
+}

@@ -1,0 +1,231 @@
+//  wsr_topic — a session worker's topic table: topic key → member sessions
+//
+//  Delivery is a hash lookup and a walk of that topic's members: never a scan
+//  of all sessions. Each membership is an intrusive doubly-linked node, so a
+//  session leaves in O(1). The table tells the caller when a topic gets its
+//  first member or loses its last, which is when the worker subscribes or
+//  unsubscribes its SUB socket (first-in subscribes, last-out unsubscribes).
+
+#include "wsr_classes.h"
+
+typedef struct _s_entry_t s_entry_t;
+
+struct _wsr_topic_member_t {
+    void *owner;                    //  the session; not owned
+    s_entry_t *entry;               //  topic this membership belongs to
+    wsr_topic_member_t *prev;       //  neighbours in the topic's list
+    wsr_topic_member_t *next;
+};
+
+struct _s_entry_t {
+    wsr_topic_member_t *head;       //  first member
+    size_t members;                 //  list length
+    char key [];                    //  topic key, NUL-terminated
+};
+
+struct _wsr_topic_t {
+    zhashx_t *topics;               //  key → s_entry_t (owned)
+    size_t max_topics;              //  configured bound on distinct topics
+};
+
+//  --------------------------------------------------------------------------
+//  Build "user:u1" / "channel:c"; the NUL is part of the key on the wire.
+int
+wsr_topic_key (char *buf, size_t size, const char *kind, const char *id)
+{
+    assert (buf && kind && id);
+    size_t kind_len = strlen (kind), id_len = strlen (id);
+    if (kind_len + id_len + 1 > size)
+        return -1;
+    memcpy (buf, kind, kind_len);
+    memcpy (buf + kind_len, id, id_len + 1);
+    return (int) (kind_len + id_len + 1);
+}
+
+static void
+s_entry_free (void **item_p)
+{
+    s_entry_t *entry = (s_entry_t *) *item_p;
+    wsr_topic_member_t *member = entry->head;
+    while (member) {
+        wsr_topic_member_t *next = member->next;
+        free (member);
+        member = next;
+    }
+    free (entry);
+    *item_p = NULL;
+}
+
+//  --------------------------------------------------------------------------
+//  Create an empty table.
+wsr_topic_t *
+wsr_topic_new (size_t max_topics)
+{
+    wsr_topic_t *self = (wsr_topic_t *) zmalloc (sizeof (wsr_topic_t));
+    self->max_topics = max_topics;
+    self->topics = zhashx_new ();
+    assert (self->topics);
+    zhashx_set_destructor (self->topics, s_entry_free);
+    return self;
+}
+
+//  --------------------------------------------------------------------------
+//  Destroy the table and its memberships.
+void
+wsr_topic_destroy (wsr_topic_t **self_p)
+{
+    assert (self_p);
+    if (*self_p) {
+        wsr_topic_t *self = *self_p;
+        zhashx_destroy (&self->topics);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Join a topic; reports whether the caller must subscribe.
+wsr_topic_member_t *
+wsr_topic_join (wsr_topic_t *self, const char *topic, void *owner, bool *first)
+{
+    assert (self && topic && first);
+    s_entry_t *entry = (s_entry_t *) zhashx_lookup (self->topics, topic);
+    *first = false;
+    if (!entry) {
+        if (zhashx_size (self->topics) >= self->max_topics)
+            return NULL;
+        size_t len = strlen (topic);
+        entry = (s_entry_t *) zmalloc (sizeof (s_entry_t) + len + 1);
+        memcpy (entry->key, topic, len + 1);
+        zhashx_insert (self->topics, entry->key, entry);
+        *first = true;
+    }
+    wsr_topic_member_t *member = (wsr_topic_member_t *) zmalloc (sizeof *member);
+    member->owner = owner;
+    member->entry = entry;
+    member->next = entry->head;
+    if (entry->head)
+        entry->head->prev = member;
+    entry->head = member;
+    entry->members++;
+    return member;
+}
+
+//  --------------------------------------------------------------------------
+//  Leave; reports whether the caller must unsubscribe.
+bool
+wsr_topic_leave (wsr_topic_t *self, wsr_topic_member_t **member_p)
+{
+    assert (self && member_p);
+    wsr_topic_member_t *member = *member_p;
+    if (!member)
+        return false;
+    s_entry_t *entry = member->entry;
+    if (member->prev)
+        member->prev->next = member->next;
+    else
+        entry->head = member->next;
+    if (member->next)
+        member->next->prev = member->prev;
+    free (member);
+    *member_p = NULL;
+    if (--entry->members == 0) {
+        zhashx_delete (self->topics, entry->key);
+        return true;
+    }
+    return false;
+}
+
+//  --------------------------------------------------------------------------
+//  First member of a topic.
+wsr_topic_member_t *
+wsr_topic_first (wsr_topic_t *self, const char *topic)
+{
+    assert (self && topic);
+    s_entry_t *entry = (s_entry_t *) zhashx_lookup (self->topics, topic);
+    return entry? entry->head: NULL;
+}
+
+//  --------------------------------------------------------------------------
+//  Next member.
+wsr_topic_member_t *
+wsr_topic_next (wsr_topic_member_t *member)
+{
+    assert (member);
+    return member->next;
+}
+
+//  --------------------------------------------------------------------------
+//  Owner of a membership.
+void *
+wsr_topic_owner (wsr_topic_member_t *member)
+{
+    assert (member);
+    return member->owner;
+}
+
+//  --------------------------------------------------------------------------
+//  Key of a membership's topic.
+const char *
+wsr_topic_member_key (wsr_topic_member_t *member)
+{
+    assert (member);
+    return member->entry->key;
+}
+
+//  --------------------------------------------------------------------------
+//  Topics with members.
+size_t
+wsr_topic_size (wsr_topic_t *self)
+{
+    assert (self);
+    return zhashx_size (self->topics);
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest
+void
+wsr_topic_test (bool verbose)
+{
+    (void) verbose;
+    char key [WSR_TOPIC_MAX];
+    assert (wsr_topic_key (key, sizeof key, WSR_TOPIC_USER, "u1") == 8);
+    assert (streq (key, "user:u1"));
+    char small [6];
+    assert (wsr_topic_key (small, sizeof small, WSR_TOPIC_USER, "u1") == -1);
+
+    wsr_topic_t *topics = wsr_topic_new (2);
+    int a = 1, b = 2, c = 3;
+    bool first;
+    wsr_topic_member_t *ma = wsr_topic_join (topics, "user:u1", &a, &first);
+    assert (ma && first);
+    wsr_topic_member_t *mb = wsr_topic_join (topics, "user:u1", &b, &first);
+    assert (mb && !first);
+    wsr_topic_member_t *mc = wsr_topic_join (topics, "user:u10", &c, &first);
+    assert (mc && first);
+    //  Table full: a third distinct topic is refused
+    wsr_topic_member_t *full = wsr_topic_join (topics, "user:u2", &c, &first);
+    assert (full == NULL);
+    assert (wsr_topic_size (topics) == 2);
+
+    //  Exact keys: u1 has a and b only
+    int seen = 0;
+    for (wsr_topic_member_t *m = wsr_topic_first (topics, "user:u1"); m;
+         m = wsr_topic_next (m)) {
+        int *owner = (int *) wsr_topic_owner (m);
+        assert (owner == &a || owner == &b);
+        seen++;
+    }
+    assert (seen == 2);
+    assert (wsr_topic_first (topics, "user:u") == NULL);
+
+    assert (streq (wsr_topic_member_key (ma), "user:u1"));
+    assert (!wsr_topic_leave (topics, &ma));
+    assert (ma == NULL);
+    assert (wsr_topic_leave (topics, &mb));
+    assert (wsr_topic_first (topics, "user:u1") == NULL);
+    assert (wsr_topic_size (topics) == 1);
+    //  Destroy frees memberships still present (mc)
+    wsr_topic_destroy (&topics);
+    assert (topics == NULL);
+}

@@ -1,0 +1,276 @@
+//  wsr_node — one wsrouter node: metrics, router, session workers, auth, listener
+//
+//  Starts the actors in dependency order (router binds what workers connect
+//  to; workers bind what auth connects to; the listener comes last so no
+//  client arrives before the node can serve it) and stops them in reverse.
+//  Owns the shared metrics, which outlive every actor.
+
+#include "wsr_classes.h"
+
+struct _wsr_node_t {
+    wsr_metrics_t *metrics;                     //  shared counters
+    wsr_router_t *router;                       //  router actor
+    wsr_session_t *workers [WSR_MAX_WORKERS];   //  session workers
+    int worker_count;
+    wsr_auth_t *auth;                           //  auth actor
+    wsr_listener_t *listener;                   //  listener actor
+};
+
+//  --------------------------------------------------------------------------
+//  Defaults, as documented in README.
+void
+wsr_node_opts_defaults (wsr_node_opts_t *opts)
+{
+    assert (opts);
+    memset (opts, 0, sizeof *opts);
+    opts->name = "node";
+    opts->bind = "0.0.0.0";
+    opts->port = WSR_DEFAULT_PORT;
+    opts->jwt_alg = "HS256";
+    long cores = sysconf (_SC_NPROCESSORS_ONLN);
+    opts->workers = cores < 1? 1: cores > WSR_MAX_WORKERS? WSR_MAX_WORKERS: (int) cores;
+    opts->max_message = WSR_DEFAULT_MAX_MESSAGE;
+    opts->max_queue = WSR_DEFAULT_MAX_QUEUE;
+    opts->max_connections = 1000000;
+}
+
+//  --------------------------------------------------------------------------
+//  Start a node.
+wsr_node_t *
+wsr_node_new (const wsr_node_opts_t *opts)
+{
+    assert (opts && opts->name);
+    if (opts->workers < 1 || opts->workers > WSR_MAX_WORKERS) {
+        zsys_error ("node: workers must be 1..%d", WSR_MAX_WORKERS);
+        return NULL;
+    }
+    wsr_jwt_t *verifier = NULL;
+    if (streq (opts->jwt_alg, "HS256") && opts->jwt_secret && opts->jwt_secret_len)
+        verifier = wsr_jwt_new_hs256 (opts->jwt_secret, opts->jwt_secret_len);
+    else
+    if (streq (opts->jwt_alg, "EdDSA") && opts->jwt_public_key)
+        verifier = wsr_jwt_new_eddsa (opts->jwt_public_key);
+    if (!verifier) {
+        zsys_error ("node: no usable JWT key for algorithm '%s'", opts->jwt_alg);
+        return NULL;
+    }
+    wsr_node_t *self = (wsr_node_t *) zmalloc (sizeof (wsr_node_t));
+    self->metrics = wsr_metrics_new ();
+    self->router = wsr_router_new (opts->name, opts->upstream, self->metrics);
+    if (!self->router)
+        goto failed;
+    wsr_session_opts_t session_opts = {
+        opts->max_message, opts->max_queue,
+        opts->max_connections / (size_t) opts->workers + 1, WSR_CLOSE_TIMEOUT_MS
+    };
+    for (int i = 0; i < opts->workers; i++) {
+        self->workers [i] = wsr_session_new (opts->name, i, &session_opts, self->metrics);
+        if (!self->workers [i])
+            goto failed;
+        self->worker_count++;
+    }
+    self->auth = wsr_auth_new (opts->name, opts->workers, &verifier, self->metrics);
+    if (!self->auth)
+        goto failed;
+    wsr_listener_opts_t listener_opts = {
+        opts->bind, opts->port, opts->api_key, opts->reuseport,
+        10000, WSR_HANDSHAKE_TIMEOUT_MS, opts->max_message
+    };
+    self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);
+    if (!self->listener)
+        goto failed;
+    return self;
+failed:
+    wsr_jwt_destroy (&verifier);
+    wsr_node_destroy (&self);
+    return NULL;
+}
+
+//  --------------------------------------------------------------------------
+//  Stop everything in reverse order.
+void
+wsr_node_destroy (wsr_node_t **self_p)
+{
+    assert (self_p);
+    if (*self_p) {
+        wsr_node_t *self = *self_p;
+        wsr_listener_destroy (&self->listener);
+        wsr_auth_destroy (&self->auth);
+        for (int i = self->worker_count - 1; i >= 0; i--)
+            wsr_session_destroy (&self->workers [i]);
+        wsr_router_destroy (&self->router);
+        wsr_metrics_destroy (&self->metrics);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Listening port.
+int
+wsr_node_port (wsr_node_t *self)
+{
+    assert (self);
+    return wsr_listener_port (self->listener);
+}
+
+//  --------------------------------------------------------------------------
+//  Counters.
+wsr_metrics_t *
+wsr_node_metrics (wsr_node_t *self)
+{
+    assert (self);
+    return self->metrics;
+}
+
+//  --------------------------------------------------------------------------
+//  Graceful drain.
+int64_t
+wsr_node_drain (wsr_node_t *self, int timeout_ms)
+{
+    assert (self);
+    wsr_listener_drain (self->listener);
+    for (int i = 0; i < self->worker_count; i++)
+        wsr_session_drain (self->workers [i]);
+    int64_t deadline = zclock_mono () + timeout_ms;
+    int64_t left = 0;
+    do {
+        left = 0;
+        for (int i = 0; i < self->worker_count; i++)
+            left += wsr_session_count (self->workers [i]);
+        if (left == 0)
+            break;
+        zclock_sleep (20);
+    } while (zclock_mono () < deadline);
+    return left;
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: a whole node in-process, a raw TCP WebSocket client, publish
+//  over the HTTP API.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+static int
+s_connect (int port)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    assert (connect (fd, (struct sockaddr *) &addr, sizeof addr) == 0);
+    struct timeval tv = { 3, 0 };
+    setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static size_t
+s_recv_all (int fd, uint8_t *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = recv (fd, buf + got, len - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t) n;
+    }
+    return got;
+}
+
+//  Open a WebSocket with token; consume the 101 response.
+static int
+s_ws_open (int port, const char *token)
+{
+    int fd = s_connect (port);
+    char request [2048];
+    int n = snprintf (request, sizeof request,
+                      "GET /ws?token=%s HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n", token);
+    assert (send (fd, request, (size_t) n, 0) == n);
+    char response [512] = "";
+    size_t got = 0;
+    while (got < sizeof response - 1 && !strstr (response, "\r\n\r\n")) {
+        ssize_t r = recv (fd, response + got, 1, 0);
+        assert (r == 1);
+        got++;
+    }
+    assert (strncmp (response, "HTTP/1.1 101", 12) == 0);
+    return fd;
+}
+
+static void
+s_publish (int port, const char *body)
+{
+    int fd = s_connect (port);
+    char request [1024];
+    int n = snprintf (request, sizeof request,
+                      "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: apikey k\r\n"
+                      "Content-Length: %zu\r\n\r\n%s", strlen (body), body);
+    assert (send (fd, request, (size_t) n, 0) == n);
+    char reply [512];
+    ssize_t r = recv (fd, reply, sizeof reply, 0);
+    assert (r > 12 && strncmp (reply, "HTTP/1.1 202", 12) == 0);
+    close (fd);
+}
+
+void
+wsr_node_test (bool verbose)
+{
+    (void) verbose;
+    const char *secret = "node-test-secret";
+    wsr_node_opts_t opts;
+    wsr_node_opts_defaults (&opts);
+    opts.name = "ntest";
+    opts.bind = "127.0.0.1";
+    opts.port = 0;
+    opts.api_key = "k";
+    opts.jwt_secret = (const uint8_t *) secret;
+    opts.jwt_secret_len = strlen (secret);
+    opts.workers = 2;
+    wsr_node_t *node = wsr_node_new (&opts);
+    assert (node);
+    int port = wsr_node_port (node);
+
+    int64_t now = (int64_t) time (NULL);
+    char *t1 = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), "u1",
+                                   now, now + 60, NULL);
+    char *t10 = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), "u10",
+                                    now, now + 60, NULL);
+    int c1 = s_ws_open (port, t1);
+    int c10 = s_ws_open (port, t10);
+    //  Sessions are live once the gauge says so (ADOPT is asynchronous)
+    int64_t deadline = zclock_mono () + 3000;
+    while (wsr_metrics_get (wsr_node_metrics (node), WSR_M_SESSIONS_OPEN) < 2
+       &&  zclock_mono () < deadline)
+        zclock_sleep (5);
+    assert (wsr_metrics_get (wsr_node_metrics (node), WSR_M_SESSIONS_OPEN) == 2);
+    //  Subscription reaches the router's XPUB asynchronously too; resend until seen
+    uint8_t frame [64];
+    bool seen = false;
+    for (int i = 0; i < 50 && !seen; i++) {
+        s_publish (port, "{\"user\":\"u10\",\"data\":\"for-u10\"}");
+        struct timeval tv = { 0, 100000 };
+        setsockopt (c10, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        seen = s_recv_all (c10, frame, 9) == 9;
+    }
+    assert (seen && frame [0] == 0x81 && frame [1] == 7 && !memcmp (frame + 2, "for-u10", 7));
+    s_publish (port, "{\"user\":\"u1\",\"data\":\"for-u1\"}");
+    struct timeval tv = { 3, 0 };
+    setsockopt (c1, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    //  u1's first frame is its own message, never u10's
+    assert (s_recv_all (c1, frame, 8) == 8);
+    assert (frame [0] == 0x81 && frame [1] == 6 && !memcmp (frame + 2, "for-u1", 6));
+
+    //  Drain closes both with 1001
+    wsr_node_drain (node, 50);
+    assert (s_recv_all (c1, frame, 4) == 4);
+    assert (frame [0] == 0x88 && (frame [2] << 8 | frame [3]) == 1001);
+    close (c1);
+    close (c10);
+    free (t1);
+    free (t10);
+    wsr_node_destroy (&node);
+    assert (node == NULL);
+}

@@ -1,0 +1,315 @@
+//  wsr_router — the node's router actor: backplane ⇄ session workers
+//
+//  Downstream: PUBLISH messages (from the HTTP API today, from the bridge in
+//  the next step) go out on an XPUB socket as [topic key][envelope]; every
+//  session worker holds one SUB socket on it, subscribed to the topics of its
+//  own sessions, so ZeroMQ delivers a message only to the workers that want
+//  it, once per worker, sharing the payload buffer. XPUB passes on only a
+//  topic's first subscription and last unsubscription, so the router's topic
+//  set is exactly "what some session of this node needs"; that set is what a
+//  bridge subscribes to on Redis/NATS.
+//
+//  Upstream: session workers PUSH [up:user][envelope] for what clients send;
+//  the router republishes it on a PUB socket (inproc, plus an optional TCP
+//  endpoint that backends or tests subscribe to).
+//
+//  Sockets (owned):
+//    pipe                       PAIR   commands: START, TOPICS, $TERM
+//    inproc://wsr-down-NAME     XPUB   bind; DELIVER to workers, subs back
+//    inproc://wsr-pub-NAME      PULL   bind; PUBLISH from the listener
+//    inproc://wsr-up-NAME       PULL   bind; upstream from workers
+//    upstream (optional)        PUB    bind; upstream to backends
+
+#include "wsr_classes.h"
+
+struct _wsr_router_t {
+    zactor_t *actor;                //  the router thread
+};
+
+typedef struct {
+    char *name;                     //  node instance name
+    char *upstream;                 //  optional upstream PUB endpoint
+    wsr_metrics_t *metrics;         //  shared counters (not owned)
+} s_args_t;
+
+typedef struct {
+    zsock_t *pipe;                  //  actor pipe (not owned)
+    zsock_t *down;                  //  XPUB to workers
+    zsock_t *pub_in;                //  PULL from the HTTP API
+    zsock_t *up_in;                 //  PULL from workers
+    zsock_t *up_out;                //  PUB to backends
+    zhashx_t *topics;               //  topics with subscribers (key → NULL)
+    wsr_metrics_t *metrics;         //  shared counters
+    int status;                     //  init result for START
+} s_router_t;
+
+static zsock_t *
+s_bind (int type, const char *fmt, const char *name)
+{
+    zsock_t *sock = zsock_new (type);
+    assert (sock);
+    zsock_set_sndhwm (sock, WSR_HWM);
+    zsock_set_rcvhwm (sock, WSR_HWM);
+    zsock_set_sndtimeo (sock, 0);
+    zsock_set_linger (sock, 0);
+    if (zsock_bind (sock, fmt, name) == -1) {
+        char endpoint [256];
+        snprintf (endpoint, sizeof endpoint, fmt, name);
+        zsys_error ("router: cannot bind %s: %s", endpoint, zmq_strerror (zmq_errno ()));
+        zsock_destroy (&sock);
+    }
+    return sock;
+}
+
+//  Subscription messages from the XPUB: 0x01 topic = first subscriber on this
+//  node, 0x00 topic = last one gone.
+static void
+s_handle_subscription (s_router_t *self)
+{
+    zframe_t *frame = zframe_recv (self->down);
+    if (!frame)
+        return;
+    size_t size = zframe_size (frame);
+    const char *data = (const char *) zframe_data (frame);
+    if (size >= 2 && size <= WSR_TOPIC_MAX + 1 && data [size - 1] == 0) {
+        if (data [0] == 1)
+            zhashx_insert (self->topics, data + 1, NULL);
+        else
+        if (data [0] == 0)
+            zhashx_delete (self->topics, data + 1);
+    }
+    zframe_destroy (&frame);
+}
+
+//  Forward [topic][envelope] from a PULL to an output socket without copying.
+static void
+s_forward (zsock_t *from, zsock_t *to, wsr_metrics_t *metrics, wsr_metric_t drop_metric)
+{
+    zmsg_t *msg = zmsg_recv (from);
+    if (!msg)
+        return;
+    if (zmsg_size (msg) == 3) {
+        //  PUBLISH carries its verb first
+        char *verb = zmsg_popstr (msg);
+        assert (verb && streq (verb, WSR_MSG_PUBLISH));
+        zstr_free (&verb);
+        wsr_metrics_add (metrics, WSR_M_PUBLISHED, 1);
+    }
+    assert (zmsg_size (msg) == 2);
+    if (zmsg_send (&msg, to)) {
+        zmsg_destroy (&msg);
+        wsr_metrics_add (metrics, drop_metric, 1);
+    }
+}
+
+static void
+s_router_actor (zsock_t *pipe, void *args)
+{
+    s_args_t *a = (s_args_t *) args;
+    s_router_t self = { 0 };
+    self.pipe = pipe;
+    self.metrics = a->metrics;
+    self.topics = zhashx_new ();
+    zhashx_set_destructor (self.topics, NULL);
+    zhashx_set_duplicator (self.topics, NULL);
+    pthread_setname_np (pthread_self (), "wsr-router");
+
+    self.down = s_bind (ZMQ_XPUB, WSR_EP_DOWN, a->name);
+    self.pub_in = s_bind (ZMQ_PULL, WSR_EP_PUB, a->name);
+    self.up_in = s_bind (ZMQ_PULL, WSR_EP_UP, a->name);
+    //  Without a configured endpoint an inproc one keeps the path the same
+    char *upstream = a->upstream? strdup (a->upstream)
+                                : zsys_sprintf ("inproc://wsr-upstream-%s", a->name);
+    self.up_out = s_bind (ZMQ_PUB, "%s", upstream);
+    zstr_free (&upstream);
+    if (self.down) {
+        //  Refuse rather than silently drop when a worker falls behind
+        zsock_set_xpub_nodrop (self.down, 1);
+    }
+    self.status = (self.down && self.pub_in && self.up_in && self.up_out)? 0: -1;
+    zsock_signal (pipe, 0);
+
+    zpoller_t *poller = zpoller_new (pipe, NULL);
+    if (self.status == 0)
+        zpoller_add (poller, self.down), zpoller_add (poller, self.pub_in),
+        zpoller_add (poller, self.up_in);
+    zpoller_set_nonstop (poller, true);
+    while (true) {
+        zsock_t *which = (zsock_t *) zpoller_wait (poller, -1);
+        if (which == pipe) {
+            zmsg_t *msg = zmsg_recv (pipe);
+            if (!msg)
+                break;
+            char *command = zmsg_popstr (msg);
+            bool term = streq (command, "$TERM");
+            if (streq (command, WSR_CMD_START))
+                zsock_send (pipe, "i", self.status);
+            else
+            if (streq (command, "TOPICS"))
+                zsock_send (pipe, "8", (uint64_t) zhashx_size (self.topics));
+            else
+                assert (term);
+            zstr_free (&command);
+            zmsg_destroy (&msg);
+            if (term)
+                break;
+        }
+        else
+        if (which == self.down)
+            s_handle_subscription (&self);
+        else
+        if (which == self.pub_in)
+            s_forward (self.pub_in, self.down, self.metrics, WSR_M_DELIVER_NO_SESSION);
+        else
+        if (which == self.up_in) {
+            s_forward (self.up_in, self.up_out, self.metrics, WSR_M_UPSTREAM_DROPS);
+            wsr_metrics_add (self.metrics, WSR_M_UPSTREAM_SENT, 1);
+        }
+    }
+    zpoller_destroy (&poller);
+    zsock_destroy (&self.down);
+    zsock_destroy (&self.pub_in);
+    zsock_destroy (&self.up_in);
+    zsock_destroy (&self.up_out);
+    zhashx_destroy (&self.topics);
+}
+
+//  --------------------------------------------------------------------------
+//  Start the router; NULL if its sockets cannot be bound.
+wsr_router_t *
+wsr_router_new (const char *name, const char *upstream, wsr_metrics_t *metrics)
+{
+    assert (name && metrics);
+    s_args_t args = { (char *) name, (char *) upstream, metrics };
+    wsr_router_t *self = (wsr_router_t *) zmalloc (sizeof (wsr_router_t));
+    self->actor = zactor_new (s_router_actor, &args);
+    assert (self->actor);
+    int status = -1;
+    zsock_send (self->actor, "s", WSR_CMD_START);
+    zsock_recv (self->actor, "i", &status);
+    if (status != 0)
+        wsr_router_destroy (&self);
+    return self;
+}
+
+//  --------------------------------------------------------------------------
+//  Stop the router.
+void
+wsr_router_destroy (wsr_router_t **self_p)
+{
+    assert (self_p);
+    if (*self_p) {
+        wsr_router_t *self = *self_p;
+        zactor_destroy (&self->actor);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Distinct topics subscribed by this node's workers.
+int64_t
+wsr_router_topics (wsr_router_t *self)
+{
+    assert (self);
+    uint64_t topics = 0;
+    zsock_send (self->actor, "s", "TOPICS");
+    zsock_recv (self->actor, "8", &topics);
+    return (int64_t) topics;
+}
+
+//  --------------------------------------------------------------------------
+//  The actor.
+zactor_t *
+wsr_router_actor (wsr_router_t *self)
+{
+    assert (self);
+    return self->actor;
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: drive the router only through its sockets.
+static zmsg_t *
+s_recv_timeout (zsock_t *sock, int ms)
+{
+    zpoller_t *poller = zpoller_new (sock, NULL);
+    zmsg_t *msg = zpoller_wait (poller, ms)? zmsg_recv (sock): NULL;
+    zpoller_destroy (&poller);
+    return msg;
+}
+
+void
+wsr_router_test (bool verbose)
+{
+    (void) verbose;
+    wsr_metrics_t *metrics = wsr_metrics_new ();
+    wsr_router_t *router = wsr_router_new ("rtest", "tcp://127.0.0.1:*", metrics);
+    assert (router);
+    //  A second router with the same name cannot bind
+    wsr_router_t *clash = wsr_router_new ("rtest", NULL, metrics);
+    assert (clash == NULL);
+
+    //  A worker's SUB socket; exact topic matching thanks to the NUL
+    zsock_t *sub = zsock_new_sub ("inproc://wsr-down-rtest", NULL);
+    zmq_setsockopt (zsock_resolve (sub), ZMQ_SUBSCRIBE, "user:u1", 8);
+    //  Wait until the router saw the subscription
+    for (int i = 0; i < 200 && wsr_router_topics (router) < 1; i++)
+        zclock_sleep (5);
+    assert (wsr_router_topics (router) == 1);
+
+    zsock_t *api = zsock_new_push ("inproc://wsr-pub-rtest");
+    const char *topics [] = { "user:u10", "user:u1x", "user:u1" };
+    for (int i = 0; i < 3; i++) {
+        zframe_t *topic = zframe_new (topics [i], strlen (topics [i]) + 1);
+        zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) topics [i],
+                                                  strlen (topics [i]), 0, 0);
+        zsock_send (api, WSR_PIC_PUBLISH, WSR_MSG_PUBLISH, topic, env);
+        zframe_destroy (&topic);
+        zframe_destroy (&env);
+    }
+    zmsg_t *msg = s_recv_timeout (sub, 2000);
+    assert (msg && zmsg_size (msg) == 2);
+    zframe_t *topic = zmsg_first (msg);
+    assert (zframe_size (topic) == 8 && memcmp (zframe_data (topic), "user:u1", 8) == 0);
+    wsr_envelope_t env;
+    zframe_t *body = zmsg_next (msg);
+    assert (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0);
+    assert (env.size == 7 && memcmp (env.data, "user:u1", 7) == 0);
+    zmsg_destroy (&msg);
+    //  Nothing else arrives: u10 and u1x were not for us
+    assert (s_recv_timeout (sub, 100) == NULL);
+    assert (wsr_metrics_get (metrics, WSR_M_PUBLISHED) == 3);
+
+    zsock_destroy (&api);
+    zmq_setsockopt (zsock_resolve (sub), ZMQ_UNSUBSCRIBE, "user:u1", 8);
+    for (int i = 0; i < 200 && wsr_router_topics (router) > 0; i++)
+        zclock_sleep (5);
+    assert (wsr_router_topics (router) == 0);
+    zsock_destroy (&sub);
+    wsr_router_destroy (&router);
+
+    //  Inproc upstream: what workers push, observers receive
+    router = wsr_router_new ("rtest2", NULL, metrics);
+    assert (router);
+    zsock_t *observer = zsock_new_sub ("inproc://wsr-upstream-rtest2", "up:");
+    zsock_t *up = zsock_new_push ("inproc://wsr-up-rtest2");
+    //  PUB/SUB joins asynchronously: retry until the first message arrives
+    zmsg_t *seen = NULL;
+    for (int i = 0; i < 100 && !seen; i++) {
+        zframe_t *env2 = wsr_envelope_encode_up ("u1", 5, "n", 0, WSR_KIND_TEXT,
+                                                 (const uint8_t *) "x", 1);
+        zframe_t *key = zframe_new ("up:u1", 6);
+        zsock_send (up, "ff", key, env2);
+        zframe_destroy (&key);
+        zframe_destroy (&env2);
+        seen = s_recv_timeout (observer, 20);
+    }
+    assert (seen && zmsg_size (seen) == 2);
+    zframe_t *key = zmsg_first (seen);
+    assert (zframe_size (key) == 6 && memcmp (zframe_data (key), "up:u1", 6) == 0);
+    zmsg_destroy (&seen);
+    zsock_destroy (&up);
+    zsock_destroy (&observer);
+    wsr_router_destroy (&router);
+    wsr_metrics_destroy (&metrics);
+}

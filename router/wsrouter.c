@@ -1,0 +1,533 @@
+//  wsrouter — command line: serve, token, keygen, publish
+//
+//  `serve` reads its configuration from the environment (names from the
+//  seeds) with a flag for each, starts one node, and waits for SIGINT or
+//  SIGTERM, which it handles synchronously (signals are blocked in every
+//  thread; main takes them with sigtimedwait), then drains and exits 0.
+
+#include "wsr_classes.h"
+#include <curl/curl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+
+//  --------------------------------------------------------------------------
+//  Small helpers
+
+static const char *
+s_env (const char *name, const char *fallback)
+{
+    const char *value = getenv (name);
+    return value && *value? value: fallback;
+}
+
+//  Parse a positive size with an optional K/M/G suffix; -1 if invalid.
+static long long
+s_parse_size (const char *text)
+{
+    char *end = NULL;
+    errno = 0;
+    long long value = strtoll (text, &end, 10);
+    if (errno || end == text || value < 0)
+        return -1;
+    if (*end == 'K' || *end == 'k')
+        value *= 1024, end++;
+    else
+    if (*end == 'M' || *end == 'm')
+        value *= 1024 * 1024, end++;
+    else
+    if (*end == 'G' || *end == 'g')
+        value *= 1024LL * 1024 * 1024, end++;
+    return *end? -1: value;
+}
+
+static char *
+s_random_hex (size_t bytes)
+{
+    uint8_t raw [64];
+    assert (bytes <= sizeof raw);
+    randombytes_buf (raw, bytes);
+    char *hex = (char *) malloc (bytes * 2 + 1);
+    sodium_bin2hex (hex, bytes * 2 + 1, raw, bytes);
+    return hex;
+}
+
+//  Decode standard or url-safe base64 into out; returns bytes or -1.
+static int
+s_base64_decode (const char *text, uint8_t *out, size_t out_size)
+{
+    size_t len = 0;
+    if (sodium_base642bin (out, out_size, text, strlen (text), NULL, &len, NULL,
+                           sodium_base64_VARIANT_ORIGINAL) == 0
+    ||  sodium_base642bin (out, out_size, text, strlen (text), NULL, &len, NULL,
+                           sodium_base64_VARIANT_URLSAFE_NO_PADDING) == 0)
+        return (int) len;
+    return -1;
+}
+
+//  --------------------------------------------------------------------------
+//  serve
+
+static void
+s_serve_usage (void)
+{
+    printf (
+"usage: wsrouter [serve] [options]\n"
+"\n"
+"Runs one wsrouter node: WebSocket sessions on GET /ws?token=JWT, the publish\n"
+"API on POST /api/publish, /healthz, /readyz and /metrics, all on one port.\n"
+"\n"
+"options (environment variable in brackets):\n"
+"  --port N              listen port [WEBSOCKET_SERVICE_PORT, 8080; 0 = any]\n"
+"  --bind ADDR           listen address [WEBSOCKET_BIND, 0.0.0.0]\n"
+"  --jwt-secret S        HS256 secret [JWT_SECRET_KEY]\n"
+"  --jwt-alg A           HS256 or EdDSA [JWT_ALGORITHM, HS256]\n"
+"  --jwt-public-key B64  Ed25519 public key for EdDSA [JWT_PUBLIC_KEY]\n"
+"  --api-key K           key for POST /api/publish [WEBSOCKET_API_KEY]\n"
+"  --workers N           session worker threads [WEBSOCKET_WORKERS, one per core]\n"
+"  --upstream-endpoint E ZeroMQ PUB endpoint for client messages\n"
+"                        [WEBSOCKET_UPSTREAM_ENDPOINT, e.g. tcp://127.0.0.1:5560]\n"
+"  --max-message N       largest message, bytes [WEBSOCKET_MAX_MESSAGE, 1M]\n"
+"  --max-queue N         output queued per session [WEBSOCKET_MAX_QUEUE, 8M]\n"
+"  --max-connections N   sessions per node [WEBSOCKET_MAX_CONNECTIONS, 1000000]\n"
+"  --drain-timeout MS    SIGTERM drain limit [WEBSOCKET_DRAIN_TIMEOUT, 5000]\n"
+"  --node-id ID          node id in envelopes [WEBSOCKET_NODE_ID, host-pid]\n"
+"  --reuseport           share the port with other nodes (SO_REUSEPORT)\n"
+"  --dev                 development mode: random secret and API key, printed\n"
+"  --verbose             debug logging\n");
+}
+
+typedef struct {
+    wsr_node_opts_t node;           //  node settings
+    char *secret;                   //  owned copies of generated values
+    char *api_key;
+    uint8_t public_key [32];        //  decoded EdDSA key
+    int drain_ms;                   //  drain timeout
+    bool dev;                       //  --dev
+} s_serve_t;
+
+static int
+s_serve (int argc, char *argv [])
+{
+    s_serve_t serve = { 0 };
+    wsr_node_opts_t *opts = &serve.node;
+    wsr_node_opts_defaults (opts);
+    char default_id [128];
+    char host [64] = "host";
+    gethostname (host, sizeof host - 1);
+    snprintf (default_id, sizeof default_id, "%s-%d", host, (int) getpid ());
+    opts->name = s_env ("WEBSOCKET_NODE_ID", default_id);
+    opts->bind = s_env ("WEBSOCKET_BIND", opts->bind);
+    const char *port = s_env ("WEBSOCKET_SERVICE_PORT", "8080");
+    const char *secret = s_env ("JWT_SECRET_KEY", NULL);
+    opts->jwt_alg = s_env ("JWT_ALGORITHM", "HS256");
+    const char *public_key = s_env ("JWT_PUBLIC_KEY", NULL);
+    opts->api_key = s_env ("WEBSOCKET_API_KEY", NULL);
+    const char *workers = s_env ("WEBSOCKET_WORKERS", NULL);
+    opts->upstream = s_env ("WEBSOCKET_UPSTREAM_ENDPOINT", NULL);
+    const char *max_message = s_env ("WEBSOCKET_MAX_MESSAGE", NULL);
+    const char *max_queue = s_env ("WEBSOCKET_MAX_QUEUE", NULL);
+    const char *max_connections = s_env ("WEBSOCKET_MAX_CONNECTIONS", NULL);
+    const char *drain = s_env ("WEBSOCKET_DRAIN_TIMEOUT", "5000");
+    opts->reuseport = streq (s_env ("WEBSOCKET_REUSEPORT", "0"), "1");
+    bool verbose = false;
+
+    static struct option options [] = {
+        { "port", required_argument, 0, 'p' }, { "bind", required_argument, 0, 'b' },
+        { "jwt-secret", required_argument, 0, 's' }, { "jwt-alg", required_argument, 0, 'a' },
+        { "jwt-public-key", required_argument, 0, 'k' },
+        { "api-key", required_argument, 0, 'K' }, { "workers", required_argument, 0, 'w' },
+        { "upstream-endpoint", required_argument, 0, 'u' },
+        { "max-message", required_argument, 0, 'm' },
+        { "max-queue", required_argument, 0, 'q' },
+        { "max-connections", required_argument, 0, 'c' },
+        { "drain-timeout", required_argument, 0, 'd' },
+        { "node-id", required_argument, 0, 'n' }, { "reuseport", no_argument, 0, 'r' },
+        { "dev", no_argument, 0, 'D' }, { "verbose", no_argument, 0, 'v' },
+        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    int c;
+    while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        switch (c) {
+            case 'p': port = optarg; break;
+            case 'b': opts->bind = optarg; break;
+            case 's': secret = optarg; break;
+            case 'a': opts->jwt_alg = optarg; break;
+            case 'k': public_key = optarg; break;
+            case 'K': opts->api_key = optarg; break;
+            case 'w': workers = optarg; break;
+            case 'u': opts->upstream = optarg; break;
+            case 'm': max_message = optarg; break;
+            case 'q': max_queue = optarg; break;
+            case 'c': max_connections = optarg; break;
+            case 'd': drain = optarg; break;
+            case 'n': opts->name = optarg; break;
+            case 'r': opts->reuseport = true; break;
+            case 'D': serve.dev = true; break;
+            case 'v': verbose = true; break;
+            case 'h': s_serve_usage (); return 0;
+            default: s_serve_usage (); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf (stderr, "wsrouter: unexpected argument '%s'\n", argv [optind]);
+        return 2;
+    }
+    long long value;
+    opts->port = atoi (port);
+    if (opts->port < 0 || opts->port > 65535) {
+        fprintf (stderr, "wsrouter: bad port '%s'\n", port);
+        return 2;
+    }
+    if (workers && (opts->workers = atoi (workers)) < 1) {
+        fprintf (stderr, "wsrouter: bad worker count '%s'\n", workers);
+        return 2;
+    }
+    if (max_message) {
+        if ((value = s_parse_size (max_message)) < 1) {
+            fprintf (stderr, "wsrouter: bad max message '%s'\n", max_message);
+            return 2;
+        }
+        opts->max_message = (size_t) value;
+    }
+    if (max_queue) {
+        if ((value = s_parse_size (max_queue)) < 1024) {
+            fprintf (stderr, "wsrouter: bad max queue '%s' (at least 1K)\n", max_queue);
+            return 2;
+        }
+        opts->max_queue = (size_t) value;
+    }
+    if (max_connections) {
+        if ((value = s_parse_size (max_connections)) < 1) {
+            fprintf (stderr, "wsrouter: bad max connections '%s'\n", max_connections);
+            return 2;
+        }
+        opts->max_connections = (size_t) value;
+    }
+    serve.drain_ms = atoi (drain);
+    if (!wsr_util_id_valid (opts->name, strlen (opts->name))) {
+        fprintf (stderr, "wsrouter: bad node id '%s'\n", opts->name);
+        return 2;
+    }
+    if (streq (opts->jwt_alg, "EdDSA")) {
+        if (!public_key || s_base64_decode (public_key, serve.public_key, 32) != 32) {
+            fprintf (stderr, "wsrouter: EdDSA needs --jwt-public-key (base64 of 32 bytes)\n");
+            return 2;
+        }
+        opts->jwt_public_key = serve.public_key;
+    }
+    else
+    if (!streq (opts->jwt_alg, "HS256")) {
+        fprintf (stderr, "wsrouter: unsupported JWT algorithm '%s'\n", opts->jwt_alg);
+        return 2;
+    }
+    if (serve.dev && !secret)
+        secret = serve.secret = s_random_hex (32);
+    if (serve.dev && !opts->api_key)
+        opts->api_key = serve.api_key = s_random_hex (16);
+    if (streq (opts->jwt_alg, "HS256") && !secret) {
+        fprintf (stderr, "wsrouter: JWT_SECRET_KEY is not set; refusing to start "
+                         "(use --dev for a throwaway secret)\n");
+        return 2;
+    }
+    if (secret) {
+        opts->jwt_secret = (const uint8_t *) secret;
+        opts->jwt_secret_len = strlen (secret);
+    }
+    wsr_verbose = verbose;
+
+    long nofile = wsr_util_raise_nofile ();
+    sigset_t signals;
+    sigemptyset (&signals);
+    sigaddset (&signals, SIGINT);
+    sigaddset (&signals, SIGTERM);
+    pthread_sigmask (SIG_BLOCK, &signals, NULL);        //  inherited by every actor
+    signal (SIGPIPE, SIG_IGN);
+    zsys_set_io_threads (1);
+
+    wsr_node_t *node = wsr_node_new (opts);
+    if (!node) {
+        fprintf (stderr, "wsrouter: could not start (see log above)\n");
+        free (serve.secret);
+        free (serve.api_key);
+        return 1;
+    }
+    int bound = wsr_node_port (node);
+    const char *shown = streq (opts->bind, "0.0.0.0") || streq (opts->bind, "::")
+                      ? "127.0.0.1": opts->bind;
+    printf ("wsrouter: node %s listening on ws://%s:%d/ws (%d workers, open files %ld)\n",
+            opts->name, shown, bound, opts->workers, nofile);
+    if (opts->upstream)
+        printf ("wsrouter: client messages published on %s\n", opts->upstream);
+    if (serve.dev) {
+        int64_t now = (int64_t) time (NULL);
+        char *token = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), "dev",
+                                          now, now + 86400, "lobby");
+        printf ("\nDevelopment mode: a random secret and API key for this run only.\n"
+                "  JWT_SECRET_KEY=%s\n  WEBSOCKET_API_KEY=%s\n\n"
+                "Connect (user \"dev\", channel \"lobby\", valid 24 h):\n"
+                "  ws://%s:%d/ws?token=%s\n\n"
+                "Publish to that user:\n"
+                "  curl -s -X POST http://%s:%d/api/publish "
+                "-H 'Authorization: apikey %s' -d '{\"user\":\"dev\",\"data\":\"hello\"}'\n"
+                "  (or: WEBSOCKET_API_KEY=%s WEBSOCKET_SERVICE_PORT=%d "
+                "wsrouter publish --user dev hello)\n\n",
+                secret, opts->api_key, shown, bound, token, shown, bound, opts->api_key,
+                opts->api_key, bound);
+        free (token);
+    }
+    fflush (stdout);
+
+    int sig = 0;
+    while (sig <= 0) {
+        struct timespec wait = { 1, 0 };
+        sig = sigtimedwait (&signals, NULL, &wait);
+    }
+    zsys_info ("wsrouter: %s received, draining", sig == SIGTERM? "SIGTERM": "SIGINT");
+    int64_t left = wsr_node_drain (node, serve.drain_ms);
+    if (left)
+        zsys_warning ("wsrouter: %" PRId64 " sessions still open at drain timeout", left);
+    wsr_node_destroy (&node);
+    free (serve.secret);
+    free (serve.api_key);
+    printf ("wsrouter: stopped\n");
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  token
+
+static int
+s_token (int argc, char *argv [])
+{
+    const char *sub = NULL, *channels = NULL;
+    const char *secret = s_env ("JWT_SECRET_KEY", NULL);
+    const char *private_key = s_env ("JWT_PRIVATE_KEY", NULL);
+    const char *alg = "HS256";
+    long ttl = 3600;
+    static struct option options [] = {
+        { "sub", required_argument, 0, 's' }, { "ttl", required_argument, 0, 't' },
+        { "channels", required_argument, 0, 'c' },
+        { "jwt-secret", required_argument, 0, 'k' }, { "alg", required_argument, 0, 'a' },
+        { "jwt-private-key", required_argument, 0, 'p' },
+        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    int c;
+    while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        switch (c) {
+            case 's': sub = optarg; break;
+            case 't': ttl = atol (optarg); break;
+            case 'c': channels = optarg; break;
+            case 'k': secret = optarg; break;
+            case 'a': alg = optarg; break;
+            case 'p': private_key = optarg; break;
+            case 'h':
+                printf ("usage: wsrouter token --sub USER [--ttl SECONDS] [--channels a,b]\n"
+                        "         [--jwt-secret S | --alg EdDSA --jwt-private-key B64]\n"
+                        "Mints a token (HS256 with JWT_SECRET_KEY by default; ttl 3600,\n"
+                        "0 = no exp) and prints it.\n");
+                return 0;
+            default: return 2;
+        }
+    }
+    if (!sub) {
+        fprintf (stderr, "wsrouter token: --sub is required\n");
+        return 2;
+    }
+    int64_t now = (int64_t) time (NULL);
+    int64_t exp = ttl > 0? now + ttl: 0;
+    char *token = NULL;
+    if (streq (alg, "EdDSA")) {
+        uint8_t sk [64];
+        if (!private_key || s_base64_decode (private_key, sk, sizeof sk) != 64) {
+            fprintf (stderr, "wsrouter token: EdDSA needs --jwt-private-key (base64, 64 bytes)\n");
+            return 2;
+        }
+        token = wsr_jwt_mint_eddsa (sk, sub, now, exp, channels);
+        sodium_memzero (sk, sizeof sk);
+    }
+    else {
+        if (!secret) {
+            fprintf (stderr, "wsrouter token: set JWT_SECRET_KEY or --jwt-secret\n");
+            return 2;
+        }
+        token = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), sub, now, exp,
+                                    channels);
+    }
+    if (!token) {
+        fprintf (stderr, "wsrouter token: invalid user id or channel name\n");
+        return 2;
+    }
+    printf ("%s\n", token);
+    free (token);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  keygen: an Ed25519 key pair for JWT_ALGORITHM=EdDSA
+
+static int
+s_keygen (void)
+{
+    uint8_t pk [crypto_sign_PUBLICKEYBYTES], sk [crypto_sign_SECRETKEYBYTES];
+    crypto_sign_keypair (pk, sk);
+    char pk64 [sodium_base64_ENCODED_LEN (sizeof pk, sodium_base64_VARIANT_ORIGINAL)];
+    char sk64 [sodium_base64_ENCODED_LEN (sizeof sk, sodium_base64_VARIANT_ORIGINAL)];
+    sodium_bin2base64 (pk64, sizeof pk64, pk, sizeof pk, sodium_base64_VARIANT_ORIGINAL);
+    sodium_bin2base64 (sk64, sizeof sk64, sk, sizeof sk, sodium_base64_VARIANT_ORIGINAL);
+    printf ("JWT_PUBLIC_KEY=%s\nJWT_PRIVATE_KEY=%s\n", pk64, sk64);
+    sodium_memzero (sk, sizeof sk);
+    sodium_memzero (sk64, sizeof sk64);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  publish
+
+static size_t
+s_curl_write (char *data, size_t size, size_t nmemb, void *user)
+{
+    (void) user;
+    fwrite (data, size, nmemb, stdout);
+    return size * nmemb;
+}
+
+static int
+s_publish (int argc, char *argv [])
+{
+    const char *user = NULL, *channel = NULL, *url = NULL;
+    const char *api_key = s_env ("WEBSOCKET_API_KEY", NULL);
+    bool json_data = false;
+    static struct option options [] = {
+        { "user", required_argument, 0, 'u' }, { "channel", required_argument, 0, 'c' },
+        { "url", required_argument, 0, 'U' }, { "api-key", required_argument, 0, 'k' },
+        { "json", no_argument, 0, 'j' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    int c;
+    while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        switch (c) {
+            case 'u': user = optarg; break;
+            case 'c': channel = optarg; break;
+            case 'U': url = optarg; break;
+            case 'k': api_key = optarg; break;
+            case 'j': json_data = true; break;
+            case 'h':
+                printf ("usage: wsrouter publish (--user USER | --channel CH) DATA\n"
+                        "         [--json] [--url http://HOST:PORT] [--api-key KEY]\n"
+                        "Publishes DATA (a string; with --json, a JSON value) through a node's\n"
+                        "HTTP API, by default http://127.0.0.1:$WEBSOCKET_SERVICE_PORT with\n"
+                        "$WEBSOCKET_API_KEY. DATA '-' reads standard input.\n");
+                return 0;
+            default: return 2;
+        }
+    }
+    if (!user == !channel || optind != argc - 1) {
+        fprintf (stderr, "wsrouter publish: give --user or --channel, and DATA\n");
+        return 2;
+    }
+    if (!api_key) {
+        fprintf (stderr, "wsrouter publish: set WEBSOCKET_API_KEY or --api-key\n");
+        return 2;
+    }
+    const char *data = argv [optind];
+    char *input = NULL;
+    if (streq (data, "-")) {
+        size_t cap = 65536, len = 0;
+        input = (char *) malloc (cap);
+        size_t n;
+        while ((n = fread (input + len, 1, cap - len - 1, stdin)) > 0) {
+            len += n;
+            if (len + 1 == cap)
+                input = (char *) realloc (input, cap *= 2);
+        }
+        input [len] = 0;
+        data = input;
+    }
+    json_t *value = json_data? json_loads (data, JSON_DECODE_ANY, NULL): json_string (data);
+    if (!value) {
+        fprintf (stderr, "wsrouter publish: DATA is not %s\n",
+                 json_data? "valid JSON": "valid UTF-8");
+        free (input);
+        return 2;
+    }
+    json_t *body = json_object ();
+    json_object_set_new (body, user? "user": "channel", json_string (user? user: channel));
+    json_object_set_new (body, "data", value);
+    char *text = json_dumps (body, JSON_COMPACT);
+    json_decref (body);
+    free (input);
+
+    char default_url [128];
+    snprintf (default_url, sizeof default_url, "http://127.0.0.1:%s",
+              s_env ("WEBSOCKET_SERVICE_PORT", "8080"));
+    char *endpoint = zsys_sprintf ("%s/api/publish", url? url: default_url);
+    char *authz = zsys_sprintf ("Authorization: apikey %s", api_key);
+    curl_global_init (CURL_GLOBAL_DEFAULT);
+    CURL *curl = curl_easy_init ();
+    struct curl_slist *headers = curl_slist_append (NULL, authz);
+    headers = curl_slist_append (headers, "Content-Type: application/json");
+    curl_easy_setopt (curl, CURLOPT_URL, endpoint);
+    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt (curl, CURLOPT_POSTFIELDS, text);
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_curl_write);
+    CURLcode rc = curl_easy_perform (curl);
+    long status = 0;
+    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &status);
+    if (rc != CURLE_OK)
+        fprintf (stderr, "wsrouter publish: %s: %s\n", endpoint, curl_easy_strerror (rc));
+    else
+        printf ("\n");
+    curl_slist_free_all (headers);
+    curl_easy_cleanup (curl);
+    curl_global_cleanup ();
+    zstr_free (&endpoint);
+    zstr_free (&authz);
+    free (text);
+    return rc == CURLE_OK && status >= 200 && status < 300? 0: 1;
+}
+
+//  --------------------------------------------------------------------------
+
+static void
+s_usage (void)
+{
+    printf ("usage: wsrouter [COMMAND] [options]\n\n"
+            "commands:\n"
+            "  serve     run a node (default)\n"
+            "  token     mint a development or test token\n"
+            "  keygen    make an Ed25519 key pair for EdDSA tokens\n"
+            "  publish   publish a message through a node's HTTP API\n\n"
+            "'wsrouter COMMAND --help' describes each.\n");
+}
+
+int
+main (int argc, char *argv [])
+{
+    if (sodium_init () < 0) {
+        fprintf (stderr, "wsrouter: libsodium failed to initialise\n");
+        return 1;
+    }
+    zsys_handler_set (NULL);            //  main takes signals itself
+    zsys_set_logident ("wsrouter");
+    const char *command = argc > 1 && argv [1][0] != '-'? argv [1]: "serve";
+    int shift = argc > 1 && argv [1][0] != '-'? 1: 0;
+    if (argc > 1 && (streq (argv [1], "--help") || streq (argv [1], "-h")
+                 ||  streq (argv [1], "help"))) {
+        s_usage ();
+        return 0;
+    }
+    int sub_argc = argc - shift;
+    char **sub_argv = argv + shift;
+    if (streq (command, "serve"))
+        return s_serve (sub_argc, sub_argv);
+    if (streq (command, "token"))
+        return s_token (sub_argc, sub_argv);
+    if (streq (command, "keygen"))
+        return s_keygen ();
+    if (streq (command, "publish"))
+        return s_publish (sub_argc, sub_argv);
+    fprintf (stderr, "wsrouter: unknown command '%s'\n", command);
+    s_usage ();
+    return 2;
+}
