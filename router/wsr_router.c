@@ -158,8 +158,13 @@ s_router_actor (zsock_t *pipe, void *args)
         if (which == self.down)
             s_handle_subscription (&self);
         else
-        if (which == self.pub_in)
+        if (which == self.pub_in) {
+            //  ZMQ_EVENTS makes the XPUB take in subscriptions already sent,
+            //  so a session that was subscribed before this publish got here
+            //  receives it (no millisecond window of command throttling)
+            zsock_events (self.down);
             s_forward (self.pub_in, self.down, self.metrics, WSR_M_DELIVER_NO_SESSION);
+        }
         else
         if (which == self.up_in) {
             s_forward (self.up_in, self.up_out, self.metrics, WSR_M_UPSTREAM_DROPS);

@@ -1,0 +1,123 @@
+#!/usr/bin/python3
+"""e2e_shutdown — SIGTERM drains: every open session gets close 1001, /readyz
+stops answering 200, and the process exits with status 0 within 5 s."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import asyncio  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import wsr_e2e as e  # noqa: E402
+
+EXIT_LIMIT_S = 5.0
+
+
+async def wait_exit(srv, t0, what):
+    """Wait (without blocking the loop) for the process to exit; assert status
+    0 within EXIT_LIMIT_S of t0."""
+    loop = asyncio.get_running_loop()
+    left = max(0.1, t0 + EXIT_LIMIT_S - time.monotonic())
+    try:
+        status = await loop.run_in_executor(None, srv.proc.wait, left)
+    except subprocess.TimeoutExpired:
+        raise e.E2EError("%s: process still running %.1f s after SIGTERM" % (what, EXIT_LIMIT_S))
+    elapsed = time.monotonic() - t0
+    e.expect(status == 0, "%s: expected exit status 0, got %s; stderr tail: %s"
+             % (what, status, srv.stderr_text()[-1000:]))
+    return elapsed
+
+
+async def three_clients():
+    srv = e.start_server(workers=2)
+    socks = []
+    try:
+        socks = [await e.connect(srv.ws_url(srv.mint(u, channels=["all"])))
+                 for u in ("s1", "s2", "s2")]
+        e.expect_eq(await e.settle(srv, 3), 3, "sessions_open before SIGTERM")
+        #  Sessions are live: each gets a message before the signal
+        srv.publish(channel="all", data="before")
+        for i, ws in enumerate(socks):
+            e.expect_eq(await e.recv(ws), "before", "client %d message before SIGTERM" % i)
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        results = await asyncio.gather(
+            *[e.expect_close(ws, 1001, timeout=EXIT_LIMIT_S, what="client %d" % i)
+              for i, ws in enumerate(socks)], return_exceptions=True)
+        errors = [str(r) for r in results if isinstance(r, BaseException)]
+        e.expect(not errors, "close codes after SIGTERM: " + "; ".join(errors))
+        elapsed = await wait_exit(srv, t0, "SIGTERM with 3 clients")
+        print("  info: exited %.2f s after SIGTERM" % elapsed, flush=True)
+    finally:
+        await e.close_all(*socks)
+        srv.stop()
+
+
+async def readyz_during_drain():
+    srv = e.start_server()
+    raws = []
+    try:
+        expect_ready = srv.http("GET", "/readyz")
+        e.expect_eq(expect_ready.status, 200, "GET /readyz before SIGTERM")
+        loop = asyncio.get_running_loop()
+        #  Raw peers that never answer the close: the drain has to wait for them
+        for u in ("r1", "r2"):
+            raws.append(await loop.run_in_executor(
+                None, lambda u=u: e.RawWs(srv.port, "/ws?token=" + srv.mint(u))))
+        await e.settle(srv, 2)
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        for i, raw in enumerate(raws):
+            try:
+                fin, op, payload = await loop.run_in_executor(None, raw.read_frame,
+                                                              EXIT_LIMIT_S)
+            except Exception as ex:
+                raise e.E2EError("raw client %d: expected a close frame after SIGTERM, got "
+                                 "%s: %s" % (i, type(ex).__name__, ex))
+            e.expect(op == 0x8, "raw client %d: expected a close frame (opcode 8), got "
+                     "opcode %d %r" % (i, op, e.short(payload)))
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            e.expect_eq(code, 1001, "raw client %d close code" % i)
+        #  The drain has begun (closes were sent): /readyz must not say 200
+        if srv.proc.poll() is None:
+            try:
+                res = await loop.run_in_executor(None, lambda: srv.http("GET", "/readyz",
+                                                                        timeout=2.0))
+                e.expect(res.status != 200, "GET /readyz during the drain (after the 1001 "
+                         "closes were sent, process still running): expected not 200, got %r"
+                         % res)
+                note = "HTTP %d" % res.status
+            except (OSError, e.http.client.HTTPException) as ex:
+                note = "refused (%s)" % type(ex).__name__
+            print("  info: /readyz during drain: %s" % note, flush=True)
+        else:
+            print("  info: process had already exited when /readyz was probed", flush=True)
+        await wait_exit(srv, t0, "SIGTERM with 2 peers that never answer the close")
+    finally:
+        for raw in raws:
+            raw.close()
+        srv.stop()
+
+
+async def no_clients():
+    srv = e.start_server()
+    try:
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        await wait_exit(srv, t0, "SIGTERM with no clients")
+    finally:
+        srv.stop()
+
+
+async def body(suite):
+    await suite.case("SIGTERM: 3 clients get 1001, exit 0 within 5 s", three_clients)
+    await suite.case("SIGTERM: /readyz not 200 during drain; silent peers", readyz_during_drain)
+    await suite.case("SIGTERM with no clients: exit 0 within 5 s", no_clients)
+
+
+if __name__ == "__main__":
+    e.main("e2e_shutdown", body)
