@@ -38,13 +38,12 @@ class E2EError(AssertionError):
 
 
 def binary():
-    """Path of the wsrouter binary under test; exits 2 if it is missing."""
+    """Path of the wsrouter binary under test; E2EError if it is missing."""
     path = os.environ.get("WSROUTER") or os.path.join(HERE, "..", "build", "wsrouter")
     path = os.path.abspath(path)
     if not os.access(path, os.X_OK):
-        print("FATAL: wsrouter binary not found or not executable: %s "
-              "(set WSROUTER=/path/to/wsrouter)" % path, flush=True)
-        sys.exit(2)
+        raise E2EError("wsrouter binary not found or not executable: %s "
+                       "(set WSROUTER=/path/to/wsrouter)" % path)
     return path
 
 
@@ -555,6 +554,11 @@ def main(suite_name, body):
     """Run async body(suite); exit with the suite's status. A setup error
     (server does not start) is reported as one failed case."""
     suite = Suite(suite_name)
+    try:
+        binary()
+    except E2EError as ex:
+        suite.fail("setup", str(ex))
+        sys.exit(suite.finish())
 
     async def runner():
         try:
