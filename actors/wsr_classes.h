@@ -14,7 +14,7 @@
 #define WSR_MAX_CHANNELS            32      //  channels claim entries per session
 #define WSR_MAX_TOKEN_LEN           8192    //  JWT bytes accepted
 #define WSR_MAX_HEADER_BYTES        8192    //  request line + headers
-#define WSR_MAX_API_BODY            (2 * 1024 * 1024)   //  POST /api/publish
+#define WSR_MAX_API_BODY            (2 * 1024 * 1024)   //  HTTP body limit in tests
 #define WSR_DEFAULT_MAX_MESSAGE     (1024 * 1024)       //  WEBSOCKET_MAX_MESSAGE
 #define WSR_DEFAULT_MAX_QUEUE       (8 * 1024 * 1024)   //  per-session output cap
 #define WSR_HANDSHAKE_TIMEOUT_MS    10000   //  request must be complete by then
@@ -39,5 +39,7 @@
 #include "wsr_session.h"
 #include "wsr_router.h"
 #include "wsr_node.h"
+#include "wsr_naming.h"
+#include "wsr_redis.h"
 
 #endif

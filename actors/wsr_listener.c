@@ -437,7 +437,9 @@ s_accept (s_listener_t *self)
         s_hs_t *hs = (s_hs_t *) zmalloc (sizeof (s_hs_t));
         hs->fd = fd;
         hs->id = ++self->next_id;
-        hs->http = wsr_http_new (WSR_MAX_HEADER_BYTES, self->opts.max_message + 4096);
+        //  The API body is JSON: escapes can make a payload up to 6 times
+        //  longer (\uXXXX); the decoded payload is checked against the limit
+        hs->http = wsr_http_new (WSR_MAX_HEADER_BYTES, self->opts.max_message * 6 + 65536);
         hs->deadline = wsr_util_mono_ms () + self->opts.handshake_timeout_ms;
         char host [INET6_ADDRSTRLEN] = "?";
         int port = 0;

@@ -9,7 +9,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import asyncio  # noqa: E402
 import base64  # noqa: E402
 import time  # noqa: E402
 

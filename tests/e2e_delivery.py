@@ -197,8 +197,9 @@ async def run_cases(suite, srv):
                      "got a text frame of %d chars" % len(msg))
             e.expect(len(msg) == len(payload), "1 MiB binary: expected %d bytes, got %d"
                      % (len(payload), len(msg)))
-            e.expect(msg == payload, "1 MiB binary: bytes differ (first difference at %d)"
-                     % next(i for i in range(len(msg)) if msg[i] != payload[i]))
+            if msg != payload:
+                raise e.E2EError("1 MiB binary: bytes differ (first difference at %d)"
+                                 % next(i for i in range(len(msg)) if msg[i] != payload[i]))
         finally:
             await e.close_all(ws)
 
@@ -215,6 +216,30 @@ async def run_cases(suite, srv):
             e.expect(len(msg) == len(text), "1 MiB text: expected %d chars, got %d"
                      % (len(text), len(msg)))
             e.expect(msg == text, "1 MiB text: content differs")
+        finally:
+            await e.close_all(ws)
+
+    async def one_mib_text_escaped():
+        #  1 MiB of UTF-8 text full of characters JSON must escape or that take
+        #  several bytes: the API body is larger than the message itself.
+        ws = await e.connect(srv.ws_url(srv.mint("bigesc")))
+        try:
+            await e.settle(srv, 1)
+            rnd = random.Random(9)
+            pieces = ["a", "b", " ", '"', "\\", "\n", "\t", "é", "日", "🎉", "/", "<"]
+            parts, size = [], 0
+            while size < 1024 * 1024 - 4:
+                p = rnd.choice(pieces)
+                parts.append(p)
+                size += len(p.encode())
+            parts.append("x" * (1024 * 1024 - size))
+            text = "".join(parts)
+            e.expect_eq(len(text.encode()), 1024 * 1024, "test setup: UTF-8 size")
+            srv.publish(user="bigesc", data=text, ensure_ascii=False)
+            msg = await e.recv(ws, timeout=15.0, what="1 MiB escaped text message")
+            e.expect(isinstance(msg, str), "1 MiB text must arrive as a text frame, got binary")
+            e.expect(msg == text, "1 MiB escaped text: content differs (%d chars vs %d)"
+                     % (len(msg), len(text)))
         finally:
             await e.close_all(ws)
 
@@ -301,6 +326,7 @@ async def run_cases(suite, srv):
     await suite.case("order kept for 10,000 messages", order_10000, timeout=150)
     await suite.case("1 MiB random bytes via data_base64 → binary, intact", one_mib_binary)
     await suite.case("1 MiB text intact", one_mib_text)
+    await suite.case("1 MiB text with JSON escapes / multibyte intact", one_mib_text_escaped)
     await suite.case("unicode text, base64 text/binary, empty", utf8_and_base64_text)
     await suite.case("JSON values delivered as compact serialization", json_compact)
 

@@ -16,7 +16,7 @@ import time  # noqa: E402
 import msgpack  # noqa: E402
 import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
-from websockets.frames import OP_BINARY, OP_CONT, OP_TEXT  # noqa: E402
+from websockets.frames import OP_CONT, OP_TEXT  # noqa: E402
 
 import wsr_e2e as e  # noqa: E402
 

@@ -114,7 +114,21 @@ def http_request(port, method, path, body=None, headers=None, timeout=10.0):
     """One request on a new connection; returns HttpResult. Raises on I/O error."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError) as ex:
+            #  The server answered (e.g. 413) and closed before reading the
+            #  whole body: report its answer if it can still be read.
+            try:
+                resp = conn.getresponse()
+                data = resp.read()
+            except Exception:
+                raise E2EError("%s %s (%d-byte body): the server closed the connection "
+                               "while the request was being sent (%s), no response"
+                               % (method, path, len(body or b""), type(ex).__name__))
+            raise E2EError("%s %s (%d-byte body): the server answered HTTP %d %r and closed "
+                           "before the body was sent" % (method, path, len(body or b""),
+                                                          resp.status, data[:200]))
         resp = conn.getresponse()
         data = resp.read()
         return HttpResult(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
@@ -256,7 +270,7 @@ class Server:
                             timeout=timeout)
 
     def publish(self, user=None, channel=None, data=None, data_base64=None,
-                api_key=None, expect_ok=True):
+                api_key=None, expect_ok=True, ensure_ascii=True):
         """POST /api/publish; returns HttpResult; raises E2EError on non-2xx
         when expect_ok."""
         body = {}
@@ -269,12 +283,17 @@ class Server:
         else:
             body["data"] = data
         res = self.http("POST", "/api/publish",
-                        body=json.dumps(body, separators=(",", ":")).encode(),
+                        body=json.dumps(body, separators=(",", ":"),
+                                        ensure_ascii=ensure_ascii).encode(),
                         headers={"Authorization": "apikey " + (api_key or self.api_key),
                                  "Content-Type": "application/json"})
         if expect_ok and not 200 <= res.status < 300:
-            raise E2EError("publish %s: expected 2xx, got %r" % (
-                {k: v for k, v in body.items() if k != "data_base64"}, res))
+            shown = {k: (short_any(v) if k == "data" else v) for k, v in body.items()
+                     if k != "data_base64"}
+            if data_base64 is not None:
+                shown["data_base64"] = "<%d chars>" % len(data_base64)
+            raise E2EError("publish %s (%d-byte JSON body): expected 2xx, got %r"
+                           % (shown, len(json.dumps(body, ensure_ascii=ensure_ascii)), res))
         return res
 
     def metrics(self):

@@ -21,6 +21,8 @@ s_tests [] = {
     { "session", wsr_session_test },
     { "listener", wsr_listener_test },
     { "node", wsr_node_test },
+    { "naming", wsr_naming_test },
+    { "redis", wsr_redis_test },
     { NULL, NULL }
 };
 

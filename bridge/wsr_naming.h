@@ -1,0 +1,55 @@
+//  wsr_naming — maps topic keys to backplane channel / subject names and back
+
+#ifndef WSR_NAMING_H_INCLUDED
+#define WSR_NAMING_H_INCLUDED
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct _wsr_naming_t wsr_naming_t;
+
+//  Create a mapping from three templates, each with exactly one placeholder:
+//  user_tpl with {user_id} (e.g. "ws:{user_id}"), channel_tpl with {channel}
+//  ("ws:channel:{channel}"), actions_tpl with {user_id} ("ws:actions:{user_id}").
+//  Returns NULL if a template is malformed.
+wsr_naming_t *
+    wsr_naming_new (const char *user_tpl, const char *channel_tpl, const char *actions_tpl);
+
+//  Destroy the mapping.
+void
+    wsr_naming_destroy (wsr_naming_t **self_p);
+
+//  Topic key ("user:u1" / "channel:c") → backplane name, NUL-terminated in
+//  out. Returns its length, or -1 if the key is not a user/channel key or
+//  does not fit.
+int
+    wsr_naming_to_backplane (wsr_naming_t *self, const char *topic, char *out, size_t size);
+
+//  Backplane name (len bytes) → topic key with NUL, in out. Returns the key
+//  size including the NUL, or -1 if the name matches no template or the id
+//  in it is not a valid id.
+int
+    wsr_naming_to_topic (wsr_naming_t *self, const char *name, size_t len,
+                         char *out, size_t size);
+
+//  Name for a user's client actions (upstream). Returns length or -1.
+int
+    wsr_naming_actions (wsr_naming_t *self, const char *user, char *out, size_t size);
+
+//  Firehose pattern for users (kind WSR_TOPIC_USER) or channels: the
+//  template with its placeholder replaced by wildcard ("*" for Redis glob,
+//  ">" or "*" for NATS; with "redis" style the prefix is glob-escaped).
+//  Returns length or -1.
+int
+    wsr_naming_pattern (wsr_naming_t *self, const char *kind, bool nats, char *out,
+                        size_t size);
+
+//  Self test
+void
+    wsr_naming_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

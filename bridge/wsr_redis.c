@@ -1,0 +1,615 @@
+//  wsr_redis — a Redis pub/sub backplane link on hiredis async, driven by the owner's poll loop
+//
+//  Two connections: `sub` in subscribe mode (SUBSCRIBE / PSUBSCRIBE, receives
+//  messages) and `pub` for PUBLISH and a liveness PING every second. Both are
+//  hiredis async contexts whose event hooks only record what hiredis wants
+//  (read / write); the owner's zmq_poll watches the fds (wsr_redis_pollitems)
+//  and hands back the results (wsr_redis_process). No thread, no event library.
+//
+//  The link remembers what is wanted, not what was sent: after any reconnect
+//  every wanted channel and pattern is subscribed again, in batches. A
+//  connection that fails, drops, or misses its PING replies for 3 s is freed
+//  and reconnected with backoff (100 ms doubling to 1 s), so delivery resumes
+//  within about a second of Redis being back.
+//
+//  hiredis frees a context after its disconnect callback; every callback
+//  checks that the context is still the link's current one, so a context we
+//  freed ourselves can call back harmlessly.
+
+#include "wsr_classes.h"
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#define S_BACKOFF_MIN_MS    100
+#define S_BACKOFF_MAX_MS    1000
+#define S_CONNECT_TIMEOUT   2000    //  connect must complete by then
+#define S_PING_EVERY_MS     1000
+#define S_PING_DEAD_MS      3000    //  no PONG for this long: reconnect
+#define S_BATCH             512     //  channels per SUBSCRIBE
+
+typedef enum { S_DOWN, S_CONNECTING, S_UP } s_state_t;
+
+typedef struct {
+    struct _wsr_redis_t *owner;     //  the link
+    redisAsyncContext *ac;          //  current context or NULL
+    s_state_t state;
+    bool want_read;                 //  hiredis asked for read events
+    bool want_write;                //  hiredis asked for write events
+    int64_t next_attempt;           //  mono ms, when DOWN
+    int64_t started;                //  mono ms, connect start
+    int backoff;                    //  current backoff ms
+    bool subscriber;                //  the sub connection
+} s_conn_t;
+
+struct _wsr_redis_t {
+    char *host;                     //  from the URL
+    int port;
+    char *password;                 //  or NULL
+    int db;
+    s_conn_t sub;                   //  subscribe-mode connection
+    s_conn_t pub;                   //  publish + ping connection
+    zhashx_t *channels;             //  wanted channels (key → NULL)
+    zhashx_t *patterns;             //  wanted patterns
+    int64_t last_ping;              //  mono ms
+    int64_t last_pong;              //  mono ms
+    wsr_redis_message_fn *on_message;
+    void *arg;
+};
+
+//  --------------------------------------------------------------------------
+//  Event hooks: just remember what hiredis wants
+
+static void s_add_read (void *data)  { ((s_conn_t *) data)->want_read = true; }
+static void s_del_read (void *data)  { ((s_conn_t *) data)->want_read = false; }
+static void s_add_write (void *data) { ((s_conn_t *) data)->want_write = true; }
+static void s_del_write (void *data) { ((s_conn_t *) data)->want_write = false; }
+static void
+s_cleanup (void *data)
+{
+    s_conn_t *conn = (s_conn_t *) data;
+    conn->want_read = conn->want_write = false;
+}
+
+static void
+s_schedule (s_conn_t *conn)
+{
+    conn->ac = NULL;
+    conn->state = S_DOWN;
+    conn->want_read = conn->want_write = false;
+    conn->next_attempt = wsr_util_mono_ms () + conn->backoff;
+    conn->backoff = conn->backoff * 2 > S_BACKOFF_MAX_MS? S_BACKOFF_MAX_MS: conn->backoff * 2;
+}
+
+//  Free our context on purpose (timeouts, dead ping): callbacks that run
+//  during the free see a context that is no longer current and do nothing.
+static void
+s_reset (s_conn_t *conn)
+{
+    redisAsyncContext *ac = conn->ac;
+    s_schedule (conn);
+    if (ac)
+        redisAsyncFree (ac);
+}
+
+//  --------------------------------------------------------------------------
+//  Replies
+
+static void
+s_on_sub_reply (redisAsyncContext *ac, void *reply_p, void *privdata)
+{
+    wsr_redis_t *self = (wsr_redis_t *) privdata;
+    redisReply *reply = (redisReply *) reply_p;
+    if (ac != self->sub.ac || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
+        return;
+    redisReply **e = reply->element;
+    if (e [0]->type != REDIS_REPLY_STRING)
+        return;
+    if (streq (e [0]->str, "message") && e [1]->type == REDIS_REPLY_STRING
+    &&  e [2]->type == REDIS_REPLY_STRING)
+        self->on_message (self->arg, e [1]->str, e [1]->len,
+                          (const uint8_t *) e [2]->str, e [2]->len);
+    else
+    if (streq (e [0]->str, "pmessage") && reply->elements == 4
+    &&  e [2]->type == REDIS_REPLY_STRING && e [3]->type == REDIS_REPLY_STRING)
+        self->on_message (self->arg, e [2]->str, e [2]->len,
+                          (const uint8_t *) e [3]->str, e [3]->len);
+}
+
+static void
+s_on_pong (redisAsyncContext *ac, void *reply_p, void *privdata)
+{
+    wsr_redis_t *self = (wsr_redis_t *) privdata;
+    redisReply *reply = (redisReply *) reply_p;
+    if (ac == self->pub.ac && reply && reply->type != REDIS_REPLY_ERROR)
+        self->last_pong = wsr_util_mono_ms ();
+}
+
+static void
+s_on_auth (redisAsyncContext *ac, void *reply_p, void *privdata)
+{
+    (void) privdata;
+    redisReply *reply = (redisReply *) reply_p;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        zsys_error ("redis: %s:%d: AUTH/SELECT refused: %s", ac->c.tcp.host, ac->c.tcp.port,
+                    reply->str);
+}
+
+//  Send (P)SUBSCRIBE for every entry of a table, in batches.
+static void
+s_subscribe_all (wsr_redis_t *self, zhashx_t *table, const char *command)
+{
+    const char *argv [S_BATCH + 1];
+    int argc = 0;
+    argv [argc++] = command;
+    for (void *item = zhashx_first (table); item; item = zhashx_next (table)) {
+        argv [argc++] = (const char *) zhashx_cursor (table);
+        if (argc == S_BATCH + 1) {
+            redisAsyncCommandArgv (self->sub.ac, s_on_sub_reply, self, argc, argv, NULL);
+            argc = 1;
+        }
+    }
+    if (argc > 1)
+        redisAsyncCommandArgv (self->sub.ac, s_on_sub_reply, self, argc, argv, NULL);
+}
+
+//  --------------------------------------------------------------------------
+//  Connection lifecycle
+
+static s_conn_t *
+s_conn_of (const redisAsyncContext *ac)
+{
+    return (s_conn_t *) ac->ev.data;
+}
+
+static void
+s_on_connect (const redisAsyncContext *ac, int status)
+{
+    s_conn_t *conn = s_conn_of (ac);
+    if (conn->ac != ac)
+        return;
+    wsr_redis_t *self = conn->owner;
+    if (status != REDIS_OK) {
+        wsr_debug ("redis: connect to %s:%d failed: %s", self->host, self->port, ac->errstr);
+        s_schedule (conn);          //  hiredis frees ac after this callback
+        return;
+    }
+    conn->state = S_UP;
+    conn->backoff = S_BACKOFF_MIN_MS;
+    zsys_info ("redis: %s connection to %s:%d up", conn->subscriber? "subscribe": "publish",
+               self->host, self->port);
+    redisAsyncContext *mut = conn->ac;
+    if (self->password)
+        redisAsyncCommand (mut, s_on_auth, self, "AUTH %s", self->password);
+    if (conn->subscriber) {
+        s_subscribe_all (self, self->channels, "SUBSCRIBE");
+        s_subscribe_all (self, self->patterns, "PSUBSCRIBE");
+    }
+    else {
+        if (self->db)
+            redisAsyncCommand (mut, s_on_auth, self, "SELECT %d", self->db);
+        self->last_pong = self->last_ping = wsr_util_mono_ms ();
+    }
+}
+
+static void
+s_on_disconnect (const redisAsyncContext *ac, int status)
+{
+    (void) status;
+    s_conn_t *conn = s_conn_of (ac);
+    if (conn->ac != ac)
+        return;
+    zsys_warning ("redis: %s connection to %s:%d lost%s%s",
+                  conn->subscriber? "subscribe": "publish", conn->owner->host,
+                  conn->owner->port, ac->errstr? ": ": "", ac->errstr? ac->errstr: "");
+    s_schedule (conn);              //  hiredis frees ac after this callback
+}
+
+static void
+s_connect (wsr_redis_t *self, s_conn_t *conn)
+{
+    redisAsyncContext *ac = redisAsyncConnect (self->host, self->port);
+    if (!ac) {
+        s_schedule (conn);
+        return;
+    }
+    if (ac->err) {
+        wsr_debug ("redis: connect to %s:%d: %s", self->host, self->port, ac->errstr);
+        redisAsyncFree (ac);
+        s_schedule (conn);
+        return;
+    }
+    conn->ac = ac;
+    conn->state = S_CONNECTING;
+    conn->started = wsr_util_mono_ms ();
+    ac->ev.data = conn;
+    ac->ev.addRead = s_add_read;
+    ac->ev.delRead = s_del_read;
+    ac->ev.addWrite = s_add_write;
+    ac->ev.delWrite = s_del_write;
+    ac->ev.cleanup = s_cleanup;
+    //  A non-blocking connect completes on the first write event
+    conn->want_write = true;
+    redisAsyncSetConnectCallback (ac, s_on_connect);
+    redisAsyncSetDisconnectCallback (ac, s_on_disconnect);
+}
+
+//  --------------------------------------------------------------------------
+//  Parse redis://[:password@]host[:port][/db]
+static int
+s_parse_url (wsr_redis_t *self, const char *url)
+{
+    if (strncmp (url, "redis://", 8))
+        return -1;
+    const char *rest = url + 8;
+    const char *at = strrchr (rest, '@');
+    if (at) {
+        const char *colon = memchr (rest, ':', (size_t) (at - rest));
+        const char *pw = colon? colon + 1: rest;
+        self->password = strndup (pw, (size_t) (at - pw));
+        rest = at + 1;
+    }
+    const char *slash = strchr (rest, '/');
+    size_t hostport_len = slash? (size_t) (slash - rest): strlen (rest);
+    char hostport [256];
+    if (hostport_len == 0 || hostport_len >= sizeof hostport)
+        return -1;
+    memcpy (hostport, rest, hostport_len);
+    hostport [hostport_len] = 0;
+    self->port = 6379;
+    char *colon = strrchr (hostport, ':');
+    if (colon && !strchr (colon, ']')) {
+        *colon = 0;
+        self->port = atoi (colon + 1);
+        if (self->port <= 0 || self->port > 65535)
+            return -1;
+    }
+    char *host = hostport;
+    if (*host == '[') {                 //  [::1]
+        host++;
+        char *end = strchr (host, ']');
+        if (end)
+            *end = 0;
+    }
+    self->host = strdup (host);
+    if (slash && slash [1])
+        self->db = atoi (slash + 1);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Create a link.
+wsr_redis_t *
+wsr_redis_new (const char *url, wsr_redis_message_fn *on_message, void *arg)
+{
+    assert (url && on_message);
+    wsr_redis_t *self = (wsr_redis_t *) zmalloc (sizeof (wsr_redis_t));
+    self->on_message = on_message;
+    self->arg = arg;
+    self->channels = zhashx_new ();
+    self->patterns = zhashx_new ();
+    self->sub.owner = self->pub.owner = self;
+    self->sub.subscriber = true;
+    self->sub.backoff = self->pub.backoff = S_BACKOFF_MIN_MS;
+    if (s_parse_url (self, url))
+        wsr_redis_destroy (&self);
+    return self;
+}
+
+//  --------------------------------------------------------------------------
+//  Destroy the link.
+void
+wsr_redis_destroy (wsr_redis_t **self_p)
+{
+    assert (self_p);
+    if (*self_p) {
+        wsr_redis_t *self = *self_p;
+        s_reset (&self->sub);
+        s_reset (&self->pub);
+        zhashx_destroy (&self->channels);
+        zhashx_destroy (&self->patterns);
+        free (self->host);
+        free (self->password);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Want a channel.
+void
+wsr_redis_subscribe (wsr_redis_t *self, const char *channel)
+{
+    assert (self && channel);
+    if (zhashx_lookup (self->channels, channel))
+        return;
+    zhashx_insert (self->channels, channel, (void *) 1);
+    if (self->sub.state == S_UP)
+        redisAsyncCommand (self->sub.ac, s_on_sub_reply, self, "SUBSCRIBE %s", channel);
+}
+
+//  --------------------------------------------------------------------------
+//  Stop wanting a channel.
+void
+wsr_redis_unsubscribe (wsr_redis_t *self, const char *channel)
+{
+    assert (self && channel);
+    if (!zhashx_lookup (self->channels, channel))
+        return;
+    zhashx_delete (self->channels, channel);
+    if (self->sub.state == S_UP)
+        redisAsyncCommand (self->sub.ac, NULL, NULL, "UNSUBSCRIBE %s", channel);
+}
+
+//  --------------------------------------------------------------------------
+//  Want a pattern.
+void
+wsr_redis_psubscribe (wsr_redis_t *self, const char *pattern)
+{
+    assert (self && pattern);
+    if (zhashx_lookup (self->patterns, pattern))
+        return;
+    zhashx_insert (self->patterns, pattern, (void *) 1);
+    if (self->sub.state == S_UP)
+        redisAsyncCommand (self->sub.ac, s_on_sub_reply, self, "PSUBSCRIBE %s", pattern);
+}
+
+//  --------------------------------------------------------------------------
+//  Publish.
+int
+wsr_redis_publish (wsr_redis_t *self, const char *channel, const uint8_t *data, size_t size)
+{
+    assert (self && channel);
+    if (self->pub.state != S_UP)
+        return -1;
+    const char *argv [3] = { "PUBLISH", channel, (const char *) data };
+    size_t lens [3] = { 7, strlen (channel), size };
+    return redisAsyncCommandArgv (self->pub.ac, NULL, NULL, 3, argv, lens) == REDIS_OK? 0: -1;
+}
+
+//  --------------------------------------------------------------------------
+//  Both connections up.
+bool
+wsr_redis_connected (wsr_redis_t *self)
+{
+    assert (self);
+    return self->sub.state == S_UP && self->pub.state == S_UP;
+}
+
+//  --------------------------------------------------------------------------
+//  Wanted subscriptions.
+size_t
+wsr_redis_wanted (wsr_redis_t *self)
+{
+    assert (self);
+    return zhashx_size (self->channels) + zhashx_size (self->patterns);
+}
+
+static int
+s_item (s_conn_t *conn, zmq_pollitem_t *item)
+{
+    if (!conn->ac || !(conn->want_read || conn->want_write))
+        return 0;
+    item->socket = NULL;
+    item->fd = conn->ac->c.fd;
+    item->events = (short) ((conn->want_read? ZMQ_POLLIN: 0)
+                          | (conn->want_write? ZMQ_POLLOUT: 0));
+    item->revents = 0;
+    return 1;
+}
+
+//  --------------------------------------------------------------------------
+//  Poll items.
+int
+wsr_redis_pollitems (wsr_redis_t *self, zmq_pollitem_t *items, int max)
+{
+    assert (self);
+    int count = 0;
+    if (count < max)
+        count += s_item (&self->sub, items + count);
+    if (count < max)
+        count += s_item (&self->pub, items + count);
+    return count;
+}
+
+//  --------------------------------------------------------------------------
+//  Next timer.
+long
+wsr_redis_timeout (wsr_redis_t *self)
+{
+    assert (self);
+    int64_t now = wsr_util_mono_ms ();
+    long timeout = 500;
+    s_conn_t *conns [2] = { &self->sub, &self->pub };
+    for (int i = 0; i < 2; i++)
+        if (conns [i]->state == S_DOWN) {
+            long wait = (long) (conns [i]->next_attempt - now);
+            if (wait < timeout)
+                timeout = wait < 0? 0: wait;
+        }
+    return timeout;
+}
+
+static void
+s_handle (s_conn_t *conn, zmq_pollitem_t *items, int count)
+{
+    for (int i = 0; i < count; i++) {
+        if (!conn->ac || items [i].socket || items [i].fd != conn->ac->c.fd)
+            continue;
+        redisAsyncContext *ac = conn->ac;
+        if (items [i].revents & (ZMQ_POLLIN | ZMQ_POLLERR))
+            redisAsyncHandleRead (ac);
+        if (conn->ac == ac && (items [i].revents & ZMQ_POLLOUT))
+            redisAsyncHandleWrite (ac);
+        items [i].revents = 0;      //  fd numbers can be reused by a reconnect
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  I/O and timers.
+void
+wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
+{
+    assert (self);
+    s_handle (&self->sub, items, count);
+    s_handle (&self->pub, items, count);
+    int64_t now = wsr_util_mono_ms ();
+    s_conn_t *conns [2] = { &self->sub, &self->pub };
+    for (int i = 0; i < 2; i++) {
+        s_conn_t *conn = conns [i];
+        if (conn->state == S_DOWN && now >= conn->next_attempt)
+            s_connect (self, conn);
+        else
+        if (conn->state == S_CONNECTING && now - conn->started > S_CONNECT_TIMEOUT) {
+            zsys_warning ("redis: connect to %s:%d timed out", self->host, self->port);
+            s_reset (conn);
+        }
+    }
+    if (self->pub.state == S_UP) {
+        if (now - self->last_pong > S_PING_DEAD_MS) {
+            //  Redis stopped answering: start both connections over
+            zsys_warning ("redis: %s:%d not answering PING; reconnecting", self->host,
+                          self->port);
+            s_reset (&self->pub);
+            s_reset (&self->sub);
+        }
+        else
+        if (now - self->last_ping >= S_PING_EVERY_MS) {
+            self->last_ping = now;
+            redisAsyncCommand (self->pub.ac, s_on_pong, self, "PING");
+        }
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: against a real redis-server on a free loopback port, restarted
+//  mid-test. Skipped (with a message) if redis-server is not installed.
+
+typedef struct {
+    int count;                  //  messages received
+    char last [64];             //  last payload
+    char channel [64];          //  last channel
+} s_sink_t;
+
+static void
+s_sink (void *arg, const char *channel, size_t channel_len, const uint8_t *data, size_t size)
+{
+    s_sink_t *sink = (s_sink_t *) arg;
+    sink->count++;
+    snprintf (sink->last, sizeof sink->last, "%.*s", (int) size, (const char *) data);
+    snprintf (sink->channel, sizeof sink->channel, "%.*s", (int) channel_len, channel);
+}
+
+static void
+s_run (wsr_redis_t *redis, int ms)
+{
+    int64_t end = wsr_util_mono_ms () + ms;
+    while (wsr_util_mono_ms () < end) {
+        zmq_pollitem_t items [4];
+        int n = wsr_redis_pollitems (redis, items, 4);
+        long timeout = wsr_redis_timeout (redis);
+        zmq_poll (items, n, timeout > 20? 20: timeout);
+        wsr_redis_process (redis, items, n);
+    }
+}
+
+//  Run until cond holds or ms pass.
+#define S_RUN_UNTIL(redis, cond, ms) do { \
+    int64_t end_ = wsr_util_mono_ms () + (ms); \
+    while (!(cond) && wsr_util_mono_ms () < end_) s_run (redis, 10); } while (0)
+
+static int
+s_free_port (void)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    bind (fd, (struct sockaddr *) &addr, sizeof addr);
+    socklen_t len = sizeof addr;
+    getsockname (fd, (struct sockaddr *) &addr, &len);
+    close (fd);
+    return ntohs (addr.sin_port);
+}
+
+static pid_t
+s_start_redis (int port)
+{
+    char port_text [16];
+    snprintf (port_text, sizeof port_text, "%d", port);
+    pid_t pid = fork ();
+    if (pid == 0) {
+        int devnull = open ("/dev/null", O_WRONLY);
+        dup2 (devnull, 1);
+        execlp ("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", (char *) NULL);
+        _exit (127);
+    }
+    return pid;
+}
+
+static void
+s_stop (pid_t pid)
+{
+    kill (pid, SIGTERM);
+    waitpid (pid, NULL, 0);
+}
+
+void
+wsr_redis_test (bool verbose)
+{
+    (void) verbose;
+    assert (wsr_redis_new ("http://x", s_sink, NULL) == NULL);
+    assert (wsr_redis_new ("redis://", s_sink, NULL) == NULL);
+    if (system ("command -v redis-server >/dev/null 2>&1") != 0) {
+        printf ("SKIP (redis-server not installed) ");
+        return;
+    }
+    int port = s_free_port ();
+    pid_t server = s_start_redis (port);
+    char url [64];
+    snprintf (url, sizeof url, "redis://127.0.0.1:%d/0", port);
+    s_sink_t sink = { 0 };
+    wsr_redis_t *redis = wsr_redis_new (url, s_sink, &sink);
+    assert (redis);
+    wsr_redis_subscribe (redis, "ws:u1");
+    wsr_redis_subscribe (redis, "ws:u1");           //  idempotent
+    wsr_redis_psubscribe (redis, "ws:channel:*");
+    assert (wsr_redis_wanted (redis) == 2);
+    S_RUN_UNTIL (redis, wsr_redis_connected (redis), 5000);
+    assert (wsr_redis_connected (redis));
+    //  Our own publish comes back through the subscription (retry until the
+    //  SUBSCRIBE has been processed)
+    S_RUN_UNTIL (redis, sink.count > 0
+                 || (wsr_redis_publish (redis, "ws:u1", (const uint8_t *) "m1", 2), false), 3000);
+    assert (sink.count > 0 && streq (sink.last, "m1") && streq (sink.channel, "ws:u1"));
+    int before = sink.count;
+    wsr_redis_publish (redis, "ws:channel:room", (const uint8_t *) "c1", 2);
+    S_RUN_UNTIL (redis, sink.count > before, 2000);
+    assert (streq (sink.last, "c1") && streq (sink.channel, "ws:channel:room"));
+    //  Unsubscribed channel: nothing arrives
+    wsr_redis_unsubscribe (redis, "ws:u1");
+    s_run (redis, 100);
+    before = sink.count;
+    wsr_redis_publish (redis, "ws:u1", (const uint8_t *) "gone", 4);
+    s_run (redis, 200);
+    assert (sink.count == before);
+
+    //  Redis restarted: the link reconnects and subscribes again by itself
+    wsr_redis_subscribe (redis, "ws:u2");
+    s_stop (server);
+    S_RUN_UNTIL (redis, !wsr_redis_connected (redis), 3000);
+    assert (!wsr_redis_connected (redis));
+    assert (wsr_redis_publish (redis, "ws:u2", (const uint8_t *) "lost", 4) == -1);
+    server = s_start_redis (port);
+    int64_t back = wsr_util_mono_ms ();
+    S_RUN_UNTIL (redis, wsr_redis_connected (redis), 5000);
+    assert (wsr_redis_connected (redis));
+    before = sink.count;
+    S_RUN_UNTIL (redis, sink.count > before
+                 || (wsr_redis_publish (redis, "ws:u2", (const uint8_t *) "again", 5), false),
+                 3000);
+    assert (sink.count > before && streq (sink.last, "again"));
+    if (verbose)
+        printf ("resubscribed %" PRId64 " ms after restart\n", wsr_util_mono_ms () - back);
+    wsr_redis_destroy (&redis);
+    s_stop (server);
+}
