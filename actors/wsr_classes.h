@@ -38,8 +38,10 @@
 #include "wsr_auth.h"
 #include "wsr_session.h"
 #include "wsr_router.h"
-#include "wsr_node.h"
 #include "wsr_naming.h"
 #include "wsr_redis.h"
+#include "wsr_nats.h"
+#include "wsr_bridge.h"
+#include "wsr_node.h"
 
 #endif

@@ -215,6 +215,61 @@ done:
 }
 
 //  --------------------------------------------------------------------------
+//  Bridge heartbeat.
+zframe_t *
+wsr_envelope_encode_heartbeat (int redis, int nats)
+{
+    msgpack_sbuffer buffer;
+    msgpack_sbuffer_init (&buffer);
+    msgpack_packer pk;
+    msgpack_packer_init (&pk, &buffer, msgpack_sbuffer_write);
+    msgpack_pack_map (&pk, 3);
+    s_pack_str (&pk, "v", 1);
+    msgpack_pack_int (&pk, WSR_ENVELOPE_VERSION);
+    s_pack_str (&pk, "r", 1);
+    msgpack_pack_int (&pk, redis);
+    s_pack_str (&pk, "n", 1);
+    msgpack_pack_int (&pk, nats);
+    zframe_t *frame = zframe_new (buffer.data, buffer.size);
+    msgpack_sbuffer_destroy (&buffer);
+    return frame;
+}
+
+//  --------------------------------------------------------------------------
+//  Decode a heartbeat.
+int
+wsr_envelope_decode_heartbeat (const uint8_t *buf, size_t len, int *redis, int *nats)
+{
+    assert (redis && nats);
+    msgpack_unpacked result;
+    msgpack_unpacked_init (&result);
+    size_t offset = 0;
+    int rc = -1;
+    int seen = 0;
+    if (msgpack_unpack_next (&result, (const char *) buf, len, &offset)
+            == MSGPACK_UNPACK_SUCCESS
+    &&  result.data.type == MSGPACK_OBJECT_MAP) {
+        msgpack_object_map *map = &result.data.via.map;
+        for (uint32_t i = 0; i < map->size; i++) {
+            int64_t value;
+            if (!s_get_int (&map->ptr [i].val, &value))
+                continue;
+            if (s_key_is (&map->ptr [i].key, "v") && value == WSR_ENVELOPE_VERSION)
+                seen |= 1;
+            else
+            if (s_key_is (&map->ptr [i].key, "r"))
+                *redis = (int) value, seen |= 2;
+            else
+            if (s_key_is (&map->ptr [i].key, "n"))
+                *nats = (int) value, seen |= 4;
+        }
+        rc = seen == 7? 0: -1;
+    }
+    msgpack_unpacked_destroy (&result);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
 //  Selftest
 void
 wsr_envelope_test (bool verbose)
@@ -260,4 +315,14 @@ wsr_envelope_test (bool verbose)
     assert (wsr_envelope_decode (array, sizeof array, &env) == -1);
     uint8_t trailing [] = { 0x82, 0xa1, 'v', 0x01, 0xa1, 'd', 0xc4, 0x00, 0x00 };
     assert (wsr_envelope_decode (trailing, sizeof trailing, &env) == -1);
+
+    int redis = 9, nats = 9;
+    frame = wsr_envelope_encode_heartbeat (1, -1);
+    assert (wsr_envelope_decode_heartbeat (zframe_data (frame), zframe_size (frame),
+                                           &redis, &nats) == 0);
+    assert (redis == 1 && nats == -1);
+    assert (wsr_envelope_decode_heartbeat (zframe_data (frame), zframe_size (frame) - 1,
+                                           &redis, &nats) == -1);
+    zframe_destroy (&frame);
+    assert (wsr_envelope_decode_heartbeat (ok, sizeof ok, &redis, &nats) == -1);
 }

@@ -37,6 +37,15 @@ zframe_t *
 int
     wsr_envelope_decode (const uint8_t *buf, size_t len, wsr_envelope_t *env);
 
+//  Encode a bridge heartbeat {v, r, n}: state of Redis and NATS as seen by
+//  the bridge (1 up, 0 down, -1 not configured). Caller owns the frame.
+zframe_t *
+    wsr_envelope_encode_heartbeat (int redis, int nats);
+
+//  Decode a heartbeat. Returns 0, or -1 if it is not one.
+int
+    wsr_envelope_decode_heartbeat (const uint8_t *buf, size_t len, int *redis, int *nats);
+
 //  Self test
 void
     wsr_envelope_test (bool verbose);

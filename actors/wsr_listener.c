@@ -330,16 +330,18 @@ s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
     const char *method = wsr_http_method (hs->http);
     const char *path = wsr_http_path (hs->http);
     bool get = streq (method, "GET") || streq (method, "HEAD");
-    if (path && (streq (path, "/ws") || strncmp (path, "/ws/", 4) == 0))
+    if (!self->opts.status_only && path && (streq (path, "/ws") || strncmp (path, "/ws/", 4) == 0))
         return s_route_upgrade (self, hs, rest, rest_size);
     if (s_path_is (path, "/healthz") && get)
         s_respond (hs, 200, "text/plain", NULL, "ok\n", 3);
     else
     if (s_path_is (path, "/readyz") && get) {
-        if (self->ready)
+        //  Ready: accepting, and the backplane (bridge, Redis, NATS) reachable
+        if (self->ready && wsr_metrics_get (self->metrics, WSR_M_BACKPLANE_UP) == 1)
             s_respond (hs, 200, "text/plain", NULL, "ready\n", 6);
         else
-            s_respond (hs, 503, "text/plain", NULL, "draining\n", 9);
+            s_respond (hs, 503, "text/plain", NULL,
+                       self->ready? "backplane down\n": "draining\n", self->ready? 15: 9);
     }
     else
     if (s_path_is (path, "/metrics") && get) {
@@ -348,7 +350,7 @@ s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
         free (text);
     }
     else
-    if (s_path_is (path, "/api/publish") && streq (method, "POST"))
+    if (!self->opts.status_only && s_path_is (path, "/api/publish") && streq (method, "POST"))
         s_route_publish (self, hs);
     else
     if (s_path_is (path, "/healthz") || s_path_is (path, "/readyz")
@@ -745,7 +747,7 @@ wsr_listener_test (bool verbose)
     zsock_t *auth = zsock_new_pull ("inproc://wsr-auth-ltest");
     zsock_t *router = zsock_new_pull ("inproc://wsr-pub-ltest");
     wsr_listener_opts_t opts = {
-        "127.0.0.1", 0, "sekrit", false, 100, 300, 1024 * 1024
+        "127.0.0.1", 0, "sekrit", false, 100, 300, 1024 * 1024, false
     };
     wsr_listener_t *listener = wsr_listener_new ("ltest", &opts, metrics);
     assert (listener);
@@ -754,6 +756,14 @@ wsr_listener_test (bool verbose)
 
     char *reply = s_http (port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert (strncmp (reply, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    free (reply);
+    //  Ready only while the backplane is up
+    reply = s_http (port, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 503", 12) == 0 && strstr (reply, "backplane down"));
+    free (reply);
+    wsr_metrics_add (metrics, WSR_M_BACKPLANE_UP, 1);
+    reply = s_http (port, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
     free (reply);
     reply = s_http (port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert (strstr (reply, "wsrouter_http_requests_total"));

@@ -18,6 +18,7 @@ typedef struct {
     size_t max_pending;             //  handshakes in progress at once
     int handshake_timeout_ms;       //  request must be complete by then
     size_t max_message;             //  largest payload the API accepts
+    bool status_only;               //  only /healthz, /readyz, /metrics (bridge)
 } wsr_listener_opts_t;
 
 //  Start the listener of node `name`: binds the TCP port and connects to the

@@ -47,6 +47,23 @@ s_info [WSR_M_COUNT] = {
     { "wsrouter_http_requests_total", NULL, "counter", "HTTP requests parsed" },
     { "wsrouter_closed_protocol_total", NULL, "counter",
       "Sessions closed for protocol violations" },
+    { "wsrouter_backplane_up", NULL, "gauge",
+      "1 while the backplane (bridge, Redis, NATS) is reachable" },
+    { "wsrouter_bridge_topics", NULL, "gauge", "Topics subscribed on Redis / NATS" },
+    { "wsrouter_bridge_received_total", NULL, "counter", "Messages received from backplanes" },
+    { "wsrouter_bridge_invalid_total", NULL, "counter",
+      "Backplane messages on names that map to no valid topic" },
+    { "wsrouter_bridge_upstream_sent_total", NULL, "counter",
+      "Client messages published to backends" },
+    { "wsrouter_bridge_upstream_lost_total", NULL, "counter",
+      "Client messages lost because a backend was down or full" },
+    { "wsrouter_bridge_publish_lost_total", NULL, "counter",
+      "API publishes lost because the backplane was down" },
+    { "wsrouter_bridge_replies_total", NULL, "counter", "HTTP backend replies sent to sessions" },
+    { "wsrouter_bridge_http_errors_total", NULL, "counter",
+      "HTTP backend failures (timeout, error status, queue full)" },
+    { "wsrouter_bridge_redis_up", NULL, "gauge", "1 while the bridge's Redis link is up" },
+    { "wsrouter_bridge_nats_up", NULL, "gauge", "1 while the bridge's NATS link is up" },
 };
 
 //  --------------------------------------------------------------------------

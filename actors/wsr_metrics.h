@@ -33,6 +33,17 @@ typedef enum {
     WSR_M_ACCEPT_ERRORS,            //  accept failed (EMFILE, ENFILE, ...)
     WSR_M_HTTP_REQUESTS,
     WSR_M_CLOSED_PROTOCOL,          //  sessions closed for protocol errors
+    WSR_M_BACKPLANE_UP,             //  gauge: 1 while the backplane is reachable
+    WSR_M_BRIDGE_TOPICS,            //  gauge: topics subscribed on Redis/NATS
+    WSR_M_BRIDGE_RECEIVED,          //  messages received from Redis/NATS
+    WSR_M_BRIDGE_INVALID,           //  backplane messages on no valid topic
+    WSR_M_BRIDGE_UPSTREAM_SENT,     //  client messages published to backends
+    WSR_M_BRIDGE_UPSTREAM_LOST,     //  client messages lost: backend down/full
+    WSR_M_BRIDGE_PUBLISH_LOST,      //  API publishes lost: backplane down
+    WSR_M_BRIDGE_REPLIES,           //  HTTP backend replies sent to sessions
+    WSR_M_BRIDGE_HTTP_ERRORS,       //  HTTP backend failures (timeout, 5xx, full)
+    WSR_M_REDIS_UP,                 //  gauge: bridge's Redis link up
+    WSR_M_NATS_UP,                  //  gauge: bridge's NATS link up
     WSR_M_COUNT
 } wsr_metric_t;
 

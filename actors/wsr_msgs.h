@@ -17,6 +17,7 @@
 #define WSR_MSG_AUTH        "AUTH"      //  listener → auth
 #define WSR_MSG_ADOPT       "ADOPT"     //  auth → session worker N
 #define WSR_MSG_PUBLISH     "PUBLISH"   //  listener (HTTP API) → router
+#define WSR_MSG_REPLY       "REPLY"     //  router → session worker (HTTP backend reply)
 
 //  Pictures
 //  AUTH:  s "AUTH", 8 conn id, i fd, s ws-accept, s peer address, f token, f early bytes
@@ -26,6 +27,9 @@
 #define WSR_PIC_ADOPT       "s8iissssf"
 //  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
 #define WSR_PIC_PUBLISH     "sff"
+
+//  REPLY: s "REPLY", 8 session id, f downstream envelope
+#define WSR_PIC_REPLY       "s8f"
 
 //  Endpoint name templates; %s is the node's instance name (unique per node
 //  in a process), %d the session worker index.

@@ -105,6 +105,7 @@ typedef struct {
     wsr_session_opts_t opts;        //  limits
     wsr_metrics_t *metrics;         //  shared counters
     wsr_topic_t *topics;            //  topic → sessions
+    zhashx_t *by_id;                //  session id → s_conn_t (not owned), for REPLY
     s_conn_t *all;                  //  every connection
     size_t count;                   //  connections in all
     size_t open;                    //  sessions in S_OPEN
@@ -440,6 +441,7 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
             self->closing_tail = conn->close_prev;
         conn->on_closing = false;
     }
+    zhashx_delete (self->by_id, (void *) (uintptr_t) conn->id);
     if (conn->prev)
         conn->prev->next = conn->next;
     else
@@ -571,17 +573,74 @@ s_response_101 = "HTTP/1.1 101 Switching Protocols\r\n"
                  "Connection: Upgrade\r\n"
                  "Sec-WebSocket-Accept: %s\r\n\r\n";
 
+//  REPLY: a message for one session (an HTTP backend's answer).
+static void
+s_handle_reply (s_worker_t *self, zmsg_t *msg)
+{
+    char *id_text = zmsg_popstr (msg);       //  czmq sends "8" as decimal text
+    zframe_t *body = zmsg_pop (msg);
+    assert (id_text && body);
+    uint64_t id = strtoull (id_text, NULL, 10);
+    zstr_free (&id_text);
+    s_conn_t *conn = (s_conn_t *) zhashx_lookup (self->by_id, (void *) (uintptr_t) id);
+    wsr_envelope_t env;
+    if (conn && conn->state == S_OPEN
+    &&  wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0) {
+        wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, &body);
+        s_queue_push (conn, &frame);
+        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, 1);
+        wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, (int64_t) env.size);
+        if (conn->qbytes > self->opts.max_queue)
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION);
+        s_mark_dirty (self, conn);
+    }
+    zframe_destroy (&body);
+}
+
+static void s_adopt (s_worker_t *self, zmsg_t *msg);
+
+//  The adopt socket carries ADOPT (new connection) and REPLY.
 static void
 s_handle_adopt (s_worker_t *self)
 {
-    char *command = NULL, *reason = NULL, *user = NULL, *channels = NULL, *accept = NULL;
+    zmsg_t *msg = zmsg_recv (self->adopt);
+    if (!msg)
+        return;
+    char *verb = zmsg_popstr (msg);
+    if (streq (verb, WSR_MSG_REPLY))
+        s_handle_reply (self, msg);
+    else {
+        assert (streq (verb, WSR_MSG_ADOPT));
+        s_adopt (self, msg);
+    }
+    zstr_free (&verb);
+    zmsg_destroy (&msg);
+}
+
+//  ADOPT: take over a connection whose token auth has judged.
+static void
+s_adopt (s_worker_t *self, zmsg_t *msg)
+{
+    char *reason = NULL, *user = NULL, *channels = NULL, *accept = NULL;
     uint64_t id = 0;
     int fd = -1, code = 0;
     zframe_t *early = NULL;
-    if (zsock_recv (self->adopt, WSR_PIC_ADOPT, &command, &id, &fd, &code, &reason,
-                    &user, &channels, &accept, &early) == -1)
-        return;
-    assert (streq (command, WSR_MSG_ADOPT));
+    //  Internal message: its shape is a contract, not input
+    assert (zmsg_size (msg) == strlen (WSR_PIC_ADOPT) - 1);
+    char *text = zmsg_popstr (msg);         //  czmq sends "8" and "i" as text
+    id = strtoull (text, NULL, 10);
+    zstr_free (&text);
+    text = zmsg_popstr (msg);
+    fd = atoi (text);
+    zstr_free (&text);
+    text = zmsg_popstr (msg);
+    code = atoi (text);
+    zstr_free (&text);
+    reason = zmsg_popstr (msg);
+    user = zmsg_popstr (msg);
+    channels = zmsg_popstr (msg);
+    accept = zmsg_popstr (msg);
+    early = zmsg_pop (msg);
     assert (fd >= 0);
 
     s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
@@ -593,6 +652,7 @@ s_handle_adopt (s_worker_t *self)
         self->all->prev = conn;
     self->all = conn;
     self->count++;
+    zhashx_insert (self->by_id, (void *) (uintptr_t) id, conn);
     if (early && zframe_size (early) > 0) {
         conn->early_size = zframe_size (early);
         conn->early = (uint8_t *) malloc (conn->early_size);
@@ -660,7 +720,6 @@ s_handle_adopt (s_worker_t *self)
     }
     s_mark_dirty (self, conn);
 done:
-    zstr_free (&command);
     zstr_free (&reason);
     zstr_free (&user);
     zstr_free (&channels);
@@ -794,6 +853,19 @@ s_after_batch (s_worker_t *self)
     }
 }
 
+//  Session ids as zhashx keys (stored in the pointer itself).
+static size_t
+s_id_hash (const void *key)
+{
+    return (size_t) ((uintptr_t) key * 0x9E3779B97F4A7C15ULL);
+}
+
+static int
+s_id_compare (const void *a, const void *b)
+{
+    return (uintptr_t) a < (uintptr_t) b? -1: (uintptr_t) a > (uintptr_t) b;
+}
+
 static int
 s_epoll_add_zmq (s_worker_t *self, zsock_t *sock, uint64_t tag)
 {
@@ -814,6 +886,11 @@ s_session_actor (zsock_t *pipe, void *args)
     self->metrics = a->metrics;
     self->node = strdup (a->name);
     self->topics = wsr_topic_new (self->opts.max_sessions * (WSR_MAX_CHANNELS + 1));
+    self->by_id = zhashx_new ();
+    zhashx_set_key_hasher (self->by_id, s_id_hash);
+    zhashx_set_key_comparator (self->by_id, s_id_compare);
+    zhashx_set_key_destructor (self->by_id, NULL);
+    zhashx_set_key_duplicator (self->by_id, NULL);
     char thread_name [16];
     snprintf (thread_name, sizeof thread_name, "wsr-session-%d", a->index);
     pthread_setname_np (pthread_self (), thread_name);
@@ -877,6 +954,7 @@ s_session_actor (zsock_t *pipe, void *args)
     zsock_destroy (&self->down);
     zsock_destroy (&self->up);
     wsr_topic_destroy (&self->topics);
+    zhashx_destroy (&self->by_id);
     free (self->node);
 }
 
@@ -1008,7 +1086,7 @@ s_client_recv (int fd, uint8_t *payload, size_t *len)
 }
 
 static int
-s_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
+s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
          const char *channels, const void *early, size_t early_size)
 {
     int pair [2];
@@ -1067,7 +1145,7 @@ wsr_session_test (bool verbose)
     memcpy (early + 2, mask, 4);
     for (int i = 0; i < 5; i++)
         early [6 + i] = "early" [i] ^ mask [i % 4];
-    int c1 = s_adopt (auth, 1, 0, "", "u1", "room.7", early, sizeof early);
+    int c1 = s_test_adopt (auth, 1, 0, "", "u1", "room.7", early, sizeof early);
     s_expect_101 (c1);
     s_expect_sub (xpub, 1, "user:u1");
     s_expect_sub (xpub, 1, "channel:room.7");
@@ -1083,9 +1161,9 @@ wsr_session_test (bool verbose)
     zframe_destroy (&env_frame);
 
     //  A second session of u1 (no new subscription) and one of u10
-    int c2 = s_adopt (auth, 2, 0, "", "u1", "", NULL, 0);
+    int c2 = s_test_adopt (auth, 2, 0, "", "u1", "", NULL, 0);
     s_expect_101 (c2);
-    int c3 = s_adopt (auth, 3, 0, "", "u10", "", NULL, 0);
+    int c3 = s_test_adopt (auth, 3, 0, "", "u10", "", NULL, 0);
     s_expect_101 (c3);
     s_expect_sub (xpub, 1, "user:u10");
 
@@ -1121,7 +1199,7 @@ wsr_session_test (bool verbose)
     close (c3);
 
     //  A rejected token: upgraded, then closed with 1008 and the reason
-    int c4 = s_adopt (auth, 4, 1008, "token expired", "", "", NULL, 0);
+    int c4 = s_test_adopt (auth, 4, 1008, "token expired", "", "", NULL, 0);
     s_expect_101 (c4);
     assert (s_client_recv (c4, payload, &len) == 0x8);
     assert ((payload [0] << 8 | payload [1]) == 1008);

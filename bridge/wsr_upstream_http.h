@@ -14,6 +14,8 @@ extern "C" {
 //  Pollitem slots that always suffice: happy eyeballs may open two sockets per
 //  transfer, plus the resolver's wake-up socket.
 #define WSR_UPSTREAM_HTTP_POLLITEMS(max_inflight)   (2 * (max_inflight) + 2)
+//  First allocation of a response buffer; it doubles up to max_response.
+#define WSR_UPSTREAM_HTTP_FIRST_BUFFER  4096
 
 typedef struct _wsr_upstream_http_t wsr_upstream_http_t;
 

@@ -11,6 +11,7 @@
 set -u
 port=${1:-${WSR_HEALTH_PORT:-${WEBSOCKET_SERVICE_PORT:-8080}}}
 path=${2:-/readyz}
+# shellcheck disable=SC2016  # the inner script expands its own $1 and $2
 status=$(timeout 4 bash -c '
     exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
     printf "GET %s HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n" "$2" >&3

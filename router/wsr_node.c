@@ -9,6 +9,7 @@
 
 struct _wsr_node_t {
     wsr_metrics_t *metrics;                     //  shared counters
+    wsr_bridge_t *bridge;                       //  in-process bridge or NULL
     wsr_router_t *router;                       //  router actor
     wsr_session_t *workers [WSR_MAX_WORKERS];   //  session workers
     int worker_count;
@@ -32,6 +33,7 @@ wsr_node_opts_defaults (wsr_node_opts_t *opts)
     opts->max_message = WSR_DEFAULT_MAX_MESSAGE;
     opts->max_queue = WSR_DEFAULT_MAX_QUEUE;
     opts->max_connections = 1000000;
+    wsr_bridge_opts_defaults (&opts->backplane);
 }
 
 //  --------------------------------------------------------------------------
@@ -56,7 +58,22 @@ wsr_node_new (const wsr_node_opts_t *opts)
     }
     wsr_node_t *self = (wsr_node_t *) zmalloc (sizeof (wsr_node_t));
     self->metrics = wsr_metrics_new ();
-    self->router = wsr_router_new (opts->name, opts->upstream, self->metrics);
+    const char *bridge = opts->bridge;
+    char local [128];
+    const wsr_bridge_opts_t *bp = &opts->backplane;
+    if (!bridge && (bp->redis_url || bp->nats_url || bp->upstream_url)) {
+        //  Same bridge actor as `wsrouter bridge`, reached over inproc
+        snprintf (local, sizeof local, "inproc://wsr-bridge-%s", opts->name);
+        wsr_bridge_opts_t bridge_opts = *bp;
+        bridge_opts.endpoint = local;
+        bridge_opts.max_message = opts->max_message;
+        self->bridge = wsr_bridge_new (&bridge_opts, self->metrics);
+        if (!self->bridge)
+            goto failed;
+        bridge = local;
+    }
+    self->router = wsr_router_new (opts->name, opts->upstream, bridge, opts->workers,
+                                   self->metrics);
     if (!self->router)
         goto failed;
     wsr_session_opts_t session_opts = {
@@ -74,7 +91,7 @@ wsr_node_new (const wsr_node_opts_t *opts)
         goto failed;
     wsr_listener_opts_t listener_opts = {
         opts->bind, opts->port, opts->api_key, opts->reuseport,
-        10000, WSR_HANDSHAKE_TIMEOUT_MS, opts->max_message
+        10000, WSR_HANDSHAKE_TIMEOUT_MS, opts->max_message, false
     };
     self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);
     if (!self->listener)
@@ -99,6 +116,7 @@ wsr_node_destroy (wsr_node_t **self_p)
         for (int i = self->worker_count - 1; i >= 0; i--)
             wsr_session_destroy (&self->workers [i]);
         wsr_router_destroy (&self->router);
+        wsr_bridge_destroy (&self->bridge);
         wsr_metrics_destroy (&self->metrics);
         free (self);
         *self_p = NULL;

@@ -25,6 +25,9 @@ typedef struct {
     size_t max_queue;               //  WEBSOCKET_MAX_QUEUE
     size_t max_connections;         //  WEBSOCKET_MAX_CONNECTIONS (whole node)
     const char *upstream;           //  upstream PUB endpoint or NULL
+    const char *bridge;             //  remote bridge endpoint (tcp://H:P) or NULL
+    wsr_bridge_opts_t backplane;    //  in-process bridge, used when bridge is NULL
+                                    //  and a Redis / NATS / HTTP URL is set
 } wsr_node_opts_t;
 
 //  Fill opts with the defaults (port 8080, one worker per core, ...).

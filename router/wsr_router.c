@@ -1,26 +1,40 @@
 //  wsr_router — the node's router actor: backplane ⇄ session workers
 //
-//  Downstream: PUBLISH messages (from the HTTP API today, from the bridge in
-//  the next step) go out on an XPUB socket as [topic key][envelope]; every
-//  session worker holds one SUB socket on it, subscribed to the topics of its
-//  own sessions, so ZeroMQ delivers a message only to the workers that want
-//  it, once per worker, sharing the payload buffer. XPUB passes on only a
-//  topic's first subscription and last unsubscription, so the router's topic
-//  set is exactly "what some session of this node needs"; that set is what a
-//  bridge subscribes to on Redis/NATS.
+//  Downstream: messages for a topic go out on an XPUB socket as [topic
+//  key][envelope]; every session worker holds one SUB socket on it, subscribed
+//  to the topics of its own sessions, so ZeroMQ delivers a message only to the
+//  workers that want it, once per worker, sharing the payload buffer. XPUB
+//  passes on only a topic's first subscription and last unsubscription, so
+//  the router's topic set is exactly "what some session of this node needs".
 //
-//  Upstream: session workers PUSH [up:user][envelope] for what clients send;
-//  the router republishes it on a PUB socket (inproc, plus an optional TCP
-//  endpoint that backends or tests subscribe to).
+//  Embedded mode (no bridge): PUBLISH from the HTTP API goes straight out on
+//  the XPUB. Bridged mode: the router is a proxy to a bridge (in-process or in
+//  another process, same code): an XSUB connected to the bridge's XPUB
+//  carries the node's subscriptions up and messages down, a PUSH carries API
+//  publishes and client messages up. The XSUB also subscribes to the bridge's
+//  heartbeat ($hb: drives /readyz through the backplane_up gauge) and to this
+//  node's reply prefix (sess:NODE:), whose messages go to the worker that owns
+//  the session (REPLY). On reconnect ZeroMQ's XSUB sends every subscription
+//  again, so a restarted bridge learns what this node needs by itself.
+//
+//  Upstream: session workers PUSH [up:user][envelope]; the router publishes it
+//  on a PUB socket (inproc, plus an optional TCP endpoint that backends or
+//  tests subscribe to) and, bridged, pushes it to the bridge.
 //
 //  Sockets (owned):
-//    pipe                       PAIR   commands: START, TOPICS, $TERM
-//    inproc://wsr-down-NAME     XPUB   bind; DELIVER to workers, subs back
-//    inproc://wsr-pub-NAME      PULL   bind; PUBLISH from the listener
-//    inproc://wsr-up-NAME       PULL   bind; upstream from workers
-//    upstream (optional)        PUB    bind; upstream to backends
+//    pipe                        PAIR   commands: START, TOPICS, $TERM
+//    inproc://wsr-down-NAME      XPUB   bind; DELIVER to workers, subs back
+//    inproc://wsr-pub-NAME       PULL   bind; PUBLISH from the listener
+//    inproc://wsr-up-NAME        PULL   bind; upstream from workers
+//    upstream                    PUB    bind; upstream to local observers
+//    bridge down endpoint        XSUB   connect (bridged mode)
+//    bridge up endpoint          PUSH   connect (bridged mode)
+//    inproc://wsr-adopt-NAME-i   PUSH   connect, per worker; REPLY
 
 #include "wsr_classes.h"
+
+#define S_HEARTBEAT_DEAD_MS     2000    //  bridge silent this long: not ready
+#define S_TICK_MS               250
 
 struct _wsr_router_t {
     zactor_t *actor;                //  the router thread
@@ -29,6 +43,8 @@ struct _wsr_router_t {
 typedef struct {
     char *name;                     //  node instance name
     char *upstream;                 //  optional upstream PUB endpoint
+    char *bridge;                   //  bridge endpoint or NULL (embedded)
+    int workers;                    //  session workers (for REPLY)
     wsr_metrics_t *metrics;         //  shared counters (not owned)
 } s_args_t;
 
@@ -38,13 +54,30 @@ typedef struct {
     zsock_t *pub_in;                //  PULL from the HTTP API
     zsock_t *up_in;                 //  PULL from workers
     zsock_t *up_out;                //  PUB to backends
+    zsock_t *bridge_sub;            //  XSUB from the bridge, or NULL
+    zsock_t *bridge_push;           //  PUSH to the bridge, or NULL
+    zsock_t *replies [WSR_MAX_WORKERS];     //  PUSH REPLY per worker
+    int workers;
+    char *reply_prefix;             //  "sess:NODE:"
     zhashx_t *topics;               //  topics with subscribers (key → NULL)
+    int64_t last_heartbeat;         //  mono ms of the last good heartbeat
+    bool backplane_ok;              //  as last reported
     wsr_metrics_t *metrics;         //  shared counters
     int status;                     //  init result for START
 } s_router_t;
 
+static void
+s_set_ready (s_router_t *self, bool ok)
+{
+    int64_t now = wsr_metrics_get (self->metrics, WSR_M_BACKPLANE_UP);
+    wsr_metrics_add (self->metrics, WSR_M_BACKPLANE_UP, (ok? 1: 0) - now);
+    if (ok != self->backplane_ok)
+        zsys_info ("router: backplane %s", ok? "reachable": "NOT reachable");
+    self->backplane_ok = ok;
+}
+
 static zsock_t *
-s_bind (int type, const char *fmt, const char *name)
+s_socket (int type)
 {
     zsock_t *sock = zsock_new (type);
     assert (sock);
@@ -52,6 +85,13 @@ s_bind (int type, const char *fmt, const char *name)
     zsock_set_rcvhwm (sock, WSR_HWM);
     zsock_set_sndtimeo (sock, 0);
     zsock_set_linger (sock, 0);
+    return sock;
+}
+
+static zsock_t *
+s_bind (int type, const char *fmt, const char *name)
+{
+    zsock_t *sock = s_socket (type);
     if (zsock_bind (sock, fmt, name) == -1) {
         char endpoint [256];
         snprintf (endpoint, sizeof endpoint, fmt, name);
@@ -61,8 +101,19 @@ s_bind (int type, const char *fmt, const char *name)
     return sock;
 }
 
+//  Subscribe / unsubscribe through the XSUB (frame 0x01/0x00 + bytes).
+static void
+s_xsub_send (zsock_t *xsub, bool on, const char *data, size_t size)
+{
+    zframe_t *frame = zframe_new (NULL, size + 1);
+    zframe_data (frame) [0] = on? 1: 0;
+    memcpy (zframe_data (frame) + 1, data, size);
+    if (zframe_send (&frame, xsub, 0))
+        zframe_destroy (&frame);
+}
+
 //  Subscription messages from the XPUB: 0x01 topic = first subscriber on this
-//  node, 0x00 topic = last one gone.
+//  node, 0x00 topic = last one gone. Bridged, they go on to the bridge.
 static void
 s_handle_subscription (s_router_t *self)
 {
@@ -77,29 +128,104 @@ s_handle_subscription (s_router_t *self)
         else
         if (data [0] == 0)
             zhashx_delete (self->topics, data + 1);
+        if (self->bridge_sub && zframe_send (&frame, self->bridge_sub, 0))
+            zframe_destroy (&frame);
     }
     zframe_destroy (&frame);
 }
 
-//  Forward [topic][envelope] from a PULL to an output socket without copying.
+//  Forward a 2-frame message to one or two sockets without copying.
 static void
-s_forward (zsock_t *from, zsock_t *to, wsr_metrics_t *metrics, wsr_metric_t drop_metric)
+s_forward (zmsg_t **msg_p, zsock_t *to, zsock_t *also, wsr_metrics_t *metrics,
+           wsr_metric_t drop_metric)
 {
-    zmsg_t *msg = zmsg_recv (from);
-    if (!msg)
-        return;
-    if (zmsg_size (msg) == 3) {
-        //  PUBLISH carries its verb first
-        char *verb = zmsg_popstr (msg);
-        assert (verb && streq (verb, WSR_MSG_PUBLISH));
-        zstr_free (&verb);
-        wsr_metrics_add (metrics, WSR_M_PUBLISHED, 1);
+    zmsg_t *msg = *msg_p;
+    *msg_p = NULL;
+    if (also) {
+        zmsg_t *copy = zmsg_dup (msg);
+        if (zmsg_send (&copy, also)) {
+            zmsg_destroy (&copy);
+            wsr_metrics_add (metrics, drop_metric, 1);
+        }
     }
-    assert (zmsg_size (msg) == 2);
     if (zmsg_send (&msg, to)) {
         zmsg_destroy (&msg);
         wsr_metrics_add (metrics, drop_metric, 1);
     }
+}
+
+static void
+s_handle_publish (s_router_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->pub_in);
+    if (!msg)
+        return;
+    char *verb = zmsg_popstr (msg);
+    assert (verb && streq (verb, WSR_MSG_PUBLISH) && zmsg_size (msg) == 2);
+    zstr_free (&verb);
+    wsr_metrics_add (self->metrics, WSR_M_PUBLISHED, 1);
+    if (self->bridge_push)
+        s_forward (&msg, self->bridge_push, NULL, self->metrics, WSR_M_BRIDGE_PUBLISH_LOST);
+    else {
+        //  ZMQ_EVENTS makes the XPUB take in subscriptions already sent, so
+        //  a session subscribed before this publish got here receives it
+        zsock_events (self->down);
+        s_forward (&msg, self->down, NULL, self->metrics, WSR_M_DELIVER_NO_SESSION);
+    }
+}
+
+static void
+s_handle_upstream (s_router_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->up_in);
+    if (!msg)
+        return;
+    assert (zmsg_size (msg) == 2);
+    if (self->bridge_push)
+        s_forward (&msg, self->bridge_push, self->up_out, self->metrics, WSR_M_UPSTREAM_DROPS);
+    else
+        s_forward (&msg, self->up_out, NULL, self->metrics, WSR_M_UPSTREAM_DROPS);
+    wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, 1);
+}
+
+//  From the bridge: heartbeat, a reply for one session, or a delivery.
+static void
+s_handle_bridge (s_router_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->bridge_sub);
+    if (!msg)
+        return;
+    zframe_t *key = zmsg_first (msg);
+    zframe_t *body = zmsg_next (msg);
+    size_t size = key? zframe_size (key): 0;
+    const char *data = key? (const char *) zframe_data (key): NULL;
+    if (!body || zmsg_size (msg) != 2 || size == 0 || data [size - 1] != 0) {
+        zmsg_destroy (&msg);
+        return;
+    }
+    if (streq (data, "$hb")) {
+        int redis = 0, nats = 0;
+        if (wsr_envelope_decode_heartbeat (zframe_data (body), zframe_size (body),
+                                           &redis, &nats) == 0) {
+            self->last_heartbeat = wsr_util_mono_ms ();
+            s_set_ready (self, redis != 0 && nats != 0);
+        }
+        zmsg_destroy (&msg);
+    }
+    else
+    if (strncmp (data, self->reply_prefix, strlen (self->reply_prefix)) == 0) {
+        char *end = NULL;
+        uint64_t session = strtoull (data + strlen (self->reply_prefix), &end, 10);
+        if (end && *end == 0 && self->workers > 0) {
+            zsock_t *worker = self->replies [session % (uint64_t) self->workers];
+            zframe_t *env = zmsg_last (msg);
+            if (zsock_send (worker, "s8f", WSR_MSG_REPLY, session, env) == -1)
+                wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_DROPS, 1);
+        }
+        zmsg_destroy (&msg);
+    }
+    else
+        s_forward (&msg, self->down, NULL, self->metrics, WSR_M_DELIVER_NO_SESSION);
 }
 
 static void
@@ -109,9 +235,11 @@ s_router_actor (zsock_t *pipe, void *args)
     s_router_t self = { 0 };
     self.pipe = pipe;
     self.metrics = a->metrics;
+    self.workers = a->workers;
     self.topics = zhashx_new ();
     zhashx_set_destructor (self.topics, NULL);
     zhashx_set_duplicator (self.topics, NULL);
+    self.reply_prefix = zsys_sprintf ("sess:%s:", a->name);
     pthread_setname_np (pthread_self (), "wsr-router");
 
     self.down = s_bind (ZMQ_XPUB, WSR_EP_DOWN, a->name);
@@ -127,15 +255,52 @@ s_router_actor (zsock_t *pipe, void *args)
         zsock_set_xpub_nodrop (self.down, 1);
     }
     self.status = (self.down && self.pub_in && self.up_in && self.up_out)? 0: -1;
+    if (a->bridge && self.status == 0) {
+        char down [256], up [256];
+        if (wsr_bridge_endpoints (a->bridge, down, up, sizeof down)) {
+            zsys_error ("router: bad bridge endpoint '%s'", a->bridge);
+            self.status = -1;
+        }
+        else {
+            self.bridge_sub = s_socket (ZMQ_XSUB);
+            self.bridge_push = s_socket (ZMQ_PUSH);
+            zsock_t *remote [2] = { self.bridge_sub, self.bridge_push };
+            for (int i = 0; i < 2; i++) {
+                //  Notice a dead bridge within seconds, reconnect quickly
+                zsock_set_heartbeat_ivl (remote [i], 1000);
+                zsock_set_heartbeat_timeout (remote [i], 3000);
+                zsock_set_reconnect_ivl (remote [i], 100);
+                zsock_set_reconnect_ivl_max (remote [i], 1000);
+            }
+            if (zsock_connect (self.bridge_sub, "%s", down) == -1
+            ||  zsock_connect (self.bridge_push, "%s", up) == -1) {
+                zsys_error ("router: cannot connect to bridge %s", a->bridge);
+                self.status = -1;
+            }
+            s_xsub_send (self.bridge_sub, true, "$hb", 4);
+            s_xsub_send (self.bridge_sub, true, self.reply_prefix, strlen (self.reply_prefix));
+        }
+        for (int i = 0; i < self.workers; i++) {
+            self.replies [i] = s_socket (ZMQ_PUSH);
+            zsock_connect (self.replies [i], WSR_EP_ADOPT, a->name, i);
+        }
+    }
+    self.backplane_ok = !a->bridge;
+    wsr_metrics_add (self.metrics, WSR_M_BACKPLANE_UP, a->bridge? 0: 1);
     zsock_signal (pipe, 0);
 
     zpoller_t *poller = zpoller_new (pipe, NULL);
-    if (self.status == 0)
-        zpoller_add (poller, self.down), zpoller_add (poller, self.pub_in),
+    if (self.status == 0) {
+        zpoller_add (poller, self.down);
+        zpoller_add (poller, self.pub_in);
         zpoller_add (poller, self.up_in);
+        if (self.bridge_sub)
+            zpoller_add (poller, self.bridge_sub);
+    }
     zpoller_set_nonstop (poller, true);
+    int64_t next_tick = wsr_util_mono_ms () + S_TICK_MS;
     while (true) {
-        zsock_t *which = (zsock_t *) zpoller_wait (poller, -1);
+        zsock_t *which = (zsock_t *) zpoller_wait (poller, S_TICK_MS);
         if (which == pipe) {
             zmsg_t *msg = zmsg_recv (pipe);
             if (!msg)
@@ -158,17 +323,20 @@ s_router_actor (zsock_t *pipe, void *args)
         if (which == self.down)
             s_handle_subscription (&self);
         else
-        if (which == self.pub_in) {
-            //  ZMQ_EVENTS makes the XPUB take in subscriptions already sent,
-            //  so a session that was subscribed before this publish got here
-            //  receives it (no millisecond window of command throttling)
-            zsock_events (self.down);
-            s_forward (self.pub_in, self.down, self.metrics, WSR_M_DELIVER_NO_SESSION);
-        }
+        if (which == self.pub_in)
+            s_handle_publish (&self);
         else
-        if (which == self.up_in) {
-            s_forward (self.up_in, self.up_out, self.metrics, WSR_M_UPSTREAM_DROPS);
-            wsr_metrics_add (self.metrics, WSR_M_UPSTREAM_SENT, 1);
+        if (which == self.up_in)
+            s_handle_upstream (&self);
+        else
+        if (which && which == self.bridge_sub)
+            s_handle_bridge (&self);
+        int64_t now = wsr_util_mono_ms ();
+        if (now >= next_tick) {
+            next_tick = now + S_TICK_MS;
+            if (self.bridge_sub && self.backplane_ok
+            &&  now - self.last_heartbeat > S_HEARTBEAT_DEAD_MS)
+                s_set_ready (&self, false);
         }
     }
     zpoller_destroy (&poller);
@@ -176,16 +344,23 @@ s_router_actor (zsock_t *pipe, void *args)
     zsock_destroy (&self.pub_in);
     zsock_destroy (&self.up_in);
     zsock_destroy (&self.up_out);
+    zsock_destroy (&self.bridge_sub);
+    zsock_destroy (&self.bridge_push);
+    for (int i = 0; i < self.workers; i++)
+        zsock_destroy (&self.replies [i]);
+    zstr_free (&self.reply_prefix);
     zhashx_destroy (&self.topics);
 }
 
 //  --------------------------------------------------------------------------
 //  Start the router; NULL if its sockets cannot be bound.
 wsr_router_t *
-wsr_router_new (const char *name, const char *upstream, wsr_metrics_t *metrics)
+wsr_router_new (const char *name, const char *upstream, const char *bridge, int workers,
+                wsr_metrics_t *metrics)
 {
     assert (name && metrics);
-    s_args_t args = { (char *) name, (char *) upstream, metrics };
+    assert (workers >= 0 && workers <= WSR_MAX_WORKERS);
+    s_args_t args = { (char *) name, (char *) upstream, (char *) bridge, workers, metrics };
     wsr_router_t *self = (wsr_router_t *) zmalloc (sizeof (wsr_router_t));
     self->actor = zactor_new (s_router_actor, &args);
     assert (self->actor);
@@ -248,10 +423,10 @@ wsr_router_test (bool verbose)
 {
     (void) verbose;
     wsr_metrics_t *metrics = wsr_metrics_new ();
-    wsr_router_t *router = wsr_router_new ("rtest", "tcp://127.0.0.1:*", metrics);
+    wsr_router_t *router = wsr_router_new ("rtest", "tcp://127.0.0.1:*", NULL, 0, metrics);
     assert (router);
     //  A second router with the same name cannot bind
-    wsr_router_t *clash = wsr_router_new ("rtest", NULL, metrics);
+    wsr_router_t *clash = wsr_router_new ("rtest", NULL, NULL, 0, metrics);
     assert (clash == NULL);
 
     //  A worker's SUB socket; exact topic matching thanks to the NUL
@@ -294,7 +469,7 @@ wsr_router_test (bool verbose)
     wsr_router_destroy (&router);
 
     //  Inproc upstream: what workers push, observers receive
-    router = wsr_router_new ("rtest2", NULL, metrics);
+    router = wsr_router_new ("rtest2", NULL, NULL, 0, metrics);
     assert (router);
     zsock_t *observer = zsock_new_sub ("inproc://wsr-upstream-rtest2", "up:");
     zsock_t *up = zsock_new_push ("inproc://wsr-up-rtest2");

@@ -9,12 +9,16 @@ extern "C" {
 
 typedef struct _wsr_router_t wsr_router_t;
 
-//  Start the router of node `name` (the inproc endpoint suffix). node_id is
-//  stamped into upstream envelopes. upstream is an endpoint the router binds
-//  a PUB socket on for client messages (e.g. tcp://127.0.0.1:5560), or NULL
-//  for inproc only. Returns NULL if a socket cannot be bound.
+//  Start the router of node `name` (the inproc endpoint suffix and the node
+//  id in reply topics). upstream is an endpoint the router binds a PUB socket
+//  on for client messages (e.g. tcp://127.0.0.1:5560), or NULL for inproc
+//  only. bridge is the bridge's endpoint (tcp://H:P or inproc://X, see
+//  wsr_bridge_endpoints) or NULL for the embedded backplane; workers is the
+//  number of session workers replies are routed to. Returns NULL if a socket
+//  cannot be bound.
 wsr_router_t *
-    wsr_router_new (const char *name, const char *upstream, wsr_metrics_t *metrics);
+    wsr_router_new (const char *name, const char *upstream, const char *bridge, int workers,
+                    wsr_metrics_t *metrics);
 
 //  Stop the router and free it.
 void

@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <nats/nats.h>
 #include <signal.h>
 
 //  --------------------------------------------------------------------------
@@ -66,6 +67,89 @@ s_base64_decode (const char *text, uint8_t *out, size_t out_size)
 }
 
 //  --------------------------------------------------------------------------
+//  Signals: blocked in every thread, taken synchronously by main
+
+static int
+s_wait_signal (void)
+{
+    sigset_t signals;
+    sigemptyset (&signals);
+    sigaddset (&signals, SIGINT);
+    sigaddset (&signals, SIGTERM);
+    int sig = 0;
+    while (sig <= 0) {
+        struct timespec wait = { 1, 0 };
+        sig = sigtimedwait (&signals, NULL, &wait);
+    }
+    return sig;
+}
+
+static void
+s_block_signals (void)
+{
+    sigset_t signals;
+    sigemptyset (&signals);
+    sigaddset (&signals, SIGINT);
+    sigaddset (&signals, SIGTERM);
+    pthread_sigmask (SIG_BLOCK, &signals, NULL);        //  inherited by every actor
+    signal (SIGPIPE, SIG_IGN);
+}
+
+//  --------------------------------------------------------------------------
+//  Backplane settings shared by serve (in-process bridge) and bridge
+
+static void
+s_backplane_env (wsr_bridge_opts_t *bp)
+{
+    bp->redis_url = s_env ("WEBSOCKET_REDIS_URL", NULL);
+    bp->nats_url = s_env ("NATS_URL", NULL);
+    bp->upstream_url = s_env ("WEBSOCKET_UPSTREAM_URL", NULL);
+    bp->firehose = streq (s_env ("WEBSOCKET_BRIDGE_MODE", "topics"), "firehose");
+    bp->redis_user = s_env ("WEBSOCKET_REDIS_USER_CHANNEL", bp->redis_user);
+    bp->redis_channel = s_env ("WEBSOCKET_REDIS_CHANNEL_CHANNEL", bp->redis_channel);
+    bp->redis_actions = s_env ("WEBSOCKET_REDIS_ACTIONS_CHANNEL", bp->redis_actions);
+    bp->nats_user = s_env ("NATS_USER_SUBJECT", bp->nats_user);
+    bp->nats_channel = s_env ("NATS_CHANNEL_SUBJECT", bp->nats_channel);
+    bp->nats_actions = s_env ("NATS_ACTIONS_SUBJECT", bp->nats_actions);
+    const char *timeout = s_env ("WEBSOCKET_UPSTREAM_TIMEOUT", NULL);
+    if (timeout)
+        bp->upstream_timeout_ms = atoi (timeout);
+    const char *concurrency = s_env ("WEBSOCKET_UPSTREAM_CONCURRENCY", NULL);
+    if (concurrency)
+        bp->upstream_concurrency = atoi (concurrency);
+}
+
+//  Backplane flags; returns true if the option was one of them.
+static bool
+s_backplane_flag (wsr_bridge_opts_t *bp, int c)
+{
+    switch (c) {
+        case 'R': bp->redis_url = optarg; return true;
+        case 'N': bp->nats_url = optarg; return true;
+        case 'H': bp->upstream_url = optarg; return true;
+        case 'F': bp->firehose = true; return true;
+        default: return false;
+    }
+}
+
+#define S_BACKPLANE_OPTIONS \
+    { "redis-url", required_argument, 0, 'R' }, { "nats-url", required_argument, 0, 'N' }, \
+    { "upstream-url", required_argument, 0, 'H' }, { "firehose", no_argument, 0, 'F' }
+
+#define S_BACKPLANE_HELP \
+"  --redis-url URL       redis://[:password@]host:port[/db] [WEBSOCKET_REDIS_URL]\n" \
+"  --nats-url URL        nats://host:port [NATS_URL]\n" \
+"  --upstream-url URL    POST client messages to this HTTP backend; its reply\n" \
+"                        goes back to the session [WEBSOCKET_UPSTREAM_URL]\n" \
+"  --firehose            one pattern subscription per kind instead of one per\n" \
+"                        topic [WEBSOCKET_BRIDGE_MODE=firehose]\n" \
+"  names: WEBSOCKET_REDIS_USER_CHANNEL (ws:{user_id}), WEBSOCKET_REDIS_CHANNEL_CHANNEL\n" \
+"  (ws:channel:{channel}), WEBSOCKET_REDIS_ACTIONS_CHANNEL (ws:actions:{user_id}),\n" \
+"  NATS_USER_SUBJECT (world.updates.user.{user_id}), NATS_CHANNEL_SUBJECT\n" \
+"  (world.updates.channel.{channel}), NATS_ACTIONS_SUBJECT (client.actions.{user_id});\n" \
+"  WEBSOCKET_UPSTREAM_TIMEOUT (ms, 5000), WEBSOCKET_UPSTREAM_CONCURRENCY (64)\n"
+
+//  --------------------------------------------------------------------------
 //  serve
 
 static void
@@ -93,8 +177,11 @@ s_serve_usage (void)
 "  --drain-timeout MS    SIGTERM drain limit [WEBSOCKET_DRAIN_TIMEOUT, 5000]\n"
 "  --node-id ID          node id in envelopes [WEBSOCKET_NODE_ID, host-pid]\n"
 "  --reuseport           share the port with other nodes (SO_REUSEPORT)\n"
+"  --bridge tcp://H:P    use a bridge process (also H:P+1) [WEBSOCKET_BRIDGE]\n"
 "  --dev                 development mode: random secret and API key, printed\n"
-"  --verbose             debug logging\n");
+"  --verbose             debug logging\n"
+"\nbackplane (in-process bridge; without any, the embedded one):\n"
+S_BACKPLANE_HELP);
 }
 
 typedef struct {
@@ -130,6 +217,8 @@ s_serve (int argc, char *argv [])
     const char *max_connections = s_env ("WEBSOCKET_MAX_CONNECTIONS", NULL);
     const char *drain = s_env ("WEBSOCKET_DRAIN_TIMEOUT", "5000");
     opts->reuseport = streq (s_env ("WEBSOCKET_REUSEPORT", "0"), "1");
+    opts->bridge = s_env ("WEBSOCKET_BRIDGE", NULL);
+    s_backplane_env (&opts->backplane);
     bool verbose = false;
 
     static struct option options [] = {
@@ -144,11 +233,15 @@ s_serve (int argc, char *argv [])
         { "drain-timeout", required_argument, 0, 'd' },
         { "node-id", required_argument, 0, 'n' }, { "reuseport", no_argument, 0, 'r' },
         { "dev", no_argument, 0, 'D' }, { "verbose", no_argument, 0, 'v' },
+        { "bridge", required_argument, 0, 'B' }, S_BACKPLANE_OPTIONS,
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     int c;
     while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        if (s_backplane_flag (&opts->backplane, c))
+            continue;
         switch (c) {
+            case 'B': opts->bridge = optarg; break;
             case 'p': port = optarg; break;
             case 'b': opts->bind = optarg; break;
             case 's': secret = optarg; break;
@@ -237,12 +330,7 @@ s_serve (int argc, char *argv [])
     wsr_verbose = verbose;
 
     long nofile = wsr_util_raise_nofile ();
-    sigset_t signals;
-    sigemptyset (&signals);
-    sigaddset (&signals, SIGINT);
-    sigaddset (&signals, SIGTERM);
-    pthread_sigmask (SIG_BLOCK, &signals, NULL);        //  inherited by every actor
-    signal (SIGPIPE, SIG_IGN);
+    s_block_signals ();
     zsys_set_io_threads (1);
 
     wsr_node_t *node = wsr_node_new (opts);
@@ -259,6 +347,14 @@ s_serve (int argc, char *argv [])
             opts->name, shown, bound, opts->workers, nofile);
     if (opts->upstream)
         printf ("wsrouter: client messages published on %s\n", opts->upstream);
+    if (opts->bridge)
+        printf ("wsrouter: backplane through bridge %s\n", opts->bridge);
+    else
+    if (opts->backplane.redis_url || opts->backplane.nats_url || opts->backplane.upstream_url)
+        printf ("wsrouter: in-process bridge: redis %s, nats %s, http %s\n",
+                opts->backplane.redis_url? opts->backplane.redis_url: "off",
+                opts->backplane.nats_url? opts->backplane.nats_url: "off",
+                opts->backplane.upstream_url? opts->backplane.upstream_url: "off");
     if (serve.dev) {
         int64_t now = (int64_t) time (NULL);
         char *token = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), "dev",
@@ -278,11 +374,7 @@ s_serve (int argc, char *argv [])
     }
     fflush (stdout);
 
-    int sig = 0;
-    while (sig <= 0) {
-        struct timespec wait = { 1, 0 };
-        sig = sigtimedwait (&signals, NULL, &wait);
-    }
+    int sig = s_wait_signal ();
     zsys_info ("wsrouter: %s received, draining", sig == SIGTERM? "SIGTERM": "SIGINT");
     int64_t left = wsr_node_drain (node, serve.drain_ms);
     if (left)
@@ -290,7 +382,93 @@ s_serve (int argc, char *argv [])
     wsr_node_destroy (&node);
     free (serve.secret);
     free (serve.api_key);
+    nats_Close ();
     printf ("wsrouter: stopped\n");
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  bridge: the backplane bridge as its own process
+
+static int
+s_bridge (int argc, char *argv [])
+{
+    wsr_bridge_opts_t opts;
+    wsr_bridge_opts_defaults (&opts);
+    opts.endpoint = s_env ("WEBSOCKET_BRIDGE_ENDPOINT", "tcp://0.0.0.0:7000");
+    opts.readiness = true;
+    s_backplane_env (&opts);
+    const char *http_port = s_env ("WEBSOCKET_BRIDGE_HTTP_PORT", NULL);
+    const char *http_bind = s_env ("WEBSOCKET_BRIDGE_HTTP_BIND", "0.0.0.0");
+    static struct option options [] = {
+        { "endpoint", required_argument, 0, 'e' }, { "http-port", required_argument, 0, 'p' },
+        { "http-bind", required_argument, 0, 'b' }, { "verbose", no_argument, 0, 'v' },
+        S_BACKPLANE_OPTIONS, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    int c;
+    while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        if (s_backplane_flag (&opts, c))
+            continue;
+        switch (c) {
+            case 'e': opts.endpoint = optarg; break;
+            case 'p': http_port = optarg; break;
+            case 'b': http_bind = optarg; break;
+            case 'v': wsr_verbose = true; break;
+            case 'h':
+                printf ("usage: wsrouter bridge [--endpoint tcp://HOST:PORT] [options]\n\n"
+                        "Runs the backplane bridge as its own process. Nodes connect with\n"
+                        "`wsrouter serve --bridge tcp://HOST:PORT`; the bridge binds PORT\n"
+                        "(downstream, ZeroMQ XPUB) and PORT+1 (upstream, PULL).\n\n"
+                        "  --endpoint E          [WEBSOCKET_BRIDGE_ENDPOINT, tcp://0.0.0.0:7000]\n"
+                        "  --http-port P         /healthz, /readyz, /metrics on this port\n"
+                        "                        [WEBSOCKET_BRIDGE_HTTP_PORT, off]\n"
+                        "  --http-bind ADDR      [WEBSOCKET_BRIDGE_HTTP_BIND, 0.0.0.0]\n"
+                        "  --verbose             debug logging\n"
+                        S_BACKPLANE_HELP);
+                return 0;
+            default: return 2;
+        }
+    }
+    char down [256], up [256];
+    if (wsr_bridge_endpoints (opts.endpoint, down, up, sizeof down)) {
+        fprintf (stderr, "wsrouter bridge: bad endpoint '%s' (want tcp://HOST:PORT)\n",
+                 opts.endpoint);
+        return 2;
+    }
+    wsr_util_raise_nofile ();
+    s_block_signals ();
+    zsys_set_io_threads (1);
+    wsr_metrics_t *metrics = wsr_metrics_new ();
+    wsr_bridge_t *bridge = wsr_bridge_new (&opts, metrics);
+    wsr_listener_t *listener = NULL;
+    if (bridge && http_port) {
+        wsr_listener_opts_t listener_opts = {
+            http_bind, atoi (http_port), NULL, false, 1000, WSR_HANDSHAKE_TIMEOUT_MS,
+            opts.max_message, true
+        };
+        char name [64];
+        snprintf (name, sizeof name, "bridge-%d", (int) getpid ());
+        listener = wsr_listener_new (name, &listener_opts, metrics);
+    }
+    if (!bridge || (http_port && !listener)) {
+        fprintf (stderr, "wsrouter bridge: could not start (see log above)\n");
+        wsr_listener_destroy (&listener);
+        wsr_bridge_destroy (&bridge);
+        wsr_metrics_destroy (&metrics);
+        return 1;
+    }
+    printf ("wsrouter: bridge listening on %s (downstream) and %s (upstream)", down, up);
+    if (listener)
+        printf ("; status on http://%s:%d/", http_bind, wsr_listener_port (listener));
+    printf ("\n");
+    fflush (stdout);
+    int sig = s_wait_signal ();
+    zsys_info ("wsrouter bridge: %s received, stopping", sig == SIGTERM? "SIGTERM": "SIGINT");
+    wsr_listener_destroy (&listener);
+    wsr_bridge_destroy (&bridge);
+    wsr_metrics_destroy (&metrics);
+    nats_Close ();
+    printf ("wsrouter: bridge stopped\n");
     return 0;
 }
 
@@ -495,6 +673,7 @@ s_usage (void)
     printf ("usage: wsrouter [COMMAND] [options]\n\n"
             "commands:\n"
             "  serve     run a node (default)\n"
+            "  bridge    run the Redis / NATS / HTTP backplane bridge as its own process\n"
             "  token     mint a development or test token\n"
             "  keygen    make an Ed25519 key pair for EdDSA tokens\n"
             "  publish   publish a message through a node's HTTP API\n\n"
@@ -521,6 +700,8 @@ main (int argc, char *argv [])
     char **sub_argv = argv + shift;
     if (streq (command, "serve"))
         return s_serve (sub_argc, sub_argv);
+    if (streq (command, "bridge"))
+        return s_bridge (sub_argc, sub_argv);
     if (streq (command, "token"))
         return s_token (sub_argc, sub_argv);
     if (streq (command, "keygen"))

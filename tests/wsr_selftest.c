@@ -1,6 +1,8 @@
 //  wsr_selftest — runs the selftest of one class or actor, or all of them
 
 #include "wsr_classes.h"
+#include "wsr_upstream_http.h"
+#include <nats/nats.h>
 
 typedef struct {
     const char *name;                   //  class name, also the ctest name
@@ -23,6 +25,9 @@ s_tests [] = {
     { "node", wsr_node_test },
     { "naming", wsr_naming_test },
     { "redis", wsr_redis_test },
+    { "nats", wsr_nats_test },
+    { "upstream_http", wsr_upstream_http_test },
+    { "bridge", wsr_bridge_test },
     { NULL, NULL }
 };
 
@@ -51,6 +56,7 @@ main (int argc, char *argv [])
         fprintf (stderr, "no selftest named '%s'\n", only? only: "");
         return 1;
     }
+    nats_Close ();
     zsys_shutdown ();
     return 0;
 }

@@ -1,0 +1,57 @@
+//  wsr_bridge — the backplane bridge actor: Redis / NATS / HTTP ⇄ wsrouter nodes over ZeroMQ
+
+#ifndef WSR_BRIDGE_H_INCLUDED
+#define WSR_BRIDGE_H_INCLUDED
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct _wsr_bridge_t wsr_bridge_t;
+
+//  Bridge settings (plain values; strings are copied by wsr_bridge_new).
+typedef struct {
+    const char *endpoint;           //  tcp://HOST:PORT or inproc://NAME (nodes' side)
+    const char *redis_url;          //  WEBSOCKET_REDIS_URL or NULL
+    const char *nats_url;           //  NATS_URL or NULL
+    bool firehose;                  //  one pattern subscription instead of per topic
+    const char *redis_user;         //  "ws:{user_id}"
+    const char *redis_channel;      //  "ws:channel:{channel}"
+    const char *redis_actions;      //  "ws:actions:{user_id}"
+    const char *nats_user;          //  "world.updates.user.{user_id}"
+    const char *nats_channel;       //  "world.updates.channel.{channel}"
+    const char *nats_actions;       //  "client.actions.{user_id}"
+    const char *upstream_url;       //  WEBSOCKET_UPSTREAM_URL or NULL
+    int upstream_timeout_ms;        //  per HTTP request
+    int upstream_concurrency;       //  HTTP requests in flight
+    size_t upstream_queue;          //  HTTP requests waiting
+    size_t max_message;             //  largest payload forwarded
+    bool readiness;                 //  own the backplane_up gauge (bridge process)
+} wsr_bridge_opts_t;
+
+//  Fill opts with the defaults (the seeds' channel and subject names).
+void
+    wsr_bridge_opts_defaults (wsr_bridge_opts_t *opts);
+
+//  Derive the nodes' two endpoints from one value: tcp://H:P gives down
+//  tcp://H:P (XPUB) and up tcp://H:P+1 (PULL); inproc://X gives inproc://X and
+//  inproc://X-up. Returns 0, or -1 if the value is not such an endpoint.
+int
+    wsr_bridge_endpoints (const char *endpoint, char *down, char *up, size_t size);
+
+//  Start a bridge; binds both node endpoints. Returns NULL on failure.
+wsr_bridge_t *
+    wsr_bridge_new (const wsr_bridge_opts_t *opts, wsr_metrics_t *metrics);
+
+//  Stop the bridge and free it.
+void
+    wsr_bridge_destroy (wsr_bridge_t **self_p);
+
+//  Self test
+void
+    wsr_bridge_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
