@@ -28,6 +28,7 @@ typedef struct {
     int workers;                    //  session workers
     wsr_jwt_t *verifier;            //  handed to the actor, which owns it
     wsr_metrics_t *metrics;         //  shared counters (not owned)
+    wsr_ipcount_t *ipcount;         //  per-IP counters (not owned)
 } s_args_t;
 
 typedef struct {
@@ -37,6 +38,7 @@ typedef struct {
     int workers;                    //  entries in out
     wsr_jwt_t *verifier;            //  token verifier (owned)
     wsr_metrics_t *metrics;         //  shared counters
+    wsr_ipcount_t *ipcount;         //  per-IP counters
     int status;                     //  init result
 } s_auth_t;
 
@@ -59,9 +61,9 @@ s_handle_auth (s_auth_t *self)
 {
     char *command = NULL, *accept = NULL, *peer = NULL;
     uint64_t id = 0;
-    int fd = -1;
+    int fd = -1, ip_slot = -1;
     zframe_t *token = NULL, *early = NULL;
-    if (zsock_recv (self->in, WSR_PIC_AUTH, &command, &id, &fd, &accept, &peer,
+    if (zsock_recv (self->in, WSR_PIC_AUTH, &command, &id, &fd, &ip_slot, &accept, &peer,
                     &token, &early) == -1)
         return;
     assert (streq (command, WSR_MSG_AUTH));
@@ -86,10 +88,12 @@ s_handle_auth (s_auth_t *self)
         wsr_debug ("auth: conn %" PRIu64 " from %s refused: %s", id, peer, reason);
     }
     zsock_t *out = self->out [id % (uint64_t) self->workers];
-    if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, reason, claims.sub,
-                    channels, accept, early) == -1) {
+    if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, ip_slot, reason,
+                    claims.sub, channels, accept, early) == -1) {
         //  Worker saturated: shed this connection, keep the node healthy
         close (fd);
+        if (ip_slot >= 0)
+            wsr_ipcount_release (self->ipcount, ip_slot);
         wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
         wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
     }
@@ -109,6 +113,7 @@ s_auth_actor (zsock_t *pipe, void *args)
     self.pipe = pipe;
     self.verifier = a->verifier;
     self.metrics = a->metrics;
+    self.ipcount = a->ipcount;
     self.workers = a->workers;
     pthread_setname_np (pthread_self (), "wsr-auth");
     self.in = zsock_new (ZMQ_PULL);
@@ -162,11 +167,12 @@ s_auth_actor (zsock_t *pipe, void *args)
 //  --------------------------------------------------------------------------
 //  Start the auth actor; takes the verifier.
 wsr_auth_t *
-wsr_auth_new (const char *name, int workers, wsr_jwt_t **verifier_p, wsr_metrics_t *metrics)
+wsr_auth_new (const char *name, int workers, wsr_jwt_t **verifier_p, wsr_metrics_t *metrics,
+              wsr_ipcount_t *ipcount)
 {
-    assert (name && verifier_p && *verifier_p && metrics);
+    assert (name && verifier_p && *verifier_p && metrics && ipcount);
     assert (workers > 0 && workers <= WSR_MAX_WORKERS);
-    s_args_t args = { (char *) name, workers, *verifier_p, metrics };
+    s_args_t args = { (char *) name, workers, *verifier_p, metrics, ipcount };
     *verifier_p = NULL;
     wsr_auth_t *self = (wsr_auth_t *) zmalloc (sizeof (wsr_auth_t));
     self->actor = zactor_new (s_auth_actor, &args);
@@ -201,7 +207,7 @@ s_send_auth (zsock_t *listener, uint64_t id, int fd, const char *token)
 {
     zframe_t *tok = zframe_new (token, token? strlen (token): 0);
     zframe_t *early = zframe_new ("E", 1);
-    zsock_send (listener, WSR_PIC_AUTH, WSR_MSG_AUTH, id, fd, "ACCEPT", "127.0.0.1:1", tok,
+    zsock_send (listener, WSR_PIC_AUTH, WSR_MSG_AUTH, id, fd, 7, "ACCEPT", "127.0.0.1:1", tok,
                 early);
     zframe_destroy (&tok);
     zframe_destroy (&early);
@@ -217,10 +223,11 @@ s_expect_adopt (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
     zpoller_destroy (&poller);
     char *command, *reason, *user, *channels, *accept;
     uint64_t id;
-    int fd, code;
+    int fd, code, ip_slot;
     zframe_t *early;
-    assert (zsock_recv (worker, WSR_PIC_ADOPT, &command, &id, &fd, &code, &reason, &user,
-                        &channels, &accept, &early) == 0);
+    assert (zsock_recv (worker, WSR_PIC_ADOPT, &command, &id, &fd, &code, &ip_slot, &reason,
+                        &user, &channels, &accept, &early) == 0);
+    assert (ip_slot == 7);          //  passed through untouched
     assert (streq (command, WSR_MSG_ADOPT));
     assert (id == want_id && fd == want_fd && code == want_code);
     assert (streq (reason, want_reason));
@@ -242,10 +249,11 @@ wsr_auth_test (bool verbose)
     (void) verbose;
     const char *secret = "auth-test-secret";
     wsr_metrics_t *metrics = wsr_metrics_new ();
+    wsr_ipcount_t *ipcount = wsr_ipcount_new (0);
     zsock_t *w0 = zsock_new_pull ("inproc://wsr-adopt-atest-0");
     zsock_t *w1 = zsock_new_pull ("inproc://wsr-adopt-atest-1");
     wsr_jwt_t *verifier = wsr_jwt_new_hs256 ((const uint8_t *) secret, strlen (secret));
-    wsr_auth_t *auth = wsr_auth_new ("atest", 2, &verifier, metrics);
+    wsr_auth_t *auth = wsr_auth_new ("atest", 2, &verifier, metrics, ipcount);
     assert (auth && verifier == NULL);
     zsock_t *listener = zsock_new_push ("inproc://wsr-auth-atest");
 
@@ -292,7 +300,7 @@ wsr_auth_test (bool verbose)
     wsr_auth_destroy (&auth);
     zsock_t *w2 = zsock_new_pull ("inproc://wsr-adopt-atest2-0");
     verifier = wsr_jwt_new_eddsa (pk);
-    auth = wsr_auth_new ("atest2", 1, &verifier, metrics);
+    auth = wsr_auth_new ("atest2", 1, &verifier, metrics, ipcount);
     assert (auth);
     zsock_t *listener2 = zsock_new_push ("inproc://wsr-auth-atest2");
     char *ed = wsr_jwt_mint_eddsa (sk, "u2", now, now + 60, NULL);
@@ -311,5 +319,6 @@ wsr_auth_test (bool verbose)
     zsock_destroy (&w0);
     zsock_destroy (&w1);
     zsock_destroy (&w2);
+    wsr_ipcount_destroy (&ipcount);
     wsr_metrics_destroy (&metrics);
 }

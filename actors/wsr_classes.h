@@ -18,6 +18,13 @@
 #define WSR_DEFAULT_MAX_MESSAGE     (1024 * 1024)       //  WEBSOCKET_MAX_MESSAGE
 #define WSR_DEFAULT_MAX_QUEUE       (8 * 1024 * 1024)   //  per-session output cap
 #define WSR_HANDSHAKE_TIMEOUT_MS    10000   //  request must be complete by then
+#define WSR_MAX_PENDING_HANDSHAKES  10000   //  connections before their request is complete
+#define WSR_DEFAULT_MAX_PER_IP      10000   //  connections per client address (/64 for IPv6)
+#define WSR_DEFAULT_PING_INTERVAL_MS 25000  //  WEBSOCKET_PING_INTERVAL
+#define WSR_DEFAULT_PING_TIMEOUT_MS 10000   //  WEBSOCKET_PING_TIMEOUT
+#define WSR_DEFAULT_RATE_MESSAGES   100     //  inbound frames per session per second
+#define WSR_DEFAULT_RATE_BYTES      (1024 * 1024)   //  inbound bytes per session per second
+#define WSR_DEFAULT_HANDSHAKE_RATE  20000   //  new connections per node per second
 #define WSR_CLOSE_TIMEOUT_MS        2000    //  wait for the peer's close reply
 #define WSR_DRAIN_TIMEOUT_MS        5000    //  SIGTERM to exit, at most
 #define WSR_JWT_LEEWAY_S            30      //  exp / nbf / iat clock skew
@@ -34,6 +41,7 @@
 #include "wsr_jwt.h"
 #include "wsr_http.h"
 #include "wsr_outframe.h"
+#include "wsr_ipcount.h"
 #include "wsr_listener.h"
 #include "wsr_auth.h"
 #include "wsr_session.h"

@@ -41,6 +41,7 @@ struct _s_hs_t {
     uint64_t id;                    //  connection id, becomes the session id
     wsr_http_t *http;               //  request parser (owned)
     int64_t deadline;               //  mono ms
+    int ip_slot;                    //  per-IP counter slot, -1 if none
     char peer [INET6_ADDRSTRLEN + 8];   //  "addr:port" for logs
     s_hs_t *prev, *next;            //  pending list, oldest first
 };
@@ -73,6 +74,10 @@ typedef struct {
     char *api_key;                  //  publish API key (owned) or NULL
     uint8_t api_key_hash [crypto_generichash_BYTES];    //  for constant-time compare
     wsr_metrics_t *metrics;         //  shared counters
+    char **origins;                 //  allowed Origin values (owned), NULL = any
+    size_t origin_count;
+    double hs_tokens;               //  handshake-rate bucket
+    int64_t hs_refill;              //  mono ms of the last refill
     bool terminated;                //  $TERM seen
     int status;                     //  init result
 } s_listener_t;
@@ -103,6 +108,8 @@ s_hs_end (s_listener_t *self, s_hs_t *hs, bool close_fd)
     if (close_fd) {
         close (hs->fd);
         wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+        if (hs->ip_slot >= 0)
+            wsr_ipcount_release (self->opts.ipcount, hs->ip_slot);
     }
     wsr_http_destroy (&hs->http);
     free (hs);
@@ -292,6 +299,18 @@ s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early
                    body, (size_t) n);
         return false;
     }
+    const char *origin = wsr_http_header (hs->http, "origin");
+    if (self->origins && origin) {
+        //  Browsers always send Origin; other clients may not and are let in
+        bool allowed = false;
+        for (size_t i = 0; i < self->origin_count && !allowed; i++)
+            allowed = streq (self->origins [i], "*") || strcasecmp (self->origins [i], origin) == 0;
+        if (!allowed) {
+            wsr_metrics_add (self->metrics, WSR_M_ORIGIN_REFUSED, 1);
+            s_respond (hs, 403, "text/plain", NULL, "origin not allowed\n", 19);
+            return false;
+        }
+    }
     char accept [WSR_HTTP_ACCEPT_SIZE];
     wsr_http_ws_accept (wsr_http_header (hs->http, "sec-websocket-key"), accept);
     //  Token: ?token= as the seeds say, or Authorization: Bearer
@@ -304,8 +323,8 @@ s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early
         sodium_memzero (token, strlen (token));
     free (token);
     zframe_t *early_frame = zframe_new (early, early_size);
-    int rc = zsock_send (self->auth, WSR_PIC_AUTH, WSR_MSG_AUTH, hs->id, hs->fd, accept,
-                         hs->peer, token_frame, early_frame);
+    int rc = zsock_send (self->auth, WSR_PIC_AUTH, WSR_MSG_AUTH, hs->id, hs->fd, hs->ip_slot,
+                         accept, hs->peer, token_frame, early_frame);
     zframe_destroy (&token_frame);
     zframe_destroy (&early_frame);
     if (rc == -1) {
@@ -394,6 +413,15 @@ s_hs_read (s_listener_t *self, s_hs_t *hs)
     s_hs_end (self, hs, !handed);
 }
 
+//  Refuse a fresh connection with a canned answer and close it.
+static void
+s_refuse (int fd, const char *response)
+{
+    if (send (fd, response, strlen (response), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        wsr_debug ("listener: refusal not sent: %s", strerror (errno));
+    close (fd);
+}
+
 static void
 s_accept (s_listener_t *self)
 {
@@ -434,10 +462,39 @@ s_accept (s_listener_t *self)
             close (fd);
             continue;
         }
+        if (self->opts.handshake_rate) {
+            //  Token bucket: one second's worth of burst
+            int64_t now = wsr_util_mono_ms ();
+            double cap = (double) self->opts.handshake_rate;
+            self->hs_tokens += (double) (now - self->hs_refill) * cap / 1000.0;
+            self->hs_refill = now;
+            if (self->hs_tokens > cap)
+                self->hs_tokens = cap;
+            if (self->hs_tokens < 1.0) {
+                wsr_metrics_add (self->metrics, WSR_M_HS_RATE_REFUSED, 1);
+                wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+                s_refuse (fd, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                              "Content-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            self->hs_tokens -= 1.0;
+        }
+        int ip_slot = -1;
+        if (self->opts.ipcount) {
+            ip_slot = wsr_ipcount_acquire (self->opts.ipcount, (struct sockaddr *) &addr);
+            if (ip_slot < 0 && (addr.ss_family == AF_INET || addr.ss_family == AF_INET6)) {
+                wsr_metrics_add (self->metrics, WSR_M_IP_REFUSED, 1);
+                wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+                s_refuse (fd, "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
+                              "Connection: close\r\n\r\n");
+                continue;
+            }
+        }
         int one = 1;
         setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         s_hs_t *hs = (s_hs_t *) zmalloc (sizeof (s_hs_t));
         hs->fd = fd;
+        hs->ip_slot = ip_slot;
         hs->id = ++self->next_id;
         //  The API body is JSON: escapes can make a payload up to 6 times
         //  longer (\uXXXX); the decoded payload is checked against the limit
@@ -569,6 +626,19 @@ s_listener_actor (zsock_t *pipe, void *args)
                             (const uint8_t *) self->api_key, strlen (self->api_key), NULL, 0);
     }
     pthread_setname_np (pthread_self (), "wsr-listener");
+    if (a->opts.allowed_origins && *a->opts.allowed_origins) {
+        char *list = strdup (a->opts.allowed_origins);
+        char *saveptr = NULL;
+        for (char *item = strtok_r (list, ", ", &saveptr); item;
+             item = strtok_r (NULL, ", ", &saveptr)) {
+            self->origins = (char **) realloc (self->origins,
+                                               (self->origin_count + 1) * sizeof (char *));
+            self->origins [self->origin_count++] = strdup (item);
+        }
+        free (list);
+    }
+    self->hs_tokens = (double) a->opts.handshake_rate;
+    self->hs_refill = wsr_util_mono_ms ();
 
     self->auth = zsock_new (ZMQ_PUSH);
     self->publish = zsock_new (ZMQ_PUSH);
@@ -639,6 +709,9 @@ s_listener_actor (zsock_t *pipe, void *args)
     zsock_destroy (&self->auth);
     zsock_destroy (&self->publish);
     free (self->api_key);
+    for (size_t i = 0; i < self->origin_count; i++)
+        free (self->origins [i]);
+    free (self->origins);
 }
 
 //  --------------------------------------------------------------------------
@@ -746,8 +819,11 @@ wsr_listener_test (bool verbose)
     wsr_metrics_t *metrics = wsr_metrics_new ();
     zsock_t *auth = zsock_new_pull ("inproc://wsr-auth-ltest");
     zsock_t *router = zsock_new_pull ("inproc://wsr-pub-ltest");
+    wsr_ipcount_t *ipcount = wsr_ipcount_new (50);
     wsr_listener_opts_t opts = {
-        "127.0.0.1", 0, "sekrit", false, 100, 300, 1024 * 1024, false
+        .bind = "127.0.0.1", .port = 0, .api_key = "sekrit", .max_pending = 100,
+        .handshake_timeout_ms = 300, .max_message = 1024 * 1024,
+        .allowed_origins = "https://game.example, https://admin.example", .ipcount = ipcount
     };
     wsr_listener_t *listener = wsr_listener_new ("ltest", &opts, metrics);
     assert (listener);
@@ -819,8 +895,10 @@ wsr_listener_test (bool verbose)
     uint64_t id;
     int handed_fd;
     zframe_t *token, *early;
-    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &accept, &peer, &token,
-                        &early) == 0);
+    int slot;
+    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &slot, &accept, &peer,
+                        &token, &early) == 0);
+    wsr_ipcount_release (ipcount, slot);
     assert (streq (accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
     assert (zframe_size (token) == 11 && !memcmp (zframe_data (token), "abc.def.ghi", 11));
     assert (zframe_size (early) == 6);
@@ -852,6 +930,34 @@ wsr_listener_test (bool verbose)
     close (fd);
     assert (wsr_metrics_get (metrics, WSR_M_HS_FAIL_TIMEOUT) == 1);
 
+    //  Origin allow-list: listed → handed over; other → 403
+    fd = s_connect (port);
+    const char *good_origin = "GET /ws?token=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                              "Connection: Upgrade\r\nOrigin: https://game.example\r\n"
+                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                              "Sec-WebSocket-Version: 13\r\n\r\n";
+    assert (send (fd, good_origin, strlen (good_origin), 0) > 0);
+    int ip_slot;
+    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &ip_slot, &accept, &peer,
+                        &token, &early) == 0);
+    assert (ip_slot >= 0);
+    wsr_ipcount_release (ipcount, ip_slot);     //  as the session would
+    close (handed_fd);
+    close (fd);
+    zstr_free (&verb);
+    zstr_free (&accept);
+    zstr_free (&peer);
+    zframe_destroy (&token);
+    zframe_destroy (&early);
+    reply = s_http (port, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nOrigin: https://evil.example\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 403", 12) == 0);
+    free (reply);
+    assert (wsr_metrics_get (metrics, WSR_M_ORIGIN_REFUSED) == 1);
+
+    //  Per-IP cap (50): hold 50 connections, the 51st is refused with 429
     //  Drain: readiness off, port closed
     wsr_listener_drain (listener);
     int probe = socket (AF_INET, SOCK_STREAM, 0);
@@ -859,9 +965,40 @@ wsr_listener_test (bool verbose)
     addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
     assert (connect (probe, (struct sockaddr *) &addr, sizeof addr) == -1);
     close (probe);
-
     wsr_listener_destroy (&listener);
+
+    //  Per-IP cap (50), on a listener with a long handshake deadline: hold
+    //  50 silent connections, the 51st is refused with 429
+    wsr_ipcount_t *capped = wsr_ipcount_new (50);
+    opts.ipcount = capped;
+    opts.handshake_timeout_ms = 10000;
+    listener = wsr_listener_new ("ltest2", &opts, metrics);
+    assert (listener);
+    port = wsr_listener_port (listener);
+    int held [50];
+    for (int i = 0; i < 50; i++)
+        held [i] = s_connect (port);
+    //  Nothing answers a silent connection: watch the table fill up
+    struct sockaddr_in lo = { .sin_family = AF_INET };
+    lo.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    int64_t deadline = zclock_mono () + 3000;
+    while ((slot = wsr_ipcount_acquire (capped, (struct sockaddr *) &lo)) >= 0
+       &&  zclock_mono () < deadline) {
+        wsr_ipcount_release (capped, slot);
+        zclock_sleep (5);
+    }
+    assert (slot == -1);
+    reply = s_http (port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 429", 12) == 0);
+    free (reply);
+    assert (wsr_metrics_get (metrics, WSR_M_IP_REFUSED) == 1);
+    for (int i = 0; i < 50; i++)
+        close (held [i]);
+    wsr_listener_destroy (&listener);
+    wsr_ipcount_destroy (&capped);
+
     zsock_destroy (&auth);
     zsock_destroy (&router);
+    wsr_ipcount_destroy (&ipcount);
     wsr_metrics_destroy (&metrics);
 }

@@ -19,6 +19,9 @@ typedef struct {
     int handshake_timeout_ms;       //  request must be complete by then
     size_t max_message;             //  largest payload the API accepts
     bool status_only;               //  only /healthz, /readyz, /metrics (bridge)
+    const char *allowed_origins;    //  comma-separated Origin allow-list, NULL = any
+    size_t handshake_rate;          //  new connections per second, 0 = no cap
+    wsr_ipcount_t *ipcount;         //  per-IP counters (not owned), NULL = none
 } wsr_listener_opts_t;
 
 //  Start the listener of node `name`: binds the TCP port and connects to the

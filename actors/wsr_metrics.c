@@ -64,6 +64,13 @@ s_info [WSR_M_COUNT] = {
       "HTTP backend failures (timeout, error status, queue full)" },
     { "wsrouter_bridge_redis_up", NULL, "gauge", "1 while the bridge's Redis link is up" },
     { "wsrouter_bridge_nats_up", NULL, "gauge", "1 while the bridge's NATS link is up" },
+    { "wsrouter_rate_limited_total", NULL, "counter",
+      "Sessions closed for exceeding the inbound rate limit" },
+    { "wsrouter_ping_timeouts_total", NULL, "counter", "Sessions closed for not answering pings" },
+    { "wsrouter_refused_total", "reason=\"per_ip\"", "counter",
+      "Connections refused before the handshake" },
+    { "wsrouter_refused_total", "reason=\"handshake_rate\"", "counter", NULL },
+    { "wsrouter_refused_total", "reason=\"origin\"", "counter", NULL },
 };
 
 //  --------------------------------------------------------------------------
@@ -118,6 +125,7 @@ wsr_metrics_render (wsr_metrics_t *self)
     const char *last_name = "";
     for (int i = 0; i < WSR_M_COUNT; i++) {
         const s_metric_info_t *info = &s_info [i];
+        assert (info->name);            //  every wsr_metric_t has its table row
         char line [512];
         int n = 0;
         if (strcmp (info->name, last_name)) {

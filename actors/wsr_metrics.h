@@ -44,6 +44,11 @@ typedef enum {
     WSR_M_BRIDGE_HTTP_ERRORS,       //  HTTP backend failures (timeout, 5xx, full)
     WSR_M_REDIS_UP,                 //  gauge: bridge's Redis link up
     WSR_M_NATS_UP,                  //  gauge: bridge's NATS link up
+    WSR_M_RATE_LIMITED,             //  sessions closed for exceeding the rate limit
+    WSR_M_PING_TIMEOUTS,            //  sessions closed for not answering pings
+    WSR_M_IP_REFUSED,               //  connections refused by the per-IP cap
+    WSR_M_HS_RATE_REFUSED,          //  connections refused by the handshake rate cap
+    WSR_M_ORIGIN_REFUSED,           //  upgrades refused by the Origin allow-list
     WSR_M_COUNT
 } wsr_metric_t;
 

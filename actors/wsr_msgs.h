@@ -20,11 +20,12 @@
 #define WSR_MSG_REPLY       "REPLY"     //  router → session worker (HTTP backend reply)
 
 //  Pictures
-//  AUTH:  s "AUTH", 8 conn id, i fd, s ws-accept, s peer address, f token, f early bytes
-#define WSR_PIC_AUTH        "s8issff"
-//  ADOPT: s "ADOPT", 8 conn id, i fd, i close code (0 = ok), s reason, s user,
-//         s channels (comma-joined), s ws-accept, f early bytes
-#define WSR_PIC_ADOPT       "s8iissssf"
+//  AUTH:  s "AUTH", 8 conn id, i fd, i per-IP slot, s ws-accept, s peer address,
+//         f token, f early bytes
+#define WSR_PIC_AUTH        "s8iissff"
+//  ADOPT: s "ADOPT", 8 conn id, i fd, i close code (0 = ok), i per-IP slot,
+//         s reason, s user, s channels (comma-joined), s ws-accept, f early bytes
+#define WSR_PIC_ADOPT       "s8iiissssf"
 //  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
 #define WSR_PIC_PUBLISH     "sff"
 

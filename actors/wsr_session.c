@@ -38,6 +38,9 @@
 #define S_MAX_IOV           64      //  iovecs per writev
 #define S_READ_BUDGET       (256 * 1024)    //  bytes per session per turn
 
+//  Close reason for slow consumers; compared by address to tell it apart
+static const char s_slow [] = "slow consumer: output queue full";
+
 typedef enum {
     S_OPEN,                         //  authenticated, receiving deliveries
     S_CLOSING,                      //  our close frame queued or sent
@@ -50,6 +53,14 @@ typedef struct _s_qnode_t {
 } s_qnode_t;
 
 typedef struct _s_conn_t s_conn_t;
+
+//  A timer list: every entry has the same delay, so appending keeps it sorted
+//  by deadline and only the head is ever checked. A session is on at most one
+//  (active → ping due, pinged → pong due, closing → close reply due).
+typedef struct {
+    s_conn_t *head, *tail;
+} s_list_t;
+
 struct _s_conn_t {
     uint64_t id;                    //  session id (from the listener)
     int fd;                         //  client socket (owned)
@@ -60,6 +71,17 @@ struct _s_conn_t {
     bool in_msg;                    //  fragmented message in progress
     bool doomed;                    //  on the worker's close list
     uint16_t doom_code;             //  close code to send when doomed
+    const char *doom_reason;        //  its reason (static string)
+    bool io_error;                  //  our recv callback saw EOF or an error
+    bool in_close;                  //  the frame being read is a close frame
+    uint16_t close_echo;            //  our answer to a close wslay gets wrong:
+                                    //  1012-1014 echoed, 1-byte payload → 1002
+    uint8_t close_payload [125];    //  peer's close frame, for the echo
+    uint8_t close_len;
+    int ip_slot;                    //  per-IP counter slot, -1 if none
+    float msg_tokens;               //  inbound rate limit buckets
+    float byte_tokens;
+    int64_t rate_last;              //  mono ms of the last refill
     wslay_event_context_ptr ws;     //  lazily created wslay context (owned)
     uint64_t fed;                   //  bytes given to wslay
     uint64_t framed;                //  bytes of frames wslay has started
@@ -72,13 +94,12 @@ struct _s_conn_t {
     size_t qoffset;                 //  bytes of qhead already written
     uint8_t *early;                 //  bytes read by the listener (owned)
     size_t early_size, early_used;
-    int64_t deadline;               //  close deadline (mono ms) when closing
+    int64_t deadline;               //  mono ms when its timer list acts on it
+    s_list_t *tlist;                //  timer list it is on, or NULL
+    s_conn_t *tprev, *tnext;        //  neighbours on that list
     s_conn_t *prev, *next;          //  all connections of the worker
     s_conn_t *dirty_next;           //  flush list
     s_conn_t *doom_next;            //  close list
-    s_conn_t *close_prev;           //  closing list (FIFO by deadline)
-    s_conn_t *close_next;
-    bool on_closing;                //  linked into the closing list
     bool read_off;                  //  wslay reads no more (close or error)
     bool hs_pending;                //  the 101 response is still queued (head)
 };
@@ -92,6 +113,7 @@ typedef struct {
     int index;                      //  worker index
     wsr_session_opts_t opts;        //  limits
     wsr_metrics_t *metrics;         //  shared counters (not owned)
+    wsr_ipcount_t *ipcount;         //  per-IP counters (not owned)
 } s_args_t;
 
 typedef struct {
@@ -111,8 +133,11 @@ typedef struct {
     size_t open;                    //  sessions in S_OPEN
     s_conn_t *dirty;                //  sessions to flush
     s_conn_t *doomed;               //  sessions to close after the current batch
-    s_conn_t *closing_head;         //  closing sessions, oldest first
-    s_conn_t *closing_tail;
+    s_list_t active;                //  open sessions by last input (ping due)
+    s_list_t pinged;                //  pinged sessions (pong due)
+    s_list_t closing;               //  closing sessions (close reply due)
+    wsr_outframe_t *ping;           //  the ping frame, shared by all sessions
+    wsr_ipcount_t *ipcount;         //  per-IP connection counters (not owned)
     s_conn_t *dead;                 //  freed at the end of the turn
     s_conn_t *current;              //  session wslay is working for
     size_t read_budget;             //  bytes left for current in this turn
@@ -177,14 +202,58 @@ s_mark_dirty (s_worker_t *self, s_conn_t *conn)
     }
 }
 
+//  --------------------------------------------------------------------------
+//  Timer lists
+
+static void
+s_timer_clear (s_conn_t *conn)
+{
+    s_list_t *list = conn->tlist;
+    if (!list)
+        return;
+    if (conn->tprev)
+        conn->tprev->tnext = conn->tnext;
+    else
+        list->head = conn->tnext;
+    if (conn->tnext)
+        conn->tnext->tprev = conn->tprev;
+    else
+        list->tail = conn->tprev;
+    conn->tprev = conn->tnext = NULL;
+    conn->tlist = NULL;
+}
+
+static void
+s_timer_set (s_conn_t *conn, s_list_t *list, int64_t deadline)
+{
+    s_timer_clear (conn);
+    conn->deadline = deadline;
+    conn->tlist = list;
+    conn->tprev = list->tail;
+    if (list->tail)
+        list->tail->tnext = conn;
+    else
+        list->head = conn;
+    list->tail = conn;
+}
+
+//  Input from the peer: it is alive; the next ping is due an interval later.
+static void
+s_touch (s_worker_t *self, s_conn_t *conn)
+{
+    if (conn->state == S_OPEN && self->opts.ping_interval_ms > 0)
+        s_timer_set (conn, &self->active, wsr_util_mono_ms () + self->opts.ping_interval_ms);
+}
+
 //  Sessions are never closed from inside a walk or a wslay callback: they
 //  are put on the close list and closed after the batch.
 static void
-s_doom (s_worker_t *self, s_conn_t *conn, uint16_t code)
+s_doom (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reason)
 {
     if (!conn->doomed && conn->state == S_OPEN) {
         conn->doomed = true;
         conn->doom_code = code;
+        conn->doom_reason = reason;
         conn->doom_next = self->doomed;
         self->doomed = conn;
     }
@@ -229,8 +298,10 @@ s_recv_cb (wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, voi
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         wslay_event_set_error (ctx, WSLAY_ERR_WOULDBLOCK);
-    else
-        wslay_event_set_error (ctx, WSLAY_ERR_CALLBACK_FAILURE);   //  EOF or reset
+    else {
+        conn->io_error = true;      //  EOF or reset: not a protocol error
+        wslay_event_set_error (ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    }
     return -1;
 }
 
@@ -262,6 +333,45 @@ s_frame_start_cb (wslay_event_context_ptr ctx,
     bool control = arg->opcode & 0x8;
     if (!control)
         conn->in_msg = !arg->fin;
+    conn->close_len = 0;
+    conn->in_close = arg->opcode == WSLAY_CONNECTION_CLOSE;
+    //  Token buckets, refilled on use: frames/s (pings and fragments count)
+    //  and bytes/s; a burst of one second's worth (plus one max-size frame)
+    const wsr_session_opts_t *opts = &self->opts;
+    if (opts->rate_messages > 0) {
+        int64_t now = wsr_util_mono_ms ();
+        float elapsed = (float) (now - conn->rate_last) / 1000.0f;
+        conn->rate_last = now;
+        float msg_cap = (float) opts->rate_messages;
+        float byte_cap = (float) (opts->rate_bytes + opts->max_message + 14);
+        conn->msg_tokens += elapsed * (float) opts->rate_messages;
+        if (conn->msg_tokens > msg_cap)
+            conn->msg_tokens = msg_cap;
+        conn->byte_tokens += elapsed * (float) opts->rate_bytes;
+        if (conn->byte_tokens > byte_cap)
+            conn->byte_tokens = byte_cap;
+        conn->msg_tokens -= 1.0f;
+        conn->byte_tokens -= (float) (header + len);
+        if (conn->msg_tokens < 0 || conn->byte_tokens < 0)
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, "rate limit exceeded");
+    }
+}
+
+//  Close frames: keep the payload so codes wslay does not know yet
+//  (1012-1014, registered after RFC 6455) can be echoed properly.
+static void
+s_frame_chunk_cb (wslay_event_context_ptr ctx,
+                  const struct wslay_event_on_frame_recv_chunk_arg *arg, void *user_data)
+{
+    (void) ctx;
+    s_worker_t *self = (s_worker_t *) user_data;
+    s_conn_t *conn = self->current;
+    if (!conn->in_close)
+        return;
+    size_t room = sizeof conn->close_payload - conn->close_len;
+    size_t n = arg->data_length < room? arg->data_length: room;
+    memcpy (conn->close_payload + conn->close_len, arg->data, n);
+    conn->close_len += (uint8_t) n;
 }
 
 static void
@@ -269,7 +379,16 @@ s_frame_end_cb (wslay_event_context_ptr ctx, void *user_data)
 {
     (void) ctx;
     s_worker_t *self = (s_worker_t *) user_data;
-    self->current->in_frame = false;
+    s_conn_t *conn = self->current;
+    conn->in_frame = false;
+    if (conn->in_close && conn->close_len == 1)
+        conn->close_echo = WSLAY_CODE_PROTOCOL_ERROR;   //  wslay takes it as "no code"
+    else
+    if (conn->in_close && conn->close_len >= 2) {
+        uint16_t code = (uint16_t) (conn->close_payload [0] << 8 | conn->close_payload [1]);
+        if (code >= 1012 && code <= 1014)
+            conn->close_echo = code;
+    }
 }
 
 static void
@@ -282,15 +401,8 @@ s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
         return;                     //  ping, pong, close: wslay answers them
     if (conn->state != S_OPEN)
         return;                     //  data after our close is ignored
-    if (arg->opcode == WSLAY_TEXT_FRAME
-    && !wsr_util_utf8_valid (arg->msg, arg->msg_length)) {
-        const char *reason = "invalid UTF-8";
-        wslay_event_queue_close (ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA,
-                                 (const uint8_t *) reason, strlen (reason));
-        wslay_event_shutdown_read (ctx);
-        wsr_metrics_add (self->metrics, WSR_M_CLOSED_PROTOCOL, 1);
-        return;
-    }
+    //  wslay has checked text for UTF-8 as it arrived (→ 1007)
+    (void) ctx;
     wsr_metrics_add (self->metrics, WSR_M_MESSAGES_IN, 1);
     wsr_metrics_add (self->metrics, WSR_M_BYTES_IN, (int64_t) arg->msg_length);
     char key [WSR_TOPIC_MAX];
@@ -312,7 +424,7 @@ s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
 
 static const struct wslay_event_callbacks
 s_callbacks = {
-    s_recv_cb, s_send_cb, NULL, s_frame_start_cb, NULL, s_frame_end_cb, s_msg_cb
+    s_recv_cb, s_send_cb, NULL, s_frame_start_cb, s_frame_chunk_cb, s_frame_end_cb, s_msg_cb
 };
 
 static void
@@ -402,15 +514,7 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
         wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason, strlen (reason));
         wslay_event_send (conn->ws);
     }
-    conn->deadline = wsr_util_mono_ms () + self->opts.close_timeout_ms;
-    conn->close_next = NULL;
-    conn->close_prev = self->closing_tail;
-    if (self->closing_tail)
-        self->closing_tail->close_next = conn;
-    else
-        self->closing_head = conn;
-    self->closing_tail = conn;
-    conn->on_closing = true;
+    s_timer_set (conn, &self->closing, wsr_util_mono_ms () + self->opts.close_timeout_ms);
     s_mark_dirty (self, conn);
 }
 
@@ -430,17 +534,9 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
     close (conn->fd);
     conn->fd = -1;
     wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
-    if (conn->on_closing) {
-        if (conn->close_prev)
-            conn->close_prev->close_next = conn->close_next;
-        else
-            self->closing_head = conn->close_next;
-        if (conn->close_next)
-            conn->close_next->close_prev = conn->close_prev;
-        else
-            self->closing_tail = conn->close_prev;
-        conn->on_closing = false;
-    }
+    s_timer_clear (conn);
+    if (conn->ip_slot >= 0)
+        wsr_ipcount_release (self->ipcount, conn->ip_slot);
     zhashx_delete (self->by_id, (void *) (uintptr_t) conn->id);
     if (conn->prev)
         conn->prev->next = conn->next;
@@ -532,6 +628,27 @@ s_conn_flush (s_worker_t *self, s_conn_t *conn)
     }
 }
 
+//  Answer the peer ourselves with a fresh wslay context: wslay's own answer
+//  to a framing error is an empty close, and it refuses close codes
+//  registered after RFC 6455. Everything wslay sent is already in our queue,
+//  so dropping its context loses nothing.
+static void
+s_conn_answer (s_worker_t *self, s_conn_t *conn, uint16_t code, const uint8_t *reason,
+               size_t reason_len)
+{
+    wslay_event_context_free (conn->ws);
+    conn->ws = NULL;
+    s_conn_ws (self, conn);
+    self->current = conn;
+    wslay_event_queue_close (conn->ws, code, reason, reason_len);
+    wslay_event_shutdown_read (conn->ws);
+    wslay_event_send (conn->ws);
+    conn->read_off = true;
+    conn->want_out = !conn->want_out;       //  force the epoll mask update
+    s_mark_dirty (self, conn);
+    s_conn_close (self, conn, 0, "");       //  close already sent: keeps the queue
+}
+
 static void
 s_conn_read (s_worker_t *self, s_conn_t *conn)
 {
@@ -540,10 +657,33 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
     s_conn_ws (self, conn);
     self->current = conn;
     self->read_budget = S_READ_BUDGET;
+    uint64_t fed = conn->fed;
     int rc = wslay_event_recv (conn->ws);
+    if (conn->fed > fed)
+        s_touch (self, conn);
     if (rc != 0) {
-        //  EOF, reset or out of memory: nothing more can be said to the peer
-        s_conn_kill (self, conn);
+        if (conn->io_error || rc == WSLAY_ERR_NOMEM) {
+            //  EOF or reset: nothing more can be said to the peer
+            s_conn_kill (self, conn);
+            return;
+        }
+        //  Framing error: control frame over 125 bytes or fragmented, length
+        //  with the top bit set
+        wsr_metrics_add (self->metrics, WSR_M_CLOSED_PROTOCOL, 1);
+        const char *reason = "protocol error";
+        s_conn_answer (self, conn, WSLAY_CODE_PROTOCOL_ERROR, (const uint8_t *) reason,
+                       strlen (reason));
+        return;
+    }
+    if (conn->close_echo) {
+        uint16_t code = conn->close_echo;
+        conn->close_echo = 0;
+        if (code == WSLAY_CODE_PROTOCOL_ERROR) {
+            wsr_metrics_add (self->metrics, WSR_M_CLOSED_PROTOCOL, 1);
+            s_conn_answer (self, conn, code, (const uint8_t *) "bad close frame", 15);
+        }
+        else
+            s_conn_answer (self, conn, code, conn->close_payload + 2, conn->close_len - 2u);
         return;
     }
     if (wslay_event_want_write (conn->ws))
@@ -591,7 +731,7 @@ s_handle_reply (s_worker_t *self, zmsg_t *msg)
         wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, 1);
         wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, (int64_t) env.size);
         if (conn->qbytes > self->opts.max_queue)
-            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION);
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_dirty (self, conn);
     }
     zframe_destroy (&body);
@@ -636,6 +776,9 @@ s_adopt (s_worker_t *self, zmsg_t *msg)
     text = zmsg_popstr (msg);
     code = atoi (text);
     zstr_free (&text);
+    text = zmsg_popstr (msg);
+    int ip_slot = atoi (text);
+    zstr_free (&text);
     reason = zmsg_popstr (msg);
     user = zmsg_popstr (msg);
     channels = zmsg_popstr (msg);
@@ -647,6 +790,10 @@ s_adopt (s_worker_t *self, zmsg_t *msg)
     conn->id = id;
     conn->fd = fd;
     conn->state = S_OPEN;
+    conn->ip_slot = ip_slot;
+    conn->rate_last = wsr_util_mono_ms ();
+    conn->msg_tokens = (float) self->opts.rate_messages;
+    conn->byte_tokens = (float) (self->opts.rate_bytes + self->opts.max_message + 14);
     conn->next = self->all;
     if (self->all)
         self->all->prev = conn;
@@ -707,6 +854,7 @@ s_adopt (s_worker_t *self, zmsg_t *msg)
         self->open++;
         wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, 1);
         wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
+        s_touch (self, conn);
         if (self->draining)
             s_conn_close (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
         else
@@ -759,7 +907,7 @@ s_handle_deliver (s_worker_t *self)
         s_queue_push (conn, &link);
         recipients++;
         if (conn->qbytes > self->opts.max_queue)
-            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION);
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_dirty (self, conn);
     }
     wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, recipients);
@@ -777,7 +925,7 @@ s_drain_all (s_worker_t *self)
     self->draining = true;
     for (s_conn_t *conn = self->all; conn; conn = conn->next)
         if (conn->state == S_OPEN)
-            s_doom (self, conn, WSLAY_CODE_GOING_AWAY);
+            s_doom (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
 }
 
 static void
@@ -828,14 +976,15 @@ s_after_batch (s_worker_t *self)
         s_conn_t *conn = self->doomed;
         self->doomed = conn->doom_next;
         conn->doomed = false;
-        if (conn->doom_code == WSLAY_CODE_POLICY_VIOLATION) {
+        if (conn->doom_reason == s_slow) {
             wsr_metrics_add (self->metrics, WSR_M_QUEUE_DROPS, 1);
-            zsys_info ("session-%d: conn %" PRIu64 " closed: output limit (%zu bytes queued)",
+            wsr_debug ("session-%d: conn %" PRIu64 " closed: output limit (%zu bytes queued)",
                        self->index, conn->id, conn->qbytes);
-            s_conn_close (self, conn, conn->doom_code, "slow consumer: output queue full");
         }
         else
-            s_conn_close (self, conn, conn->doom_code, "going away");
+        if (conn->doom_code == WSLAY_CODE_POLICY_VIOLATION)
+            wsr_metrics_add (self->metrics, WSR_M_RATE_LIMITED, 1);
+        s_conn_close (self, conn, conn->doom_code, conn->doom_reason);
     }
     while (self->dirty) {
         s_conn_t *conn = self->dirty;
@@ -843,9 +992,21 @@ s_after_batch (s_worker_t *self)
         conn->dirty = false;
         s_conn_flush (self, conn);
     }
+    //  Timers: only list heads are looked at
     int64_t now = wsr_util_mono_ms ();
-    while (self->closing_head && self->closing_head->deadline <= now)
-        s_conn_kill (self, self->closing_head);
+    while (self->closing.head && self->closing.head->deadline <= now)
+        s_conn_kill (self, self->closing.head);
+    while (self->pinged.head && self->pinged.head->deadline <= now) {
+        wsr_metrics_add (self->metrics, WSR_M_PING_TIMEOUTS, 1);
+        s_conn_kill (self, self->pinged.head);
+    }
+    while (self->active.head && self->active.head->deadline <= now) {
+        s_conn_t *conn = self->active.head;
+        wsr_outframe_t *ping = wsr_outframe_link (self->ping);
+        s_queue_push (conn, &ping);
+        s_timer_set (conn, &self->pinged, now + self->opts.ping_timeout_ms);
+        s_conn_flush (self, conn);
+    }
     while (self->dead) {
         s_conn_t *conn = self->dead;
         self->dead = conn->next;
@@ -886,6 +1047,8 @@ s_session_actor (zsock_t *pipe, void *args)
     self->metrics = a->metrics;
     self->node = strdup (a->name);
     self->topics = wsr_topic_new (self->opts.max_sessions * (WSR_MAX_CHANNELS + 1));
+    self->ping = wsr_outframe_new_raw ((const uint8_t *) "\x89\x00", 2);
+    self->ipcount = a->ipcount;
     self->by_id = zhashx_new ();
     zhashx_set_key_hasher (self->by_id, s_id_hash);
     zhashx_set_key_comparator (self->by_id, s_id_compare);
@@ -921,7 +1084,14 @@ s_session_actor (zsock_t *pipe, void *args)
     bool again = true;              //  ZMQ_FD is edge-triggered: check once at start
     struct epoll_event events [S_MAX_EVENTS];
     while (!self->terminated) {
-        int timeout = again? 0: self->closing_head? 100: 1000;
+        //  Sleep until the earliest timer-list head is due (at most 1 s)
+        int64_t now = wsr_util_mono_ms ();
+        int64_t wake = now + 1000;
+        s_list_t *lists [3] = { &self->closing, &self->pinged, &self->active };
+        for (int i = 0; i < 3; i++)
+            if (lists [i]->head && lists [i]->head->deadline < wake)
+                wake = lists [i]->head->deadline;
+        int timeout = again || wake <= now? 0: (int) (wake - now);
         int n = epoll_wait (self->epoll_fd, events, S_MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR) {
             zsys_error ("session-%d: epoll_wait: %s", self->index, strerror (errno));
@@ -955,6 +1125,7 @@ s_session_actor (zsock_t *pipe, void *args)
     zsock_destroy (&self->up);
     wsr_topic_destroy (&self->topics);
     zhashx_destroy (&self->by_id);
+    wsr_outframe_unlink (&self->ping);
     free (self->node);
 }
 
@@ -962,10 +1133,10 @@ s_session_actor (zsock_t *pipe, void *args)
 //  Start a worker.
 wsr_session_t *
 wsr_session_new (const char *name, int index, const wsr_session_opts_t *opts,
-                 wsr_metrics_t *metrics)
+                 wsr_metrics_t *metrics, wsr_ipcount_t *ipcount)
 {
-    assert (name && opts && metrics);
-    s_args_t args = { (char *) name, index, *opts, metrics };
+    assert (name && opts && metrics && ipcount);
+    s_args_t args = { (char *) name, index, *opts, metrics, ipcount };
     wsr_session_t *self = (wsr_session_t *) zmalloc (sizeof (wsr_session_t));
     self->actor = zactor_new (s_session_actor, &args);
     assert (self->actor);
@@ -1094,7 +1265,7 @@ s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const ch
     int flags = fcntl (pair [0], F_GETFL);
     fcntl (pair [0], F_SETFL, flags | O_NONBLOCK);
     zframe_t *frame = zframe_new (early, early_size);
-    zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, reason, user,
+    zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, -1, reason, user,
                 channels, "ACCEPT", frame);
     zframe_destroy (&frame);
     return pair [1];
@@ -1132,8 +1303,12 @@ wsr_session_test (bool verbose)
     //  The test plays the router
     zsock_t *xpub = zsock_new_xpub ("inproc://wsr-down-stest");
     zsock_t *upstream = zsock_new_pull ("inproc://wsr-up-stest");
-    wsr_session_opts_t opts = { 1024 * 1024, 64 * 1024, 1000, 500 };
-    wsr_session_t *worker = wsr_session_new ("stest", 0, &opts, metrics);
+    wsr_ipcount_t *ipcount = wsr_ipcount_new (0);
+    wsr_session_opts_t opts = {
+        .max_message = 1024 * 1024, .max_queue = 64 * 1024, .max_sessions = 1000,
+        .close_timeout_ms = 500
+    };
+    wsr_session_t *worker = wsr_session_new ("stest", 0, &opts, metrics, ipcount);
     assert (worker);
     zsock_t *auth = zsock_new_push ("inproc://wsr-adopt-stest-0");
 
@@ -1246,7 +1421,94 @@ wsr_session_test (bool verbose)
 
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);
+
+    //  Protocol edges, pings and rate limits on a second worker
+    opts.ping_interval_ms = 200;
+    opts.ping_timeout_ms = 300;
+    opts.rate_messages = 20;
+    opts.rate_bytes = 100000;
+    worker = wsr_session_new ("stest", 1, &opts, metrics, ipcount);
+    assert (worker);
+    auth = zsock_new_push ("inproc://wsr-adopt-stest-1");
+    struct {
+        const char *name;               //  what the client does wrong
+        uint8_t bytes [140];            //  raw frame, masked with key 0
+        size_t size;
+        int code;                       //  close code expected
+    } cases [] = {
+        { "ping over 125 bytes", { 0x89, 0xfe, 0, 126, 0, 0, 0, 0 }, 8, 1002 },
+        { "fragmented ping", { 0x09, 0x80, 0, 0, 0, 0 }, 6, 1002 },
+        { "unmasked frame", { 0x81, 0x01, 'x' }, 3, 1002 },
+        { "RSV1 without extension", { 0xc1, 0x80, 0, 0, 0, 0 }, 6, 1002 },
+        { "reserved opcode 3", { 0x83, 0x80, 0, 0, 0, 0 }, 6, 1002 },
+        { "continuation first", { 0x80, 0x80, 0, 0, 0, 0 }, 6, 1002 },
+        { "text inside fragmented", { 0x01, 0x81, 0, 0, 0, 0, 'a', 0x81, 0x81, 0, 0, 0, 0, 'b' },
+          14, 1002 },
+        { "64-bit length, top bit", { 0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0 },
+          14, 1002 },
+        { "1-byte close", { 0x88, 0x81, 0, 0, 0, 0, 0x03 }, 7, 1002 },
+        { "close code 1005", { 0x88, 0x82, 0, 0, 0, 0, 0x03, 0xed }, 8, 1002 },
+        { "close code 999", { 0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe7 }, 8, 1002 },
+        { "close code 2999", { 0x88, 0x82, 0, 0, 0, 0, 0x0b, 0xb7 }, 8, 1002 },
+        { "close code 5000", { 0x88, 0x82, 0, 0, 0, 0, 0x13, 0x88 }, 8, 1002 },
+        { "close code 1000 echoed", { 0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8 }, 8, 1000 },
+        { "close code 1013 echoed", { 0x88, 0x84, 0, 0, 0, 0, 0x03, 0xf5, 'o', 'k' }, 10, 1013 },
+        { "close code 4000 echoed", { 0x88, 0x82, 0, 0, 0, 0, 0x0f, 0xa0 }, 8, 4000 },
+        { "close reason not UTF-8", { 0x88, 0x83, 0, 0, 0, 0, 0x03, 0xe8, 0xff }, 9, 1007 },
+        { "text not UTF-8 split", { 0x01, 0x81, 0, 0, 0, 0, 0xf0, 0x80, 0x81, 0, 0, 0, 0, 'a' },
+          14, 1007 },
+    };
+    uint64_t id = 100;
+    for (size_t i = 0; i < sizeof cases / sizeof cases [0]; i++) {
+        int c = s_test_adopt (auth, ++id, 0, "", "edge", "", NULL, 0);
+        s_expect_101 (c);
+        assert (send (c, cases [i].bytes, cases [i].size, 0) == (ssize_t) cases [i].size);
+        int opcode;
+        while ((opcode = s_client_recv (c, payload, &len)) == 0x9)
+            ;                           //  a ping may come first
+        if (opcode != 0x8 || len < 2 || (payload [0] << 8 | payload [1]) != cases [i].code) {
+            fprintf (stderr, "\n%s: opcode %d code %d, expected close %d\n", cases [i].name,
+                     opcode, len >= 2? payload [0] << 8 | payload [1]: -1, cases [i].code);
+            assert (false);
+        }
+        //  And the server closes TCP promptly after the close
+        assert (s_read_exact (c, payload, 1, 1500) == 0);
+        close (c);
+    }
+
+    //  Pings: a silent client is pinged; one that answers stays; one that
+    //  does not is dropped after the timeout
+    int alive = s_test_adopt (auth, ++id, 0, "", "pinged", "", NULL, 0);
+    int dead = s_test_adopt (auth, ++id, 0, "", "pinged", "", NULL, 0);
+    s_expect_101 (alive);
+    s_expect_101 (dead);
+    assert (s_client_recv (alive, payload, &len) == 0x9 && len == 0);
+    s_client_send (alive, 0xA, true, "", 0);
+    assert (s_client_recv (dead, payload, &len) == 0x9);
+    int64_t start = zclock_mono ();
+    assert (s_read_exact (dead, payload, 1, 2000) == 0);         //  closed
+    assert (zclock_mono () - start < 1000);
+    assert (wsr_metrics_get (metrics, WSR_M_PING_TIMEOUTS) >= 1);
+    assert (s_client_recv (alive, payload, &len) == 0x9);       //  pinged again, still open
+    close (alive);
+    close (dead);
+
+    //  Rate limit: 20 frames/s with a burst of 20; 60 at once → 1008
+    int flood = s_test_adopt (auth, ++id, 0, "", "flooder", "", NULL, 0);
+    s_expect_101 (flood);
+    for (int i = 0; i < 60; i++)
+        s_client_send (flood, 0x9, true, "p", 1);
+    while ((opcode = s_client_recv (flood, payload, &len)) == 0xA || opcode == 0x9)
+        ;
+    assert (opcode == 0x8 && (payload [0] << 8 | payload [1]) == 1008);
+    assert (len == 2 + strlen ("rate limit exceeded"));
+    close (flood);
+    assert (wsr_metrics_get (metrics, WSR_M_RATE_LIMITED) == 1);
+
+    wsr_session_destroy (&worker);
+    zsock_destroy (&auth);
     zsock_destroy (&xpub);
     zsock_destroy (&upstream);
+    wsr_ipcount_destroy (&ipcount);
     wsr_metrics_destroy (&metrics);
 }

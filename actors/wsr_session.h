@@ -15,14 +15,20 @@ typedef struct {
     size_t max_queue;           //  output bytes queued per session (→ 1008)
     size_t max_sessions;        //  sessions this worker accepts (→ 1013)
     int close_timeout_ms;       //  wait for the peer's close reply
+    int ping_interval_ms;       //  ping a session silent this long (0 = never)
+    int ping_timeout_ms;        //  close it if still silent this long after
+    size_t rate_messages;       //  inbound frames per second (0 = no limit)
+    size_t rate_bytes;          //  inbound bytes per second
 } wsr_session_opts_t;
 
 //  Start session worker `index` of node `name`. It binds
 //  inproc://wsr-adopt-NAME-INDEX and connects to the router's endpoints
 //  (so the router must exist first). Returns NULL on failure.
+//  ipcount is the node's per-IP counter table: a closing session gives its
+//  slot back.
 wsr_session_t *
     wsr_session_new (const char *name, int index, const wsr_session_opts_t *opts,
-                     wsr_metrics_t *metrics);
+                     wsr_metrics_t *metrics, wsr_ipcount_t *ipcount);
 
 //  Stop the worker: every remaining connection is closed at once.
 void

@@ -59,6 +59,7 @@ typedef struct {
     wsr_upstream_http_t *http;      //  HTTP backend or NULL
     wsr_naming_t *redis_names;      //  topic ⇄ Redis channel
     wsr_naming_t *nats_names;       //  topic ⇄ NATS subject
+    char redis_channel_pattern [512];   //  firehose: the channel pattern
     zhashx_t *topics;               //  topics some node wants
     bool firehose;                  //  pattern mode
     size_t max_message;             //  payload limit
@@ -115,13 +116,20 @@ wsr_bridge_opts_defaults (wsr_bridge_opts_t *opts)
 //  --------------------------------------------------------------------------
 //  Downstream: a backplane message on `name` becomes [topic][envelope].
 
+//  kind: the topic kind a firehose pattern stands for, or NULL for a plain
+//  subscription. Overlapping patterns (ws:* also matches ws:channel:x and
+//  ws:actions:x) each deliver the message once, only under their own kind.
 static void
-s_deliver (s_bridge_t *self, wsr_naming_t *names, const char *name, size_t name_len,
-           const uint8_t *data, size_t size)
+s_deliver (s_bridge_t *self, wsr_naming_t *names, const char *kind, const char *name,
+           size_t name_len, const uint8_t *data, size_t size)
 {
-    wsr_metrics_add (self->metrics, WSR_M_BRIDGE_RECEIVED, 1);
     char key [WSR_TOPIC_MAX];
     int key_size = wsr_naming_to_topic (names, name, name_len, key, sizeof key);
+    if (kind && (key_size < 0 || strncmp (key, kind, strlen (kind)))) {
+        if (key_size > 0 || wsr_naming_is_actions (names, name, name_len))
+            return;             //  the other pattern's message, or our own upstream
+    }
+    wsr_metrics_add (self->metrics, WSR_M_BRIDGE_RECEIVED, 1);
     if (key_size < 0 || size > self->max_message) {
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
         return;
@@ -135,10 +143,14 @@ s_deliver (s_bridge_t *self, wsr_naming_t *names, const char *name, size_t name_
 }
 
 static void
-s_on_redis (void *arg, const char *channel, size_t channel_len, const uint8_t *data, size_t size)
+s_on_redis (void *arg, const char *pattern, const char *channel, size_t channel_len,
+            const uint8_t *data, size_t size)
 {
     s_bridge_t *self = (s_bridge_t *) arg;
-    s_deliver (self, self->redis_names, channel, channel_len, data, size);
+    const char *kind = NULL;
+    if (pattern)
+        kind = streq (pattern, self->redis_channel_pattern)? WSR_TOPIC_CHANNEL: WSR_TOPIC_USER;
+    s_deliver (self, self->redis_names, kind, channel, channel_len, data, size);
 }
 
 static void
@@ -149,8 +161,9 @@ s_handle_nats (s_bridge_t *self)
         return;
     zframe_t *subject = zmsg_first (msg);
     zframe_t *data = zmsg_next (msg);
+    //  NATS firehose patterns do not overlap: one delivery per message
     if (subject && data)
-        s_deliver (self, self->nats_names, (const char *) zframe_data (subject),
+        s_deliver (self, self->nats_names, NULL, (const char *) zframe_data (subject),
                    zframe_size (subject), zframe_data (data), zframe_size (data));
     zmsg_destroy (&msg);
 }
@@ -503,9 +516,10 @@ s_bridge_actor (zsock_t *pipe, void *args)
         if (self->redis) {
             wsr_naming_pattern (self->redis_names, WSR_TOPIC_USER, false, pattern, sizeof pattern);
             wsr_redis_psubscribe (self->redis, pattern);
-            wsr_naming_pattern (self->redis_names, WSR_TOPIC_CHANNEL, false, pattern,
-                                sizeof pattern);
-            wsr_redis_psubscribe (self->redis, pattern);
+            wsr_naming_pattern (self->redis_names, WSR_TOPIC_CHANNEL, false,
+                                self->redis_channel_pattern,
+                                sizeof self->redis_channel_pattern);
+            wsr_redis_psubscribe (self->redis, self->redis_channel_pattern);
         }
         if (self->nats) {
             wsr_naming_pattern (self->nats_names, WSR_TOPIC_USER, true, pattern, sizeof pattern);

@@ -135,6 +135,16 @@ wsr_naming_actions (wsr_naming_t *self, const char *user, char *out, size_t size
 }
 
 //  --------------------------------------------------------------------------
+//  Actions name?
+bool
+wsr_naming_is_actions (wsr_naming_t *self, const char *name, size_t len)
+{
+    assert (self && name);
+    size_t id_len;
+    return s_tpl_match (&self->actions, name, len, &id_len) != NULL;
+}
+
+//  --------------------------------------------------------------------------
 //  Firehose pattern.
 int
 wsr_naming_pattern (wsr_naming_t *self, const char *kind, bool nats, char *out, size_t size)
@@ -188,6 +198,8 @@ wsr_naming_test (bool verbose)
     assert (wsr_naming_to_topic (redis, "ws:u*", 5, out, sizeof out) == -1);
     assert (wsr_naming_actions (redis, "u1", out, sizeof out) > 0);
     assert (streq (out, "ws:actions:u1"));
+    assert (wsr_naming_is_actions (redis, "ws:actions:u1", 13));
+    assert (!wsr_naming_is_actions (redis, "ws:u1", 5));
     assert (wsr_naming_pattern (redis, WSR_TOPIC_USER, false, out, sizeof out) > 0);
     assert (streq (out, "ws:*"));
     wsr_naming_destroy (&redis);

@@ -37,6 +37,11 @@ int
 int
     wsr_naming_actions (wsr_naming_t *self, const char *user, char *out, size_t size);
 
+//  True if name (len bytes) is a client-actions name (upstream traffic that a
+//  firehose pattern may catch; never a delivery).
+bool
+    wsr_naming_is_actions (wsr_naming_t *self, const char *name, size_t len);
+
 //  Firehose pattern for users (kind WSR_TOPIC_USER) or channels: the
 //  template with its placeholder replaced by wildcard ("*" for Redis glob,
 //  ">" or "*" for NATS; with "redis" style the prefix is glob-escaped).

@@ -106,12 +106,13 @@ s_on_sub_reply (redisAsyncContext *ac, void *reply_p, void *privdata)
         return;
     if (streq (e [0]->str, "message") && e [1]->type == REDIS_REPLY_STRING
     &&  e [2]->type == REDIS_REPLY_STRING)
-        self->on_message (self->arg, e [1]->str, e [1]->len,
+        self->on_message (self->arg, NULL, e [1]->str, e [1]->len,
                           (const uint8_t *) e [2]->str, e [2]->len);
     else
     if (streq (e [0]->str, "pmessage") && reply->elements == 4
+    &&  e [1]->type == REDIS_REPLY_STRING
     &&  e [2]->type == REDIS_REPLY_STRING && e [3]->type == REDIS_REPLY_STRING)
-        self->on_message (self->arg, e [2]->str, e [2]->len,
+        self->on_message (self->arg, e [1]->str, e [2]->str, e [2]->len,
                           (const uint8_t *) e [3]->str, e [3]->len);
 }
 
@@ -491,8 +492,10 @@ typedef struct {
 } s_sink_t;
 
 static void
-s_sink (void *arg, const char *channel, size_t channel_len, const uint8_t *data, size_t size)
+s_sink (void *arg, const char *pattern, const char *channel, size_t channel_len,
+        const uint8_t *data, size_t size)
 {
+    (void) pattern;
     s_sink_t *sink = (s_sink_t *) arg;
     sink->count++;
     snprintf (sink->last, sizeof sink->last, "%.*s", (int) size, (const char *) data);

@@ -10,9 +10,10 @@ extern "C" {
 typedef struct _wsr_redis_t wsr_redis_t;
 
 //  Called for each message received on a subscribed channel or pattern, from
-//  inside wsr_redis_process. Arguments are borrowed for the call.
-typedef void (wsr_redis_message_fn) (void *arg, const char *channel, size_t channel_len,
-                                     const uint8_t *data, size_t size);
+//  inside wsr_redis_process. pattern is the matching pattern for a pattern
+//  subscription, NULL otherwise. Arguments are borrowed for the call.
+typedef void (wsr_redis_message_fn) (void *arg, const char *pattern, const char *channel,
+                                     size_t channel_len, const uint8_t *data, size_t size);
 
 //  Create a link for redis://[:password@]host[:port][/db]. Connecting starts
 //  on the first wsr_redis_process call and is retried with backoff forever.

@@ -9,6 +9,7 @@
 
 struct _wsr_node_t {
     wsr_metrics_t *metrics;                     //  shared counters
+    wsr_ipcount_t *ipcount;                     //  per-IP connection counters
     wsr_bridge_t *bridge;                       //  in-process bridge or NULL
     wsr_router_t *router;                       //  router actor
     wsr_session_t *workers [WSR_MAX_WORKERS];   //  session workers
@@ -33,6 +34,13 @@ wsr_node_opts_defaults (wsr_node_opts_t *opts)
     opts->max_message = WSR_DEFAULT_MAX_MESSAGE;
     opts->max_queue = WSR_DEFAULT_MAX_QUEUE;
     opts->max_connections = 1000000;
+    opts->max_per_ip = WSR_DEFAULT_MAX_PER_IP;
+    opts->ping_interval_ms = WSR_DEFAULT_PING_INTERVAL_MS;
+    opts->ping_timeout_ms = WSR_DEFAULT_PING_TIMEOUT_MS;
+    opts->rate_messages = WSR_DEFAULT_RATE_MESSAGES;
+    opts->rate_bytes = WSR_DEFAULT_RATE_BYTES;
+    opts->handshake_rate = WSR_DEFAULT_HANDSHAKE_RATE;
+    opts->handshake_timeout_ms = WSR_HANDSHAKE_TIMEOUT_MS;
     wsr_bridge_opts_defaults (&opts->backplane);
 }
 
@@ -77,21 +85,30 @@ wsr_node_new (const wsr_node_opts_t *opts)
     if (!self->router)
         goto failed;
     wsr_session_opts_t session_opts = {
-        opts->max_message, opts->max_queue,
-        opts->max_connections / (size_t) opts->workers + 1, WSR_CLOSE_TIMEOUT_MS
+        .max_message = opts->max_message, .max_queue = opts->max_queue,
+        .max_sessions = opts->max_connections / (size_t) opts->workers + 1,
+        .close_timeout_ms = WSR_CLOSE_TIMEOUT_MS,
+        .ping_interval_ms = opts->ping_interval_ms, .ping_timeout_ms = opts->ping_timeout_ms,
+        .rate_messages = opts->rate_messages, .rate_bytes = opts->rate_bytes
     };
+    self->ipcount = wsr_ipcount_new (opts->max_per_ip);
     for (int i = 0; i < opts->workers; i++) {
-        self->workers [i] = wsr_session_new (opts->name, i, &session_opts, self->metrics);
+        self->workers [i] = wsr_session_new (opts->name, i, &session_opts, self->metrics,
+                                             self->ipcount);
         if (!self->workers [i])
             goto failed;
         self->worker_count++;
     }
-    self->auth = wsr_auth_new (opts->name, opts->workers, &verifier, self->metrics);
+    self->auth = wsr_auth_new (opts->name, opts->workers, &verifier, self->metrics,
+                               self->ipcount);
     if (!self->auth)
         goto failed;
     wsr_listener_opts_t listener_opts = {
-        opts->bind, opts->port, opts->api_key, opts->reuseport,
-        10000, WSR_HANDSHAKE_TIMEOUT_MS, opts->max_message, false
+        .bind = opts->bind, .port = opts->port, .api_key = opts->api_key,
+        .reuseport = opts->reuseport, .max_pending = WSR_MAX_PENDING_HANDSHAKES,
+        .handshake_timeout_ms = opts->handshake_timeout_ms, .max_message = opts->max_message,
+        .allowed_origins = opts->allowed_origins, .handshake_rate = opts->handshake_rate,
+        .ipcount = self->ipcount
     };
     self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);
     if (!self->listener)
@@ -117,6 +134,7 @@ wsr_node_destroy (wsr_node_t **self_p)
             wsr_session_destroy (&self->workers [i]);
         wsr_router_destroy (&self->router);
         wsr_bridge_destroy (&self->bridge);
+        wsr_ipcount_destroy (&self->ipcount);
         wsr_metrics_destroy (&self->metrics);
         free (self);
         *self_p = NULL;

@@ -25,6 +25,14 @@ typedef struct {
     size_t max_queue;               //  WEBSOCKET_MAX_QUEUE
     size_t max_connections;         //  WEBSOCKET_MAX_CONNECTIONS (whole node)
     const char *upstream;           //  upstream PUB endpoint or NULL
+    uint32_t max_per_ip;            //  WEBSOCKET_MAX_PER_IP (0 = no cap)
+    int ping_interval_ms;           //  WEBSOCKET_PING_INTERVAL (0 = no pings)
+    int ping_timeout_ms;            //  WEBSOCKET_PING_TIMEOUT
+    size_t rate_messages;           //  WEBSOCKET_RATE_MESSAGES per session per s (0 = off)
+    size_t rate_bytes;              //  WEBSOCKET_RATE_BYTES per session per s
+    size_t handshake_rate;          //  WEBSOCKET_HANDSHAKE_RATE per s per node (0 = off)
+    int handshake_timeout_ms;       //  WEBSOCKET_HANDSHAKE_TIMEOUT
+    const char *allowed_origins;    //  WEBSOCKET_ALLOWED_ORIGINS, comma list, NULL = any
     const char *bridge;             //  remote bridge endpoint (tcp://H:P) or NULL
     wsr_bridge_opts_t backplane;    //  in-process bridge, used when bridge is NULL
                                     //  and a Redis / NATS / HTTP URL is set

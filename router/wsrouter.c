@@ -42,6 +42,24 @@ s_parse_size (const char *text)
     return *end? -1: value;
 }
 
+//  Parse a duration: "25" or "25s" seconds, "500ms", "2m"; returns ms or -1.
+static long long
+s_parse_duration (const char *text)
+{
+    char *end = NULL;
+    errno = 0;
+    double value = strtod (text, &end);
+    if (errno || end == text || value < 0)
+        return -1;
+    if (streq (end, "") || streq (end, "s"))
+        return (long long) (value * 1000);
+    if (streq (end, "ms"))
+        return (long long) value;
+    if (streq (end, "m"))
+        return (long long) (value * 60000);
+    return -1;
+}
+
 static char *
 s_random_hex (size_t bytes)
 {
@@ -174,7 +192,16 @@ s_serve_usage (void)
 "  --max-message N       largest message, bytes [WEBSOCKET_MAX_MESSAGE, 1M]\n"
 "  --max-queue N         output queued per session [WEBSOCKET_MAX_QUEUE, 8M]\n"
 "  --max-connections N   sessions per node [WEBSOCKET_MAX_CONNECTIONS, 1000000]\n"
-"  --drain-timeout MS    SIGTERM drain limit [WEBSOCKET_DRAIN_TIMEOUT, 5000]\n"
+"  --drain-timeout T     SIGTERM drain limit [WEBSOCKET_DRAIN_TIMEOUT, 5s]\n"
+"  --ping-interval T     ping a silent session after T [WEBSOCKET_PING_INTERVAL, 25s; 0 off]\n"
+"  --ping-timeout T      close it if still silent T later [WEBSOCKET_PING_TIMEOUT, 10s]\n"
+"  --handshake-timeout T request must arrive within T [WEBSOCKET_HANDSHAKE_TIMEOUT, 10s]\n"
+"  --max-per-ip N        connections per client address [WEBSOCKET_MAX_PER_IP, 10000; 0 off]\n"
+"  --rate-messages N     inbound frames per session per second [WEBSOCKET_RATE_MESSAGES, 100]\n"
+"  --rate-bytes N        inbound bytes per session per second [WEBSOCKET_RATE_BYTES, 1M]\n"
+"  --handshake-rate N    new connections per second [WEBSOCKET_HANDSHAKE_RATE, 20000; 0 off]\n"
+"  --allowed-origins L   comma list of allowed Origin values [WEBSOCKET_ALLOWED_ORIGINS, any]\n"
+"  (T: seconds, or with a unit: 500ms, 25s, 2m; N: a count, K/M/G suffixes allowed)\n"
 "  --node-id ID          node id in envelopes [WEBSOCKET_NODE_ID, host-pid]\n"
 "  --reuseport           share the port with other nodes (SO_REUSEPORT)\n"
 "  --bridge tcp://H:P    use a bridge process (also H:P+1) [WEBSOCKET_BRIDGE]\n"
@@ -215,7 +242,20 @@ s_serve (int argc, char *argv [])
     const char *max_message = s_env ("WEBSOCKET_MAX_MESSAGE", NULL);
     const char *max_queue = s_env ("WEBSOCKET_MAX_QUEUE", NULL);
     const char *max_connections = s_env ("WEBSOCKET_MAX_CONNECTIONS", NULL);
-    const char *drain = s_env ("WEBSOCKET_DRAIN_TIMEOUT", "5000");
+    const char *drain = s_env ("WEBSOCKET_DRAIN_TIMEOUT", "5");
+    const char *durations [][3] = {             //  env, value, flag index below
+        { "WEBSOCKET_PING_INTERVAL", NULL, NULL }, { "WEBSOCKET_PING_TIMEOUT", NULL, NULL },
+        { "WEBSOCKET_HANDSHAKE_TIMEOUT", NULL, NULL }
+    };
+    for (int i = 0; i < 3; i++)
+        durations [i][1] = s_env (durations [i][0], NULL);
+    const char *counts [][2] = {
+        { "WEBSOCKET_MAX_PER_IP", NULL }, { "WEBSOCKET_RATE_MESSAGES", NULL },
+        { "WEBSOCKET_RATE_BYTES", NULL }, { "WEBSOCKET_HANDSHAKE_RATE", NULL }
+    };
+    for (int i = 0; i < 4; i++)
+        counts [i][1] = s_env (counts [i][0], NULL);
+    opts->allowed_origins = s_env ("WEBSOCKET_ALLOWED_ORIGINS", NULL);
     opts->reuseport = streq (s_env ("WEBSOCKET_REUSEPORT", "0"), "1");
     opts->bridge = s_env ("WEBSOCKET_BRIDGE", NULL);
     s_backplane_env (&opts->backplane);
@@ -234,14 +274,31 @@ s_serve (int argc, char *argv [])
         { "node-id", required_argument, 0, 'n' }, { "reuseport", no_argument, 0, 'r' },
         { "dev", no_argument, 0, 'D' }, { "verbose", no_argument, 0, 'v' },
         { "bridge", required_argument, 0, 'B' }, S_BACKPLANE_OPTIONS,
+        { "ping-interval", required_argument, 0, 1000 },
+        { "ping-timeout", required_argument, 0, 1001 },
+        { "handshake-timeout", required_argument, 0, 1002 },
+        { "max-per-ip", required_argument, 0, 1100 },
+        { "rate-messages", required_argument, 0, 1101 },
+        { "rate-bytes", required_argument, 0, 1102 },
+        { "handshake-rate", required_argument, 0, 1103 },
+        { "allowed-origins", required_argument, 0, 'O' },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     int c;
     while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
         if (s_backplane_flag (&opts->backplane, c))
             continue;
+        if (c >= 1000 && c < 1003) {
+            durations [c - 1000][1] = optarg;
+            continue;
+        }
+        if (c >= 1100 && c < 1104) {
+            counts [c - 1100][1] = optarg;
+            continue;
+        }
         switch (c) {
             case 'B': opts->bridge = optarg; break;
+            case 'O': opts->allowed_origins = optarg; break;
             case 'p': port = optarg; break;
             case 'b': opts->bind = optarg; break;
             case 's': secret = optarg; break;
@@ -297,7 +354,40 @@ s_serve (int argc, char *argv [])
         }
         opts->max_connections = (size_t) value;
     }
-    serve.drain_ms = atoi (drain);
+    if ((serve.drain_ms = (int) s_parse_duration (drain)) < 0) {
+        fprintf (stderr, "wsrouter: bad drain timeout '%s'\n", drain);
+        return 2;
+    }
+    int *duration_fields [3] = {
+        &opts->ping_interval_ms, &opts->ping_timeout_ms, &opts->handshake_timeout_ms
+    };
+    for (int i = 0; i < 3; i++)
+        if (durations [i][1]) {
+            long long ms = s_parse_duration (durations [i][1]);
+            if (ms < 0 || ms > INT32_MAX || (i > 0 && ms == 0)) {
+                fprintf (stderr, "wsrouter: bad %s '%s'\n", durations [i][0], durations [i][1]);
+                return 2;
+            }
+            *duration_fields [i] = (int) ms;
+        }
+    for (int i = 0; i < 4; i++)
+        if (counts [i][1]) {
+            long long n = s_parse_size (counts [i][1]);
+            if (n < 0 || n > UINT32_MAX) {
+                fprintf (stderr, "wsrouter: bad %s '%s'\n", counts [i][0], counts [i][1]);
+                return 2;
+            }
+            if (i == 0)
+                opts->max_per_ip = (uint32_t) n;
+            else
+            if (i == 1)
+                opts->rate_messages = (size_t) n;
+            else
+            if (i == 2)
+                opts->rate_bytes = (size_t) n;
+            else
+                opts->handshake_rate = (size_t) n;
+        }
     if (!wsr_util_id_valid (opts->name, strlen (opts->name))) {
         fprintf (stderr, "wsrouter: bad node id '%s'\n", opts->name);
         return 2;
@@ -443,8 +533,9 @@ s_bridge (int argc, char *argv [])
     wsr_listener_t *listener = NULL;
     if (bridge && http_port) {
         wsr_listener_opts_t listener_opts = {
-            http_bind, atoi (http_port), NULL, false, 1000, WSR_HANDSHAKE_TIMEOUT_MS,
-            opts.max_message, true
+            .bind = http_bind, .port = atoi (http_port), .max_pending = 1000,
+            .handshake_timeout_ms = WSR_HANDSHAKE_TIMEOUT_MS, .max_message = opts.max_message,
+            .status_only = true
         };
         char name [64];
         snprintf (name, sizeof name, "bridge-%d", (int) getpid ());

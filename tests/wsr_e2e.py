@@ -336,12 +336,16 @@ class Server:
 
 def start_server(secret=None, api_key=None, upstream=False, upstream_endpoint=None,
                  workers=None, max_message=None, extra_args=(), env=None,
-                 use_env_config=False, jwt_secret_arg=True):
+                 use_env_config=False, jwt_secret_arg=True, relaxed_limits=True):
     """Start `wsrouter serve` on a free port and wait until it is ready.
 
     upstream=True picks a free port for --upstream-endpoint (server.upstream_endpoint).
     use_env_config=True passes port, bind, secret, api key and upstream via the
     environment variables instead of flags.
+    relaxed_limits=True turns off the per-session rate limit, the per-IP cap
+    and the handshake-rate cap, which functional tests (thousands of messages
+    or sessions from 127.0.0.1) would otherwise trip; the hostile-client
+    suites pass False and test the defaults.
     """
     secret = secret or ("s3cret-" + secrets.token_hex(16))
     api_key = api_key or ("key-" + secrets.token_hex(12))
@@ -370,6 +374,8 @@ def start_server(secret=None, api_key=None, upstream=False, upstream_endpoint=No
         args += ["--workers", str(workers)]
     if max_message is not None:
         args += ["--max-message", str(max_message)]
+    if relaxed_limits:
+        args += ["--rate-messages", "0", "--max-per-ip", "0", "--handshake-rate", "0"]
     args += list(extra_args)
     server = Server(args, full_env, secret, api_key, upstream_endpoint)
     try:

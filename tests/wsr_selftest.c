@@ -18,6 +18,7 @@ s_tests [] = {
     { "jwt", wsr_jwt_test },
     { "http", wsr_http_test },
     { "outframe", wsr_outframe_test },
+    { "ipcount", wsr_ipcount_test },
     { "auth", wsr_auth_test },
     { "router", wsr_router_test },
     { "session", wsr_session_test },
