@@ -1035,13 +1035,10 @@ s_epoll_add_zmq (s_worker_t *self, zsock_t *sock, uint64_t tag)
     return epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, zsock_fd (sock), &event);
 }
 
+//  State shared by the actor and the fuzz entry point.
 static void
-s_session_actor (zsock_t *pipe, void *args)
+s_worker_init (s_worker_t *self, s_args_t *a)
 {
-    s_args_t *a = (s_args_t *) args;
-    s_worker_t self_data = { 0 };
-    s_worker_t *self = &self_data;
-    self->pipe = pipe;
     self->index = a->index;
     self->opts = a->opts;
     self->metrics = a->metrics;
@@ -1054,6 +1051,33 @@ s_session_actor (zsock_t *pipe, void *args)
     zhashx_set_key_comparator (self->by_id, s_id_compare);
     zhashx_set_key_destructor (self->by_id, NULL);
     zhashx_set_key_duplicator (self->by_id, NULL);
+}
+
+static void
+s_worker_fini (s_worker_t *self)
+{
+    while (self->all)
+        s_conn_kill (self, self->all);
+    s_after_batch (self);
+    if (self->epoll_fd >= 0)
+        close (self->epoll_fd);
+    zsock_destroy (&self->adopt);
+    zsock_destroy (&self->down);
+    zsock_destroy (&self->up);
+    wsr_topic_destroy (&self->topics);
+    zhashx_destroy (&self->by_id);
+    wsr_outframe_unlink (&self->ping);
+    free (self->node);
+}
+
+static void
+s_session_actor (zsock_t *pipe, void *args)
+{
+    s_args_t *a = (s_args_t *) args;
+    s_worker_t self_data = { 0 };
+    s_worker_t *self = &self_data;
+    self->pipe = pipe;
+    s_worker_init (self, a);
     char thread_name [16];
     snprintf (thread_name, sizeof thread_name, "wsr-session-%d", a->index);
     pthread_setname_np (pthread_self (), thread_name);
@@ -1116,17 +1140,7 @@ s_session_actor (zsock_t *pipe, void *args)
         s_after_batch (self);
     }
     //  Terminated: drop every connection at once
-    while (self->all)
-        s_conn_kill (self, self->all);
-    s_after_batch (self);
-    close (self->epoll_fd);
-    zsock_destroy (&self->adopt);
-    zsock_destroy (&self->down);
-    zsock_destroy (&self->up);
-    wsr_topic_destroy (&self->topics);
-    zhashx_destroy (&self->by_id);
-    wsr_outframe_unlink (&self->ping);
-    free (self->node);
+    s_worker_fini (self);
 }
 
 //  --------------------------------------------------------------------------
@@ -1181,6 +1195,102 @@ wsr_session_count (wsr_session_t *self)
     zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
     zsock_recv (self->actor, "8", &count);
     return (int64_t) count;
+}
+
+//  --------------------------------------------------------------------------
+//  Fuzzing: one session's whole input path (wslay, our callbacks, close and
+//  error handling, output queue) run synchronously on bytes from the peer.
+
+size_t
+wsr_session_fuzz (const uint8_t *data, size_t size)
+{
+    static s_worker_t *self = NULL;
+    static zsock_t *sink = NULL;
+    static uint64_t next_id = 0;
+    if (!data && self) {
+        //  wsr_session_fuzz (NULL, 0): release the static state
+        wsr_metrics_t *metrics = self->metrics;
+        wsr_ipcount_t *ipcount = self->ipcount;
+        s_worker_fini (self);
+        free (self);
+        self = NULL;
+        zsock_destroy (&sink);
+        wsr_metrics_destroy (&metrics);
+        wsr_ipcount_destroy (&ipcount);
+        return 0;
+    }
+    if (!self) {
+        //  One worker for the whole run (the fuzzer calls this millions of times)
+        static wsr_session_opts_t opts = {
+            .max_message = 65536, .max_queue = 65536, .max_sessions = 16,
+            .close_timeout_ms = 0, .ping_interval_ms = 0, .rate_messages = 1000,
+            .rate_bytes = 65536
+        };
+        s_args_t args = { "fuzz", 0, opts, wsr_metrics_new (), wsr_ipcount_new (0) };
+        self = (s_worker_t *) zmalloc (sizeof (s_worker_t));
+        s_worker_init (self, &args);
+        self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
+        sink = zsock_new_pull ("inproc://wsr-fuzz-up");
+        self->up = zsock_new_push ("inproc://wsr-fuzz-up");
+        self->down = zsock_new (ZMQ_SUB);
+        zsock_set_sndtimeo (self->up, 0);
+    }
+    int pair [2];
+    int rc = socketpair (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair);
+    assert (rc == 0);
+    shutdown (pair [1], SHUT_WR);       //  after the input, the peer is silent: EOF
+    s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
+    conn->id = ++next_id;
+    conn->fd = pair [0];
+    conn->state = S_OPEN;
+    conn->ip_slot = -1;
+    conn->rate_last = wsr_util_mono_ms ();
+    conn->msg_tokens = 1000;
+    conn->byte_tokens = 65536 * 2;
+    conn->user = strdup ("fuzz");
+    conn->next = self->all;
+    if (self->all)
+        self->all->prev = conn;
+    self->all = conn;
+    self->count++;
+    self->open++;
+    zhashx_insert (self->by_id, (void *) (uintptr_t) conn->id, conn);
+    wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, 1);
+    wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, 1);
+    bool joined = s_conn_join (self, conn, WSR_TOPIC_USER, conn->user, &conn->member);
+    assert (joined);
+    struct epoll_event event = { .events = EPOLLIN };
+    event.data.ptr = conn;
+    epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, conn->fd, &event);
+    if (size > 0) {
+        conn->early = (uint8_t *) malloc (size);
+        memcpy (conn->early, data, size);
+        conn->early_size = size;
+    }
+    //  Read until the session is done with the input (EOF ends it); a dead
+    //  session is freed by s_after_batch, so look it up by id each turn
+    uint64_t id = conn->id;
+    for (int turn = 0; turn < 64; turn++) {
+        conn = (s_conn_t *) zhashx_lookup (self->by_id, (void *) (uintptr_t) id);
+        if (!conn || (conn->state == S_CLOSING && conn->read_off))
+            break;
+        s_conn_read (self, conn);
+        s_after_batch (self);
+    }
+    size_t written = 0;
+    uint8_t buf [4096];
+    ssize_t n;
+    while ((n = recv (pair [1], buf, sizeof buf, 0)) > 0)
+        written += (size_t) n;
+    conn = (s_conn_t *) zhashx_lookup (self->by_id, (void *) (uintptr_t) id);
+    if (conn)
+        s_conn_kill (self, conn);
+    s_after_batch (self);
+    close (pair [1]);
+    zmsg_t *msg;
+    while ((zsock_events (sink) & ZMQ_POLLIN) && (msg = zmsg_recv (sink)))
+        zmsg_destroy (&msg);
+    return written;
 }
 
 //  --------------------------------------------------------------------------
@@ -1507,6 +1617,17 @@ wsr_session_test (bool verbose)
 
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);
+
+    //  The fuzz entry point: a message and a close get the close echoed;
+    //  garbage gets 1002 with its reason; a cut-off frame gets nothing
+    uint8_t hello [] = { 0x81, 0x85, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o',
+                         0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8 };
+    assert (wsr_session_fuzz (hello, sizeof hello) == 4);
+    assert (wsr_session_fuzz ((const uint8_t *) "\x8f\x80\0\0\0\0", 6) == 4);
+    assert (wsr_session_fuzz ((const uint8_t *) "\x89\xfe\0\x7e\0\0\0\0", 8)
+            == 4 + strlen ("protocol error"));
+    assert (wsr_session_fuzz (hello, 5) == 0);
+    wsr_session_fuzz (NULL, 0);
     zsock_destroy (&xpub);
     zsock_destroy (&upstream);
     wsr_ipcount_destroy (&ipcount);

@@ -42,6 +42,13 @@ void
 int64_t
     wsr_session_count (wsr_session_t *self);
 
+//  Fuzzing entry: run bytes from a peer through one session's input path,
+//  synchronously, in this thread. Returns the bytes the session wrote back.
+//  Not for use beside running actors (it keeps its own worker state);
+//  wsr_session_fuzz (NULL, 0) releases that state.
+size_t
+    wsr_session_fuzz (const uint8_t *data, size_t size);
+
 //  Self test
 void
     wsr_session_test (bool verbose);
