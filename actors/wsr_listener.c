@@ -42,6 +42,9 @@ struct _s_hs_t {
     wsr_http_t *http;               //  request parser (owned)
     int64_t deadline;               //  mono ms
     int ip_slot;                    //  per-IP counter slot, -1 if none
+    bool keep_alive;                //  answer the current request and keep going
+    bool broken;                    //  a response could not be written whole
+    bool served;                    //  answered at least one request
     char peer [INET6_ADDRSTRLEN + 8];   //  "addr:port" for logs
     s_hs_t *prev, *next;            //  pending list, oldest first
 };
@@ -99,6 +102,22 @@ s_hs_unlink (s_listener_t *self, s_hs_t *hs)
     self->pending--;
 }
 
+//  Append to the pending list with a fresh deadline; the delay is the same for
+//  every entry, so the list stays sorted.
+static void
+s_hs_append (s_listener_t *self, s_hs_t *hs)
+{
+    hs->deadline = wsr_util_mono_ms () + self->opts.handshake_timeout_ms;
+    hs->prev = self->tail;
+    hs->next = NULL;
+    if (self->tail)
+        self->tail->next = hs;
+    else
+        self->head = hs;
+    self->tail = hs;
+    self->pending++;
+}
+
 //  Forget a handshake; close its socket unless it was handed over.
 static void
 s_hs_end (s_listener_t *self, s_hs_t *hs, bool close_fd)
@@ -133,17 +152,21 @@ s_respond (s_hs_t *hs, int status, const char *content_type, const char *extra,
     char head [512];
     int n = snprintf (head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                      "Connection: close\r\nCache-Control: no-store\r\n%s\r\n",
-                      status, text, content_type, body_len, extra? extra: "");
+                      "Connection: %s\r\nCache-Control: no-store\r\n%s\r\n",
+                      status, text, content_type, body_len,
+                      hs->keep_alive? "keep-alive": "close", extra? extra: "");
     struct iovec iov [2] = {
         { head, (size_t) n }, { (void *) body, body_len }
     };
     struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
-    if (sendmsg (hs->fd, &msg, MSG_NOSIGNAL) < 0)
-        wsr_debug ("listener: conn %" PRIu64 ": response not sent: %s", hs->id,
-                    strerror (errno));
-    //  Half-close so the client reads the whole response before the FIN
-    shutdown (hs->fd, SHUT_WR);
+    ssize_t sent = sendmsg (hs->fd, &msg, MSG_NOSIGNAL);
+    if (sent < (ssize_t) ((size_t) n + body_len)) {
+        //  Responses are small; a client that does not read them is not kept
+        wsr_debug ("listener: conn %" PRIu64 ": response not sent whole", hs->id);
+        hs->broken = true;
+    }
+    if (!hs->keep_alive || hs->broken)
+        shutdown (hs->fd, SHUT_WR);     //  the client reads it all before the FIN
 }
 
 static void
@@ -397,20 +420,40 @@ s_hs_read (s_listener_t *self, s_hs_t *hs)
         s_hs_end (self, hs, true);
         return;
     }
-    size_t consumed = 0;
-    int rc = wsr_http_feed (hs->http, buf, (size_t) n, &consumed);
-    if (rc == WSR_HTTP_MORE)
-        return;
-    bool handed = false;
-    if (rc == WSR_HTTP_ERROR) {
-        wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_HTTP, 1);
-        char body [128];
-        int len = snprintf (body, sizeof body, "%s\n", wsr_http_error (hs->http));
-        s_respond (hs, wsr_http_status (hs->http), "text/plain", NULL, body, (size_t) len);
+    //  Keep-alive: answer each complete request in turn (pipelining too);
+    //  an upgrade ends the loop by handing the connection over
+    size_t offset = 0;
+    while (offset < (size_t) n) {
+        size_t consumed = 0;
+        int rc = wsr_http_feed (hs->http, buf + offset, (size_t) n - offset, &consumed);
+        offset += consumed;
+        if (rc == WSR_HTTP_MORE)
+            return;
+        if (rc == WSR_HTTP_ERROR) {
+            wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_HTTP, 1);
+            char body [128];
+            int len = snprintf (body, sizeof body, "%s\n", wsr_http_error (hs->http));
+            hs->keep_alive = false;
+            s_respond (hs, wsr_http_status (hs->http), "text/plain", NULL, body, (size_t) len);
+            s_hs_end (self, hs, true);
+            return;
+        }
+        hs->keep_alive = wsr_http_keep_alive (hs->http) && !wsr_http_is_upgrade (hs->http)
+                      && self->listen_fd >= 0;
+        if (s_route (self, hs, buf + offset, (size_t) n - offset)) {
+            s_hs_end (self, hs, false);
+            return;
+        }
+        if (!hs->keep_alive || hs->broken) {
+            s_hs_end (self, hs, true);
+            return;
+        }
+        hs->served = true;
+        //  Next request: a fresh parser state and a fresh idle deadline
+        wsr_http_reset (hs->http);
+        s_hs_unlink (self, hs);
+        s_hs_append (self, hs);
     }
-    else
-        handed = s_route (self, hs, buf + consumed, (size_t) n - consumed);
-    s_hs_end (self, hs, !handed);
 }
 
 //  Refuse a fresh connection with a canned answer and close it.
@@ -499,7 +542,6 @@ s_accept (s_listener_t *self)
         //  The API body is JSON: escapes can make a payload up to 6 times
         //  longer (\uXXXX); the decoded payload is checked against the limit
         hs->http = wsr_http_new (WSR_MAX_HEADER_BYTES, self->opts.max_message * 6 + 65536);
-        hs->deadline = wsr_util_mono_ms () + self->opts.handshake_timeout_ms;
         char host [INET6_ADDRSTRLEN] = "?";
         int port = 0;
         if (addr.ss_family == AF_INET) {
@@ -514,13 +556,7 @@ s_accept (s_listener_t *self)
             port = ntohs (in6->sin6_port);
         }
         snprintf (hs->peer, sizeof hs->peer, "%s:%d", host, port);
-        hs->prev = self->tail;
-        if (self->tail)
-            self->tail->next = hs;
-        else
-            self->head = hs;
-        self->tail = hs;
-        self->pending++;
+        s_hs_append (self, hs);
         struct epoll_event event = { .events = EPOLLIN };
         event.data.ptr = hs;
         if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &event))
@@ -687,10 +723,14 @@ s_listener_actor (zsock_t *pipe, void *args)
             s_handle_pipe (self);
         int64_t now = wsr_util_mono_ms ();
         while (self->head && self->head->deadline <= now) {
-            wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_TIMEOUT, 1);
             s_hs_t *hs = self->head;
-            s_respond (hs, 408, "text/plain", NULL, "request timeout\n", 16);
-            s_hs_end (self, hs, true);
+            if (!hs->served) {
+                //  Never finished a request (slowloris or silent): 408
+                wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_TIMEOUT, 1);
+                hs->keep_alive = false;
+                s_respond (hs, 408, "text/plain", NULL, "request timeout\n", 16);
+            }
+            s_hs_end (self, hs, true);  //  idle keep-alive: just close
         }
         if (self->accept_paused && now >= self->accept_resume && self->listen_fd >= 0) {
             struct epoll_event listen_event = { .events = EPOLLIN };
@@ -786,7 +826,8 @@ s_connect (int port)
     return fd;
 }
 
-//  Send a request, read the whole response (server closes); caller frees.
+//  Send a request, read one whole response (by Content-Length, or until the
+//  server closes); caller frees.
 static char *
 s_http (int port, const char *request)
 {
@@ -795,8 +836,14 @@ s_http (int port, const char *request)
     char *buf = (char *) zmalloc (65536);
     size_t got = 0;
     ssize_t n;
-    while (got < 65535 && (n = recv (fd, buf + got, 65535 - got, 0)) > 0)
+    while (got < 65535 && (n = recv (fd, buf + got, 65535 - got, 0)) > 0) {
         got += (size_t) n;
+        char *end = strstr (buf, "\r\n\r\n");
+        char *length = strstr (buf, "Content-Length: ");
+        if (end && length && length < end
+        &&  got >= (size_t) (end + 4 - buf) + strtoul (length + 16, NULL, 10))
+            break;
+    }
     close (fd);
     return buf;
 }
@@ -843,6 +890,29 @@ wsr_listener_test (bool verbose)
     free (reply);
     reply = s_http (port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert (strstr (reply, "wsrouter_http_requests_total"));
+    free (reply);
+    //  Keep-alive with pipelining: two requests in one packet, two answers
+    reply = s_http (port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                          "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert (strstr (reply, "Connection: keep-alive\r\n"));
+    char *second = strstr (reply + 1, "HTTP/1.1 404");
+    if (!second) {
+        //  The first answer may arrive alone: read on the same connection
+        free (reply);
+        int both = s_connect (port);
+        const char *two = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                          "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        assert (send (both, two, strlen (two), 0) == (ssize_t) strlen (two));
+        char all [2048] = "";
+        size_t got = 0;
+        ssize_t r;
+        while (got < sizeof all - 1 && (r = recv (both, all + got, sizeof all - 1 - got, 0)) > 0)
+            got += (size_t) r;
+        close (both);
+        assert (strstr (all, "HTTP/1.1 200") && strstr (all, "HTTP/1.1 404"));
+        assert (strstr (all, "Connection: close\r\n"));
+        reply = strdup (all);
+    }
     free (reply);
     reply = s_http (port, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
     assert (strncmp (reply, "HTTP/1.1 404", 12) == 0);
