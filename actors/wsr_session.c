@@ -152,11 +152,54 @@ static void s_conn_kill (s_worker_t *self, s_conn_t *conn);
 //  --------------------------------------------------------------------------
 //  Output queue
 
+//  Queue nodes are recycled per worker thread (one per queued message per
+//  recipient: the hottest allocation); the free list is bounded.
+#define S_FREE_NODES_MAX    65536
+static __thread s_qnode_t *s_free_nodes = NULL;
+static __thread size_t s_free_count = 0;
+
+static s_qnode_t *
+s_node_alloc (void)
+{
+    s_qnode_t *node = s_free_nodes;
+    if (node) {
+        s_free_nodes = node->next;
+        s_free_count--;
+        return node;
+    }
+    node = (s_qnode_t *) malloc (sizeof (s_qnode_t));
+    assert (node);
+    return node;
+}
+
+static void
+s_node_free (s_qnode_t *node)
+{
+    if (s_free_count < S_FREE_NODES_MAX) {
+        node->next = s_free_nodes;
+        s_free_nodes = node;
+        s_free_count++;
+    }
+    else
+        free (node);
+}
+
+//  Release this thread's free list (when the worker ends).
+static void
+s_node_purge (void)
+{
+    while (s_free_nodes) {
+        s_qnode_t *node = s_free_nodes;
+        s_free_nodes = node->next;
+        free (node);
+    }
+    s_free_count = 0;
+}
+
 static void
 s_queue_push (s_conn_t *conn, wsr_outframe_t **frame_p)
 {
-    s_qnode_t *node = (s_qnode_t *) malloc (sizeof (s_qnode_t));
-    assert (node);
+    s_qnode_t *node = s_node_alloc ();
     node->frame = *frame_p;
     *frame_p = NULL;
     node->next = NULL;
@@ -183,7 +226,7 @@ s_queue_clear (s_conn_t *conn, bool keep_partial)
     while (node) {
         s_qnode_t *next = node->next;
         wsr_outframe_unlink (&node->frame);
-        free (node);
+        s_node_free (node);
         node = next;
     }
     conn->qhead = conn->qtail = kept;
@@ -601,7 +644,7 @@ s_conn_flush (s_worker_t *self, s_conn_t *conn)
             if (!conn->qhead)
                 conn->qtail = NULL;
             wsr_outframe_unlink (&node->frame);
-            free (node);
+            s_node_free (node);
             conn->qoffset = 0;
             conn->hs_pending = false;
         }
@@ -1068,6 +1111,7 @@ s_worker_fini (s_worker_t *self)
     zhashx_destroy (&self->by_id);
     wsr_outframe_unlink (&self->ping);
     free (self->node);
+    s_node_purge ();
 }
 
 static void
