@@ -105,6 +105,16 @@ wsr_metrics_add (wsr_metrics_t *self, wsr_metric_t which, int64_t delta)
 }
 
 //  --------------------------------------------------------------------------
+//  Add and return the previous value (for caps shared between threads).
+int64_t
+wsr_metrics_add_fetch (wsr_metrics_t *self, wsr_metric_t which, int64_t delta)
+{
+    assert (self);
+    assert (which < WSR_M_COUNT);
+    return atomic_fetch_add_explicit (&self->value [which], delta, memory_order_relaxed);
+}
+
+//  --------------------------------------------------------------------------
 //  Read one counter.
 int64_t
 wsr_metrics_get (wsr_metrics_t *self, wsr_metric_t which)
@@ -159,6 +169,8 @@ wsr_metrics_test (bool verbose)
     wsr_metrics_add (metrics, WSR_M_SESSIONS_OPEN, -1);
     wsr_metrics_add (metrics, WSR_M_HS_FAIL_TOKEN_EXPIRED, 7);
     assert (wsr_metrics_get (metrics, WSR_M_SESSIONS_OPEN) == 2);
+    assert (wsr_metrics_add_fetch (metrics, WSR_M_SESSIONS_OPEN, 1) == 2);
+    wsr_metrics_add (metrics, WSR_M_SESSIONS_OPEN, -1);
     char *text = wsr_metrics_render (metrics);
     if (verbose)
         printf ("\n%s", text);

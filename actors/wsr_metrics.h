@@ -67,6 +67,10 @@ void
 void
     wsr_metrics_add (wsr_metrics_t *self, wsr_metric_t which, int64_t delta);
 
+//  Add delta and return the value before the addition. Thread-safe.
+int64_t
+    wsr_metrics_add_fetch (wsr_metrics_t *self, wsr_metric_t which, int64_t delta);
+
 //  Read a counter. Thread-safe.
 int64_t
     wsr_metrics_get (wsr_metrics_t *self, wsr_metric_t which);

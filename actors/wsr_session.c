@@ -718,6 +718,8 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
                        strlen (reason));
         return;
     }
+    if (conn->close_echo && wslay_event_get_close_sent (conn->ws))
+        conn->close_echo = 0;               //  we closed first: nothing to answer
     if (conn->close_echo) {
         uint16_t code = conn->close_echo;
         conn->close_echo = 0;
@@ -862,7 +864,11 @@ s_adopt (s_worker_t *self, zmsg_t *msg)
     s_queue_push (conn, &frame);
     conn->hs_pending = true;
 
-    if (code == 0 && self->open >= self->opts.max_sessions) {
+    //  The cap is node-wide: reserve a place in the shared gauge atomically
+    if (code == 0
+    &&  wsr_metrics_add_fetch (self->metrics, WSR_M_SESSIONS_OPEN, 1)
+            >= (int64_t) self->opts.max_sessions) {
+        wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
         code = WSR_CLOSE_TRY_AGAIN_LATER;
         zstr_free (&reason);
         reason = strdup ("node full");
@@ -874,17 +880,23 @@ s_adopt (s_worker_t *self, zmsg_t *msg)
         user = NULL;
         joined = s_conn_join (self, conn, WSR_TOPIC_USER, conn->user, &conn->member);
         if (joined && *channels) {
+            size_t wanted = 1;
+            for (const char *c = channels; *c; c++)
+                wanted += *c == ',';
+            if (wanted > WSR_MAX_CHANNELS)
+                wanted = WSR_MAX_CHANNELS;
             conn->channels = (wsr_topic_member_t **) zmalloc (
-                WSR_MAX_CHANNELS * sizeof (wsr_topic_member_t *));
+                wanted * sizeof (wsr_topic_member_t *));
             char *saveptr = NULL;
             for (char *name = strtok_r (channels, ",", &saveptr);
-                 name && joined && conn->channel_count < WSR_MAX_CHANNELS;
+                 name && joined && conn->channel_count < wanted;
                  name = strtok_r (NULL, ",", &saveptr))
                 joined = s_conn_join (self, conn, WSR_TOPIC_CHANNEL, name,
                                       &conn->channels [conn->channel_count++]);
         }
         if (!joined) {
             s_conn_leave_topics (self, conn);
+            wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
             code = WSR_CLOSE_TRY_AGAIN_LATER;
             zstr_free (&reason);
             reason = strdup ("node full");
@@ -895,7 +907,6 @@ s_adopt (s_worker_t *self, zmsg_t *msg)
     }
     if (code == 0) {
         self->open++;
-        wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, 1);
         wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
         s_touch (self, conn);
         if (self->draining)

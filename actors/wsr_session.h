@@ -13,7 +13,8 @@ typedef struct _wsr_session_t wsr_session_t;
 typedef struct {
     size_t max_message;         //  largest client message (→ 1009 above)
     size_t max_queue;           //  output bytes queued per session (→ 1008)
-    size_t max_sessions;        //  sessions this worker accepts (→ 1013)
+    size_t max_sessions;        //  sessions the whole node accepts (→ 1013), counted
+                                //  in the shared sessions_open gauge
     int close_timeout_ms;       //  wait for the peer's close reply
     int ping_interval_ms;       //  ping a session silent this long (0 = never)
     int ping_timeout_ms;        //  close it if still silent this long after

@@ -86,7 +86,7 @@ wsr_node_new (const wsr_node_opts_t *opts)
         goto failed;
     wsr_session_opts_t session_opts = {
         .max_message = opts->max_message, .max_queue = opts->max_queue,
-        .max_sessions = opts->max_connections / (size_t) opts->workers + 1,
+        .max_sessions = opts->max_connections,
         .close_timeout_ms = WSR_CLOSE_TIMEOUT_MS,
         .ping_interval_ms = opts->ping_interval_ms, .ping_timeout_ms = opts->ping_timeout_ms,
         .rate_messages = opts->rate_messages, .rate_bytes = opts->rate_bytes
