@@ -47,6 +47,12 @@
 #define WSR_TOPIC_UPSTREAM  "up:"
 #define WSR_TOPIC_MAX       (sizeof (WSR_TOPIC_CHANNEL) + WSR_MAX_ID_LEN + 1)
 
+//  Error messages sent to a client whose message could not go upstream
+#define WSR_ERROR_UPSTREAM_BUSY \
+    "{\"type\":\"error\",\"error\":\"upstream: busy, message dropped\"}"
+#define WSR_ERROR_BACKPLANE_DOWN \
+    "{\"type\":\"error\",\"error\":\"upstream: backplane down, message dropped\"}"
+
 //  Envelope version carried by every msgpack envelope
 #define WSR_ENVELOPE_VERSION 1
 

@@ -460,8 +460,14 @@ s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
     zmsg_append (msg, &topic);
     zmsg_append (msg, &env);
     if (zmsg_send (&msg, self->up)) {
+        //  Never block on a full router: drop, count, and tell the client
         zmsg_destroy (&msg);
         wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_DROPS, 1);
+        wsr_outframe_t *error = wsr_outframe_new (WSR_KIND_TEXT,
+                                                  (const uint8_t *) WSR_ERROR_UPSTREAM_BUSY,
+                                                  strlen (WSR_ERROR_UPSTREAM_BUSY), NULL);
+        s_queue_push (conn, &error);
+        s_mark_dirty (self, conn);
     }
 }
 

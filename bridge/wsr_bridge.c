@@ -331,6 +331,14 @@ s_handle_client_message (s_bridge_t *self, const char *user, zframe_t *body)
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_UPSTREAM_SENT, 1);
     if (lost)
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_UPSTREAM_LOST, 1);
+    if (lost && !sent && !self->http) {
+        //  Nowhere to go: the client hears about it
+        char reply_to [WSR_TOPIC_MAX + 64];
+        snprintf (reply_to, sizeof reply_to, "sess:%.*s:%" PRIu64, (int) env.node_len,
+                  env.node, env.session);
+        s_reply (self, reply_to, (const uint8_t *) WSR_ERROR_BACKPLANE_DOWN,
+                 strlen (WSR_ERROR_BACKPLANE_DOWN));
+    }
 }
 
 static void
@@ -490,7 +498,9 @@ s_bridge_actor (zsock_t *pipe, void *args)
         self->up = s_bind (ZMQ_PULL, up, &self->status);
     }
     char nats_in [128];
-    snprintf (nats_in, sizeof nats_in, "inproc://wsr-bridge-nats-%p", (void *) self);
+    static _Atomic int instances = 0;       //  unique per bridge in this process
+    snprintf (nats_in, sizeof nats_in, "inproc://wsr-bridge-nats-%d",
+              atomic_fetch_add (&instances, 1));
     self->nats_in = s_bind (ZMQ_PULL, nats_in, &self->status);
     self->redis_names = wsr_naming_new (opts->redis_user, opts->redis_channel,
                                         opts->redis_actions);
@@ -731,6 +741,40 @@ wsr_bridge_test (bool verbose)
     zsock_destroy (&xsub);
     zsock_destroy (&push);
     wsr_bridge_destroy (&bridge);
+
+    //  Redis configured but down: a client message is dropped, counted, and
+    //  its session gets an error through the node's reply prefix
+    opts.endpoint = "inproc://wsr-bridge-test3";
+    opts.redis_url = "redis://127.0.0.1:1";
+    bridge = wsr_bridge_new (&opts, metrics);
+    assert (bridge);
+    xsub = zsock_new (ZMQ_XSUB);
+    zsock_connect (xsub, "inproc://wsr-bridge-test3");
+    push = zsock_new_push ("inproc://wsr-bridge-test3-up");
+    uint8_t prefix [] = "\x01sess:n1:";
+    zsock_send (xsub, "b", prefix, sizeof prefix - 1);
+    int64_t lost_before = wsr_metrics_get (metrics, WSR_M_BRIDGE_UPSTREAM_LOST);
+    msg = NULL;
+    for (int i = 0; i < 40 && !msg; i++) {
+        zframe_t *key = zframe_new ("up:u1", 6);
+        zframe_t *up_env = wsr_envelope_encode_up ("u1", 5, "n1", 0, WSR_KIND_TEXT,
+                                                   (const uint8_t *) "hi", 2);
+        zsock_send (push, "ff", key, up_env);
+        zframe_destroy (&key);
+        zframe_destroy (&up_env);
+        msg = s_recv_topic (xsub, "sess:n1:5", 100);
+    }
+    assert (msg);
+    body = zmsg_last (msg);
+    assert (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0);
+    assert (env.size == strlen (WSR_ERROR_BACKPLANE_DOWN)
+         && memcmp (env.data, WSR_ERROR_BACKPLANE_DOWN, env.size) == 0);
+    zmsg_destroy (&msg);
+    assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_UPSTREAM_LOST) > lost_before);
+    zsock_destroy (&xsub);
+    zsock_destroy (&push);
+    wsr_bridge_destroy (&bridge);
+    opts.redis_url = NULL;
 
     if (system ("command -v redis-server >/dev/null 2>&1") != 0) {
         printf ("SKIP redis part (redis-server not installed) ");

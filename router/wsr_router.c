@@ -181,11 +181,33 @@ s_handle_upstream (s_router_t *self)
     if (!msg)
         return;
     assert (zmsg_size (msg) == 2);
-    if (self->bridge_push)
-        s_forward (&msg, self->bridge_push, self->up_out, self->metrics, WSR_M_UPSTREAM_DROPS);
-    else
+    if (!self->bridge_push) {
         s_forward (&msg, self->up_out, NULL, self->metrics, WSR_M_UPSTREAM_DROPS);
-    wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, 1);
+        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, 1);
+        return;
+    }
+    zmsg_t *copy = zmsg_dup (msg);
+    if (zmsg_send (&copy, self->up_out))
+        zmsg_destroy (&copy);           //  local observers: PUB, best effort
+    //  Bridge unreachable long enough to fill the queue: drop and tell the
+    //  client through its worker, never wait
+    wsr_envelope_t env;
+    zframe_t *body = zmsg_last (msg);
+    if (zmsg_send (&msg, self->bridge_push) == 0)
+        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, 1);
+    else {
+        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_DROPS, 1);
+        if (self->workers > 0
+        &&  wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0) {
+            zframe_t *error = wsr_envelope_encode_down (
+                (const uint8_t *) WSR_ERROR_UPSTREAM_BUSY, strlen (WSR_ERROR_UPSTREAM_BUSY),
+                WSR_KIND_TEXT, wsr_util_now_us ());
+            zsock_send (self->replies [env.session % (uint64_t) self->workers], WSR_PIC_REPLY,
+                        WSR_MSG_REPLY, env.session, error);
+            zframe_destroy (&error);
+        }
+        zmsg_destroy (&msg);
+    }
 }
 
 //  From the bridge: heartbeat, a reply for one session, or a delivery.
