@@ -175,12 +175,8 @@ wsr_auth_new (const char *name, int workers, wsr_jwt_t **verifier_p, wsr_metrics
     s_args_t args = { (char *) name, workers, *verifier_p, metrics, ipcount };
     *verifier_p = NULL;
     wsr_auth_t *self = (wsr_auth_t *) zmalloc (sizeof (wsr_auth_t));
-    self->actor = zactor_new (s_auth_actor, &args);
-    assert (self->actor);
-    int status = -1;
-    zsock_send (self->actor, "s", WSR_CMD_START);
-    zsock_recv (self->actor, "i", &status);
-    if (status != 0)
+    self->actor = wsr_util_actor_start (s_auth_actor, &args);
+    if (!self->actor)
         wsr_auth_destroy (&self);
     return self;
 }

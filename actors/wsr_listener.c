@@ -763,12 +763,8 @@ wsr_listener_new (const char *name, const wsr_listener_opts_t *opts, wsr_metrics
     //  The actor copies what it keeps before it signals, so borrowing is safe
     s_args_t args = { (char *) name, *opts, metrics };
     wsr_listener_t *self = (wsr_listener_t *) zmalloc (sizeof (wsr_listener_t));
-    self->actor = zactor_new (s_listener_actor, &args);
-    assert (self->actor);
-    int status = -1;
-    zsock_send (self->actor, "s", WSR_CMD_START);
-    zsock_recv (self->actor, "i", &status);
-    if (status != 0)
+    self->actor = wsr_util_actor_start (s_listener_actor, &args);
+    if (!self->actor)
         wsr_listener_destroy (&self);
     return self;
 }

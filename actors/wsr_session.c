@@ -1213,12 +1213,8 @@ wsr_session_new (const char *name, int index, const wsr_session_opts_t *opts,
     assert (name && opts && metrics && ipcount);
     s_args_t args = { (char *) name, index, *opts, metrics, ipcount };
     wsr_session_t *self = (wsr_session_t *) zmalloc (sizeof (wsr_session_t));
-    self->actor = zactor_new (s_session_actor, &args);
-    assert (self->actor);
-    int status = -1;
-    zsock_send (self->actor, "s", WSR_CMD_START);
-    zsock_recv (self->actor, "i", &status);
-    if (status != 0)
+    self->actor = wsr_util_actor_start (s_session_actor, &args);
+    if (!self->actor)
         wsr_session_destroy (&self);
     return self;
 }

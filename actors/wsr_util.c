@@ -124,6 +124,21 @@ wsr_util_utf8_valid (const uint8_t *data, size_t len)
 }
 
 //  --------------------------------------------------------------------------
+//  Start an actor; NULL if it reports a failed start.
+zactor_t *
+wsr_util_actor_start (zactor_fn *actor, void *args)
+{
+    zactor_t *self = zactor_new (actor, args);
+    assert (self);
+    int status = -1;
+    zsock_send (self, "s", WSR_CMD_START);
+    zsock_recv (self, "i", &status);
+    if (status != 0)
+        zactor_destroy (&self);
+    return self;
+}
+
+//  --------------------------------------------------------------------------
 //  Every session is a descriptor: take all the kernel allows us.
 long
 wsr_util_raise_nofile (void)

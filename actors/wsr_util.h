@@ -37,6 +37,12 @@ bool
 bool
     wsr_util_utf8_step (uint32_t *state, const uint8_t *data, size_t len);
 
+//  Start an actor and ask it START (the house pattern: czmq ignores the init
+//  signal's status, so every actor answers START with an "i" status). Returns
+//  the actor, or NULL (the actor destroyed) if its status is not 0.
+zactor_t *
+    wsr_util_actor_start (zactor_fn *actor, void *args);
+
 //  Set the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
 long
     wsr_util_raise_nofile (void);

@@ -627,12 +627,8 @@ wsr_bridge_new (const wsr_bridge_opts_t *opts, wsr_metrics_t *metrics)
     assert (opts && opts->endpoint && metrics);
     s_args_t args = { *opts, metrics };
     wsr_bridge_t *self = (wsr_bridge_t *) zmalloc (sizeof (wsr_bridge_t));
-    self->actor = zactor_new (s_bridge_actor, &args);
-    assert (self->actor);
-    int status = -1;
-    zsock_send (self->actor, "s", WSR_CMD_START);
-    zsock_recv (self->actor, "i", &status);
-    if (status != 0)
+    self->actor = wsr_util_actor_start (s_bridge_actor, &args);
+    if (!self->actor)
         wsr_bridge_destroy (&self);
     return self;
 }

@@ -384,12 +384,8 @@ wsr_router_new (const char *name, const char *upstream, const char *bridge, int 
     assert (workers >= 0 && workers <= WSR_MAX_WORKERS);
     s_args_t args = { (char *) name, (char *) upstream, (char *) bridge, workers, metrics };
     wsr_router_t *self = (wsr_router_t *) zmalloc (sizeof (wsr_router_t));
-    self->actor = zactor_new (s_router_actor, &args);
-    assert (self->actor);
-    int status = -1;
-    zsock_send (self->actor, "s", WSR_CMD_START);
-    zsock_recv (self->actor, "i", &status);
-    if (status != 0)
+    self->actor = wsr_util_actor_start (s_router_actor, &args);
+    if (!self->actor)
         wsr_router_destroy (&self);
     return self;
 }
