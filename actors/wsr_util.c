@@ -5,7 +5,9 @@
 //  as a whole message, and failing fast on a split code point is allowed).
 
 #include "wsr_classes.h"
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
 bool wsr_verbose = false;
 
@@ -156,6 +158,50 @@ wsr_util_raise_nofile (void)
 }
 
 //  --------------------------------------------------------------------------
+//  Test support: a free loopback port.
+int
+wsr_util_free_port (void)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    assert (fd >= 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    int rc = bind (fd, (struct sockaddr *) &addr, sizeof addr);
+    assert (rc == 0);
+    getsockname (fd, (struct sockaddr *) &addr, &len);
+    close (fd);
+    return ntohs (addr.sin_port);
+}
+
+//  --------------------------------------------------------------------------
+//  Test support: start a server process quietly.
+pid_t
+wsr_util_spawn (const char *const argv [])
+{
+    pid_t pid = fork ();
+    if (pid == 0) {
+        int devnull = open ("/dev/null", O_WRONLY);
+        dup2 (devnull, 1);
+        dup2 (devnull, 2);
+        execvp (argv [0], (char *const *) argv);
+        _exit (127);
+    }
+    return pid;
+}
+
+//  --------------------------------------------------------------------------
+//  Test support: stop and reap it.
+void
+wsr_util_reap (pid_t pid)
+{
+    if (pid > 0) {
+        kill (pid, SIGTERM);
+        waitpid (pid, NULL, 0);
+    }
+}
+
+//  --------------------------------------------------------------------------
 //  Selftest
 
 static bool
@@ -211,4 +257,11 @@ wsr_util_test (bool verbose)
     int64_t t0 = wsr_util_mono_ms ();
     assert (wsr_util_mono_ms () >= t0);
     assert (wsr_util_raise_nofile () > 0);
+    int port = wsr_util_free_port ();
+    assert (port > 0 && port < 65536);
+    const char *argv [] = { "sleep", "30", NULL };
+    pid_t child = wsr_util_spawn (argv);
+    assert (child > 0);
+    wsr_util_reap (child);
+    assert (kill (child, 0) == -1);             //  gone and reaped
 }

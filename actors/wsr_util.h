@@ -47,6 +47,19 @@ zactor_t *
 long
     wsr_util_raise_nofile (void);
 
+//  For selftests: a TCP port on 127.0.0.1 that was free a moment ago.
+int
+    wsr_util_free_port (void);
+
+//  For selftests: start argv [0] (searched in PATH) with stdout and stderr
+//  on /dev/null. Returns its pid, or -1.
+pid_t
+    wsr_util_spawn (const char *const argv []);
+
+//  For selftests: SIGTERM a child started by wsr_util_spawn and reap it.
+void
+    wsr_util_reap (pid_t pid);
+
 //  Self test
 void
     wsr_util_test (bool verbose);

@@ -780,24 +780,12 @@ wsr_bridge_test (bool verbose)
     //  With Redis: subscriptions from the node become SUBSCRIBEs; a message
     //  published on ws:u1 reaches the node; a client message lands on
     //  ws:actions:u1
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = { .sin_family = AF_INET };
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    bind (fd, (struct sockaddr *) &addr, sizeof addr);
-    socklen_t len = sizeof addr;
-    getsockname (fd, (struct sockaddr *) &addr, &len);
-    close (fd);
-    int port = ntohs (addr.sin_port);
+    int port = wsr_util_free_port ();
     char port_text [16];
     snprintf (port_text, sizeof port_text, "%d", port);
-    pid_t pid = fork ();
-    if (pid == 0) {
-        int devnull = open ("/dev/null", O_WRONLY);
-        dup2 (devnull, 1);
-        execlp ("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", (char *) NULL);
-        _exit (127);
-    }
+    const char *argv [] = { "redis-server", "--port", port_text, "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no", NULL };
+    pid_t pid = wsr_util_spawn (argv);
     char url [64];
     snprintf (url, sizeof url, "redis://127.0.0.1:%d", port);
     opts.endpoint = "inproc://wsr-bridge-test2";
@@ -833,8 +821,7 @@ wsr_bridge_test (bool verbose)
     assert (env.size == 9 && memcmp (env.data, "via-redis", 9) == 0);
     zmsg_destroy (&msg);
     assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_TOPICS) == 1);
-    kill (pid, SIGTERM);
-    waitpid (pid, NULL, 0);
+    wsr_util_reap (pid);
     zsock_destroy (&xsub);
     zsock_destroy (&push);
     wsr_bridge_destroy (&bridge);

@@ -205,19 +205,6 @@ wsr_nats_wanted (wsr_nats_t *self)
 //  --------------------------------------------------------------------------
 //  Selftest: a real nats-server on a free loopback port, restarted mid-test.
 
-static int
-s_free_port (void)
-{
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = { .sin_family = AF_INET };
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    bind (fd, (struct sockaddr *) &addr, sizeof addr);
-    socklen_t len = sizeof addr;
-    getsockname (fd, (struct sockaddr *) &addr, &len);
-    close (fd);
-    return ntohs (addr.sin_port);
-}
-
 static const char *
 s_nats_server (void)
 {
@@ -233,16 +220,8 @@ s_start_nats (int port)
 {
     char port_text [16];
     snprintf (port_text, sizeof port_text, "%d", port);
-    pid_t pid = fork ();
-    if (pid == 0) {
-        int devnull = open ("/dev/null", O_WRONLY);
-        dup2 (devnull, 1);
-        dup2 (devnull, 2);
-        execl (s_nats_server (), "nats-server", "-a", "127.0.0.1", "-p", port_text,
-               (char *) NULL);
-        _exit (127);
-    }
-    return pid;
+    const char *argv [] = { s_nats_server (), "-a", "127.0.0.1", "-p", port_text, NULL };
+    return wsr_util_spawn (argv);
 }
 
 //  Receive [subject][data] within ms; returns data (caller frees) or NULL.
@@ -270,7 +249,7 @@ wsr_nats_test (bool verbose)
         printf ("SKIP (nats-server not installed) ");
         return;
     }
-    int port = s_free_port ();
+    int port = wsr_util_free_port ();
     pid_t server = s_start_nats (port);
     zsock_t *pull = zsock_new_pull ("inproc://wsr-nats-test");
     char url [64];
@@ -292,8 +271,7 @@ wsr_nats_test (bool verbose)
     zstr_free (&data);
 
     //  Restart the server: libnats reconnects and re-subscribes by itself
-    kill (server, SIGTERM);
-    waitpid (server, NULL, 0);
+    wsr_util_reap (server);
     deadline = zclock_mono () + 5000;
     while (wsr_nats_connected (nats) && zclock_mono () < deadline)
         zclock_sleep (10);
@@ -313,6 +291,5 @@ wsr_nats_test (bool verbose)
     assert (wsr_nats_wanted (nats) == 0);
     wsr_nats_destroy (&nats);
     zsock_destroy (&pull);
-    kill (server, SIGTERM);
-    waitpid (server, NULL, 0);
+    wsr_util_reap (server);
 }

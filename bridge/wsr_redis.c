@@ -520,40 +520,14 @@ s_run (wsr_redis_t *redis, int ms)
     int64_t end_ = wsr_util_mono_ms () + (ms); \
     while (!(cond) && wsr_util_mono_ms () < end_) s_run (redis, 10); } while (0)
 
-static int
-s_free_port (void)
-{
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = { .sin_family = AF_INET };
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    bind (fd, (struct sockaddr *) &addr, sizeof addr);
-    socklen_t len = sizeof addr;
-    getsockname (fd, (struct sockaddr *) &addr, &len);
-    close (fd);
-    return ntohs (addr.sin_port);
-}
-
 static pid_t
 s_start_redis (int port)
 {
     char port_text [16];
     snprintf (port_text, sizeof port_text, "%d", port);
-    pid_t pid = fork ();
-    if (pid == 0) {
-        int devnull = open ("/dev/null", O_WRONLY);
-        dup2 (devnull, 1);
-        execlp ("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", (char *) NULL);
-        _exit (127);
-    }
-    return pid;
-}
-
-static void
-s_stop (pid_t pid)
-{
-    kill (pid, SIGTERM);
-    waitpid (pid, NULL, 0);
+    const char *argv [] = { "redis-server", "--port", port_text, "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no", NULL };
+    return wsr_util_spawn (argv);
 }
 
 void
@@ -566,7 +540,7 @@ wsr_redis_test (bool verbose)
         printf ("SKIP (redis-server not installed) ");
         return;
     }
-    int port = s_free_port ();
+    int port = wsr_util_free_port ();
     pid_t server = s_start_redis (port);
     char url [64];
     snprintf (url, sizeof url, "redis://127.0.0.1:%d/0", port);
@@ -598,7 +572,7 @@ wsr_redis_test (bool verbose)
 
     //  Redis restarted: the link reconnects and subscribes again by itself
     wsr_redis_subscribe (redis, "ws:u2");
-    s_stop (server);
+    wsr_util_reap (server);
     S_RUN_UNTIL (redis, !wsr_redis_connected (redis), 3000);
     assert (!wsr_redis_connected (redis));
     assert (wsr_redis_publish (redis, "ws:u2", (const uint8_t *) "lost", 4) == -1);
@@ -614,5 +588,5 @@ wsr_redis_test (bool verbose)
     if (verbose)
         printf ("resubscribed %" PRId64 " ms after restart\n", wsr_util_mono_ms () - back);
     wsr_redis_destroy (&redis);
-    s_stop (server);
+    wsr_util_reap (server);
 }
