@@ -20,7 +20,7 @@ static int
 s_write (void *data, const char *buf, size_t len)
 {
     s_writer_t *writer = (s_writer_t *) data;
-    if (writer->buf)
+    if (writer->buf && len)             //  empty payloads come as NULL, 0
         memcpy (writer->buf + writer->used, buf, len);
     writer->used += len;
     return 0;
@@ -315,6 +315,12 @@ wsr_envelope_test (bool verbose)
     assert (wsr_envelope_decode (array, sizeof array, &env) == -1);
     uint8_t trailing [] = { 0x82, 0xa1, 'v', 0x01, 0xa1, 'd', 0xc4, 0x00, 0x00 };
     assert (wsr_envelope_decode (trailing, sizeof trailing, &env) == -1);
+
+    //  An empty client message arrives as NULL, 0
+    frame = wsr_envelope_encode_up ("u1", 1, "n", 0, WSR_KIND_TEXT, NULL, 0);
+    assert (wsr_envelope_decode (zframe_data (frame), zframe_size (frame), &env) == 0);
+    assert (env.size == 0 && env.kind == WSR_KIND_TEXT);
+    zframe_destroy (&frame);
 
     int redis = 9, nats = 9;
     frame = wsr_envelope_encode_heartbeat (1, -1);

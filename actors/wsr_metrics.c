@@ -71,6 +71,16 @@ s_info [WSR_M_COUNT] = {
       "Connections refused before the handshake" },
     { "wsrouter_refused_total", "reason=\"handshake_rate\"", "counter", NULL },
     { "wsrouter_refused_total", "reason=\"origin\"", "counter", NULL },
+    { "wsrouter_deliver_drops_total", NULL, "counter",
+      "Messages dropped because the session workers' queue was full" },
+    { "wsrouter_bridge_deliver_drops_total", NULL, "counter",
+      "Messages dropped because a node's queue from the bridge was full" },
+    { "wsrouter_bridge_nats_drops_total", NULL, "counter",
+      "NATS messages dropped because the bridge's intake queue was full" },
+    { "wsrouter_bridge_nats_slow_consumer_total", NULL, "counter",
+      "libnats slow-consumer events (messages dropped inside libnats)" },
+    { "wsrouter_bridge_redis_reconnects_total", NULL, "counter",
+      "Redis connections lost and re-made (e.g. output buffer limit)" },
 };
 
 //  --------------------------------------------------------------------------

@@ -49,6 +49,11 @@ typedef enum {
     WSR_M_IP_REFUSED,               //  connections refused by the per-IP cap
     WSR_M_HS_RATE_REFUSED,          //  connections refused by the handshake rate cap
     WSR_M_ORIGIN_REFUSED,           //  upgrades refused by the Origin allow-list
+    WSR_M_DELIVER_DROPS,            //  router → workers queue full: message dropped
+    WSR_M_BRIDGE_DELIVER_DROPS,     //  bridge → nodes queue full: message dropped
+    WSR_M_BRIDGE_NATS_DROPS,        //  NATS messages dropped (forward queue full)
+    WSR_M_BRIDGE_NATS_SLOW,         //  libnats slow-consumer events (its own drops)
+    WSR_M_BRIDGE_REDIS_RECONNECTS,  //  Redis connections lost and re-made
     WSR_M_COUNT
 } wsr_metric_t;
 

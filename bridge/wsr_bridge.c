@@ -138,8 +138,10 @@ s_deliver (s_bridge_t *self, wsr_naming_t *names, const char *kind, const char *
     zmsg_addmem (msg, key, (size_t) key_size);
     zframe_t *env = wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
     zmsg_append (msg, &env);
-    if (zmsg_send (&msg, self->down))
+    if (zmsg_send (&msg, self->down)) {
         zmsg_destroy (&msg);
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_DELIVER_DROPS, 1);
+    }
 }
 
 static void
@@ -421,6 +423,15 @@ s_heartbeat (s_bridge_t *self)
     wsr_metrics_add (m, WSR_M_NATS_UP, (nats_up? 1: 0) - wsr_metrics_get (m, WSR_M_NATS_UP));
     wsr_metrics_add (m, WSR_M_BRIDGE_TOPICS, (int64_t) zhashx_size (self->topics)
                      - wsr_metrics_get (m, WSR_M_BRIDGE_TOPICS));
+    if (self->nats) {
+        uint64_t dropped = 0, slow = 0;
+        wsr_nats_take_drops (self->nats, &dropped, &slow);
+        wsr_metrics_add (m, WSR_M_BRIDGE_NATS_DROPS, (int64_t) dropped);
+        wsr_metrics_add (m, WSR_M_BRIDGE_NATS_SLOW, (int64_t) slow);
+    }
+    if (self->redis)
+        wsr_metrics_add (m, WSR_M_BRIDGE_REDIS_RECONNECTS,
+                         (int64_t) wsr_redis_take_reconnects (self->redis));
     if (self->readiness) {
         bool ready = (!self->redis || redis_up) && (!self->nats || nats_up);
         wsr_metrics_add (m, WSR_M_BACKPLANE_UP,
@@ -462,6 +473,10 @@ s_bind (int type, const char *endpoint, int *status)
     zsock_set_rcvhwm (sock, WSR_HWM);
     zsock_set_sndtimeo (sock, 0);
     zsock_set_linger (sock, 0);
+    //  Refuse rather than silently drop when a node falls behind: the
+    //  failed send is counted (wsrouter_bridge_deliver_drops_total)
+    if (type == ZMQ_XPUB)
+        zsock_set_xpub_nodrop (sock, 1);
     //  Find dead nodes quickly so their subscriptions are dropped
     zsock_set_heartbeat_ivl (sock, 1000);
     zsock_set_heartbeat_timeout (sock, 3000);

@@ -20,6 +20,10 @@ struct _wsr_nats_t {
     pthread_mutex_t lock;           //  guards forward and closed
     bool closed;                    //  no more forwarding
     char *url;                      //  for logs
+    pthread_cond_t closed_cond;     //  signalled by libnats' closed callback
+    bool closed_done;               //  libnats will call nothing more (under lock)
+    _Atomic uint64_t dropped;       //  forward queue full (libnats threads add)
+    _Atomic uint64_t slow;          //  slow-consumer errors reported by libnats
 };
 
 static void
@@ -34,11 +38,35 @@ s_on_message (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *clo
         zmsg_t *out = zmsg_new ();
         zmsg_addmem (out, subject, strlen (subject));
         zmsg_addmem (out, natsMsg_GetData (msg), (size_t) natsMsg_GetDataLength (msg));
-        if (zmsg_send (&out, self->forward))
-            zmsg_destroy (&out);    //  owner saturated: at-most-once, dropped
+        if (zmsg_send (&out, self->forward)) {
+            zmsg_destroy (&out);    //  owner saturated: at-most-once, dropped, counted
+            atomic_fetch_add (&self->dropped, 1);
+        }
     }
     pthread_mutex_unlock (&self->lock);
     natsMsg_Destroy (msg);
+}
+
+//  libnats reports its own drops (pending limits) as slow-consumer errors
+static void
+s_on_error (natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void) nc;
+    (void) sub;
+    if (err == NATS_SLOW_CONSUMER)
+        atomic_fetch_add (&((wsr_nats_t *) closure)->slow, 1);
+}
+
+//  The last callback libnats makes for a connection: destroy waits for it
+static void
+s_on_closed (natsConnection *nc, void *closure)
+{
+    (void) nc;
+    wsr_nats_t *self = (wsr_nats_t *) closure;
+    pthread_mutex_lock (&self->lock);
+    self->closed_done = true;
+    pthread_cond_signal (&self->closed_cond);
+    pthread_mutex_unlock (&self->lock);
 }
 
 static void
@@ -74,6 +102,7 @@ wsr_nats_new (const char *url, const char *forward)
         return NULL;
     wsr_nats_t *self = (wsr_nats_t *) zmalloc (sizeof (wsr_nats_t));
     pthread_mutex_init (&self->lock, NULL);
+    pthread_cond_init (&self->closed_cond, NULL);
     self->url = strdup (url);
     self->subs = zhashx_new ();
     zhashx_set_destructor (self->subs, s_free_sub);
@@ -104,6 +133,10 @@ wsr_nats_new (const char *url, const char *forward)
     if (rc == NATS_OK)
         rc = natsOptions_SetReconnectedCB (self->opts, s_on_connected, self);
     if (rc == NATS_OK)
+        rc = natsOptions_SetErrorHandler (self->opts, s_on_error, self);
+    if (rc == NATS_OK)
+        rc = natsOptions_SetClosedCB (self->opts, s_on_closed, self);
+    if (rc == NATS_OK)
         rc = natsOptions_SetRetryOnFailedConnect (self->opts, true, s_on_connected, self);
     if (rc == NATS_OK) {
         rc = natsConnection_Connect (&self->conn, self->opts);
@@ -130,7 +163,17 @@ wsr_nats_destroy (wsr_nats_t **self_p)
         pthread_mutex_unlock (&self->lock);
         zhashx_destroy (&self->subs);
         if (self->conn) {
+            //  libnats may still call back on its threads until the closed
+            //  callback has run: only then can self go
             natsConnection_Close (self->conn);
+            struct timespec until;
+            clock_gettime (CLOCK_REALTIME, &until);
+            until.tv_sec += 5;
+            pthread_mutex_lock (&self->lock);
+            while (!self->closed_done
+               &&  pthread_cond_timedwait (&self->closed_cond, &self->lock, &until) == 0)
+                ;
+            pthread_mutex_unlock (&self->lock);
             natsConnection_Destroy (self->conn);
         }
         natsOptions_Destroy (self->opts);
@@ -138,6 +181,7 @@ wsr_nats_destroy (wsr_nats_t **self_p)
         zsock_destroy (&self->forward);
         pthread_mutex_unlock (&self->lock);
         pthread_mutex_destroy (&self->lock);
+        pthread_cond_destroy (&self->closed_cond);
         free (self->url);
         free (self);
         *self_p = NULL;
@@ -191,6 +235,16 @@ wsr_nats_connected (wsr_nats_t *self)
 {
     assert (self);
     return self->conn && natsConnection_Status (self->conn) == NATS_CONN_STATUS_CONNECTED;
+}
+
+//  --------------------------------------------------------------------------
+//  Drops since the last call.
+void
+wsr_nats_take_drops (wsr_nats_t *self, uint64_t *dropped, uint64_t *slow)
+{
+    assert (self && dropped && slow);
+    *dropped = atomic_exchange (&self->dropped, 0);
+    *slow = atomic_exchange (&self->slow, 0);
 }
 
 //  --------------------------------------------------------------------------

@@ -38,6 +38,11 @@ int
 bool
     wsr_nats_connected (wsr_nats_t *self);
 
+//  Messages dropped since the last call: *dropped by our forward queue,
+//  *slow libnats slow-consumer events. Thread-safe.
+void
+    wsr_nats_take_drops (wsr_nats_t *self, uint64_t *dropped, uint64_t *slow);
+
 //  Subjects subscribed.
 size_t
     wsr_nats_wanted (wsr_nats_t *self);

@@ -54,6 +54,7 @@ struct _wsr_redis_t {
     int64_t last_pong;              //  mono ms
     wsr_redis_message_fn *on_message;
     void *arg;
+    uint64_t lost;                  //  connections lost since last taken
 };
 
 //  --------------------------------------------------------------------------
@@ -202,6 +203,7 @@ s_on_disconnect (const redisAsyncContext *ac, int status)
     zsys_warning ("redis: %s connection to %s:%d lost%s%s",
                   conn->subscriber? "subscribe": "publish", conn->owner->host,
                   conn->owner->port, ac->errstr? ": ": "", ac->errstr? ac->errstr: "");
+    conn->owner->lost++;
     s_schedule (conn);              //  hiredis frees ac after this callback
 }
 
@@ -377,6 +379,17 @@ wsr_redis_connected (wsr_redis_t *self)
 }
 
 //  --------------------------------------------------------------------------
+//  Connections lost since the last call.
+uint64_t
+wsr_redis_take_reconnects (wsr_redis_t *self)
+{
+    assert (self);
+    uint64_t lost = self->lost;
+    self->lost = 0;
+    return lost;
+}
+
+//  --------------------------------------------------------------------------
 //  Wanted subscriptions.
 size_t
 wsr_redis_wanted (wsr_redis_t *self)
@@ -470,6 +483,7 @@ wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
             //  Redis stopped answering: start both connections over
             zsys_warning ("redis: %s:%d not answering PING; reconnecting", self->host,
                           self->port);
+            self->lost++;
             s_reset (&self->pub);
             s_reset (&self->sub);
         }
@@ -580,6 +594,8 @@ wsr_redis_test (bool verbose)
     int64_t back = wsr_util_mono_ms ();
     S_RUN_UNTIL (redis, wsr_redis_connected (redis), 5000);
     assert (wsr_redis_connected (redis));
+    assert (wsr_redis_take_reconnects (redis) >= 2);    //  both connections were lost
+    assert (wsr_redis_take_reconnects (redis) == 0);
     before = sink.count;
     S_RUN_UNTIL (redis, sink.count > before
                  || (wsr_redis_publish (redis, "ws:u2", (const uint8_t *) "again", 5), false),

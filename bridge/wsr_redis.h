@@ -48,6 +48,10 @@ int
 bool
     wsr_redis_connected (wsr_redis_t *self);
 
+//  Connections lost since the last call (each is re-made with backoff).
+uint64_t
+    wsr_redis_take_reconnects (wsr_redis_t *self);
+
 //  Channels and patterns wanted.
 size_t
     wsr_redis_wanted (wsr_redis_t *self);

@@ -60,13 +60,14 @@
 //  Parent ↔ children: lines on two pipes per child. Child → parent: "S
 //  done attempted established slow_established failed open warm received
 //  final" every 100 ms, "R {json}" at the end. Parent → child: "E published
-//  final_sent" (no more publishing: drain, then report), "X" (exit: the
-//  parent has read the server's memory; until then sessions stay open). A
-//  child ignores SIGINT (the parent decides) and dies with its parent.
+//  final_sent interrupted" (no more publishing: drain, then report), "X"
+//  (exit: the parent has read the server's memory; until then sessions stay
+//  open). A child ignores SIGINT (the parent decides) and dies with its parent.
 //
 //  Owns: its sockets, pipes, children and the epoll set; nothing outlives
-//  the run. Every phase has a deadline, so every run ends by itself; SIGINT
-//  (wsr_bench_main only) ends it early with a report all the same.
+//  the run. Every phase has a deadline, and a publisher that can hand over
+//  nothing for 10 s (backplane gone) ends publishing, so every run ends by
+//  itself; SIGINT (wsr_bench_main only) ends it early with a report all the same.
 
 #include "wsr_classes.h"
 #include "wsr_bench.h"
@@ -116,6 +117,8 @@
 #define S_RETRY_NS              (100 * S_MS)        //  publisher reconnect backoff
 #define S_CONNECT_TIMEOUT_MS    2000        //  publisher connect limit
 #define S_PUBLISH_TIMEOUT_NS    (600 * S_SEC)       //  --messages without --duration, at most
+#define S_FINAL_TIMEOUT_NS      (60 * S_SEC)        //  the final round, at most
+#define S_PUB_STALL_NS          (10 * S_SEC)        //  publisher blocked this long: give up
 #define S_DEFAULT_RAMP          5000        //  handshakes started per second
 #define S_DEFAULT_INFLIGHT      1000        //  handshakes in progress
 #define S_DEFAULT_HS_TIMEOUT_NS (10 * S_SEC)
@@ -591,6 +594,8 @@ typedef struct {
     uint32_t ring_head;
     uint32_t auth_pending;          //  Redis AUTH replies still to come
     int64_t retry_at;               //  no reconnect before this (mono ns)
+    int64_t blocked_since;          //  could not take a message since (mono ns), 0 = can
+    bool stalled;                   //  blocked too long: publishing given up
     char *payload;                  //  message being built (--size bytes + NUL)
     uint64_t sent;                  //  messages handed to the transport, all kinds
     uint64_t accepted [S_KINDS];    //  acknowledged (2xx, Redis integer, NATS ok), by kind
@@ -700,7 +705,6 @@ typedef struct {
     bool interrupted;               //  SIGINT seen
     s_child_t children [S_MAX_PROCS];   //  receiver processes
     int child_count;
-    uint64_t child_failures;        //  children that gave no result
     json_t *memory;                 //  RSS and sockstat readings (owned)
 } s_run_t;
 
@@ -1848,11 +1852,18 @@ static bool
 s_pub_ready (s_run_t *self)
 {
     s_pub_t *pub = &self->pub;
-    if (!s_pub_connect (self))
-        return false;
-    if (self->opts->pub_kind == S_PUB_NATS)
-        return natsConnection_Buffered (pub->nats) < S_NATS_MAX_BUFFERED;
-    return pub->inflight < self->opts->pipeline;
+    bool ready = s_pub_connect (self);
+    if (ready && self->opts->pub_kind == S_PUB_NATS)
+        ready = natsConnection_Buffered (pub->nats) < S_NATS_MAX_BUFFERED;
+    else
+    if (ready)
+        ready = pub->inflight < self->opts->pipeline;
+    if (ready)
+        pub->blocked_since = 0;
+    else
+    if (!pub->blocked_since)
+        pub->blocked_since = self->now;
+    return ready && !pub->stalled;
 }
 
 //  Write what is queued (HTTP bytes, hiredis' output buffer).
@@ -2171,6 +2182,16 @@ s_ctl_tick (s_run_t *self)
             s_phase (self, S_PHASE_FLUSH);
         }
     }
+    //  A backplane that takes nothing for this long ends publishing (the
+    //  receivers still count what is missing)
+    s_pub_t *pub = &self->pub;
+    if (!pub->stalled && pub->blocked_since && self->now - pub->blocked_since > S_PUB_STALL_NS
+    &&  self->phase >= S_PHASE_WARMUP && self->phase <= S_PHASE_FINAL) {
+        zsys_warning ("bench: publisher blocked for %d s (%s): publishing stopped",
+                      (int) (S_PUB_STALL_NS / S_SEC), pub->fd < 0 && !pub->nats
+                      ? "no connection": "no answers");
+        pub->stalled = true;
+    }
     switch (self->phase) {
         case S_PHASE_CONNECT:
             if (totals [S_T_DONE]) {
@@ -2194,7 +2215,8 @@ s_ctl_tick (s_run_t *self)
             }
             break;
         case S_PHASE_WARMUP:
-            if (totals [S_T_WARM] >= totals [S_T_OPEN] || self->now >= self->phase_deadline) {
+            if (totals [S_T_WARM] >= totals [S_T_OPEN] || self->now >= self->phase_deadline
+            ||  pub->stalled) {
                 if (totals [S_T_WARM] < totals [S_T_OPEN])
                     zsys_warning ("bench: warm-up timed out: %" PRIu64 " of %" PRIu64
                                   " sessions saw a message", totals [S_T_WARM], totals [S_T_OPEN]);
@@ -2220,11 +2242,12 @@ s_ctl_tick (s_run_t *self)
         case S_PHASE_PUBLISH:
             if ((opts->messages && self->sent_measured >= opts->messages)
             ||  (!opts->messages && !opts->duration_ns)
-            ||  self->now >= self->phase_deadline) {
+            ||  self->now >= self->phase_deadline || pub->stalled) {
                 self->t_pub_end = self->now;
                 if (opts->final_publish) {
                     self->round_active = true;
                     self->round_next = 0;
+                    self->phase_deadline = self->now + S_FINAL_TIMEOUT_NS;
                     s_phase (self, S_PHASE_FINAL);
                 }
                 else {
@@ -2237,6 +2260,11 @@ s_ctl_tick (s_run_t *self)
             break;
         case S_PHASE_FINAL:
             s_ctl_round (self, 'F');
+            if (self->round_active && (pub->stalled || self->now >= self->phase_deadline)) {
+                zsys_warning ("bench: final round incomplete: %" PRIu64 " of %u sent",
+                              self->final_count, self->target_count);
+                self->round_active = false;
+            }
             if (!self->round_active) {
                 self->phase_deadline = self->now + opts->drain_ns;
                 s_phase (self, S_PHASE_FLUSH);
@@ -2337,10 +2365,8 @@ s_child_event (s_run_t *self, uint32_t index)
         }
     }
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-        if (!child->result) {
-            self->child_failures++;
+        if (!child->result)
             zsys_error ("bench: child %d ended without a result", (int) child->pid);
-        }
         s_epoll_set (self, EPOLL_CTL_DEL, child->status_fd, 0, S_TAG_CHILD, index);
         close (child->status_fd);
         child->status_fd = -1;
@@ -2710,6 +2736,7 @@ s_report (s_run_t *self)
     }
     s_put (publisher, "lost_in_flight", pub->lost_inflight);
     s_put (publisher, "connects", pub->connects);
+    json_object_set_new (publisher, "stalled", json_boolean (pub->stalled));
     if (opts->pub_kind == S_PUB_HTTP)
         json_object_set_new (publisher, "http_status",
                              s_codes_to_json (pub->status, S_STATUS_SLOTS, 100, -1));
@@ -2757,7 +2784,10 @@ s_report (s_run_t *self)
     json_object_set_new (report, "memory", memory);
     json_object_set_new (report, "params", s_params (opts));
     json_object_set_new (report, "procs", json_integer (opts->procs));
-    s_put (report, "child_failures", self->child_failures);
+    uint64_t child_failures = 0;
+    for (int i = 0; i < self->child_count; i++)
+        child_failures += self->children [i].result? 0: 1;
+    s_put (report, "child_failures", child_failures);
     json_object_set_new (report, "interrupted", json_boolean (self->interrupted));
     json_object_set_new (report, "elapsed_s",
                          json_real (round ((double) (s_now () - self->t_start) / 1e6) / 1e3));

@@ -170,7 +170,7 @@ s_handle_publish (s_router_t *self)
         //  ZMQ_EVENTS makes the XPUB take in subscriptions already sent, so
         //  a session subscribed before this publish got here receives it
         zsock_events (self->down);
-        s_forward (&msg, self->down, NULL, self->metrics, WSR_M_DELIVER_NO_SESSION);
+        s_forward (&msg, self->down, NULL, self->metrics, WSR_M_DELIVER_DROPS);
     }
 }
 
@@ -247,7 +247,7 @@ s_handle_bridge (s_router_t *self)
         zmsg_destroy (&msg);
     }
     else
-        s_forward (&msg, self->down, NULL, self->metrics, WSR_M_DELIVER_NO_SESSION);
+        s_forward (&msg, self->down, NULL, self->metrics, WSR_M_DELIVER_DROPS);
 }
 
 static void

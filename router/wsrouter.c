@@ -548,10 +548,13 @@ s_bridge (int argc, char *argv [])
         wsr_metrics_destroy (&metrics);
         return 1;
     }
-    printf ("wsrouter: bridge listening on %s (downstream) and %s (upstream)", down, up);
+    //  One printf: other threads log to stdout too, and a reader wants the line whole
+    char status [128] = "";
     if (listener)
-        printf ("; status on http://%s:%d/", http_bind, wsr_listener_port (listener));
-    printf ("\n");
+        snprintf (status, sizeof status, "; status on http://%s:%d/", http_bind,
+                  wsr_listener_port (listener));
+    printf ("wsrouter: bridge listening on %s (downstream) and %s (upstream)%s\n",
+            down, up, status);
     fflush (stdout);
     int sig = s_wait_signal ();
     zsys_info ("wsrouter bridge: %s received, stopping", sig == SIGTERM? "SIGTERM": "SIGINT");
@@ -731,7 +734,6 @@ s_publish (int argc, char *argv [])
               s_env ("WEBSOCKET_SERVICE_PORT", "8080"));
     char *endpoint = zsys_sprintf ("%s/api/publish", url? url: default_url);
     char *authz = zsys_sprintf ("Authorization: apikey %s", api_key);
-    curl_global_init (CURL_GLOBAL_DEFAULT);
     CURL *curl = curl_easy_init ();
     struct curl_slist *headers = curl_slist_append (NULL, authz);
     headers = curl_slist_append (headers, "Content-Type: application/json");
@@ -749,7 +751,6 @@ s_publish (int argc, char *argv [])
         printf ("\n");
     curl_slist_free_all (headers);
     curl_easy_cleanup (curl);
-    curl_global_cleanup ();
     zstr_free (&endpoint);
     zstr_free (&authz);
     free (text);
@@ -767,7 +768,8 @@ s_usage (void)
             "  bridge    run the Redis / NATS / HTTP backplane bridge as its own process\n"
             "  token     mint a development or test token\n"
             "  keygen    make an Ed25519 key pair for EdDSA tokens\n"
-            "  publish   publish a message through a node's HTTP API\n\n"
+            "  publish   publish a message through a node's HTTP API\n"
+            "  bench     load generator: sessions, publishing, latency, memory\n\n"
             "'wsrouter COMMAND --help' describes each.\n");
 }
 
@@ -779,6 +781,8 @@ main (int argc, char *argv [])
         return 1;
     }
     zsys_handler_set (NULL);            //  main takes signals itself
+    //  Before any thread: libcurl's global state (and OpenSSL's) belongs to main
+    curl_global_init (CURL_GLOBAL_DEFAULT);
     zsys_set_logident ("wsrouter");
     const char *command = argc > 1 && argv [1][0] != '-'? argv [1]: "serve";
     int shift = argc > 1 && argv [1][0] != '-'? 1: 0;
@@ -793,6 +797,8 @@ main (int argc, char *argv [])
         return s_serve (sub_argc, sub_argv);
     if (streq (command, "bridge"))
         return s_bridge (sub_argc, sub_argv);
+    if (streq (command, "bench"))
+        return wsr_bench_main (sub_argc, sub_argv);
     if (streq (command, "token"))
         return s_token (sub_argc, sub_argv);
     if (streq (command, "keygen"))

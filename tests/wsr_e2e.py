@@ -10,6 +10,7 @@ timeout, every process started is stopped by PID.
 """
 
 import asyncio
+import atexit
 import base64
 import hashlib
 import hmac
@@ -31,6 +32,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 READY_RE = re.compile(r"ws://[^:/\s]+:(\d+)/ws")
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
+
+#  Servers that had been ready and then ended with a non-zero status no test
+#  asked for: a crash, an assert, a sanitizer report (ASan, LeakSanitizer,
+#  UBSan exit non-zero), a failed drain. Server.stop() records them;
+#  Suite.finish() reports each as a failed case, and a script that has no
+#  Suite fails at exit (_unclean_at_exit).
+UNCLEAN_EXITS = []
 
 
 class E2EError(AssertionError):
@@ -210,6 +218,8 @@ class Server:
         self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=self.stderr_file)
         self.returncode = None
+        self.signals = []           # signals sent by a test (Server.signal) or stop()
+        self.exit_checked = False
         self.reader = threading.Thread(target=self._read_stdout, daemon=True)
         self.reader.start()
 
@@ -304,6 +314,7 @@ class Server:
 
     def signal(self, sig):
         if self.proc.poll() is None:
+            self.signals.append(sig)
             os.kill(self.proc.pid, sig)
 
     def stop(self, timeout=STOP_TIMEOUT_S):
@@ -312,6 +323,7 @@ class Server:
         killed = False
         if self.proc.poll() is None:
             try:
+                self.signals.append(signal.SIGTERM)
                 os.kill(self.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
@@ -324,7 +336,25 @@ class Server:
         self.reader.join(2)
         self.returncode = self.proc.returncode
         self.killed = killed
+        self._check_exit()
         return self.returncode
+
+    def _check_exit(self):
+        """Record a non-zero exit of a server that was ready, unless the
+        harness had to SIGKILL it or a test sent it another signal than
+        SIGTERM/SIGINT on purpose. A failed start is wait_ready's business."""
+        if self.exit_checked:
+            return
+        self.exit_checked = True
+        if (self.returncode == 0 or self.killed or not self.ready.is_set()
+                or any(s not in (signal.SIGTERM, signal.SIGINT) for s in self.signals)):
+            return
+        when = "after SIGTERM" if self.signals else "before any signal (it died on its own)"
+        UNCLEAN_EXITS.append("wsrouter (port %s) exited with status %s %s: a crash, an "
+                             "assert, a sanitizer report or a failed drain"
+                             "\n  command: %s\n  stderr tail:\n%s"
+                             % (self.port, self.returncode, when, " ".join(self.args),
+                                self.stderr_text()[-4000:]))
 
     def __enter__(self):
         return self
@@ -565,6 +595,8 @@ class Suite:
             self.ok(name)
 
     def finish(self):
+        while UNCLEAN_EXITS:
+            self.fail("server exit status", UNCLEAN_EXITS.pop(0))
         line = "%d passed, %d failed" % (self.passed, self.failed)
         if self.skipped:
             line += ", %d skipped" % self.skipped
@@ -573,6 +605,17 @@ class Suite:
                   flush=True)
         print(line, flush=True)
         return 0 if self.failed == 0 and self.passed > 0 else 1
+
+
+@atexit.register
+def _unclean_at_exit():
+    """A script without a Suite (or one that never called finish()) still
+    fails when one of its servers exited unclean."""
+    if UNCLEAN_EXITS:
+        for message in UNCLEAN_EXITS:
+            print("FAIL server exit status: %s" % message, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
 
 
 def main(suite_name, body):

@@ -3,6 +3,7 @@
 #include "wsr_classes.h"
 #include "wsr_upstream_http.h"
 #include <nats/nats.h>
+#include <curl/curl.h>
 
 typedef struct {
     const char *name;                   //  class name, also the ctest name
@@ -29,6 +30,7 @@ s_tests [] = {
     { "nats", wsr_nats_test },
     { "upstream_http", wsr_upstream_http_test },
     { "bridge", wsr_bridge_test },
+    { "bench", wsr_bench_test },
     { NULL, NULL }
 };
 
@@ -42,6 +44,7 @@ main (int argc, char *argv [])
         return 1;
     zsys_init ();
     zsys_handler_set (NULL);
+    curl_global_init (CURL_GLOBAL_DEFAULT);     //  before any thread, as in main
     wsr_util_raise_nofile ();
     int ran = 0;
     for (wsr_test_t *t = s_tests; t->name; t++) {
