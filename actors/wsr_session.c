@@ -26,6 +26,7 @@
 //  Descriptors (owned): the epoll set and every adopted client socket.
 
 #include "wsr_classes.h"
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <wslay/wslay.h>
@@ -36,7 +37,9 @@
 #define S_TAG_MAX           16      //  below any heap pointer
 #define S_MAX_EVENTS        256     //  epoll_wait batch
 #define S_MAX_IOV           64      //  iovecs per writev
-#define S_READ_BUDGET       (256 * 1024)    //  bytes per session per turn
+#define S_READ_BUDGET       (64 * 1024)     //  bytes per session per turn
+#define S_FRAME_BUDGET      64              //  frames per session per turn
+#define S_TRIM_BYTES        (4 * 1024 * 1024)   //  freed output before malloc_trim
 
 //  Close reason for slow consumers; compared by address to tell it apart
 static const char s_slow [] = "slow consumer: output queue full";
@@ -141,6 +144,8 @@ typedef struct {
     s_conn_t *dead;                 //  freed at the end of the turn
     s_conn_t *current;              //  session wslay is working for
     size_t read_budget;             //  bytes left for current in this turn
+    int frame_budget;               //  frames left for current in this turn
+    size_t freed_output;            //  output bytes dropped since the last trim
     bool draining;                  //  DRAIN received
     bool terminated;                //  $TERM received
     int status;                     //  init result for START
@@ -373,6 +378,10 @@ s_frame_start_cb (wslay_event_context_ptr ctx,
     uint64_t header = 2 + 4 + (len < 126? 0: len <= 0xFFFF? 2: 8);
     conn->framed += header + len;
     conn->in_frame = true;
+    //  Fairness: a flood of small frames (pings) yields the worker after a
+    //  few; what wslay has buffered is finished, nothing more is read
+    if (--self->frame_budget <= 0)
+        self->read_budget = 0;
     bool control = arg->opcode & 0x8;
     if (!control)
         conn->in_msg = !arg->fin;
@@ -559,6 +568,7 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
     if (!wslay_event_get_close_sent (conn->ws)) {
         //  Undelivered data is dropped: the close goes right after the frame
         //  being written. (If wslay already sent a close, it is queued.)
+        self->freed_output += conn->qbytes;
         s_queue_clear (conn, true);
         wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason, strlen (reason));
         wslay_event_send (conn->ws);
@@ -706,6 +716,7 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
     s_conn_ws (self, conn);
     self->current = conn;
     self->read_budget = S_READ_BUDGET;
+    self->frame_budget = S_FRAME_BUDGET;
     uint64_t fed = conn->fed;
     int rc = wslay_event_recv (conn->ws);
     if (conn->fed > fed)
@@ -1070,7 +1081,14 @@ s_after_batch (s_worker_t *self)
     while (self->dead) {
         s_conn_t *conn = self->dead;
         self->dead = conn->next;
+        self->freed_output += conn->qbytes;
         s_conn_free (conn);
+    }
+    if (self->freed_output > S_TRIM_BYTES) {
+        //  A slow consumer's megabytes went back to malloc: give them back
+        //  to the system too, or RSS stays at its high-water mark
+        malloc_trim (0);
+        self->freed_output = 0;
     }
 }
 
