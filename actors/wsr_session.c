@@ -159,7 +159,7 @@ static void s_conn_kill (s_worker_t *self, s_conn_t *conn);
 
 //  Queue nodes are recycled per worker thread (one per queued message per
 //  recipient: the hottest allocation); the free list is bounded.
-#define S_FREE_NODES_MAX    65536
+#define S_FREE_NODES_MAX    4096
 static __thread s_qnode_t *s_free_nodes = NULL;
 static __thread size_t s_free_count = 0;
 
@@ -1086,7 +1086,9 @@ s_after_batch (s_worker_t *self)
     }
     if (self->freed_output > S_TRIM_BYTES) {
         //  A slow consumer's megabytes went back to malloc: give them back
-        //  to the system too, or RSS stays at its high-water mark
+        //  to the system too, or RSS stays at its high-water mark (recycled
+        //  queue nodes would pin their pages, so they go first)
+        s_node_purge ();
         malloc_trim (0);
         self->freed_output = 0;
     }
