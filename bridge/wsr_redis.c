@@ -51,7 +51,7 @@ struct _wsr_redis_t {
     zhashx_t *channels;             //  wanted channels (key → NULL)
     zhashx_t *patterns;             //  wanted patterns
     int64_t last_ping;              //  mono ms
-    int64_t last_pong;              //  mono ms
+    int64_t ping_waiting;           //  mono ms the oldest unanswered PING left, 0 = none
     wsr_redis_message_fn *on_message;
     void *arg;
     uint64_t lost;                  //  connections lost since last taken
@@ -123,7 +123,7 @@ s_on_pong (redisAsyncContext *ac, void *reply_p, void *privdata)
     wsr_redis_t *self = (wsr_redis_t *) privdata;
     redisReply *reply = (redisReply *) reply_p;
     if (ac == self->pub.ac && reply && reply->type != REDIS_REPLY_ERROR)
-        self->last_pong = wsr_util_mono_ms ();
+        self->ping_waiting = 0;
 }
 
 static void
@@ -189,7 +189,8 @@ s_on_connect (const redisAsyncContext *ac, int status)
     else {
         if (self->db)
             redisAsyncCommand (mut, s_on_auth, self, "SELECT %d", self->db);
-        self->last_pong = self->last_ping = wsr_util_mono_ms ();
+        self->last_ping = wsr_util_mono_ms ();
+        self->ping_waiting = 0;
     }
 }
 
@@ -479,7 +480,9 @@ wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
         }
     }
     if (self->pub.state == S_UP) {
-        if (now - self->last_pong > S_PING_DEAD_MS) {
+        //  Dead only if a PING actually written long ago is still unanswered:
+        //  a stall of our own thread (replies wait unread) is not Redis' fault
+        if (self->ping_waiting && now - self->ping_waiting > S_PING_DEAD_MS) {
             //  Redis stopped answering: start both connections over
             zsys_warning ("redis: %s:%d not answering PING; reconnecting", self->host,
                           self->port);
@@ -490,6 +493,8 @@ wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
         else
         if (now - self->last_ping >= S_PING_EVERY_MS) {
             self->last_ping = now;
+            if (!self->ping_waiting)
+                self->ping_waiting = now;
             redisAsyncCommand (self->pub.ac, s_on_pong, self, "PING");
         }
     }
