@@ -69,7 +69,7 @@ struct _s_conn_t {
     int fd;                         //  client socket (owned)
     s_state_t state;                //  lifecycle
     bool dirty;                     //  on the worker's flush list
-    bool want_out;                  //  EPOLLOUT registered
+    uint32_t events;                //  epoll mask registered for fd
     bool in_frame;                  //  wslay saw a frame start, not its end
     bool in_msg;                    //  fragmented message in progress
     bool doomed;                    //  on the worker's close list
@@ -675,15 +675,14 @@ s_conn_flush (s_worker_t *self, s_conn_t *conn)
         s_conn_kill (self, conn);
         return;
     }
-    bool want_out = conn->qhead != NULL;
-    if (want_out != conn->want_out) {
-        //  Level-triggered input stops once wslay reads no more, or it would spin
-        struct epoll_event event = {
-            .events = (conn->read_off? 0: EPOLLIN) | (want_out? EPOLLOUT: 0)
-        };
+    //  Output while something is queued; level-triggered input stops once
+    //  wslay reads no more, or it would spin
+    uint32_t events = (conn->read_off? 0: EPOLLIN) | (conn->qhead? EPOLLOUT: 0);
+    if (events != conn->events) {
+        struct epoll_event event = { .events = events };
         event.data.ptr = conn;
         epoll_ctl (self->epoll_fd, EPOLL_CTL_MOD, conn->fd, &event);
-        conn->want_out = want_out;
+        conn->events = events;
     }
 }
 
@@ -703,7 +702,6 @@ s_conn_answer (s_worker_t *self, s_conn_t *conn, uint16_t code, const uint8_t *r
     wslay_event_shutdown_read (conn->ws);
     wslay_event_send (conn->ws);
     conn->read_off = true;
-    conn->want_out = !conn->want_out;       //  force the epoll mask update
     s_mark_dirty (self, conn);
     s_conn_close (self, conn, 0, "");       //  close already sent: keeps the queue
 }
@@ -752,7 +750,6 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
         wslay_event_send (conn->ws);
     if (!wslay_event_get_read_enabled (conn->ws) && !conn->read_off) {
         conn->read_off = true;
-        conn->want_out = !conn->want_out;   //  force the epoll mask update
         s_mark_dirty (self, conn);
     }
     if (conn->state == S_OPEN && wslay_event_get_close_sent (conn->ws)) {
@@ -869,6 +866,7 @@ s_adopt (s_worker_t *self, zmsg_t *msg)
     }
     struct epoll_event event = { .events = EPOLLIN };
     event.data.ptr = conn;
+    conn->events = EPOLLIN;
     if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &event)) {
         zsys_error ("session-%d: conn %" PRIu64 ": epoll: %s", self->index, id, strerror (errno));
         conn->state = S_CLOSING;    //  not open: nothing to leave
@@ -1338,6 +1336,7 @@ wsr_session_fuzz (const uint8_t *data, size_t size)
     assert (joined);
     struct epoll_event event = { .events = EPOLLIN };
     event.data.ptr = conn;
+    conn->events = EPOLLIN;
     epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, conn->fd, &event);
     if (size > 0) {
         conn->early = (uint8_t *) malloc (size);

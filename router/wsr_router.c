@@ -19,7 +19,8 @@
 //
 //  Upstream: session workers PUSH [up:user][envelope]; the router publishes it
 //  on a PUB socket (inproc, plus an optional TCP endpoint that backends or
-//  tests subscribe to) and, bridged, pushes it to the bridge.
+//  tests subscribe to); bridged, it pushes it to the bridge instead, and to
+//  the PUB only when an endpoint was configured.
 //
 //  Sockets (owned):
 //    pipe                        PAIR   commands: START, TOPICS, $TERM
@@ -54,6 +55,7 @@ typedef struct {
     zsock_t *pub_in;                //  PULL from the HTTP API
     zsock_t *up_in;                 //  PULL from workers
     zsock_t *up_out;                //  PUB to backends
+    bool upstream_observed;         //  up_out is a configured endpoint
     zsock_t *bridge_sub;            //  XSUB from the bridge, or NULL
     zsock_t *bridge_push;           //  PUSH to the bridge, or NULL
     zsock_t *replies [WSR_MAX_WORKERS];     //  PUSH REPLY per worker
@@ -186,9 +188,13 @@ s_handle_upstream (s_router_t *self)
         wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, 1);
         return;
     }
-    zmsg_t *copy = zmsg_dup (msg);
-    if (zmsg_send (&copy, self->up_out))
-        zmsg_destroy (&copy);           //  local observers: PUB, best effort
+    if (self->upstream_observed) {
+        //  A configured upstream endpoint gets its copy too (PUB, best effort);
+        //  the default inproc one is not worth a copy per client message
+        zmsg_t *copy = zmsg_dup (msg);
+        if (zmsg_send (&copy, self->up_out))
+            zmsg_destroy (&copy);
+    }
     //  Bridge unreachable long enough to fill the queue: drop and tell the
     //  client through its worker, never wait
     wsr_envelope_t env;
@@ -262,6 +268,7 @@ s_router_actor (zsock_t *pipe, void *args)
     zhashx_set_destructor (self.topics, NULL);
     zhashx_set_duplicator (self.topics, NULL);
     self.reply_prefix = zsys_sprintf ("sess:%s:", a->name);
+    self.upstream_observed = a->upstream != NULL;
     pthread_setname_np (pthread_self (), "wsr-router");
 
     self.down = s_bind (ZMQ_XPUB, WSR_EP_DOWN, a->name);
