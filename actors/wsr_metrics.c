@@ -20,67 +20,111 @@ typedef struct {
 
 static const s_metric_info_t
 s_info [WSR_M_COUNT] = {
-    { "wsrouter_sessions_open", NULL, "gauge", "Open WebSocket sessions" },
-    { "wsrouter_connections_open", NULL, "gauge", "Open TCP connections incl. handshakes" },
-    { "wsrouter_handshakes_total", "result=\"ok\"", "counter", "WebSocket handshakes" },
-    { "wsrouter_handshakes_total", "result=\"bad_request\"", "counter", NULL },
-    { "wsrouter_handshakes_total", "result=\"token_missing\"", "counter", NULL },
-    { "wsrouter_handshakes_total", "result=\"token_invalid\"", "counter", NULL },
-    { "wsrouter_handshakes_total", "result=\"token_expired\"", "counter", NULL },
-    { "wsrouter_handshakes_total", "result=\"claims_invalid\"", "counter", NULL },
-    { "wsrouter_handshakes_total", "result=\"timeout\"", "counter", NULL },
-    { "wsrouter_handshakes_total", "result=\"capacity\"", "counter", NULL },
-    { "wsrouter_messages_in_total", NULL, "counter", "Messages received from clients" },
-    { "wsrouter_bytes_in_total", NULL, "counter", "Payload bytes received from clients" },
-    { "wsrouter_messages_out_total", NULL, "counter", "Messages queued to clients" },
-    { "wsrouter_bytes_out_total", NULL, "counter", "Payload bytes queued to clients" },
-    { "wsrouter_published_total", NULL, "counter", "Messages published into the node" },
-    { "wsrouter_publish_rejected_total", NULL, "counter", "Publish API requests refused" },
-    { "wsrouter_deliver_unmatched_total", NULL, "counter",
-      "Downstream messages with no local session" },
-    { "wsrouter_queue_drops_total", NULL, "counter",
-      "Sessions closed because their output queue overflowed" },
-    { "wsrouter_upstream_drops_total", NULL, "counter",
-      "Client messages dropped because upstream was full" },
-    { "wsrouter_upstream_sent_total", NULL, "counter", "Client messages sent upstream" },
-    { "wsrouter_accept_errors_total", NULL, "counter", "accept() failures" },
-    { "wsrouter_http_requests_total", NULL, "counter", "HTTP requests parsed" },
-    { "wsrouter_closed_protocol_total", NULL, "counter",
-      "Sessions closed for protocol violations" },
-    { "wsrouter_backplane_up", NULL, "gauge",
-      "1 while the backplane (bridge, Redis, NATS) is reachable" },
-    { "wsrouter_bridge_topics", NULL, "gauge", "Topics subscribed on Redis / NATS" },
-    { "wsrouter_bridge_received_total", NULL, "counter", "Messages received from backplanes" },
-    { "wsrouter_bridge_invalid_total", NULL, "counter",
-      "Backplane messages on names that map to no valid topic" },
-    { "wsrouter_bridge_upstream_sent_total", NULL, "counter",
-      "Client messages published to backends" },
-    { "wsrouter_bridge_upstream_lost_total", NULL, "counter",
-      "Client messages lost because a backend was down or full" },
-    { "wsrouter_bridge_publish_lost_total", NULL, "counter",
-      "API publishes lost because the backplane was down" },
-    { "wsrouter_bridge_replies_total", NULL, "counter", "HTTP backend replies sent to sessions" },
-    { "wsrouter_bridge_http_errors_total", NULL, "counter",
-      "HTTP backend failures (timeout, error status, queue full)" },
-    { "wsrouter_bridge_redis_up", NULL, "gauge", "1 while the bridge's Redis link is up" },
-    { "wsrouter_bridge_nats_up", NULL, "gauge", "1 while the bridge's NATS link is up" },
-    { "wsrouter_rate_limited_total", NULL, "counter",
-      "Sessions closed for exceeding the inbound rate limit" },
-    { "wsrouter_ping_timeouts_total", NULL, "counter", "Sessions closed for not answering pings" },
-    { "wsrouter_refused_total", "reason=\"per_ip\"", "counter",
-      "Connections refused before the handshake" },
-    { "wsrouter_refused_total", "reason=\"handshake_rate\"", "counter", NULL },
-    { "wsrouter_refused_total", "reason=\"origin\"", "counter", NULL },
-    { "wsrouter_deliver_drops_total", NULL, "counter",
-      "Messages dropped because the session workers' queue was full" },
-    { "wsrouter_bridge_deliver_drops_total", NULL, "counter",
-      "Messages dropped because a node's queue from the bridge was full" },
-    { "wsrouter_bridge_nats_drops_total", NULL, "counter",
-      "NATS messages dropped because the bridge's intake queue was full" },
-    { "wsrouter_bridge_nats_slow_consumer_total", NULL, "counter",
-      "libnats slow-consumer events (messages dropped inside libnats)" },
-    { "wsrouter_bridge_redis_reconnects_total", NULL, "counter",
-      "Redis connections lost and re-made (e.g. output buffer limit)" },
+    [WSR_M_SESSIONS_OPEN] = { "wsrouter_sessions_open", NULL, "gauge", "Open WebSocket sessions" },
+    [WSR_M_CONNECTIONS_OPEN] =
+        { "wsrouter_connections_open", NULL, "gauge", "Open TCP connections incl. handshakes" },
+    [WSR_M_HANDSHAKES_OK] =
+        { "wsrouter_handshakes_total", "result=\"ok\"", "counter", "WebSocket handshakes" },
+    [WSR_M_HS_FAIL_HTTP] =
+        { "wsrouter_handshakes_total", "result=\"bad_request\"", "counter", NULL },
+    [WSR_M_HS_FAIL_TOKEN_MISSING] =
+        { "wsrouter_handshakes_total", "result=\"token_missing\"", "counter", NULL },
+    [WSR_M_HS_FAIL_TOKEN_INVALID] =
+        { "wsrouter_handshakes_total", "result=\"token_invalid\"", "counter", NULL },
+    [WSR_M_HS_FAIL_TOKEN_EXPIRED] =
+        { "wsrouter_handshakes_total", "result=\"token_expired\"", "counter", NULL },
+    [WSR_M_HS_FAIL_CLAIMS] =
+        { "wsrouter_handshakes_total", "result=\"claims_invalid\"", "counter", NULL },
+    [WSR_M_HS_FAIL_TIMEOUT] =
+        { "wsrouter_handshakes_total", "result=\"timeout\"", "counter", NULL },
+    [WSR_M_HS_FAIL_CAPACITY] =
+        { "wsrouter_handshakes_total", "result=\"capacity\"", "counter", NULL },
+    [WSR_M_MESSAGES_IN] =
+        { "wsrouter_messages_in_total", NULL, "counter", "Messages received from clients" },
+    [WSR_M_BYTES_IN] =
+        { "wsrouter_bytes_in_total", NULL, "counter", "Payload bytes received from clients" },
+    [WSR_M_MESSAGES_OUT] =
+        { "wsrouter_messages_out_total", NULL, "counter", "Messages queued to clients" },
+    [WSR_M_BYTES_OUT] =
+        { "wsrouter_bytes_out_total", NULL, "counter", "Payload bytes queued to clients" },
+    [WSR_M_PUBLISHED] =
+        { "wsrouter_published_total", NULL, "counter", "Messages published into the node" },
+    [WSR_M_PUBLISH_REJECTED] =
+        { "wsrouter_publish_rejected_total", NULL, "counter", "Publish API requests refused" },
+    [WSR_M_DELIVER_NO_SESSION] =
+        { "wsrouter_deliver_unmatched_total", NULL, "counter",
+          "Downstream messages with no local session" },
+    [WSR_M_QUEUE_DROPS] =
+        { "wsrouter_queue_drops_total", NULL, "counter",
+          "Sessions closed because their output queue overflowed" },
+    [WSR_M_UPSTREAM_DROPS] =
+        { "wsrouter_upstream_drops_total", NULL, "counter",
+          "Client messages dropped because upstream was full" },
+    [WSR_M_UPSTREAM_SENT] =
+        { "wsrouter_upstream_sent_total", NULL, "counter", "Client messages sent upstream" },
+    [WSR_M_ACCEPT_ERRORS] =
+        { "wsrouter_accept_errors_total", NULL, "counter", "accept() failures" },
+    [WSR_M_HTTP_REQUESTS] =
+        { "wsrouter_http_requests_total", NULL, "counter", "HTTP requests parsed" },
+    [WSR_M_CLOSED_PROTOCOL] =
+        { "wsrouter_closed_protocol_total", NULL, "counter",
+          "Sessions closed for protocol violations" },
+    [WSR_M_BACKPLANE_UP] =
+        { "wsrouter_backplane_up", NULL, "gauge",
+          "1 while the backplane (bridge, Redis, NATS) is reachable" },
+    [WSR_M_BRIDGE_TOPICS] =
+        { "wsrouter_bridge_topics", NULL, "gauge", "Topics subscribed on Redis / NATS" },
+    [WSR_M_BRIDGE_RECEIVED] =
+        { "wsrouter_bridge_received_total", NULL, "counter", "Messages received from backplanes" },
+    [WSR_M_BRIDGE_INVALID] =
+        { "wsrouter_bridge_invalid_total", NULL, "counter",
+          "Backplane messages on names that map to no valid topic" },
+    [WSR_M_BRIDGE_UPSTREAM_SENT] =
+        { "wsrouter_bridge_upstream_sent_total", NULL, "counter",
+          "Client messages published to backends" },
+    [WSR_M_BRIDGE_UPSTREAM_LOST] =
+        { "wsrouter_bridge_upstream_lost_total", NULL, "counter",
+          "Client messages lost because a backend was down or full" },
+    [WSR_M_BRIDGE_PUBLISH_LOST] =
+        { "wsrouter_bridge_publish_lost_total", NULL, "counter",
+          "API publishes lost because the backplane was down" },
+    [WSR_M_BRIDGE_REPLIES] =
+        { "wsrouter_bridge_replies_total", NULL, "counter",
+          "HTTP backend replies sent to sessions" },
+    [WSR_M_BRIDGE_HTTP_ERRORS] =
+        { "wsrouter_bridge_http_errors_total", NULL, "counter",
+          "HTTP backend failures (timeout, error status, queue full)" },
+    [WSR_M_REDIS_UP] =
+        { "wsrouter_bridge_redis_up", NULL, "gauge", "1 while the bridge's Redis link is up" },
+    [WSR_M_NATS_UP] =
+        { "wsrouter_bridge_nats_up", NULL, "gauge", "1 while the bridge's NATS link is up" },
+    [WSR_M_RATE_LIMITED] =
+        { "wsrouter_rate_limited_total", NULL, "counter",
+          "Sessions closed for exceeding the inbound rate limit" },
+    [WSR_M_PING_TIMEOUTS] =
+        { "wsrouter_ping_timeouts_total", NULL, "counter",
+          "Sessions closed for not answering pings" },
+    [WSR_M_IP_REFUSED] =
+        { "wsrouter_refused_total", "reason=\"per_ip\"", "counter",
+          "Connections refused before the handshake" },
+    [WSR_M_HS_RATE_REFUSED] =
+        { "wsrouter_refused_total", "reason=\"handshake_rate\"", "counter", NULL },
+    [WSR_M_ORIGIN_REFUSED] = { "wsrouter_refused_total", "reason=\"origin\"", "counter", NULL },
+    [WSR_M_DELIVER_DROPS] =
+        { "wsrouter_deliver_drops_total", NULL, "counter",
+          "Messages dropped because the session workers' queue was full" },
+    [WSR_M_BRIDGE_DELIVER_DROPS] =
+        { "wsrouter_bridge_deliver_drops_total", NULL, "counter",
+          "Messages dropped because a node's queue from the bridge was full" },
+    [WSR_M_BRIDGE_NATS_DROPS] =
+        { "wsrouter_bridge_nats_drops_total", NULL, "counter",
+          "NATS messages dropped because the bridge's intake queue was full" },
+    [WSR_M_BRIDGE_NATS_SLOW] =
+        { "wsrouter_bridge_nats_slow_consumer_total", NULL, "counter",
+          "libnats slow-consumer events (messages dropped inside libnats)" },
+    [WSR_M_BRIDGE_REDIS_RECONNECTS] =
+        { "wsrouter_bridge_redis_reconnects_total", NULL, "counter",
+          "Redis connections lost and re-made (e.g. output buffer limit)" },
 };
 
 //  --------------------------------------------------------------------------
@@ -184,8 +228,9 @@ wsr_metrics_test (bool verbose)
     char *text = wsr_metrics_render (metrics);
     if (verbose)
         printf ("\n%s", text);
-    assert (strstr (text, "\nwsrouter_sessions_open 2\n") || !strncmp (text, "# HELP", 6));
-    assert (strstr (text, "wsrouter_sessions_open 2\n"));
+    //  Rendered as a whole line, after its HELP and TYPE lines
+    assert (!strncmp (text, "# HELP wsrouter_sessions_open ", 30));
+    assert (strstr (text, "\n# TYPE wsrouter_sessions_open gauge\nwsrouter_sessions_open 2\n"));
     assert (strstr (text, "wsrouter_handshakes_total{result=\"token_expired\"} 7\n"));
     //  One TYPE line per metric name, even with several label sets
     char *first = strstr (text, "# TYPE wsrouter_handshakes_total");
