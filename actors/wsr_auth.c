@@ -87,9 +87,14 @@ s_handle_auth (s_auth_t *self)
         wsr_metrics_add (self->metrics, s_reason_metric (reason), 1);
         wsr_debug ("auth: conn %" PRIu64 " from %s refused: %s", id, peer, reason);
     }
-    zsock_t *out = self->out [id % (uint64_t) self->workers];
-    if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, ip_slot, reason,
-                    claims.sub, channels, accept, early) == -1) {
+    char response [256];
+    snprintf (response, sizeof response, "HTTP/1.1 101 Switching Protocols\r\n"
+              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Accept: %s\r\n\r\n", accept);
+    zsock_t *out = self->out [wsr_msgs_worker_for (id, self->workers)];
+    if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, ip_slot,
+                    (uint64_t) (rc == 0? claims.exp: 0), 0, reason, claims.sub, channels,
+                    response, early) == -1) {
         //  Worker saturated: shed this connection, keep the node healthy
         close (fd);
         if (ip_slot >= 0)
@@ -217,25 +222,29 @@ s_expect_adopt (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
     zpoller_t *poller = zpoller_new (worker, NULL);
     assert (zpoller_wait (poller, 2000) == worker);
     zpoller_destroy (&poller);
-    char *command, *reason, *user, *channels, *accept;
-    uint64_t id;
-    int fd, code, ip_slot;
+    char *command, *reason, *user, *channels, *response;
+    uint64_t id, expiry;
+    int fd, code, ip_slot, flags;
     zframe_t *early;
-    assert (zsock_recv (worker, WSR_PIC_ADOPT, &command, &id, &fd, &code, &ip_slot, &reason,
-                        &user, &channels, &accept, &early) == 0);
+    assert (zsock_recv (worker, WSR_PIC_ADOPT, &command, &id, &fd, &code, &ip_slot, &expiry,
+                        &flags, &reason, &user, &channels, &response, &early) == 0);
     assert (ip_slot == 7);          //  passed through untouched
+    assert (flags == 0);
+    //  The token's expiry travels with an accepted session only
+    assert (code == 0? expiry > (uint64_t) time (NULL): expiry == 0);
     assert (streq (command, WSR_MSG_ADOPT));
     assert (id == want_id && fd == want_fd && code == want_code);
     assert (streq (reason, want_reason));
     assert (streq (user, want_user));
     assert (streq (channels, want_channels));
-    assert (streq (accept, "ACCEPT"));
+    assert (strstr (response, "HTTP/1.1 101 Switching Protocols\r\n") == response);
+    assert (strstr (response, "\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n"));
     assert (zframe_size (early) == 1);
     zstr_free (&command);
     zstr_free (&reason);
     zstr_free (&user);
     zstr_free (&channels);
-    zstr_free (&accept);
+    zstr_free (&response);
     zframe_destroy (&early);
 }
 

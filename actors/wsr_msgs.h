@@ -24,18 +24,29 @@
 //         f token, f early bytes
 #define WSR_PIC_AUTH        "s8iissff"
 //  ADOPT: s "ADOPT", 8 conn id, i fd, i close code (0 = ok), i per-IP slot,
-//         s reason, s user, s channels (comma-joined), s ws-accept, f early bytes
-#define WSR_PIC_ADOPT       "s8iiissssf"
+//         8 token expiry (Unix seconds, 0 = none), i flags (0: raw protocol, no extension),
+//         s reason, s user, s channels (comma-joined), s HTTP response head
+//         (the whole 101 response, blank line included), f early bytes
+#define WSR_PIC_ADOPT       "s8iii8issssf"
 //  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
 #define WSR_PIC_PUBLISH     "sff"
 
 //  REPLY: s "REPLY", 8 session id, f downstream envelope
 #define WSR_PIC_REPLY       "s8f"
 
+//  Which session worker owns a connection (and its session): the one rule,
+//  used by whoever sends ADOPT and whoever routes a message to a session.
+static inline int
+wsr_msgs_worker_for (uint64_t conn_id, int workers)
+{
+    return (int) (conn_id % (uint64_t) workers);
+}
+
 //  Endpoint name templates; %s is the node's instance name (unique per node
 //  in a process), %d the session worker index.
 #define WSR_EP_AUTH         "inproc://wsr-auth-%s"
 #define WSR_EP_ADOPT        "inproc://wsr-adopt-%s-%d"
+#define WSR_EP_REPLY        "inproc://wsr-reply-%s-%d"
 #define WSR_EP_DOWN         "inproc://wsr-down-%s"
 #define WSR_EP_UP           "inproc://wsr-up-%s"
 #define WSR_EP_PUB          "inproc://wsr-pub-%s"

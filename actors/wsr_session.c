@@ -34,6 +34,7 @@
 #define S_TAG_PIPE          1       //  epoll data for the ZeroMQ sockets
 #define S_TAG_ADOPT         2
 #define S_TAG_DOWN          3
+#define S_TAG_REPLY         4
 #define S_TAG_MAX           16      //  below any heap pointer
 #define S_MAX_EVENTS        256     //  epoll_wait batch
 #define S_MAX_IOV           64      //  iovecs per writev
@@ -122,6 +123,7 @@ typedef struct {
 typedef struct {
     zsock_t *pipe;                  //  actor pipe (not owned)
     zsock_t *adopt;                 //  PULL ADOPT
+    zsock_t *reply;                 //  PULL REPLY
     zsock_t *down;                  //  SUB DELIVER
     zsock_t *up;                    //  PUSH upstream
     int epoll_fd;                   //  epoll set (owned)
@@ -766,21 +768,16 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
 //  --------------------------------------------------------------------------
 //  Messages from other actors
 
-static const char *
-s_response_101 = "HTTP/1.1 101 Switching Protocols\r\n"
-                 "Upgrade: websocket\r\n"
-                 "Connection: Upgrade\r\n"
-                 "Sec-WebSocket-Accept: %s\r\n\r\n";
-
 //  REPLY: a message for one session (an HTTP backend's answer).
 static void
-s_handle_reply (s_worker_t *self, zmsg_t *msg)
+s_handle_reply (s_worker_t *self)
 {
-    char *id_text = zmsg_popstr (msg);       //  czmq sends "8" as decimal text
-    zframe_t *body = zmsg_pop (msg);
-    assert (id_text && body);
-    uint64_t id = strtoull (id_text, NULL, 10);
-    zstr_free (&id_text);
+    char *verb = NULL;
+    uint64_t id = 0;
+    zframe_t *body = NULL;
+    if (zsock_recv (self->reply, WSR_PIC_REPLY, &verb, &id, &body) == -1)
+        return;
+    assert (streq (verb, WSR_MSG_REPLY));
     s_conn_t *conn = (s_conn_t *) zhashx_lookup (self->by_id, (void *) (uintptr_t) id);
     wsr_envelope_t env;
     if (conn && conn->state == S_OPEN
@@ -793,57 +790,26 @@ s_handle_reply (s_worker_t *self, zmsg_t *msg)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_dirty (self, conn);
     }
+    zstr_free (&verb);
     zframe_destroy (&body);
 }
 
-static void s_adopt (s_worker_t *self, zmsg_t *msg);
-
-//  The adopt socket carries ADOPT (new connection) and REPLY.
+//  ADOPT: take over a connection whose token has been judged. Received with
+//  the picture it was sent with.
 static void
 s_handle_adopt (s_worker_t *self)
 {
-    zmsg_t *msg = zmsg_recv (self->adopt);
-    if (!msg)
-        return;
-    char *verb = zmsg_popstr (msg);
-    if (streq (verb, WSR_MSG_REPLY))
-        s_handle_reply (self, msg);
-    else {
-        assert (streq (verb, WSR_MSG_ADOPT));
-        s_adopt (self, msg);
-    }
-    zstr_free (&verb);
-    zmsg_destroy (&msg);
-}
-
-//  ADOPT: take over a connection whose token auth has judged.
-static void
-s_adopt (s_worker_t *self, zmsg_t *msg)
-{
-    char *reason = NULL, *user = NULL, *channels = NULL, *accept = NULL;
-    uint64_t id = 0;
-    int fd = -1, code = 0;
+    char *verb = NULL, *reason = NULL, *user = NULL, *channels = NULL, *response = NULL;
+    uint64_t id = 0, expiry = 0;
+    int fd = -1, code = 0, ip_slot = -1, flags = 0;
     zframe_t *early = NULL;
+    if (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
+                    &flags, &reason, &user, &channels, &response, &early) == -1)
+        return;
     //  Internal message: its shape is a contract, not input
-    assert (zmsg_size (msg) == strlen (WSR_PIC_ADOPT) - 1);
-    char *text = zmsg_popstr (msg);         //  czmq sends "8" and "i" as text
-    id = strtoull (text, NULL, 10);
-    zstr_free (&text);
-    text = zmsg_popstr (msg);
-    fd = atoi (text);
-    zstr_free (&text);
-    text = zmsg_popstr (msg);
-    code = atoi (text);
-    zstr_free (&text);
-    text = zmsg_popstr (msg);
-    int ip_slot = atoi (text);
-    zstr_free (&text);
-    reason = zmsg_popstr (msg);
-    user = zmsg_popstr (msg);
-    channels = zmsg_popstr (msg);
-    accept = zmsg_popstr (msg);
-    early = zmsg_pop (msg);
-    assert (fd >= 0);
+    assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0 && flags == 0);
+    zstr_free (&verb);
+    (void) expiry;                          //  enforced once the timer lands
 
     s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
     conn->id = id;
@@ -873,9 +839,7 @@ s_adopt (s_worker_t *self, zmsg_t *msg)
         s_conn_kill (self, conn);
         goto done;
     }
-    char response [256];
-    int size = snprintf (response, sizeof response, s_response_101, accept);
-    wsr_outframe_t *frame = wsr_outframe_new_raw ((const uint8_t *) response, (size_t) size);
+    wsr_outframe_t *frame = wsr_outframe_new_raw ((const uint8_t *) response, strlen (response));
     s_queue_push (conn, &frame);
     conn->hs_pending = true;
 
@@ -940,7 +904,7 @@ done:
     zstr_free (&reason);
     zstr_free (&user);
     zstr_free (&channels);
-    zstr_free (&accept);
+    zstr_free (&response);
     zframe_destroy (&early);
 }
 
@@ -1140,6 +1104,7 @@ s_worker_fini (s_worker_t *self)
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
     zsock_destroy (&self->adopt);
+    zsock_destroy (&self->reply);
     zsock_destroy (&self->down);
     zsock_destroy (&self->up);
     wsr_topic_destroy (&self->topics);
@@ -1162,24 +1127,29 @@ s_session_actor (zsock_t *pipe, void *args)
     pthread_setname_np (pthread_self (), thread_name);
 
     self->adopt = zsock_new (ZMQ_PULL);
+    self->reply = zsock_new (ZMQ_PULL);
     self->down = zsock_new (ZMQ_SUB);
     self->up = zsock_new (ZMQ_PUSH);
-    assert (self->adopt && self->down && self->up);
+    assert (self->adopt && self->reply && self->down && self->up);
     zsock_set_rcvhwm (self->down, WSR_HWM);
     zsock_set_sndhwm (self->up, WSR_HWM);
     zsock_set_sndtimeo (self->up, 0);
     zsock_set_linger (self->up, 0);
     char *adopt_ep = zsys_sprintf (WSR_EP_ADOPT, a->name, a->index);
+    char *reply_ep = zsys_sprintf (WSR_EP_REPLY, a->name, a->index);
     self->status = 0;
     if (zsock_bind (self->adopt, "%s", adopt_ep) == -1
+    ||  zsock_bind (self->reply, "%s", reply_ep) == -1
     ||  zsock_connect (self->down, WSR_EP_DOWN, a->name) == -1
     ||  zsock_connect (self->up, WSR_EP_UP, a->name) == -1)
         self->status = -1;
     zstr_free (&adopt_ep);
+    zstr_free (&reply_ep);
     self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
     if (self->epoll_fd < 0
     ||  s_epoll_add_zmq (self, pipe, S_TAG_PIPE)
     ||  s_epoll_add_zmq (self, self->adopt, S_TAG_ADOPT)
+    ||  s_epoll_add_zmq (self, self->reply, S_TAG_REPLY)
     ||  s_epoll_add_zmq (self, self->down, S_TAG_DOWN))
         self->status = -1;
     zsock_signal (pipe, 0);
@@ -1215,6 +1185,7 @@ s_session_actor (zsock_t *pipe, void *args)
         //  Edge-triggered ZMQ_FD: check every socket every turn (three calls)
         again |= s_drain_socket (self, pipe, s_handle_pipe);
         again |= s_drain_socket (self, self->adopt, s_handle_adopt);
+        again |= s_drain_socket (self, self->reply, s_handle_reply);
         again |= s_drain_socket (self, self->down, s_handle_deliver);
         s_after_batch (self);
     }
@@ -1451,8 +1422,11 @@ s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const ch
     int flags = fcntl (pair [0], F_GETFL);
     fcntl (pair [0], F_SETFL, flags | O_NONBLOCK);
     zframe_t *frame = zframe_new (early, early_size);
-    zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, -1, reason, user,
-                channels, "ACCEPT", frame);
+    const char *response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
+    int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, -1,
+                         (uint64_t) 0, 0, reason, user, channels, response, frame);
+    assert (rc == 0);
     zframe_destroy (&frame);
     return pair [1];
 }

@@ -30,7 +30,7 @@
 //    upstream                    PUB    bind; upstream to local observers
 //    bridge down endpoint        XSUB   connect (bridged mode)
 //    bridge up endpoint          PUSH   connect (bridged mode)
-//    inproc://wsr-adopt-NAME-i   PUSH   connect, per worker; REPLY
+//    inproc://wsr-reply-NAME-i   PUSH   connect, per worker; REPLY
 
 #include "wsr_classes.h"
 
@@ -208,7 +208,7 @@ s_handle_upstream (s_router_t *self)
             zframe_t *error = wsr_envelope_encode_down (
                 (const uint8_t *) WSR_ERROR_UPSTREAM_BUSY, strlen (WSR_ERROR_UPSTREAM_BUSY),
                 WSR_KIND_TEXT, wsr_util_now_us ());
-            zsock_send (self->replies [env.session % (uint64_t) self->workers], WSR_PIC_REPLY,
+            zsock_send (self->replies [wsr_msgs_worker_for (env.session, self->workers)], WSR_PIC_REPLY,
                         WSR_MSG_REPLY, env.session, error);
             zframe_destroy (&error);
         }
@@ -245,9 +245,9 @@ s_handle_bridge (s_router_t *self)
         char *end = NULL;
         uint64_t session = strtoull (data + strlen (self->reply_prefix), &end, 10);
         if (end && *end == 0 && self->workers > 0) {
-            zsock_t *worker = self->replies [session % (uint64_t) self->workers];
+            zsock_t *worker = self->replies [wsr_msgs_worker_for (session, self->workers)];
             zframe_t *env = zmsg_last (msg);
-            if (zsock_send (worker, "s8f", WSR_MSG_REPLY, session, env) == -1)
+            if (zsock_send (worker, WSR_PIC_REPLY, WSR_MSG_REPLY, session, env) == -1)
                 wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_DROPS, 1);
         }
         zmsg_destroy (&msg);
@@ -311,7 +311,7 @@ s_router_actor (zsock_t *pipe, void *args)
         }
         for (int i = 0; i < self.workers; i++) {
             self.replies [i] = s_socket (ZMQ_PUSH);
-            zsock_connect (self.replies [i], WSR_EP_ADOPT, a->name, i);
+            zsock_connect (self.replies [i], WSR_EP_REPLY, a->name, i);
         }
     }
     self.backplane_ok = !a->bridge;
