@@ -51,6 +51,5 @@
 #include "wsr_nats.h"
 #include "wsr_bridge.h"
 #include "wsr_node.h"
-#include "wsr_bench.h"
 
 #endif

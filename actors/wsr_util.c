@@ -1,8 +1,11 @@
-//  wsr_util — small shared helpers: clocks, id validation, UTF-8, rlimits
+//  wsr_util — small shared helpers: clocks, id validation, UTF-8, rlimits, test support
 //
-//  Pure functions with no state. The UTF-8 checker is a table-free DFA so it
-//  can run incrementally over fragments (RFC 6455 §8.1 wants text validated
-//  as a whole message, and failing fast on a split code point is allowed).
+//  Functions without state of their own, but for two process-wide flags:
+//  wsr_verbose (set once by main) and the selftest skip reason (set by a
+//  selftest, read by the selftest runner). The UTF-8 checker is a
+//  table-free DFA so it can run incrementally over fragments (RFC 6455 §8.1
+//  wants text validated as a whole message, and failing fast on a split code
+//  point is allowed).
 
 #include "wsr_classes.h"
 #include <netinet/in.h>
@@ -10,6 +13,12 @@
 #include <sys/wait.h>
 
 bool wsr_verbose = false;
+
+#define S_SKIP_REASON_MAX   256     //  bytes of a skip reason kept
+
+//  Why the running selftest skipped, "" if it did not (selftests run one
+//  after the other on the runner's thread)
+static char s_skip_reason [S_SKIP_REASON_MAX];
 
 //  --------------------------------------------------------------------------
 //  Wall clock in microseconds since the epoch.
@@ -202,6 +211,28 @@ wsr_util_reap (pid_t pid)
 }
 
 //  --------------------------------------------------------------------------
+//  Test support: this selftest cannot run here.
+void
+wsr_util_test_skip (const char *why)
+{
+    assert (why && *why);
+    snprintf (s_skip_reason, sizeof s_skip_reason, "%s", why);
+}
+
+//  --------------------------------------------------------------------------
+//  Test support: did the selftest that just returned skip?
+const char *
+wsr_util_test_skipped (void)
+{
+    static char reason [S_SKIP_REASON_MAX];
+    if (!*s_skip_reason)
+        return NULL;
+    memcpy (reason, s_skip_reason, sizeof reason);
+    *s_skip_reason = 0;
+    return reason;
+}
+
+//  --------------------------------------------------------------------------
 //  Selftest
 
 static bool
@@ -264,4 +295,11 @@ wsr_util_test (bool verbose)
     assert (child > 0);
     wsr_util_reap (child);
     assert (kill (child, 0) == -1);             //  gone and reaped
+
+    //  A skip is reported once, then cleared
+    assert (wsr_util_test_skipped () == NULL);
+    wsr_util_test_skip ("nothing to test against");
+    const char *why = wsr_util_test_skipped ();
+    assert (why && streq (why, "nothing to test against"));
+    assert (wsr_util_test_skipped () == NULL);
 }

@@ -1,4 +1,4 @@
-//  wsr_util — small shared helpers: clocks, id validation, UTF-8, base64url
+//  wsr_util — small shared helpers: clocks, id validation, UTF-8, rlimits, test support
 
 #ifndef WSR_UTIL_H_INCLUDED
 #define WSR_UTIL_H_INCLUDED
@@ -59,6 +59,19 @@ pid_t
 //  For selftests: SIGTERM a child started by wsr_util_spawn and reap it.
 void
     wsr_util_reap (pid_t pid);
+
+//  For selftests: this selftest cannot run here, for reason why (copied),
+//  e.g. "redis-server not installed". Call it, clean up, and return from
+//  the selftest: wsr_selftest then prints "SKIPPED (why)" instead of "OK"
+//  and exits 77, which ctest reports as skipped (SKIP_RETURN_CODE), never
+//  as passed. A selftest that skips only a part still reports a skip.
+void
+    wsr_util_test_skip (const char *why);
+
+//  For the selftest runner: the reason given to wsr_util_test_skip since
+//  the last call, or NULL if none; clears it. The string is owned by util.
+const char *
+    wsr_util_test_skipped (void);
 
 //  Self test
 void

@@ -1,4 +1,4 @@
-//  wsrouter — command line: serve, token, keygen, publish
+//  wsrouter — command line: serve, bridge, token, keygen, publish, bench
 //
 //  `serve` reads its configuration from the environment (names from the
 //  seeds) with a flag for each, starts one node, and waits for SIGINT or
@@ -6,6 +6,7 @@
 //  thread; main takes them with sigtimedwait), then drains and exits 0.
 
 #include "wsr_classes.h"
+#include "wsr_bench.h"
 #include <curl/curl.h>
 #include <getopt.h>
 #include <jansson.h>

@@ -13,7 +13,7 @@ extern "C" {
 int
     wsr_bench_main (int argc, char *argv []);
 
-//  Self test (small in-process run against a real node started with wsr_node_new)
+//  Self test: a small run against a real node started in this process
 void
     wsr_bench_test (bool verbose);
 
