@@ -46,6 +46,8 @@
 
 //  Close reason for slow consumers; compared by address to tell it apart
 static const char s_slow [] = "slow consumer: output queue full";
+static const char s_rate [] = "rate limit exceeded";
+static const char s_expired [] = "token expired";
 
 typedef enum {
     S_OPEN,                         //  authenticated, receiving deliveries
@@ -108,6 +110,8 @@ struct _s_conn_t {
     s_conn_t *doom_next;            //  close list
     bool read_off;                  //  wslay reads no more (close or error)
     bool hs_pending;                //  the 101 response is still queued (head)
+    int64_t expiry;                 //  Unix s when the token runs out (+ leeway), 0 never
+    uint32_t expiry_slot;           //  its index in the worker's expiry heap + 1, 0 = none
 };
 
 struct _wsr_session_t {
@@ -141,6 +145,8 @@ typedef struct {
     s_list_t active;                //  open sessions by last input (ping due)
     s_list_t pinged;                //  pinged sessions (pong due)
     s_list_t closing;               //  closing sessions (close reply due)
+    s_conn_t **expiries;            //  min-heap by expiry: sessions whose token runs out
+    size_t expiry_count, expiry_cap;
     wsr_outframe_t *ping;           //  the ping frame, shared by all sessions
     wsr_ipcount_t *ipcount;         //  per-IP connection counters (not owned)
     s_conn_t *dead;                 //  freed at the end of the turn
@@ -295,6 +301,86 @@ s_touch (s_worker_t *self, s_conn_t *conn)
         s_timer_set (conn, &self->active, wsr_util_mono_ms () + self->opts.ping_interval_ms);
 }
 
+//  --------------------------------------------------------------------------
+//  Token expiry: a binary min-heap of sessions by the instant their token
+//  runs out (exp plus the leeway). Deadlines differ per session, so a list
+//  with one delay does not fit; the heap costs O(log n) to add, remove or
+//  move a session (a token refresh only moves its deadline) and the
+//  earliest deadline is always at the top.
+
+static void
+s_heap_place (s_worker_t *self, size_t slot, s_conn_t *conn)
+{
+    self->expiries [slot] = conn;
+    conn->expiry_slot = (uint32_t) slot + 1;
+}
+
+static void
+s_heap_up (s_worker_t *self, size_t slot)
+{
+    s_conn_t *conn = self->expiries [slot];
+    while (slot > 0) {
+        size_t parent = (slot - 1) / 2;
+        if (self->expiries [parent]->expiry <= conn->expiry)
+            break;
+        s_heap_place (self, slot, self->expiries [parent]);
+        slot = parent;
+    }
+    s_heap_place (self, slot, conn);
+}
+
+static void
+s_heap_down (s_worker_t *self, size_t slot)
+{
+    s_conn_t *conn = self->expiries [slot];
+    while (true) {
+        size_t child = 2 * slot + 1;
+        if (child >= self->expiry_count)
+            break;
+        if (child + 1 < self->expiry_count
+        &&  self->expiries [child + 1]->expiry < self->expiries [child]->expiry)
+            child++;
+        if (self->expiries [child]->expiry >= conn->expiry)
+            break;
+        s_heap_place (self, slot, self->expiries [child]);
+        slot = child;
+    }
+    s_heap_place (self, slot, conn);
+}
+
+static void
+s_expiry_clear (s_worker_t *self, s_conn_t *conn)
+{
+    if (!conn->expiry_slot)
+        return;
+    size_t slot = conn->expiry_slot - 1;
+    conn->expiry_slot = 0;
+    s_conn_t *last = self->expiries [--self->expiry_count];
+    if (last != conn) {
+        s_heap_place (self, slot, last);
+        s_heap_down (self, slot);
+        s_heap_up (self, last->expiry_slot - 1);
+    }
+}
+
+//  Set (or move, or with 0 remove) a session's expiry.
+static void
+s_expiry_set (s_worker_t *self, s_conn_t *conn, int64_t expiry)
+{
+    s_expiry_clear (self, conn);
+    conn->expiry = expiry;
+    if (expiry <= 0)
+        return;
+    if (self->expiry_count == self->expiry_cap) {
+        self->expiry_cap = self->expiry_cap? self->expiry_cap * 2: 1024;
+        self->expiries = (s_conn_t **) realloc (self->expiries,
+                                                self->expiry_cap * sizeof (s_conn_t *));
+        assert (self->expiries);
+    }
+    s_heap_place (self, self->expiry_count++, conn);
+    s_heap_up (self, self->expiry_count - 1);
+}
+
 //  Sessions are never closed from inside a walk or a wslay callback: they
 //  are put on the close list and closed after the batch.
 static void
@@ -407,7 +493,7 @@ s_frame_start_cb (wslay_event_context_ptr ctx,
         conn->msg_tokens -= 1.0f;
         conn->byte_tokens -= (float) (header + len);
         if (conn->msg_tokens < 0 || conn->byte_tokens < 0)
-            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, "rate limit exceeded");
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_rate);
     }
 }
 
@@ -560,6 +646,7 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
         self->open--;
     }
     conn->state = S_CLOSING;
+    s_expiry_clear (self, conn);
     s_conn_ws (self, conn);
     self->current = conn;
     if (!wslay_event_get_close_sent (conn->ws)) {
@@ -586,6 +673,7 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
         self->open--;
     }
     conn->state = S_DEAD;
+    s_expiry_clear (self, conn);
     epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
     close (conn->fd);
     conn->fd = -1;
@@ -797,7 +885,6 @@ s_handle_adopt (s_worker_t *self)
     //  Internal message: its shape is a contract, not input
     assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0 && flags == 0);
     zstr_free (&verb);
-    (void) expiry;                          //  enforced once the timer lands
 
     s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
     conn->id = id;
@@ -874,6 +961,7 @@ s_handle_adopt (s_worker_t *self)
     }
     if (code == 0) {
         self->open++;
+        s_expiry_set (self, conn, (int64_t) expiry);
         wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
         s_touch (self, conn);
         if (self->draining)
@@ -1025,6 +1113,15 @@ s_drain_socket (s_worker_t *self, zsock_t *sock, void (*handler) (s_worker_t *))
 static void
 s_after_batch (s_worker_t *self)
 {
+    //  Tokens that ran out: only the heap's top is looked at
+    if (self->expiry_count) {
+        int64_t wall = wsr_util_now_us () / 1000000;
+        while (self->expiry_count && self->expiries [0]->expiry <= wall) {
+            s_conn_t *conn = self->expiries [0];
+            s_expiry_clear (self, conn);
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_expired);
+        }
+    }
     while (self->doomed) {
         s_conn_t *conn = self->doomed;
         self->doomed = conn->doom_next;
@@ -1035,8 +1132,11 @@ s_after_batch (s_worker_t *self)
                        self->index, conn->id, conn->qbytes);
         }
         else
-        if (conn->doom_code == WSLAY_CODE_POLICY_VIOLATION)
+        if (conn->doom_reason == s_rate)
             wsr_metrics_add (self->metrics, WSR_M_RATE_LIMITED, 1);
+        else
+        if (conn->doom_reason == s_expired)
+            wsr_metrics_add (self->metrics, WSR_M_TOKEN_EXPIRED, 1);
         s_conn_close (self, conn, conn->doom_code, conn->doom_reason);
     }
     while (self->dirty) {
@@ -1126,6 +1226,7 @@ s_worker_fini (s_worker_t *self)
     zsock_destroy (&self->adopt);
     wsr_link_destroy (&self->link);
     wsr_topic_destroy (&self->topics);
+    free (self->expiries);
     zhashx_destroy (&self->by_id);
     wsr_outframe_unlink (&self->ping);
     free (self->node);
@@ -1172,6 +1273,12 @@ s_session_actor (zsock_t *pipe, void *args)
         //  Sleep until the earliest timer-list head is due (at most 1 s)
         int64_t now = wsr_util_mono_ms ();
         int64_t wake = now + 1000;
+        if (self->expiry_count) {
+            //  The heap's top, in wall-clock seconds: due at its next second
+            int64_t due = self->expiries [0]->expiry * 1000 - wsr_util_now_us () / 1000;
+            if (now + due < wake)
+                wake = now + (due > 0? due: 0);
+        }
         s_list_t *lists [3] = { &self->closing, &self->pinged, &self->active };
         for (int i = 0; i < 3; i++)
             if (lists [i]->head && lists [i]->head->deadline < wake)
@@ -1430,8 +1537,21 @@ s_client_recv (int fd, uint8_t *payload, size_t *len)
 }
 
 static int
+s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
+                  const char *channels, const void *early, size_t early_size,
+                  int64_t expiry);
+
+static int
 s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
          const char *channels, const void *early, size_t early_size)
+{
+    return s_test_adopt_exp (auth, id, code, reason, user, channels, early, early_size, 0);
+}
+
+static int
+s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
+                  const char *channels, const void *early, size_t early_size,
+                  int64_t expiry)
 {
     int pair [2];
     assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
@@ -1441,7 +1561,7 @@ s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const ch
     const char *response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                            "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
     int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, -1,
-                         (uint64_t) 0, 0, reason, user, channels, response, frame);
+                         (uint64_t) expiry, 0, reason, user, channels, response, frame);
     assert (rc == 0);
     zframe_destroy (&frame);
     return pair [1];
@@ -1728,6 +1848,41 @@ wsr_session_test (bool verbose)
     assert (len == 2 + strlen ("rate limit exceeded"));
     close (flood);
     assert (wsr_metrics_get (metrics, WSR_M_RATE_LIMITED) == 1);
+
+    wsr_session_destroy (&worker);
+    zsock_destroy (&auth);
+
+    //  Token expiry (a third worker, no pings): each session is closed with
+    //  1008 "token expired" when its own deadline comes, in deadline order;
+    //  one without expiry stays
+    opts.ping_interval_ms = 0;
+    worker = wsr_session_new ("stest", 2, &opts, metrics, ipcount);
+    assert (worker);
+    auth = zsock_new_push ("inproc://wsr-adopt-stest-2");
+    int64_t wall = wsr_util_now_us () / 1000000;
+    int later = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, wall + 2);
+    int never = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, 0);
+    int soon = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, wall + 1);
+    s_expect_101 (later);
+    s_expect_101 (never);
+    s_expect_101 (soon);
+    int64_t before = wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED);
+    int opcode_soon = s_client_recv (soon, payload, &len);
+    assert (opcode_soon == 0x8 && (payload [0] << 8 | payload [1]) == 1008);
+    assert (len == 2 + strlen (s_expired) && !memcmp (payload + 2, s_expired, len - 2));
+    assert (wsr_util_now_us () / 1000000 >= wall + 1);
+    assert (wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED) == before + 1);
+    opcode_soon = s_client_recv (later, payload, &len);
+    assert (opcode_soon == 0x8 && (payload [0] << 8 | payload [1]) == 1008);
+    assert (wsr_util_now_us () / 1000000 >= wall + 2);
+    assert (wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED) == before + 2);
+    //  The one without an expiry is still open: it echoes a close
+    assert (s_read_exact (never, payload, 1, 200) == 0);
+    s_client_send (never, 0x8, true, "\x03\xe8", 2);
+    assert (s_client_recv (never, payload, &len) == 0x8 && (payload [0] << 8 | payload [1]) == 1000);
+    close (soon);
+    close (later);
+    close (never);
 
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);

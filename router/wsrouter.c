@@ -509,6 +509,7 @@ s_bridge (int argc, char *argv [])
     opts.clients = s_env ("WEBSOCKET_BRIDGE_CLIENTS", NULL);
     opts.insecure_plaintext = streq (s_env ("WEBSOCKET_INSECURE_PLAINTEXT", "0"), "1");
     const char *max_topics = s_env ("WEBSOCKET_BRIDGE_MAX_TOPICS", NULL);
+    const char *peer_queue = s_env ("WEBSOCKET_BRIDGE_PEER_QUEUE", NULL);
     s_backplane_env (&opts);
     const char *http_port = s_env ("WEBSOCKET_BRIDGE_HTTP_PORT", NULL);
     const char *http_bind = s_env ("WEBSOCKET_BRIDGE_HTTP_BIND", "0.0.0.0");
@@ -519,6 +520,7 @@ s_bridge (int argc, char *argv [])
         { "insecure-plaintext", no_argument, 0, 'I' },
         { "upstream-endpoint", required_argument, 0, 'u' },
         { "max-topics", required_argument, 0, 'T' },
+        { "peer-queue", required_argument, 0, 'Q' },
         S_BACKPLANE_OPTIONS, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     int c;
@@ -532,6 +534,7 @@ s_bridge (int argc, char *argv [])
             case 'I': opts.insecure_plaintext = true; break;
             case 'u': opts.upstream_endpoint = optarg; break;
             case 'T': max_topics = optarg; break;
+            case 'Q': peer_queue = optarg; break;
             case 'p': http_port = optarg; break;
             case 'b': http_bind = optarg; break;
             case 'v': wsr_verbose = true; break;
@@ -552,6 +555,9 @@ s_bridge (int argc, char *argv [])
                         "                        [WEBSOCKET_UPSTREAM_ENDPOINT]\n"
                         "  --max-topics N        topics one node may hold [WEBSOCKET_BRIDGE_MAX_TOPICS,\n"
                         "                        4M]\n"
+                        "  --peer-queue N        messages queued for one node actor before\n"
+                        "                        they are dropped for it (a stalled node)\n"
+                        "                        [WEBSOCKET_BRIDGE_PEER_QUEUE, 100K]\n"
                         "  --http-port P         /healthz, /readyz, /metrics on this port\n"
                         "                        [WEBSOCKET_BRIDGE_HTTP_PORT, off]\n"
                         "  --http-bind ADDR      [WEBSOCKET_BRIDGE_HTTP_BIND, 0.0.0.0]\n"
@@ -573,6 +579,14 @@ s_bridge (int argc, char *argv [])
             return 2;
         }
         opts.max_topics = (size_t) n;
+    }
+    if (peer_queue) {
+        long long n = s_parse_size (peer_queue);
+        if (n < 1 || n > INT32_MAX) {
+            fprintf (stderr, "wsrouter bridge: bad peer queue '%s'\n", peer_queue);
+            return 2;
+        }
+        opts.peer_hwm = (int) n;
     }
     wsr_util_raise_nofile ();
     s_block_signals ();
