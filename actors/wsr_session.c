@@ -107,6 +107,8 @@ struct _s_conn_t {
     s_conn_t *tprev, *tnext;        //  neighbours on that list
     s_conn_t *prev, *next;          //  all connections of the worker
     s_conn_t *dirty_next;           //  flush list
+    s_conn_t *delay_next;           //  delayed-flush list (WEBSOCKET_WRITE_DELAY)
+    bool delayed;                   //  on it (a dead session stays until it drains)
     s_conn_t *doom_next;            //  close list
     bool read_off;                  //  wslay reads no more (close or error)
     bool hs_pending;                //  the 101 response is still queued (head)
@@ -141,6 +143,8 @@ typedef struct {
     size_t count;                   //  connections in all
     size_t open;                    //  sessions in S_OPEN
     s_conn_t *dirty;                //  sessions to flush
+    s_conn_t *delayed;              //  sessions whose deliveries wait for flush_at
+    int64_t flush_at;               //  mono ms when the delayed list is flushed
     s_conn_t *doomed;               //  sessions to close after the current batch
     s_list_t active;                //  open sessions by last input (ping due)
     s_list_t pinged;                //  pinged sessions (pong due)
@@ -255,6 +259,46 @@ s_mark_dirty (s_worker_t *self, s_conn_t *conn)
         conn->dirty = true;
         conn->dirty_next = self->dirty;
         self->dirty = conn;
+    }
+}
+
+//  A delivery waits up to WEBSOCKET_WRITE_DELAY, so a session's messages in
+//  that window leave in one writev; the window opens with the first delayed
+//  delivery and every session on the list is flushed when it ends. Control
+//  frames, replies and closes are not delayed (and take what is queued).
+static void
+s_mark_delayed (s_worker_t *self, s_conn_t *conn)
+{
+    if (self->opts.write_delay_ms <= 0) {
+        s_mark_dirty (self, conn);
+        return;
+    }
+    if (conn->delayed || conn->dirty || conn->state == S_DEAD)
+        return;
+    if (!self->delayed)
+        self->flush_at = wsr_util_mono_ms () + self->opts.write_delay_ms;
+    conn->delayed = true;
+    conn->delay_next = self->delayed;
+    self->delayed = conn;
+}
+
+static void s_conn_free (s_conn_t *conn);
+
+//  The window ended (or the worker stops): every delayed session is flushed;
+//  one that died meanwhile is freed now.
+static void
+s_delayed_release (s_worker_t *self)
+{
+    while (self->delayed) {
+        s_conn_t *conn = self->delayed;
+        self->delayed = conn->delay_next;
+        conn->delayed = false;
+        if (conn->state == S_DEAD) {
+            self->freed_output += conn->qbytes;
+            s_conn_free (conn);
+        }
+        else
+            s_mark_dirty (self, conn);
     }
 }
 
@@ -1011,7 +1055,7 @@ s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
         recipients++;
         if (conn->qbytes > self->opts.max_queue)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
-        s_mark_dirty (self, conn);
+        s_mark_delayed (self, conn);
     }
     wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, recipients);
     wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, recipients * (int64_t) env.size);
@@ -1139,6 +1183,8 @@ s_after_batch (s_worker_t *self)
             wsr_metrics_add (self->metrics, WSR_M_TOKEN_EXPIRED, 1);
         s_conn_close (self, conn, conn->doom_code, conn->doom_reason);
     }
+    if (self->delayed && wsr_util_mono_ms () >= self->flush_at)
+        s_delayed_release (self);
     while (self->dirty) {
         s_conn_t *conn = self->dirty;
         self->dirty = conn->dirty_next;
@@ -1163,6 +1209,8 @@ s_after_batch (s_worker_t *self)
     while (self->dead) {
         s_conn_t *conn = self->dead;
         self->dead = conn->next;
+        if (conn->delayed)
+            continue;               //  freed when the delayed list drains
         self->freed_output += conn->qbytes;
         s_conn_free (conn);
     }
@@ -1221,6 +1269,7 @@ s_worker_fini (s_worker_t *self)
     while (self->all)
         s_conn_kill (self, self->all);
     s_after_batch (self);
+    s_delayed_release (self);       //  only dead sessions are left on it
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
     zsock_destroy (&self->adopt);
@@ -1273,6 +1322,8 @@ s_session_actor (zsock_t *pipe, void *args)
         //  Sleep until the earliest timer-list head is due (at most 1 s)
         int64_t now = wsr_util_mono_ms ();
         int64_t wake = now + 1000;
+        if (self->delayed && self->flush_at < wake)
+            wake = self->flush_at;
         if (self->expiry_count) {
             //  The heap's top, in wall-clock seconds: due at its next second
             int64_t due = self->expiries [0]->expiry * 1000 - wsr_util_now_us () / 1000;
@@ -1584,12 +1635,9 @@ s_fake_pump (s_fake_t *fake, int ms)
         zmsg_t *msg = zmsg_recv (fake->router);
         zframe_t *rid = zmsg_pop (msg);
         char *command = zmsg_popstr (msg);
-        if (streq (command, WSR_PROTO_HELLO)) {
-            zframe_destroy (&fake->rid);
-            fake->rid = rid;
-            rid = NULL;
-        }
-        else
+        //  The latest worker to speak is the one deliveries go to
+        zframe_destroy (&fake->rid);
+        fake->rid = zframe_dup (rid);
         if (streq (command, WSR_PROTO_SUB) || streq (command, WSR_PROTO_UNSUB))
             for (zframe_t *frame = zmsg_first (msg); frame; frame = zmsg_next (msg))
                 zlistx_add_end (fake->subs, zsys_sprintf ("%c%s",
@@ -1627,6 +1675,23 @@ s_expect_sub (s_fake_t *fake, int kind, const char *topic)
     char *seen = (char *) zlistx_detach (fake->subs, NULL);
     assert (seen && seen [0] == (kind? '+': '-') && streq (seen + 1, topic));
     zstr_free (&seen);
+}
+
+//  Wait until the worker subscribes topic, skipping other changes.
+static void
+s_wait_sub (s_fake_t *fake, const char *topic)
+{
+    int64_t end = zclock_mono () + 2000;
+    bool seen = false;
+    while (!seen && zclock_mono () < end) {
+        s_fake_pump (fake, 50);
+        char *change;
+        while (!seen && (change = (char *) zlistx_detach (fake->subs, NULL))) {
+            seen = change [0] == '+' && streq (change + 1, topic);
+            zstr_free (&change);
+        }
+    }
+    assert (seen);
 }
 
 //  The next client message that went upstream.
@@ -1856,6 +1921,7 @@ wsr_session_test (bool verbose)
     //  1008 "token expired" when its own deadline comes, in deadline order;
     //  one without expiry stays
     opts.ping_interval_ms = 0;
+    opts.write_delay_ms = 100;
     worker = wsr_session_new ("stest", 2, &opts, metrics, ipcount);
     assert (worker);
     auth = zsock_new_push ("inproc://wsr-adopt-stest-2");
@@ -1883,6 +1949,24 @@ wsr_session_test (bool verbose)
     close (soon);
     close (later);
     close (never);
+
+    //  Write delay (100 ms here): three deliveries in the window leave
+    //  together, in one write, at its end
+    int delayed = s_test_adopt (auth, ++id, 0, "", "delay", "", NULL, 0);
+    s_expect_101 (delayed);
+    s_wait_sub (fake, "user:delay");
+    int64_t sent = zclock_mono ();
+    s_publish (fake, "user:delay", "one");
+    s_publish (fake, "user:delay", "two");
+    s_publish (fake, "user:delay", "three");
+    zmq_pollitem_t item = { NULL, delayed, ZMQ_POLLIN, 0 };
+    assert (zmq_poll (&item, 1, 2000) == 1);
+    int64_t waited = zclock_mono () - sent;
+    assert (waited >= 90);
+    //  One writev: when the socket turned readable, all of it was there
+    ssize_t got = recv (delayed, payload, sizeof payload, MSG_DONTWAIT);
+    assert (got == 5 + 5 + 7 && !memcmp (payload, "\x81\x03one\x81\x03two\x81\x05three", 17));
+    close (delayed);
 
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);
