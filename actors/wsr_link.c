@@ -105,6 +105,7 @@ wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg
     zsock_set_sndhwm (self->sock, WSR_HWM);
     zsock_set_rcvhwm (self->sock, WSR_HWM);
     zsock_set_sndtimeo (self->sock, 0);
+    zsock_set_rcvtimeo (self->sock, 0);     //  receives never wait
     zsock_set_linger (self->sock, 0);
     //  Notice a dead bridge within seconds; reconnect quickly
     zsock_set_heartbeat_ivl (self->sock, 1000);
@@ -210,9 +211,7 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
 {
     assert (self && msg);
     memset (msg, 0, sizeof *msg);
-    if (!(zsock_events (self->sock) & ZMQ_POLLIN))
-        return -1;
-    zmsg_t *in = zmsg_recv (self->sock);
+    zmsg_t *in = zmsg_recv (self->sock);    //  non-blocking (receive timeout 0)
     if (!in)
         return -1;
     zframe_t *command = zmsg_first (in);

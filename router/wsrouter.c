@@ -8,6 +8,7 @@
 #include "wsr_classes.h"
 #include <curl/curl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <jansson.h>
 #include <nats/nats.h>
 #include <signal.h>
@@ -883,6 +884,13 @@ main (int argc, char *argv [])
         return 1;
     }
     zsys_handler_set (NULL);            //  main takes signals itself
+    //  glibc gives each thread's arena back to the kernel (madvise) as soon
+    //  as 128 KiB are free at its top, and takes it again on the next burst:
+    //  under load that is a page fault storm and TLB shootdowns across cores.
+    //  Keep freed memory; a slow consumer's megabytes are still returned
+    //  explicitly (malloc_trim in the session worker).
+    mallopt (M_TRIM_THRESHOLD, WSR_MALLOC_TRIM_THRESHOLD);
+    mallopt (M_MMAP_THRESHOLD, WSR_MALLOC_MMAP_THRESHOLD);
     //  Before any thread: libcurl's global state (and OpenSSL's) belongs to main
     curl_global_init (CURL_GLOBAL_DEFAULT);
     zsys_set_logident ("wsrouter");
