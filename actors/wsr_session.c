@@ -701,8 +701,17 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
         //  being written. (If wslay already sent a close, it is queued.)
         self->freed_output += conn->qbytes;
         s_queue_clear (conn, true);
-        wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason, strlen (reason));
-        wslay_event_send (conn->ws);
+        int rc = wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason,
+                                          strlen (reason));
+        if (rc == 0)
+            rc = wslay_event_send (conn->ws);
+        if (rc != 0) {
+            //  Out of memory in wslay: nothing more can be said to the peer
+            wsr_debug ("session-%d: conn %" PRIu64 ": close not queued (wslay %d)",
+                       self->index, conn->id, rc);
+            s_conn_kill (self, conn);
+            return;
+        }
     }
     s_timer_set (conn, &self->closing, wsr_util_mono_ms () + self->opts.close_timeout_ms);
     s_mark_dirty (self, conn);
@@ -830,9 +839,16 @@ s_conn_answer (s_worker_t *self, s_conn_t *conn, uint16_t code, const uint8_t *r
     conn->ws = NULL;
     s_conn_ws (self, conn);
     self->current = conn;
-    wslay_event_queue_close (conn->ws, code, reason, reason_len);
+    int rc = wslay_event_queue_close (conn->ws, code, reason, reason_len);
     wslay_event_shutdown_read (conn->ws);
-    wslay_event_send (conn->ws);
+    if (rc == 0)
+        rc = wslay_event_send (conn->ws);
+    if (rc != 0) {
+        wsr_debug ("session-%d: conn %" PRIu64 ": close not queued (wslay %d)",
+                   self->index, conn->id, rc);
+        s_conn_kill (self, conn);
+        return;
+    }
     conn->read_off = true;
     s_mark_dirty (self, conn);
     s_conn_close (self, conn, 0, "");       //  close already sent: keeps the queue
@@ -878,8 +894,10 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
             s_conn_answer (self, conn, code, conn->close_payload + 2, conn->close_len - 2u);
         return;
     }
-    if (wslay_event_want_write (conn->ws))
-        wslay_event_send (conn->ws);
+    if (wslay_event_want_write (conn->ws) && wslay_event_send (conn->ws) != 0) {
+        s_conn_kill (self, conn);           //  wslay out of memory
+        return;
+    }
     if (!wslay_event_get_read_enabled (conn->ws) && !conn->read_off) {
         conn->read_off = true;
         s_mark_dirty (self, conn);
@@ -1132,14 +1150,18 @@ s_handle_pipe (s_worker_t *self)
     if (streq (command, "$TERM"))
         self->terminated = true;
     else
-    if (streq (command, WSR_CMD_START))
-        zsock_send (self->pipe, "i", self->status);
+    if (streq (command, WSR_CMD_START)) {
+        int sent = zsock_send (self->pipe, "i", self->status);
+        assert (sent == 0);
+    }
     else
     if (streq (command, WSR_CMD_DRAIN))
         s_drain_all (self);
     else
-    if (streq (command, WSR_CMD_SESSIONS))
-        zsock_send (self->pipe, "8", (uint64_t) self->count);
+    if (streq (command, WSR_CMD_SESSIONS)) {
+        int sent = zsock_send (self->pipe, "8", (uint64_t) self->count);
+        assert (sent == 0);
+    }
     else
         assert (false);
     zstr_free (&command);
@@ -1428,7 +1450,8 @@ void
 wsr_session_drain (wsr_session_t *self)
 {
     assert (self);
-    zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
 }
 
 //  --------------------------------------------------------------------------
@@ -1438,7 +1461,8 @@ wsr_session_count (wsr_session_t *self)
 {
     assert (self);
     uint64_t count = 0;
-    zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
     zsock_recv (self->actor, "8", &count);
     return (int64_t) count;
 }
@@ -1973,7 +1997,8 @@ wsr_session_test (bool verbose)
     //  The one without an expiry is still open: it echoes a close
     assert (s_read_exact (never, payload, 1, 200) == 0);
     s_client_send (never, 0x8, true, "\x03\xe8", 2);
-    assert (s_client_recv (never, payload, &len) == 0x8 && (payload [0] << 8 | payload [1]) == 1000);
+    assert (s_client_recv (never, payload, &len) == 0x8);
+    assert ((payload [0] << 8 | payload [1]) == 1000);
     close (soon);
     close (later);
     close (never);
