@@ -1285,7 +1285,7 @@ wsr_bridge_test (bool verbose)
     opts.redis_url = NULL;
 
     if (system ("command -v redis-server >/dev/null 2>&1") != 0) {
-        printf ("SKIP redis part (redis-server not installed) ");
+        wsr_util_test_skip ("redis-server not installed: the Redis part did not run");
         wsr_metrics_destroy (&metrics);
         return;
     }

@@ -300,7 +300,7 @@ wsr_nats_test (bool verbose)
     (void) verbose;
     assert (wsr_nats_new ("redis://x", "inproc://x") == NULL);
     if (!s_nats_server ()) {
-        printf ("SKIP (nats-server not installed) ");
+        wsr_util_test_skip ("nats-server not installed");
         return;
     }
     int port = wsr_util_free_port ();

@@ -502,7 +502,7 @@ wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
 
 //  --------------------------------------------------------------------------
 //  Selftest: against a real redis-server on a free loopback port, restarted
-//  mid-test. Skipped (with a message) if redis-server is not installed.
+//  mid-test. Skipped (wsr_util_test_skip) if redis-server is not installed.
 
 typedef struct {
     int count;                  //  messages received
@@ -556,7 +556,7 @@ wsr_redis_test (bool verbose)
     assert (wsr_redis_new ("http://x", s_sink, NULL) == NULL);
     assert (wsr_redis_new ("redis://", s_sink, NULL) == NULL);
     if (system ("command -v redis-server >/dev/null 2>&1") != 0) {
-        printf ("SKIP (redis-server not installed) ");
+        wsr_util_test_skip ("redis-server not installed");
         return;
     }
     int port = wsr_util_free_port ();

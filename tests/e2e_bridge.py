@@ -1336,9 +1336,7 @@ async def case_faults(suite):
 # --------------------------------------------------------------------------
 
 async def body(suite):
-    for exe in (REDIS_SERVER, NATS_SERVER):
-        if not os.access(exe, os.X_OK):
-            raise e.E2EError("%s not found (Redis and NATS servers are needed)" % exe)
+    e.require(REDIS_SERVER, NATS_SERVER)
 
     async def all_cases():
         await case_redis_inproc(suite)

@@ -41,8 +41,11 @@ Cases (one line each):
 Payloads are "TARGET|SEQ|..." (TARGET u:USER or c:CHANNEL, SEQ unique per
 run) so each client can check what it receives.
 
-Run as root (CI is). Not root: prints SKIP and exits 0; root and the
-namespaces cannot be built: failure. `--setup-only` builds the topology,
+Run as root (CI is). Exits 77 (ctest: skipped) with a SKIP line when it
+cannot run here: not root, network namespaces refused (unshare(CLONE_NEWNET)
+fails, e.g. in an unprivileged container), or ip, redis-server or nats-server
+not installed. Namespaces possible but the topology cannot be built:
+failure. `--setup-only` builds the topology,
 pings every host from every other one (ICMP), checks the host namespace has
 no 10.213.0.x address, tears it down and checks nothing is left.
 Bounded: every wait has a timeout, the whole run stops itself at 225 s.
@@ -78,6 +81,7 @@ NATS_PORT = 4222
 BRIDGE_PORT = 5570
 BRIDGE_HTTP_PORT = 9090
 NODE_PORT = 8080
+CLONE_NEWNET = 0x40000000           # <sched.h>: unshare the network namespace
 NODES = ["node-a", "node-b"]
 
 TEST_LIMIT_S = 225          # the whole run (ctest allows 300; the brief, < 240)
@@ -1545,11 +1549,38 @@ def deploy(d, suite):
           % (t_ready, len(d.clients), time.monotonic() - t0), flush=True)
 
 
+def netns_refused():
+    """Why this process cannot make network namespaces, or None if it can:
+    unshare(CLONE_NEWNET) tried in a child that exits at once."""
+    if os.geteuid() != 0:
+        return "cannot create network namespaces (not root: euid %d)" % os.geteuid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = os.fork()
+    if pid == 0:
+        rc = libc.unshare(CLONE_NEWNET)
+        os._exit(0 if rc == 0 else min(ctypes.get_errno(), 255) or 255)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        return "cannot create network namespaces: unshare(CLONE_NEWNET): %s" % (
+            os.strerror(code) if 0 < code < 255 else "failed")
+    return None
+
+
 def main():
     setup_only = "--setup-only" in sys.argv[1:]
-    if os.geteuid() != 0:
-        print("SKIP: cannot create network namespaces (not root: euid %d)" % os.geteuid())
-        return 0
+    refused = netns_refused()
+    if refused:
+        print("SKIP: %s" % refused, flush=True)
+        return e.SKIP
+    missing = [p for p in ("ip",) + (() if setup_only else ("redis-server",))
+               if not shutil.which(p)]
+    if not setup_only and not os.access(nats_server_path(), os.X_OK):
+        missing.append("nats-server")
+    if missing:
+        print("SKIP: %s not installed (scripts/deps test installs them)" % ", ".join(missing),
+              flush=True)
+        return e.SKIP
 
     def on_alarm(signum, frame):
         raise TestTimeout()
@@ -1572,14 +1603,6 @@ def main():
     d = None
     try:
         try:
-            missing = [p for p in ("ip", "redis-server") if not shutil.which(p)]
-            if not os.access(nats_server_path(), os.X_OK):
-                missing.append("nats-server")
-            if not setup_only and missing:
-                raise SetupError("missing programs: %s (scripts/deps test installs them)"
-                                 % ", ".join(missing))
-            if setup_only and not shutil.which("ip"):
-                raise SetupError("missing program: ip (iproute2)")
             wsrouter = None
             if not setup_only:
                 wsrouter = e.binary()

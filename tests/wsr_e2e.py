@@ -7,6 +7,12 @@ own code: tokens are minted with hmac, envelopes decoded with msgpack.
 
 Rules kept by every helper: free ports only (bind port 0), every wait has a
 timeout, every process started is stopped by PID.
+
+Exit status of a suite: 0 when every case passed, 1 when one failed (or none
+ran), SKIP (77, ctest's SKIP_RETURN_CODE) when nothing failed but a case, or
+the whole suite, could not run here: a server or module it needs is missing
+(require(), skip_suite(), Suite.skip). A suite never passes for want of
+something to test against.
 """
 
 import asyncio
@@ -19,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,8 +48,33 @@ STOP_TIMEOUT_S = 5.0
 UNCLEAN_EXITS = []
 
 
+#  Exit status of a suite that could not (wholly) run here: ctest reports it
+#  as skipped (CMake sets SKIP_RETURN_CODE 77 on every e2e test)
+SKIP = 77
+
+
 class E2EError(AssertionError):
     """A failed expectation, with a message that says expected and observed."""
+
+
+class SkipSuite(Exception):
+    """Raised by skip_suite(): the whole suite cannot run here."""
+
+
+def skip_suite(why):
+    """The suite cannot run here (a server it needs is not installed, no
+    privileges for namespaces...): main() reports why and exits SKIP."""
+    raise SkipSuite(why)
+
+
+def require(*programs):
+    """Skip the suite (exit SKIP) unless every program, a path or a name
+    looked up in PATH, is an executable file."""
+    missing = [p for p in programs
+               if not (os.access(p, os.X_OK) if os.sep in p else shutil.which(p))]
+    if missing:
+        skip_suite("%s not installed (scripts/deps test installs %s)"
+                   % (", ".join(missing), "them" if len(missing) > 1 else "it"))
 
 
 def binary():
@@ -578,6 +610,8 @@ class Suite:
         print("FAIL %s: %s" % (case, message), flush=True)
 
     def skip(self, case, why):
+        """case could not run here (what it needs is missing): the suite
+        then exits SKIP unless a case failed."""
         self.skipped += 1
         print("SKIP %s: %s" % (case, why), flush=True)
 
@@ -604,7 +638,13 @@ class Suite:
             print("%s: failed cases: %s" % (self.name, ", ".join(c for c, _ in self.failures)),
                   flush=True)
         print(line, flush=True)
-        return 0 if self.failed == 0 and self.passed > 0 else 1
+        if self.failed:
+            return 1
+        if self.skipped:
+            print("%s: skipped (exit %d): not everything could run here" % (self.name, SKIP),
+                  flush=True)
+            return SKIP
+        return 0 if self.passed > 0 else 1
 
 
 @atexit.register
@@ -631,6 +671,8 @@ def main(suite_name, body):
     async def runner():
         try:
             await body(suite)
+        except SkipSuite as e:
+            suite.skip("suite", str(e))
         except E2EError as e:
             suite.fail("setup", str(e))
         except Exception as e:
