@@ -4,9 +4,9 @@
 //  complete), verifies the JWT (HS256 or EdDSA, see wsr_jwt) and sends ADOPT
 //  to a session worker (round robin by connection id) with the verdict: 0 and
 //  the user's id and channels, or 1008 and a short reason. The worker writes
-//  the 101 response either way; a refused session is then closed with 1008,
-//  as the seeds specify. Verification never runs on a session thread, and a
-//  slow signature check never delays sessions.
+//  the 101 response either way; a refused session is then closed with 1008
+//  and the reason (README, Limits). Verification never runs on a session
+//  thread, and a slow signature check never delays sessions.
 //
 //  The descriptor travels inside the messages: the listener gives it up when
 //  it sends AUTH, auth gives it up when it sends ADOPT; whoever fails to send

@@ -26,7 +26,6 @@
 #define WSR_DEFAULT_RATE_BYTES      (1024 * 1024)   //  inbound bytes per session per second
 #define WSR_DEFAULT_HANDSHAKE_RATE  20000   //  new connections per node per second
 #define WSR_CLOSE_TIMEOUT_MS        2000    //  wait for the peer's close reply
-#define WSR_DRAIN_TIMEOUT_MS        5000    //  SIGTERM to exit, at most
 #define WSR_JWT_LEEWAY_S            30      //  exp / nbf / iat clock skew
 #define WSR_DEFAULT_PORT            8080
 #define WSR_HWM                     100000  //  inproc high-water marks

@@ -336,7 +336,7 @@ s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early
     }
     char accept [WSR_HTTP_ACCEPT_SIZE];
     wsr_http_ws_accept (wsr_http_header (hs->http, "sec-websocket-key"), accept);
-    //  Token: ?token= as the seeds say, or Authorization: Bearer
+    //  Token: ?token= (the documented way), or Authorization: Bearer
     char *token = wsr_http_query (hs->http, "token");
     const char *authz = wsr_http_header (hs->http, "authorization");
     if (!token && authz && strncasecmp (authz, "Bearer ", 7) == 0)

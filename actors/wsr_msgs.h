@@ -13,7 +13,6 @@
 #define WSR_CMD_PORT        "PORT"      //  → "i" bound TCP port (listener)
 #define WSR_CMD_RELOAD      "RELOAD"    //  → "i" certificates allowed (bridge, SIGHUP)
 #define WSR_CMD_PEERS       "PEERS"     //  → "88" peers, topics (bridge)
-#define WSR_CMD_SET_READY   "READY"     //  "i" 0/1 → none (listener: /readyz)
 
 //  Data messages between actors of one node (see ARCHITECTURE.md)
 #define WSR_MSG_AUTH        "AUTH"      //  listener → auth

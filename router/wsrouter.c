@@ -1,9 +1,11 @@
 //  wsrouter — command line: serve, bridge, token, keygen, publish, bench
 //
-//  `serve` reads its configuration from the environment (names from the
-//  seeds) with a flag for each, starts one node, and waits for SIGINT or
-//  SIGTERM, which it handles synchronously (signals are blocked in every
+//  `serve` reads its configuration from the environment (README,
+//  Configuration) with a flag for each, starts one node, and waits for SIGINT
+//  or SIGTERM, which it handles synchronously (signals are blocked in every
 //  thread; main takes them with sigtimedwait), then drains and exits 0.
+//  `bridge` runs the backplane bridge as its own process the same way;
+//  `bench` is the load generator, which lives in tools/bench.
 
 #include "wsr_classes.h"
 #include "wsr_bench.h"

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""e2e_conformance — RFC 6455 and wsrouter-spec conformance over raw sockets.
+"""e2e_conformance — RFC 6455 and wsrouter's documented limits, over raw sockets.
 
 Every case writes the bytes itself (request line and headers, frame header
 bits, masking key, 7/16/64-bit lengths) and asserts on the exact bytes the

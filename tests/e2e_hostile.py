@@ -1329,7 +1329,7 @@ def case_slow_consumer(max_queue_arg, label):
             for r, user in zip(rounds, ("v-slow1", "v-slow2", "v-slow3")):
                 problems += ["%s (worker %d): %s" % (user, r["worker"], p)
                              for p in r["problems"]]
-            #  The check: one slow consumer gone → RSS near the baseline.
+            #  One slow consumer gone → RSS near the baseline.
             #  Rounds 2 and 3 (same worker again, the other worker) are judged
             #  by case 1c.
             if r1["rss_problem"]:

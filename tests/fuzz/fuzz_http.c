@@ -17,7 +17,7 @@
 //  Upper bound on requests per input, so one input stays cheap
 #define S_MAX_REQUESTS  32
 
-//  The body limit the brief fixes for the harness (the API uses a larger one)
+//  The body limit of the harness: small inputs stay fast (the API's is larger)
 #define S_MAX_BODY      65536
 
 //  Every header name the parser keeps (see wsr_http.h), in two spellings:
