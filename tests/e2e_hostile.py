@@ -1003,6 +1003,9 @@ class Victim:
 
     def problems(self):
         p = []
+        if self.sent == 0:
+            p.append("victim %s: none of its messages was accepted: nothing was watched"
+                     % self.user)
         if self.foreign:
             p.append("victim %s received %d messages not its own, e.g. %r"
                      % (self.user, len(self.foreign), self.foreign[:3]))

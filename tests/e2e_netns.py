@@ -1352,6 +1352,8 @@ def case_node_killed(d):
             expected[cid].add(seq)
         i += 1
         time.sleep(TICK_S)
+    e.expect(sum(len(v) for v in expected.values()) > 0,
+             "%s: nothing was published to node-b's sessions: nothing to check" % what)
     d.wait_received(expected, DELIVERY_TIMEOUT_S, what)
     d.expect_no_close(b_cids, what)
     e.expect(d.nodes["node-b"].alive(), "%s: node-b exited: %s"
@@ -1444,6 +1446,7 @@ def case_no_duplicates(d):
             seen.setdefault(seq, t)
     if problems:
         raise e.E2EError("%d problem(s):\n  %s" % (len(problems), "\n  ".join(problems[:20])))
+    e.expect(total > 0, "no session received anything over the whole run: nothing to check")
     return "%d messages received by %d sessions over the whole run: each to its own " \
         "user/channel, none twice" % (total, len(ALL_CIDS))
 

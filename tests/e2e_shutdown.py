@@ -82,20 +82,22 @@ async def readyz_during_drain():
                      "opcode %d %r" % (i, op, e.short(payload)))
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
             e.expect_eq(code, 1001, "raw client %d close code" % i)
-        #  The drain has begun (closes were sent): /readyz must not say 200
-        if srv.proc.poll() is None:
-            try:
-                res = await loop.run_in_executor(None, lambda: srv.http("GET", "/readyz",
-                                                                        timeout=2.0))
-                e.expect(res.status != 200, "GET /readyz during the drain (after the 1001 "
-                         "closes were sent, process still running): expected not 200, got %r"
-                         % res)
-                note = "HTTP %d" % res.status
-            except (OSError, e.http.client.HTTPException) as ex:
-                note = "refused (%s)" % type(ex).__name__
-            print("  info: /readyz during drain: %s" % note, flush=True)
-        else:
-            print("  info: process had already exited when /readyz was probed", flush=True)
+        #  The drain has begun (closes were sent) and cannot be over: the two
+        #  peers never answer, so the node waits for them. A readiness probe
+        #  now must fail: not 200, or no answer at all (the listener stops
+        #  accepting when the drain starts: connection refused)
+        e.expect(srv.proc.poll() is None, "the process exited while 2 peers had not answered "
+                 "its close (status %s)" % srv.proc.poll())
+        try:
+            res = await loop.run_in_executor(None, lambda: srv.http("GET", "/readyz",
+                                                                    timeout=2.0))
+            e.expect(res.status != 200, "GET /readyz during the drain (after the 1001 "
+                     "closes were sent, process still running): expected not 200, got %r"
+                     % res)
+            note = "HTTP %d" % res.status
+        except (OSError, e.http.client.HTTPException) as ex:
+            note = "no answer (%s)" % type(ex).__name__
+        print("  info: /readyz during drain: %s" % note, flush=True)
         await wait_exit(srv, t0, "SIGTERM with 2 peers that never answer the close")
     finally:
         for raw in raws:
