@@ -18,13 +18,16 @@ struct _wsr_bench_buf_t {
 };
 
 //  --------------------------------------------------------------------------
-//  Create an empty buffer; nothing is allocated before the first append.
+//  Create an empty buffer (with room for S_FIRST_CAP bytes).
 wsr_bench_buf_t *
 wsr_bench_buf_new (size_t limit)
 {
     wsr_bench_buf_t *self = (wsr_bench_buf_t *) zmalloc (sizeof (wsr_bench_buf_t));
     assert (self);
     self->limit = limit;
+    self->cap = S_FIRST_CAP;
+    self->data = (char *) zmalloc (self->cap + 1);
+    assert (self->data);
     return self;
 }
 
@@ -60,7 +63,7 @@ wsr_bench_buf_append (wsr_bench_buf_t *self, const void *data, size_t len)
             self->off = 0;
         }
         while (self->len + len > self->cap)
-            self->cap = self->cap? self->cap * 2: S_FIRST_CAP;
+            self->cap *= 2;
         self->data = (char *) realloc (self->data, self->cap + 1);
         assert (self->data);
     }
@@ -71,12 +74,12 @@ wsr_bench_buf_append (wsr_bench_buf_t *self, const void *data, size_t len)
 }
 
 //  --------------------------------------------------------------------------
-//  The unconsumed bytes, NUL-terminated ("" when nothing was ever appended).
+//  The unconsumed bytes, NUL-terminated.
 char *
 wsr_bench_buf_data (wsr_bench_buf_t *self)
 {
     assert (self);
-    return self->data? self->data + self->off: (char *) "";
+    return self->data + self->off;
 }
 
 //  --------------------------------------------------------------------------
@@ -122,8 +125,7 @@ wsr_bench_buf_reset (wsr_bench_buf_t *self)
 {
     assert (self);
     self->off = self->len = 0;
-    if (self->data)
-        self->data [0] = 0;
+    self->data [0] = 0;
 }
 
 //  --------------------------------------------------------------------------
