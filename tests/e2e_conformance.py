@@ -330,11 +330,17 @@ def expect_close(c, code, what, sent=b"", reply=False, tcp_within=1.0, timeout=3
 
 
 def expect_alive(c, what, timeout=2.0):
-    """Ping with a unique payload; the next frame must be the matching pong."""
+    """Ping with a unique payload; the next frame must be the matching pong
+    (a ping from the server in between is answered and skipped: with a short
+    --ping-interval the server may ping at any moment)."""
     token = os.urandom(6).hex().encode()
     e.expect(c.try_send(frame(OP_PING, token)),
              "%s: connection already closed by the server (send failed)" % what)
+    deadline = time.monotonic() + timeout
     f = c.read_frame(timeout, what + " (liveness ping)")
+    while f.opcode == OP_PING and time.monotonic() < deadline:
+        c.send(frame(OP_PONG, f.payload))
+        f = c.read_frame(max(0.01, deadline - time.monotonic()), what + " (liveness ping)")
     e.expect(f.opcode == OP_PONG and f.payload == token,
              "%s: expected pong %r to a liveness ping, got %r" % (what, token, f))
 
