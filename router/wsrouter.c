@@ -94,6 +94,7 @@ s_wait_signal (void)
     sigemptyset (&signals);
     sigaddset (&signals, SIGINT);
     sigaddset (&signals, SIGTERM);
+    sigaddset (&signals, SIGHUP);
     int sig = 0;
     while (sig <= 0) {
         struct timespec wait = { 1, 0 };
@@ -109,6 +110,7 @@ s_block_signals (void)
     sigemptyset (&signals);
     sigaddset (&signals, SIGINT);
     sigaddset (&signals, SIGTERM);
+    sigaddset (&signals, SIGHUP);
     pthread_sigmask (SIG_BLOCK, &signals, NULL);        //  inherited by every actor
     signal (SIGPIPE, SIG_IGN);
 }
@@ -204,7 +206,12 @@ s_serve_usage (void)
 "  (T: seconds, or with a unit: 500ms, 25s, 2m; N: a count, K/M/G suffixes allowed)\n"
 "  --node-id ID          node id in envelopes [WEBSOCKET_NODE_ID, host-pid]\n"
 "  --reuseport           share the port with other nodes (SO_REUSEPORT)\n"
-"  --bridge tcp://H:P    use a bridge process (also H:P+1) [WEBSOCKET_BRIDGE]\n"
+"  --bridge tcp://H:P    use a bridge process [WEBSOCKET_BRIDGE]\n"
+"  --cert FILE           this node's secret certificate for a CURVE link to the\n"
+"                        bridge [WEBSOCKET_NODE_CERT]\n"
+"  --bridge-key FILE     the bridge's public certificate [WEBSOCKET_BRIDGE_SERVER_KEY]\n"
+"  --insecure-plaintext  allow a plaintext link to a bridge that is not on a\n"
+"                        loopback address [WEBSOCKET_INSECURE_PLAINTEXT=1]\n"
 "  --dev                 development mode: random secret and API key, printed\n"
 "  --verbose             debug logging\n"
 "\nbackplane (in-process bridge; without any, the embedded one):\n"
@@ -258,6 +265,9 @@ s_serve (int argc, char *argv [])
     opts->allowed_origins = s_env ("WEBSOCKET_ALLOWED_ORIGINS", NULL);
     opts->reuseport = streq (s_env ("WEBSOCKET_REUSEPORT", "0"), "1");
     opts->bridge = s_env ("WEBSOCKET_BRIDGE", NULL);
+    opts->cert = s_env ("WEBSOCKET_NODE_CERT", NULL);
+    opts->bridge_key = s_env ("WEBSOCKET_BRIDGE_SERVER_KEY", NULL);
+    opts->insecure_plaintext = streq (s_env ("WEBSOCKET_INSECURE_PLAINTEXT", "0"), "1");
     s_backplane_env (&opts->backplane);
     bool verbose = false;
 
@@ -274,6 +284,8 @@ s_serve (int argc, char *argv [])
         { "node-id", required_argument, 0, 'n' }, { "reuseport", no_argument, 0, 'r' },
         { "dev", no_argument, 0, 'D' }, { "verbose", no_argument, 0, 'v' },
         { "bridge", required_argument, 0, 'B' }, S_BACKPLANE_OPTIONS,
+        { "cert", required_argument, 0, 1200 }, { "bridge-key", required_argument, 0, 1201 },
+        { "insecure-plaintext", no_argument, 0, 1202 },
         { "ping-interval", required_argument, 0, 1000 },
         { "ping-timeout", required_argument, 0, 1001 },
         { "handshake-timeout", required_argument, 0, 1002 },
@@ -297,6 +309,9 @@ s_serve (int argc, char *argv [])
             continue;
         }
         switch (c) {
+            case 1200: opts->cert = optarg; break;
+            case 1201: opts->bridge_key = optarg; break;
+            case 1202: opts->insecure_plaintext = true; break;
             case 'B': opts->bridge = optarg; break;
             case 'O': opts->allowed_origins = optarg; break;
             case 'p': port = optarg; break;
@@ -464,7 +479,9 @@ s_serve (int argc, char *argv [])
     }
     fflush (stdout);
 
-    int sig = s_wait_signal ();
+    int sig;
+    while ((sig = s_wait_signal ()) == SIGHUP)
+        ;                               //  nothing to reload in a node yet
     zsys_info ("wsrouter: %s received, draining", sig == SIGTERM? "SIGTERM": "SIGINT");
     int64_t left = wsr_node_drain (node, serve.drain_ms);
     if (left)
@@ -487,12 +504,21 @@ s_bridge (int argc, char *argv [])
     wsr_bridge_opts_defaults (&opts);
     opts.endpoint = s_env ("WEBSOCKET_BRIDGE_ENDPOINT", "tcp://0.0.0.0:7000");
     opts.readiness = true;
+    opts.upstream_endpoint = s_env ("WEBSOCKET_UPSTREAM_ENDPOINT", NULL);
+    opts.cert = s_env ("WEBSOCKET_BRIDGE_CERT", NULL);
+    opts.clients = s_env ("WEBSOCKET_BRIDGE_CLIENTS", NULL);
+    opts.insecure_plaintext = streq (s_env ("WEBSOCKET_INSECURE_PLAINTEXT", "0"), "1");
+    const char *max_topics = s_env ("WEBSOCKET_BRIDGE_MAX_TOPICS", NULL);
     s_backplane_env (&opts);
     const char *http_port = s_env ("WEBSOCKET_BRIDGE_HTTP_PORT", NULL);
     const char *http_bind = s_env ("WEBSOCKET_BRIDGE_HTTP_BIND", "0.0.0.0");
     static struct option options [] = {
         { "endpoint", required_argument, 0, 'e' }, { "http-port", required_argument, 0, 'p' },
         { "http-bind", required_argument, 0, 'b' }, { "verbose", no_argument, 0, 'v' },
+        { "cert", required_argument, 0, 'c' }, { "clients", required_argument, 0, 'C' },
+        { "insecure-plaintext", no_argument, 0, 'I' },
+        { "upstream-endpoint", required_argument, 0, 'u' },
+        { "max-topics", required_argument, 0, 'T' },
         S_BACKPLANE_OPTIONS, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     int c;
@@ -501,15 +527,31 @@ s_bridge (int argc, char *argv [])
             continue;
         switch (c) {
             case 'e': opts.endpoint = optarg; break;
+            case 'c': opts.cert = optarg; break;
+            case 'C': opts.clients = optarg; break;
+            case 'I': opts.insecure_plaintext = true; break;
+            case 'u': opts.upstream_endpoint = optarg; break;
+            case 'T': max_topics = optarg; break;
             case 'p': http_port = optarg; break;
             case 'b': http_bind = optarg; break;
             case 'v': wsr_verbose = true; break;
             case 'h':
                 printf ("usage: wsrouter bridge [--endpoint tcp://HOST:PORT] [options]\n\n"
                         "Runs the backplane bridge as its own process. Nodes connect with\n"
-                        "`wsrouter serve --bridge tcp://HOST:PORT`; the bridge binds PORT\n"
-                        "(downstream, ZeroMQ XPUB) and PORT+1 (upstream, PULL).\n\n"
+                        "`wsrouter serve --bridge tcp://HOST:PORT` (ZeroMQ ROUTER on PORT).\n"
+                        "A non-loopback endpoint needs CURVE certificates (or\n"
+                        "--insecure-plaintext); SIGHUP re-reads the clients directory.\n\n"
                         "  --endpoint E          [WEBSOCKET_BRIDGE_ENDPOINT, tcp://0.0.0.0:7000]\n"
+                        "  --cert FILE           the bridge's secret certificate\n"
+                        "                        [WEBSOCKET_BRIDGE_CERT]\n"
+                        "  --clients DIR         public certificates of the nodes allowed in\n"
+                        "                        [WEBSOCKET_BRIDGE_CLIENTS]\n"
+                        "  --insecure-plaintext  allow plaintext on a non-loopback address\n"
+                        "                        [WEBSOCKET_INSECURE_PLAINTEXT=1]\n"
+                        "  --upstream-endpoint E ZeroMQ PUB for client messages (observers)\n"
+                        "                        [WEBSOCKET_UPSTREAM_ENDPOINT]\n"
+                        "  --max-topics N        topics one node may hold [WEBSOCKET_BRIDGE_MAX_TOPICS,\n"
+                        "                        4M]\n"
                         "  --http-port P         /healthz, /readyz, /metrics on this port\n"
                         "                        [WEBSOCKET_BRIDGE_HTTP_PORT, off]\n"
                         "  --http-bind ADDR      [WEBSOCKET_BRIDGE_HTTP_BIND, 0.0.0.0]\n"
@@ -519,11 +561,18 @@ s_bridge (int argc, char *argv [])
             default: return 2;
         }
     }
-    char down [256], up [256];
-    if (wsr_bridge_endpoints (opts.endpoint, down, up, sizeof down)) {
+    if (strncmp (opts.endpoint, "tcp://", 6)) {
         fprintf (stderr, "wsrouter bridge: bad endpoint '%s' (want tcp://HOST:PORT)\n",
                  opts.endpoint);
         return 2;
+    }
+    if (max_topics) {
+        long long n = s_parse_size (max_topics);
+        if (n < 1) {
+            fprintf (stderr, "wsrouter bridge: bad max topics '%s'\n", max_topics);
+            return 2;
+        }
+        opts.max_topics = (size_t) n;
     }
     wsr_util_raise_nofile ();
     s_block_signals ();
@@ -553,10 +602,14 @@ s_bridge (int argc, char *argv [])
     if (listener)
         snprintf (status, sizeof status, "; status on http://%s:%d/", http_bind,
                   wsr_listener_port (listener));
-    printf ("wsrouter: bridge listening on %s (downstream) and %s (upstream)%s\n",
-            down, up, status);
+    printf ("wsrouter: bridge listening on %s (%s)%s\n", opts.endpoint,
+            opts.cert? "CURVE": "plaintext", status);
     fflush (stdout);
-    int sig = s_wait_signal ();
+    int sig;
+    while ((sig = s_wait_signal ()) == SIGHUP) {
+        int keys = wsr_bridge_reload (bridge);
+        zsys_info ("wsrouter bridge: SIGHUP: %d node certificates allowed", keys);
+    }
     zsys_info ("wsrouter bridge: %s received, stopping", sig == SIGTERM? "SIGTERM": "SIGINT");
     wsr_listener_destroy (&listener);
     wsr_bridge_destroy (&bridge);
@@ -639,8 +692,38 @@ s_token (int argc, char *argv [])
 //  keygen: an Ed25519 key pair for JWT_ALGORITHM=EdDSA
 
 static int
-s_keygen (void)
+s_keygen (int argc, char *argv [])
 {
+    const char *out = NULL;
+    bool curve = false;
+    static struct option options [] = {
+        { "curve", no_argument, 0, 'c' }, { "out", required_argument, 0, 'o' },
+        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    int c;
+    while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        switch (c) {
+            case 'c': curve = true; break;
+            case 'o': out = optarg; break;
+            case 'h':
+                printf ("usage: wsrouter keygen                  Ed25519 pair for EdDSA tokens\n"
+                        "       wsrouter keygen --curve --out PATH\n"
+                        "            CURVE certificate pair for node <-> bridge links: PATH\n"
+                        "            (public: give it to the other side) and PATH_secret\n");
+                return 0;
+            default: return 2;
+        }
+    }
+    if (curve) {
+        if (!out) {
+            fprintf (stderr, "wsrouter keygen: --curve needs --out PATH\n");
+            return 2;
+        }
+        if (wsr_curve_keygen (out))
+            return 1;
+        printf ("wrote %s (public) and %s_secret (secret, mode 0600)\n", out, out);
+        return 0;
+    }
     uint8_t pk [crypto_sign_PUBLICKEYBYTES], sk [crypto_sign_SECRETKEYBYTES];
     crypto_sign_keypair (pk, sk);
     char pk64 [sodium_base64_ENCODED_LEN (sizeof pk, sodium_base64_VARIANT_ORIGINAL)];
@@ -802,7 +885,7 @@ main (int argc, char *argv [])
     if (streq (command, "token"))
         return s_token (sub_argc, sub_argv);
     if (streq (command, "keygen"))
-        return s_keygen ();
+        return s_keygen (sub_argc, sub_argv);
     if (streq (command, "publish"))
         return s_publish (sub_argc, sub_argv);
     fprintf (stderr, "wsrouter: unknown command '%s'\n", command);
