@@ -254,19 +254,31 @@ int
 wsr_naming_check (wsr_naming_t *self, char *error, size_t size)
 {
     assert (self && error);
-    struct { const char *what; s_tpl_t *tpl; } all [3] = {
-        { "user", &self->user }, { "channel", &self->channel }, { "actions", &self->actions }
+    struct { const char *what; const char *id; s_tpl_t *tpl; } all [3] = {
+        { "user", "user", &self->user }, { "channel", "channel", &self->channel },
+        { "actions", "user", &self->actions }
     };
     for (int i = 0; i < 3; i++)
         for (int j = i + 1; j < 3; j++) {
-            char example [WSR_MAX_ID_LEN * 2 + 512];
-            if (wsr_naming_overlap (all [i].tpl->text, all [j].tpl->text, example,
-                                    sizeof example)) {
+            s_tpl_t *a = all [i].tpl, *b = all [j].tpl;
+            char *name = (char *) malloc (strlen (a->text) + WSR_MAX_ID_LEN + 1);
+            assert (name);
+            bool overlap = wsr_naming_overlap (a->text, b->text, name,
+                                               strlen (a->text) + WSR_MAX_ID_LEN + 1);
+            if (overlap) {
+                //  The two ids inside the example name, for the message
+                int len = (int) strlen (name);
                 snprintf (error, size, "the %s template '%s' and the %s template '%s' overlap: "
-                          "both can produce '%s'", all [i].what, all [i].tpl->text,
-                          all [j].what, all [j].tpl->text, example);
-                return -1;
+                          "%s '%.*s' and %s '%.*s' both give '%s'", all [i].what, a->text,
+                          all [j].what, b->text, all [i].id,
+                          len - (int) (a->prefix_len + a->suffix_len), name + a->prefix_len,
+                          all [j].id,
+                          len - (int) (b->prefix_len + b->suffix_len), name + b->prefix_len,
+                          name);
             }
+            free (name);
+            if (overlap)
+                return -1;
         }
     return 0;
 }
@@ -435,6 +447,7 @@ wsr_naming_test (bool verbose)
     assert (clash);
     assert (wsr_naming_check (clash, name, sizeof name) == -1);
     assert (strstr (name, "'ws.{user_id}'") && strstr (name, "'ws.channel.{channel}'"));
+    assert (strstr (name, "user 'channel.a' and channel 'a' both give 'ws.channel.a'"));
     wsr_naming_destroy (&clash);
     clash = wsr_naming_new ("u.{user_id}", "c.{channel}", "u.actions.{user_id}");
     assert (wsr_naming_check (clash, name, sizeof name) == -1);
