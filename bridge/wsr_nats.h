@@ -70,6 +70,13 @@ uint64_t
 size_t
     wsr_nats_wanted (wsr_nats_t *self);
 
+//  Tear libnats down at the end of main, after every link is destroyed:
+//  waits (up to 2 s) for libnats' own threads, which may still be freeing
+//  TLS state; nats_Close alone returns at once, and OpenSSL's cleanup at
+//  exit then races them (a crash at exit after a TLS connection).
+void
+    wsr_nats_shutdown (void);
+
 //  Self test
 void
     wsr_nats_test (bool verbose);

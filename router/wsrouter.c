@@ -519,7 +519,7 @@ s_serve (int argc, char *argv [])
     wsr_node_destroy (&node);
     free (serve.secret);
     free (serve.api_key);
-    nats_Close ();
+    wsr_nats_shutdown ();
     printf ("wsrouter: stopped\n");
     return 0;
 }
@@ -644,7 +644,7 @@ s_bridge (int argc, char *argv [])
     wsr_listener_destroy (&listener);
     wsr_bridge_destroy (&bridge);
     wsr_metrics_destroy (&metrics);
-    nats_Close ();
+    wsr_nats_shutdown ();
     printf ("wsrouter: bridge stopped\n");
     return 0;
 }

@@ -64,7 +64,7 @@ main (int argc, char *argv [])
         fprintf (stderr, "no selftest named '%s'\n", only? only: "");
         return 1;
     }
-    nats_Close ();
+    wsr_nats_shutdown ();
     zsys_shutdown ();
     return 0;
 }
