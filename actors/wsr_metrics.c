@@ -133,6 +133,9 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_SUB_REFUSED] =
         { "wsrouter_bridge_subscriptions_refused_total", NULL, "counter",
           "Subscriptions refused by the bridge (invalid topic, node over its cap)" },
+    [WSR_M_TOKEN_EXPIRED] =
+        { "wsrouter_token_expired_total", NULL, "counter",
+          "Sessions closed with 1008 when their token ran out" },
     [WSR_M_BRIDGE_UNMATCHED] =
         { "wsrouter_bridge_unmatched_total", NULL, "counter",
           "Backplane messages that no node wanted" },

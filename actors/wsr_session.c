@@ -46,6 +46,8 @@
 
 //  Close reason for slow consumers; compared by address to tell it apart
 static const char s_slow [] = "slow consumer: output queue full";
+static const char s_rate [] = "rate limit exceeded";
+static const char s_expired [] = "token expired";
 
 typedef enum {
     S_OPEN,                         //  authenticated, receiving deliveries
@@ -105,9 +107,13 @@ struct _s_conn_t {
     s_conn_t *tprev, *tnext;        //  neighbours on that list
     s_conn_t *prev, *next;          //  all connections of the worker
     s_conn_t *dirty_next;           //  flush list
+    s_conn_t *delay_next;           //  delayed-flush list (WEBSOCKET_WRITE_DELAY)
+    bool delayed;                   //  on it (a dead session stays until it drains)
     s_conn_t *doom_next;            //  close list
     bool read_off;                  //  wslay reads no more (close or error)
     bool hs_pending;                //  the 101 response is still queued (head)
+    int64_t expiry;                 //  Unix s when the token runs out (+ leeway), 0 never
+    uint32_t expiry_slot;           //  its index in the worker's expiry heap + 1, 0 = none
 };
 
 struct _wsr_session_t {
@@ -137,10 +143,14 @@ typedef struct {
     size_t count;                   //  connections in all
     size_t open;                    //  sessions in S_OPEN
     s_conn_t *dirty;                //  sessions to flush
+    s_conn_t *delayed;              //  sessions whose deliveries wait for flush_at
+    int64_t flush_at;               //  mono ms when the delayed list is flushed
     s_conn_t *doomed;               //  sessions to close after the current batch
     s_list_t active;                //  open sessions by last input (ping due)
     s_list_t pinged;                //  pinged sessions (pong due)
     s_list_t closing;               //  closing sessions (close reply due)
+    s_conn_t **expiries;            //  min-heap by expiry: sessions whose token runs out
+    size_t expiry_count, expiry_cap;
     wsr_outframe_t *ping;           //  the ping frame, shared by all sessions
     wsr_ipcount_t *ipcount;         //  per-IP connection counters (not owned)
     s_conn_t *dead;                 //  freed at the end of the turn
@@ -148,6 +158,9 @@ typedef struct {
     size_t read_budget;             //  bytes left for current in this turn
     int frame_budget;               //  frames left for current in this turn
     size_t freed_output;            //  output bytes dropped since the last trim
+    int64_t count_in, bytes_in;     //  per-message counters, added to the shared
+    int64_t count_out, bytes_out;   //  metrics once per turn (s_after_batch), not
+    int64_t count_up;               //  once per message
     bool draining;                  //  DRAIN received
     bool terminated;                //  $TERM received
     int status;                     //  init result for START
@@ -252,6 +265,46 @@ s_mark_dirty (s_worker_t *self, s_conn_t *conn)
     }
 }
 
+//  A delivery waits up to WEBSOCKET_WRITE_DELAY, so a session's messages in
+//  that window leave in one writev; the window opens with the first delayed
+//  delivery and every session on the list is flushed when it ends. Control
+//  frames, replies and closes are not delayed (and take what is queued).
+static void
+s_mark_delayed (s_worker_t *self, s_conn_t *conn)
+{
+    if (self->opts.write_delay_ms <= 0) {
+        s_mark_dirty (self, conn);
+        return;
+    }
+    if (conn->delayed || conn->dirty || conn->state == S_DEAD)
+        return;
+    if (!self->delayed)
+        self->flush_at = wsr_util_mono_ms () + self->opts.write_delay_ms;
+    conn->delayed = true;
+    conn->delay_next = self->delayed;
+    self->delayed = conn;
+}
+
+static void s_conn_free (s_conn_t *conn);
+
+//  The window ended (or the worker stops): every delayed session is flushed;
+//  one that died meanwhile is freed now.
+static void
+s_delayed_release (s_worker_t *self)
+{
+    while (self->delayed) {
+        s_conn_t *conn = self->delayed;
+        self->delayed = conn->delay_next;
+        conn->delayed = false;
+        if (conn->state == S_DEAD) {
+            self->freed_output += conn->qbytes;
+            s_conn_free (conn);
+        }
+        else
+            s_mark_dirty (self, conn);
+    }
+}
+
 //  --------------------------------------------------------------------------
 //  Timer lists
 
@@ -293,6 +346,86 @@ s_touch (s_worker_t *self, s_conn_t *conn)
 {
     if (conn->state == S_OPEN && self->opts.ping_interval_ms > 0)
         s_timer_set (conn, &self->active, wsr_util_mono_ms () + self->opts.ping_interval_ms);
+}
+
+//  --------------------------------------------------------------------------
+//  Token expiry: a binary min-heap of sessions by the instant their token
+//  runs out (exp plus the leeway). Deadlines differ per session, so a list
+//  with one delay does not fit; the heap costs O(log n) to add, remove or
+//  move a session (a token refresh only moves its deadline) and the
+//  earliest deadline is always at the top.
+
+static void
+s_heap_place (s_worker_t *self, size_t slot, s_conn_t *conn)
+{
+    self->expiries [slot] = conn;
+    conn->expiry_slot = (uint32_t) slot + 1;
+}
+
+static void
+s_heap_up (s_worker_t *self, size_t slot)
+{
+    s_conn_t *conn = self->expiries [slot];
+    while (slot > 0) {
+        size_t parent = (slot - 1) / 2;
+        if (self->expiries [parent]->expiry <= conn->expiry)
+            break;
+        s_heap_place (self, slot, self->expiries [parent]);
+        slot = parent;
+    }
+    s_heap_place (self, slot, conn);
+}
+
+static void
+s_heap_down (s_worker_t *self, size_t slot)
+{
+    s_conn_t *conn = self->expiries [slot];
+    while (true) {
+        size_t child = 2 * slot + 1;
+        if (child >= self->expiry_count)
+            break;
+        if (child + 1 < self->expiry_count
+        &&  self->expiries [child + 1]->expiry < self->expiries [child]->expiry)
+            child++;
+        if (self->expiries [child]->expiry >= conn->expiry)
+            break;
+        s_heap_place (self, slot, self->expiries [child]);
+        slot = child;
+    }
+    s_heap_place (self, slot, conn);
+}
+
+static void
+s_expiry_clear (s_worker_t *self, s_conn_t *conn)
+{
+    if (!conn->expiry_slot)
+        return;
+    size_t slot = conn->expiry_slot - 1;
+    conn->expiry_slot = 0;
+    s_conn_t *last = self->expiries [--self->expiry_count];
+    if (last != conn) {
+        s_heap_place (self, slot, last);
+        s_heap_down (self, slot);
+        s_heap_up (self, last->expiry_slot - 1);
+    }
+}
+
+//  Set (or move, or with 0 remove) a session's expiry.
+static void
+s_expiry_set (s_worker_t *self, s_conn_t *conn, int64_t expiry)
+{
+    s_expiry_clear (self, conn);
+    conn->expiry = expiry;
+    if (expiry <= 0)
+        return;
+    if (self->expiry_count == self->expiry_cap) {
+        self->expiry_cap = self->expiry_cap? self->expiry_cap * 2: 1024;
+        self->expiries = (s_conn_t **) realloc (self->expiries,
+                                                self->expiry_cap * sizeof (s_conn_t *));
+        assert (self->expiries);
+    }
+    s_heap_place (self, self->expiry_count++, conn);
+    s_heap_up (self, self->expiry_count - 1);
 }
 
 //  Sessions are never closed from inside a walk or a wslay callback: they
@@ -407,7 +540,7 @@ s_frame_start_cb (wslay_event_context_ptr ctx,
         conn->msg_tokens -= 1.0f;
         conn->byte_tokens -= (float) (header + len);
         if (conn->msg_tokens < 0 || conn->byte_tokens < 0)
-            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, "rate limit exceeded");
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_rate);
     }
 }
 
@@ -457,14 +590,14 @@ s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
         return;                     //  data after our close is ignored
     //  wslay has checked text for UTF-8 as it arrived (→ 1007)
     (void) ctx;
-    wsr_metrics_add (self->metrics, WSR_M_MESSAGES_IN, 1);
-    wsr_metrics_add (self->metrics, WSR_M_BYTES_IN, (int64_t) arg->msg_length);
+    self->count_in++;
+    self->bytes_in += (int64_t) arg->msg_length;
     zframe_t *env = wsr_envelope_encode_up (
         conn->user, conn->id, self->node, wsr_util_now_us (),
         arg->opcode == WSLAY_TEXT_FRAME? WSR_KIND_TEXT: WSR_KIND_BINARY,
         arg->msg, arg->msg_length);
     if (wsr_link_send_up (self->link, &env) == 0)
-        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, 1);
+        self->count_up++;
     else {
         //  Never block on a full or unreachable bridge: drop, count, and
         //  tell the client
@@ -560,6 +693,7 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
         self->open--;
     }
     conn->state = S_CLOSING;
+    s_expiry_clear (self, conn);
     s_conn_ws (self, conn);
     self->current = conn;
     if (!wslay_event_get_close_sent (conn->ws)) {
@@ -567,8 +701,17 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
         //  being written. (If wslay already sent a close, it is queued.)
         self->freed_output += conn->qbytes;
         s_queue_clear (conn, true);
-        wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason, strlen (reason));
-        wslay_event_send (conn->ws);
+        int rc = wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason,
+                                          strlen (reason));
+        if (rc == 0)
+            rc = wslay_event_send (conn->ws);
+        if (rc != 0) {
+            //  Out of memory in wslay: nothing more can be said to the peer
+            wsr_debug ("session-%d: conn %" PRIu64 ": close not queued (wslay %d)",
+                       self->index, conn->id, rc);
+            s_conn_kill (self, conn);
+            return;
+        }
     }
     s_timer_set (conn, &self->closing, wsr_util_mono_ms () + self->opts.close_timeout_ms);
     s_mark_dirty (self, conn);
@@ -586,6 +729,7 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
         self->open--;
     }
     conn->state = S_DEAD;
+    s_expiry_clear (self, conn);
     epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
     close (conn->fd);
     conn->fd = -1;
@@ -695,9 +839,16 @@ s_conn_answer (s_worker_t *self, s_conn_t *conn, uint16_t code, const uint8_t *r
     conn->ws = NULL;
     s_conn_ws (self, conn);
     self->current = conn;
-    wslay_event_queue_close (conn->ws, code, reason, reason_len);
+    int rc = wslay_event_queue_close (conn->ws, code, reason, reason_len);
     wslay_event_shutdown_read (conn->ws);
-    wslay_event_send (conn->ws);
+    if (rc == 0)
+        rc = wslay_event_send (conn->ws);
+    if (rc != 0) {
+        wsr_debug ("session-%d: conn %" PRIu64 ": close not queued (wslay %d)",
+                   self->index, conn->id, rc);
+        s_conn_kill (self, conn);
+        return;
+    }
     conn->read_off = true;
     s_mark_dirty (self, conn);
     s_conn_close (self, conn, 0, "");       //  close already sent: keeps the queue
@@ -743,8 +894,10 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
             s_conn_answer (self, conn, code, conn->close_payload + 2, conn->close_len - 2u);
         return;
     }
-    if (wslay_event_want_write (conn->ws))
-        wslay_event_send (conn->ws);
+    if (wslay_event_want_write (conn->ws) && wslay_event_send (conn->ws) != 0) {
+        s_conn_kill (self, conn);           //  wslay out of memory
+        return;
+    }
     if (!wslay_event_get_read_enabled (conn->ws) && !conn->read_off) {
         conn->read_off = true;
         s_mark_dirty (self, conn);
@@ -774,8 +927,8 @@ s_handle_reply (s_worker_t *self, uint64_t id, zframe_t **body_p)
     &&  wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0) {
         wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, body_p);
         s_queue_push (conn, &frame);
-        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, 1);
-        wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, (int64_t) env.size);
+        self->count_out++;
+        self->bytes_out += (int64_t) env.size;
         if (conn->qbytes > self->opts.max_queue)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_dirty (self, conn);
@@ -784,7 +937,7 @@ s_handle_reply (s_worker_t *self, uint64_t id, zframe_t **body_p)
 
 //  ADOPT: take over a connection whose token has been judged. Received with
 //  the picture it was sent with.
-static void
+static bool
 s_handle_adopt (s_worker_t *self)
 {
     char *verb = NULL, *reason = NULL, *user = NULL, *channels = NULL, *response = NULL;
@@ -793,11 +946,10 @@ s_handle_adopt (s_worker_t *self)
     zframe_t *early = NULL;
     if (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
                     &flags, &reason, &user, &channels, &response, &early) == -1)
-        return;
+        return false;
     //  Internal message: its shape is a contract, not input
     assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0 && flags == 0);
     zstr_free (&verb);
-    (void) expiry;                          //  enforced once the timer lands
 
     s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
     conn->id = id;
@@ -874,6 +1026,7 @@ s_handle_adopt (s_worker_t *self)
     }
     if (code == 0) {
         self->open++;
+        s_expiry_set (self, conn, (int64_t) expiry);
         wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
         s_touch (self, conn);
         if (self->draining)
@@ -894,6 +1047,7 @@ done:
     zstr_free (&channels);
     zstr_free (&response);
     zframe_destroy (&early);
+    return true;
 }
 
 //  DELIVER: [topic key][envelope]. Frame once, link to every member.
@@ -923,10 +1077,10 @@ s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
         recipients++;
         if (conn->qbytes > self->opts.max_queue)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
-        s_mark_dirty (self, conn);
+        s_mark_delayed (self, conn);
     }
-    wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, recipients);
-    wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, recipients * (int64_t) env.size);
+    self->count_out += recipients;
+    self->bytes_out += recipients * (int64_t) env.size;
     wsr_outframe_unlink (&frame);
 }
 
@@ -945,12 +1099,12 @@ s_handle_refused (s_worker_t *self, zframe_t *topic)
 }
 
 //  One message from the bridge.
-static void
+static bool
 s_handle_link (s_worker_t *self)
 {
     wsr_link_msg_t msg;
     if (wsr_link_recv (self->link, &msg))
-        return;
+        return false;
     if (msg.kind == WSR_LINK_DELIVER)
         s_handle_deliver (self, msg.topic, &msg.body);
     else
@@ -960,6 +1114,7 @@ s_handle_link (s_worker_t *self)
     if (msg.kind == WSR_LINK_REFUSED)
         s_handle_refused (self, msg.topic);
     wsr_link_msg_reset (&msg);
+    return true;
 }
 
 //  The bridge lost our subscriptions (it restarted): every topic again.
@@ -981,43 +1136,53 @@ s_drain_all (s_worker_t *self)
             s_doom (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
 }
 
-static void
+static bool
 s_handle_pipe (s_worker_t *self)
 {
+    if (!(zsock_events (self->pipe) & ZMQ_POLLIN))
+        return false;
     zmsg_t *msg = zmsg_recv (self->pipe);
     if (!msg) {
         self->terminated = true;
-        return;
+        return false;
     }
     char *command = zmsg_popstr (msg);
     if (streq (command, "$TERM"))
         self->terminated = true;
     else
-    if (streq (command, WSR_CMD_START))
-        zsock_send (self->pipe, "i", self->status);
+    if (streq (command, WSR_CMD_START)) {
+        int sent = zsock_send (self->pipe, "i", self->status);
+        assert (sent == 0);
+    }
     else
     if (streq (command, WSR_CMD_DRAIN))
         s_drain_all (self);
     else
-    if (streq (command, WSR_CMD_SESSIONS))
-        zsock_send (self->pipe, "8", (uint64_t) self->count);
+    if (streq (command, WSR_CMD_SESSIONS)) {
+        int sent = zsock_send (self->pipe, "8", (uint64_t) self->count);
+        assert (sent == 0);
+    }
     else
         assert (false);
     zstr_free (&command);
     zmsg_destroy (&msg);
+    return true;
 }
 
 //  Drain a ZeroMQ socket whose ZMQ_FD fired; true if the budget ran out.
 static bool
-s_drain_socket (s_worker_t *self, zsock_t *sock, void (*handler) (s_worker_t *))
+s_drain_socket (s_worker_t *self, zsock_t *sock, bool (*handler) (s_worker_t *))
 {
+    //  Receive until nothing is waiting (non-blocking receives: no system
+    //  call while messages are queued), then read ZMQ_EVENTS once: that
+    //  processes ZeroMQ's pending commands and re-arms the edge-triggered
+    //  ZMQ_FD. Asking ZMQ_EVENTS per message would cost two system calls each.
     int budget = WSR_WORKER_BUDGET;
-    while (!self->terminated && (zsock_events (sock) & ZMQ_POLLIN)) {
-        if (budget-- == 0)
-            return true;
-        handler (self);
-    }
-    return false;
+    while (budget > 0 && !self->terminated && handler (self))
+        budget--;
+    if (budget == 0)
+        return true;
+    return !self->terminated && (zsock_events (sock) & ZMQ_POLLIN);
 }
 
 //  After each batch: close doomed sessions, flush dirty ones, expire closes,
@@ -1025,6 +1190,24 @@ s_drain_socket (s_worker_t *self, zsock_t *sock, void (*handler) (s_worker_t *))
 static void
 s_after_batch (s_worker_t *self)
 {
+    if (self->count_out || self->count_in || self->count_up) {
+        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, self->count_out);
+        wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, self->bytes_out);
+        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_IN, self->count_in);
+        wsr_metrics_add (self->metrics, WSR_M_BYTES_IN, self->bytes_in);
+        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, self->count_up);
+        self->count_out = self->bytes_out = self->count_in = self->bytes_in = 0;
+        self->count_up = 0;
+    }
+    //  Tokens that ran out: only the heap's top is looked at
+    if (self->expiry_count) {
+        int64_t wall = wsr_util_now_us () / 1000000;
+        while (self->expiry_count && self->expiries [0]->expiry <= wall) {
+            s_conn_t *conn = self->expiries [0];
+            s_expiry_clear (self, conn);
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_expired);
+        }
+    }
     while (self->doomed) {
         s_conn_t *conn = self->doomed;
         self->doomed = conn->doom_next;
@@ -1035,10 +1218,15 @@ s_after_batch (s_worker_t *self)
                        self->index, conn->id, conn->qbytes);
         }
         else
-        if (conn->doom_code == WSLAY_CODE_POLICY_VIOLATION)
+        if (conn->doom_reason == s_rate)
             wsr_metrics_add (self->metrics, WSR_M_RATE_LIMITED, 1);
+        else
+        if (conn->doom_reason == s_expired)
+            wsr_metrics_add (self->metrics, WSR_M_TOKEN_EXPIRED, 1);
         s_conn_close (self, conn, conn->doom_code, conn->doom_reason);
     }
+    if (self->delayed && wsr_util_mono_ms () >= self->flush_at)
+        s_delayed_release (self);
     while (self->dirty) {
         s_conn_t *conn = self->dirty;
         self->dirty = conn->dirty_next;
@@ -1063,6 +1251,8 @@ s_after_batch (s_worker_t *self)
     while (self->dead) {
         s_conn_t *conn = self->dead;
         self->dead = conn->next;
+        if (conn->delayed)
+            continue;               //  freed when the delayed list drains
         self->freed_output += conn->qbytes;
         s_conn_free (conn);
     }
@@ -1121,11 +1311,13 @@ s_worker_fini (s_worker_t *self)
     while (self->all)
         s_conn_kill (self, self->all);
     s_after_batch (self);
+    s_delayed_release (self);       //  only dead sessions are left on it
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
     zsock_destroy (&self->adopt);
     wsr_link_destroy (&self->link);
     wsr_topic_destroy (&self->topics);
+    free (self->expiries);
     zhashx_destroy (&self->by_id);
     wsr_outframe_unlink (&self->ping);
     free (self->node);
@@ -1147,6 +1339,7 @@ s_session_actor (zsock_t *pipe, void *args)
     self->adopt = zsock_new (ZMQ_PULL);
     assert (self->adopt);
     zsock_set_rcvhwm (self->adopt, WSR_HWM);
+    zsock_set_rcvtimeo (self->adopt, 0);    //  drained with non-blocking receives
     char *adopt_ep = zsys_sprintf (WSR_EP_ADOPT, a->name, a->index);
     wsr_link_opts_t link_opts = {
         .endpoint = a->opts.bridge, .node = a->name, .role = WSR_ROLE_WORKER,
@@ -1172,6 +1365,14 @@ s_session_actor (zsock_t *pipe, void *args)
         //  Sleep until the earliest timer-list head is due (at most 1 s)
         int64_t now = wsr_util_mono_ms ();
         int64_t wake = now + 1000;
+        if (self->delayed && self->flush_at < wake)
+            wake = self->flush_at;
+        if (self->expiry_count) {
+            //  The heap's top, in wall-clock seconds: due at its next second
+            int64_t due = self->expiries [0]->expiry * 1000 - wsr_util_now_us () / 1000;
+            if (now + due < wake)
+                wake = now + (due > 0? due: 0);
+        }
         s_list_t *lists [3] = { &self->closing, &self->pinged, &self->active };
         for (int i = 0; i < 3; i++)
             if (lists [i]->head && lists [i]->head->deadline < wake)
@@ -1182,10 +1383,13 @@ s_session_actor (zsock_t *pipe, void *args)
             zsys_error ("session-%d: epoll_wait: %s", self->index, strerror (errno));
             break;
         }
+        bool fired [S_TAG_MAX] = { [S_TAG_PIPE] = again, [S_TAG_ADOPT] = again };
         again = false;
         for (int i = 0; i < n; i++) {
-            if (events [i].data.u64 < S_TAG_MAX)
-                continue;           //  ZeroMQ sockets are drained below, always
+            if (events [i].data.u64 < S_TAG_MAX) {
+                fired [events [i].data.u64] = true;
+                continue;           //  ZeroMQ sockets are drained below
+            }
             s_conn_t *conn = (s_conn_t *) events [i].data.ptr;
             if (conn->state == S_DEAD)
                 continue;
@@ -1194,9 +1398,13 @@ s_session_actor (zsock_t *pipe, void *args)
             if ((events [i].events & EPOLLOUT) && conn->state != S_DEAD)
                 s_conn_flush (self, conn);
         }
-        //  Edge-triggered ZMQ_FD: check every socket every turn (three calls)
-        again |= s_drain_socket (self, pipe, s_handle_pipe);
-        again |= s_drain_socket (self, self->adopt, s_handle_adopt);
+        //  Edge-triggered ZMQ_FD: the pipe and adopt sockets are read when
+        //  theirs fired (or a budget ran out); the link every turn, since we
+        //  also send on it, which can take its read signal
+        if (fired [S_TAG_PIPE])
+            again |= s_drain_socket (self, pipe, s_handle_pipe);
+        if (fired [S_TAG_ADOPT])
+            again |= s_drain_socket (self, self->adopt, s_handle_adopt);
         if (self->link)
             again |= s_drain_socket (self, wsr_link_socket (self->link), s_handle_link);
         s_after_batch (self);
@@ -1242,7 +1450,8 @@ void
 wsr_session_drain (wsr_session_t *self)
 {
     assert (self);
-    zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
 }
 
 //  --------------------------------------------------------------------------
@@ -1252,7 +1461,8 @@ wsr_session_count (wsr_session_t *self)
 {
     assert (self);
     uint64_t count = 0;
-    zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
     zsock_recv (self->actor, "8", &count);
     return (int64_t) count;
 }
@@ -1430,8 +1640,21 @@ s_client_recv (int fd, uint8_t *payload, size_t *len)
 }
 
 static int
+s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
+                  const char *channels, const void *early, size_t early_size,
+                  int64_t expiry);
+
+static int
 s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
          const char *channels, const void *early, size_t early_size)
+{
+    return s_test_adopt_exp (auth, id, code, reason, user, channels, early, early_size, 0);
+}
+
+static int
+s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
+                  const char *channels, const void *early, size_t early_size,
+                  int64_t expiry)
 {
     int pair [2];
     assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
@@ -1441,7 +1664,7 @@ s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const ch
     const char *response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                            "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
     int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, -1,
-                         (uint64_t) 0, 0, reason, user, channels, response, frame);
+                         (uint64_t) expiry, 0, reason, user, channels, response, frame);
     assert (rc == 0);
     zframe_destroy (&frame);
     return pair [1];
@@ -1464,12 +1687,9 @@ s_fake_pump (s_fake_t *fake, int ms)
         zmsg_t *msg = zmsg_recv (fake->router);
         zframe_t *rid = zmsg_pop (msg);
         char *command = zmsg_popstr (msg);
-        if (streq (command, WSR_PROTO_HELLO)) {
-            zframe_destroy (&fake->rid);
-            fake->rid = rid;
-            rid = NULL;
-        }
-        else
+        //  The latest worker to speak is the one deliveries go to
+        zframe_destroy (&fake->rid);
+        fake->rid = zframe_dup (rid);
         if (streq (command, WSR_PROTO_SUB) || streq (command, WSR_PROTO_UNSUB))
             for (zframe_t *frame = zmsg_first (msg); frame; frame = zmsg_next (msg))
                 zlistx_add_end (fake->subs, zsys_sprintf ("%c%s",
@@ -1507,6 +1727,23 @@ s_expect_sub (s_fake_t *fake, int kind, const char *topic)
     char *seen = (char *) zlistx_detach (fake->subs, NULL);
     assert (seen && seen [0] == (kind? '+': '-') && streq (seen + 1, topic));
     zstr_free (&seen);
+}
+
+//  Wait until the worker subscribes topic, skipping other changes.
+static void
+s_wait_sub (s_fake_t *fake, const char *topic)
+{
+    int64_t end = zclock_mono () + 2000;
+    bool seen = false;
+    while (!seen && zclock_mono () < end) {
+        s_fake_pump (fake, 50);
+        char *change;
+        while (!seen && (change = (char *) zlistx_detach (fake->subs, NULL))) {
+            seen = change [0] == '+' && streq (change + 1, topic);
+            zstr_free (&change);
+        }
+    }
+    assert (seen);
 }
 
 //  The next client message that went upstream.
@@ -1728,6 +1965,61 @@ wsr_session_test (bool verbose)
     assert (len == 2 + strlen ("rate limit exceeded"));
     close (flood);
     assert (wsr_metrics_get (metrics, WSR_M_RATE_LIMITED) == 1);
+
+    wsr_session_destroy (&worker);
+    zsock_destroy (&auth);
+
+    //  Token expiry (a third worker, no pings): each session is closed with
+    //  1008 "token expired" when its own deadline comes, in deadline order;
+    //  one without expiry stays
+    opts.ping_interval_ms = 0;
+    opts.write_delay_ms = 100;
+    worker = wsr_session_new ("stest", 2, &opts, metrics, ipcount);
+    assert (worker);
+    auth = zsock_new_push ("inproc://wsr-adopt-stest-2");
+    int64_t wall = wsr_util_now_us () / 1000000;
+    int later = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, wall + 2);
+    int never = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, 0);
+    int soon = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, wall + 1);
+    s_expect_101 (later);
+    s_expect_101 (never);
+    s_expect_101 (soon);
+    int64_t before = wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED);
+    int opcode_soon = s_client_recv (soon, payload, &len);
+    assert (opcode_soon == 0x8 && (payload [0] << 8 | payload [1]) == 1008);
+    assert (len == 2 + strlen (s_expired) && !memcmp (payload + 2, s_expired, len - 2));
+    assert (wsr_util_now_us () / 1000000 >= wall + 1);
+    assert (wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED) == before + 1);
+    opcode_soon = s_client_recv (later, payload, &len);
+    assert (opcode_soon == 0x8 && (payload [0] << 8 | payload [1]) == 1008);
+    assert (wsr_util_now_us () / 1000000 >= wall + 2);
+    assert (wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED) == before + 2);
+    //  The one without an expiry is still open: it echoes a close
+    assert (s_read_exact (never, payload, 1, 200) == 0);
+    s_client_send (never, 0x8, true, "\x03\xe8", 2);
+    assert (s_client_recv (never, payload, &len) == 0x8);
+    assert ((payload [0] << 8 | payload [1]) == 1000);
+    close (soon);
+    close (later);
+    close (never);
+
+    //  Write delay (100 ms here): three deliveries in the window leave
+    //  together, in one write, at its end
+    int delayed = s_test_adopt (auth, ++id, 0, "", "delay", "", NULL, 0);
+    s_expect_101 (delayed);
+    s_wait_sub (fake, "user:delay");
+    int64_t sent = zclock_mono ();
+    s_publish (fake, "user:delay", "one");
+    s_publish (fake, "user:delay", "two");
+    s_publish (fake, "user:delay", "three");
+    zmq_pollitem_t item = { NULL, delayed, ZMQ_POLLIN, 0 };
+    assert (zmq_poll (&item, 1, 2000) == 1);
+    int64_t waited = zclock_mono () - sent;
+    assert (waited >= 90);
+    //  One writev: when the socket turned readable, all of it was there
+    ssize_t got = recv (delayed, payload, sizeof payload, MSG_DONTWAIT);
+    assert (got == 5 + 5 + 7 && !memcmp (payload, "\x81\x03one\x81\x03two\x81\x05three", 17));
+    close (delayed);
 
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);

@@ -20,6 +20,7 @@ typedef struct {
     int ping_timeout_ms;        //  close it if still silent this long after
     size_t rate_messages;       //  inbound frames per second (0 = no limit)
     size_t rate_bytes;          //  inbound bytes per second
+    int write_delay_ms;         //  hold deliveries this long to coalesce writes (0 = off)
     const char *bridge;         //  the bridge's endpoint (borrowed until started)
     const char *curve_secret;   //  this node's secret certificate, or NULL
     const char *curve_server;   //  the bridge's public certificate, or NULL

@@ -104,6 +104,7 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .close_timeout_ms = WSR_CLOSE_TIMEOUT_MS,
         .ping_interval_ms = opts->ping_interval_ms, .ping_timeout_ms = opts->ping_timeout_ms,
         .rate_messages = opts->rate_messages, .rate_bytes = opts->rate_bytes,
+        .write_delay_ms = opts->write_delay_ms,
         .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key
     };
     self->ipcount = wsr_ipcount_new (opts->max_per_ip);

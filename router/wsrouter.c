@@ -8,6 +8,7 @@
 #include "wsr_classes.h"
 #include <curl/curl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <jansson.h>
 #include <nats/nats.h>
 #include <signal.h>
@@ -223,6 +224,8 @@ s_serve_usage (void)
 "  --ping-interval T     ping a silent session after T [WEBSOCKET_PING_INTERVAL, 25s; 0 off]\n"
 "  --ping-timeout T      close it if still silent T later [WEBSOCKET_PING_TIMEOUT, 10s]\n"
 "  --handshake-timeout T request must arrive within T [WEBSOCKET_HANDSHAKE_TIMEOUT, 10s]\n"
+"  --write-delay T       hold deliveries up to T so a session's messages leave in one\n"
+"                        write [WEBSOCKET_WRITE_DELAY, 0 = off; e.g. 5ms]\n"
 "  --max-per-ip N        connections per client address [WEBSOCKET_MAX_PER_IP, 10000; 0 off]\n"
 "  --rate-messages N     inbound frames per session per second [WEBSOCKET_RATE_MESSAGES, 100]\n"
 "  --rate-bytes N        inbound bytes per session per second [WEBSOCKET_RATE_BYTES, 1M]\n"
@@ -277,9 +280,9 @@ s_serve (int argc, char *argv [])
     const char *drain = s_env ("WEBSOCKET_DRAIN_TIMEOUT", "5");
     const char *durations [][3] = {             //  env, value, flag index below
         { "WEBSOCKET_PING_INTERVAL", NULL, NULL }, { "WEBSOCKET_PING_TIMEOUT", NULL, NULL },
-        { "WEBSOCKET_HANDSHAKE_TIMEOUT", NULL, NULL }
+        { "WEBSOCKET_HANDSHAKE_TIMEOUT", NULL, NULL }, { "WEBSOCKET_WRITE_DELAY", NULL, NULL }
     };
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         durations [i][1] = s_env (durations [i][0], NULL);
     const char *counts [][2] = {
         { "WEBSOCKET_MAX_PER_IP", NULL }, { "WEBSOCKET_RATE_MESSAGES", NULL },
@@ -314,6 +317,7 @@ s_serve (int argc, char *argv [])
         { "ping-interval", required_argument, 0, 1000 },
         { "ping-timeout", required_argument, 0, 1001 },
         { "handshake-timeout", required_argument, 0, 1002 },
+        { "write-delay", required_argument, 0, 1003 },
         { "max-per-ip", required_argument, 0, 1100 },
         { "rate-messages", required_argument, 0, 1101 },
         { "rate-bytes", required_argument, 0, 1102 },
@@ -325,7 +329,7 @@ s_serve (int argc, char *argv [])
     while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
         if (s_backplane_flag (&opts->backplane, c))
             continue;
-        if (c >= 1000 && c < 1003) {
+        if (c >= 1000 && c < 1004) {
             durations [c - 1000][1] = optarg;
             continue;
         }
@@ -398,13 +402,15 @@ s_serve (int argc, char *argv [])
         fprintf (stderr, "wsrouter: bad drain timeout '%s'\n", drain);
         return 2;
     }
-    int *duration_fields [3] = {
-        &opts->ping_interval_ms, &opts->ping_timeout_ms, &opts->handshake_timeout_ms
+    int *duration_fields [4] = {
+        &opts->ping_interval_ms, &opts->ping_timeout_ms, &opts->handshake_timeout_ms,
+        &opts->write_delay_ms
     };
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (durations [i][1]) {
             long long ms = s_parse_duration (durations [i][1]);
-            if (ms < 0 || ms > INT32_MAX || (i > 0 && ms == 0)) {
+            //  0 turns pings and the write delay off; the timeouts need a value
+            if (ms < 0 || ms > INT32_MAX || ((i == 1 || i == 2) && ms == 0)) {
                 fprintf (stderr, "wsrouter: bad %s '%s'\n", durations [i][0], durations [i][1]);
                 return 2;
             }
@@ -539,6 +545,7 @@ s_bridge (int argc, char *argv [])
     opts.clients = s_env ("WEBSOCKET_BRIDGE_CLIENTS", NULL);
     opts.insecure_plaintext = streq (s_env ("WEBSOCKET_INSECURE_PLAINTEXT", "0"), "1");
     const char *max_topics = s_env ("WEBSOCKET_BRIDGE_MAX_TOPICS", NULL);
+    const char *peer_queue = s_env ("WEBSOCKET_BRIDGE_PEER_QUEUE", NULL);
     s_backplane_env (&opts);
     const char *http_port = s_env ("WEBSOCKET_BRIDGE_HTTP_PORT", NULL);
     const char *http_bind = s_env ("WEBSOCKET_BRIDGE_HTTP_BIND", "0.0.0.0");
@@ -549,6 +556,7 @@ s_bridge (int argc, char *argv [])
         { "insecure-plaintext", no_argument, 0, 'I' },
         { "upstream-endpoint", required_argument, 0, 'u' },
         { "max-topics", required_argument, 0, 'T' },
+        { "peer-queue", required_argument, 0, 'Q' },
         S_BACKPLANE_OPTIONS, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     int c;
@@ -562,6 +570,7 @@ s_bridge (int argc, char *argv [])
             case 'I': opts.insecure_plaintext = true; break;
             case 'u': opts.upstream_endpoint = optarg; break;
             case 'T': max_topics = optarg; break;
+            case 'Q': peer_queue = optarg; break;
             case 'p': http_port = optarg; break;
             case 'b': http_bind = optarg; break;
             case 'v': wsr_verbose = true; break;
@@ -580,8 +589,11 @@ s_bridge (int argc, char *argv [])
                         "                        [WEBSOCKET_INSECURE_PLAINTEXT=1]\n"
                         "  --upstream-endpoint E ZeroMQ PUB for client messages (observers)\n"
                         "                        [WEBSOCKET_UPSTREAM_ENDPOINT]\n"
-                        "  --max-topics N        topics one node may hold [WEBSOCKET_BRIDGE_MAX_TOPICS,\n"
-                        "                        4M]\n"
+                        "  --max-topics N        subscriptions one node may hold\n"
+                        "                        [WEBSOCKET_BRIDGE_MAX_TOPICS, 4M]\n"
+                        "  --peer-queue N        messages queued for one node actor before\n"
+                        "                        they are dropped for it (a stalled node)\n"
+                        "                        [WEBSOCKET_BRIDGE_PEER_QUEUE, 100K]\n"
                         "  --http-port P         /healthz, /readyz, /metrics on this port\n"
                         "                        [WEBSOCKET_BRIDGE_HTTP_PORT, off]\n"
                         "  --http-bind ADDR      [WEBSOCKET_BRIDGE_HTTP_BIND, 0.0.0.0]\n"
@@ -603,6 +615,14 @@ s_bridge (int argc, char *argv [])
             return 2;
         }
         opts.max_topics = (size_t) n;
+    }
+    if (peer_queue) {
+        long long n = s_parse_size (peer_queue);
+        if (n < 1 || n > INT32_MAX) {
+            fprintf (stderr, "wsrouter bridge: bad peer queue '%s'\n", peer_queue);
+            return 2;
+        }
+        opts.peer_hwm = (int) n;
     }
     wsr_util_raise_nofile ();
     s_block_signals ();
@@ -894,6 +914,13 @@ main (int argc, char *argv [])
         return 1;
     }
     zsys_handler_set (NULL);            //  main takes signals itself
+    //  glibc gives each thread's arena back to the kernel (madvise) as soon
+    //  as 128 KiB are free at its top, and takes it again on the next burst:
+    //  under load that is a page fault storm and TLB shootdowns across cores.
+    //  Keep freed memory; a slow consumer's megabytes are still returned
+    //  explicitly (malloc_trim in the session worker).
+    mallopt (M_TRIM_THRESHOLD, WSR_MALLOC_TRIM_THRESHOLD);
+    mallopt (M_MMAP_THRESHOLD, WSR_MALLOC_MMAP_THRESHOLD);
     //  Before any thread: libcurl's global state (and OpenSSL's) belongs to main
     curl_global_init (CURL_GLOBAL_DEFAULT);
     zsys_set_logident ("wsrouter");
