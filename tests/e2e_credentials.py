@@ -3,8 +3,8 @@
 
 Real redis-server / nats-server processes on free 127.0.0.1 ports, the real
 wsrouter binary; every process is stopped by PID. Redis is spoken with raw
-RESP, NATS with its text protocol (see e2e_bridge.py, whose helpers this
-suite reuses); certificates are made with the openssl CLI.
+RESP, NATS with its text protocol (the helpers of e2e_bridge.py and
+wsr_procs.py); certificates are made with the openssl CLI.
 
 Cases:
   1  Redis with requirepass (redis://:PASSWORD@, percent-encoded): a PUBLISH
@@ -40,6 +40,7 @@ import urllib.parse  # noqa: E402
 import msgpack  # noqa: E402
 
 import wsr_e2e as e  # noqa: E402
+import wsr_procs as p  # noqa: E402
 import e2e_bridge as b  # noqa: E402
 
 SUITE_LIMIT_S = 150.0
@@ -79,7 +80,7 @@ def clean_environment():
 # --------------------------------------------------------------------------
 #  Servers that want credentials
 
-class AuthRedis(b.RedisProc):
+class AuthRedis(p.RedisProc):
     """redis-server with requirepass."""
 
     def __init__(self, password):
@@ -99,7 +100,7 @@ class AuthRedis(b.RedisProc):
             return False
 
 
-class ConfNats(b.NatsProc):
+class ConfNats(p.NatsProc):
     """nats-server with a configuration file."""
 
     def __init__(self, conf_body, directory):
@@ -109,7 +110,7 @@ class ConfNats(b.NatsProc):
             f.write("listen: 127.0.0.1:%d\n%s\n" % (self.port, conf_body))
 
     def argv(self):
-        return [b.NATS_SERVER, "-c", self.conf]
+        return [p.NATS_SERVER, "-c", self.conf]
 
     def ping(self):
         #  INFO comes first, before any login or TLS
@@ -141,7 +142,7 @@ async def nats_auth(port, user, password):
 
 
 def node(env, **kw):
-    srv = b.start_node(env=env, **kw)
+    srv = p.start_node(env=env, **kw)
     return srv
 
 
@@ -210,7 +211,7 @@ async def case_redis(suite):
             rsub = await resp_auth(redis.port, password)
             await rsub.subscribe("ws:actions:u1")
             await upstream_redis(c1, rsub, "requirepass upstream")
-            await b.wait_status(lambda: b.node_readyz(srv), 200, 5, "node GET /readyz")
+            await b.wait_status(lambda: p.node_readyz(srv), 200, 5, "node GET /readyz")
 
         async def acl_user():
             nonlocal srv2, c2
@@ -234,12 +235,12 @@ async def case_redis(suite):
             nonlocal bad, bridge
             wrong = secret("wrongPw")
             url = "redis://:%s@127.0.0.1:%d" % (enc(wrong), redis.port)
-            bridge = b.BridgeProc(b.free_port_pair(), redis_url=url).start()
+            bridge = p.BridgeProc(e.free_port(), redis_url=url).start()
             bad = node({"WEBSOCKET_REDIS_URL": url})
             t0 = time.monotonic()
             while time.monotonic() - t0 < 2.5:
                 e.expect_eq(bridge.readyz(), 503, "bridge with a wrong password: GET /readyz")
-                e.expect_eq(b.node_readyz(bad), 503, "node with a wrong password: GET /readyz")
+                e.expect_eq(p.node_readyz(bad), 503, "node with a wrong password: GET /readyz")
                 await asyncio.sleep(0.25)
             e.expect(bridge.proc.poll() is None, "bridge exited: %s" % bridge.output()[-800:])
             e.expect(bad.proc.poll() is None, "node exited: %s" % bad.stderr_text()[-800:])
@@ -269,9 +270,9 @@ async def case_redis(suite):
                     OUTPUTS.append(("bridge " + path, bridge.http("GET", path).text()))
                 except Exception:
                     pass
-        for p in (srv, srv2, bad, bridge):
-            if p:
-                p.stop()
+        for proc in (srv, srv2, bad, bridge):
+            if proc:
+                proc.stop()
         for s, what in ((srv, "node requirepass"), (srv2, "node acl"), (bad, "node wrong")):
             collect_node_logs(s, what)
         if bridge:
@@ -291,7 +292,7 @@ async def case_nats(suite, certs):
     nats = ConfNats('authorization { user: alice, password: "%s" }' % password, certs).start()
     tls = ConfNats('authorization { token: "%s" }\ntls { cert_file: "%s/server.pem", '
                    'key_file: "%s/server.key" }' % (tls_token, certs, certs), certs).start()
-    plain = b.NatsProc().start()
+    plain = p.NatsProc().start()
     nsub = None
     clients = []
     try:
@@ -358,8 +359,8 @@ async def case_nats(suite, certs):
             collect_node(srv, what)
             srv.stop()
             collect_node_logs(srv, what)
-        for p in (nats, tls, plain):
-            p.stop()
+        for proc in (nats, tls, plain):
+            proc.stop()
 
 
 def run(args, env):
@@ -389,7 +390,7 @@ async def case_refused(suite):
                  "exit, got %d: %s" % (res.returncode, text[-500:]))
         e.expect("'ws.{user_id}'" in text and "'ws.channel.{channel}'" in text,
                  "expected both templates named in the error: %s" % text[-500:])
-        res, text = run(["bridge", "--endpoint", "tcp://127.0.0.1:%d" % b.free_port_pair()], {
+        res, text = run(["bridge", "--endpoint", "tcp://127.0.0.1:%d" % e.free_port()], {
             "WEBSOCKET_REDIS_URL": "redis://127.0.0.1:%d" % e.free_port(),
             "WEBSOCKET_REDIS_USER_CHANNEL": "ws.{user_id}",
             "WEBSOCKET_REDIS_ACTIONS_CHANNEL": "ws.actions.{user_id}"})
@@ -471,8 +472,8 @@ async def body(suite):
     except asyncio.TimeoutError:
         suite.fail("suite", "did not finish within %.0f s" % SUITE_LIMIT_S)
     finally:
-        b.stop_everything()
-        for obj in b._STARTED:
+        p.stop_everything()
+        for obj in p._STARTED:
             d = getattr(obj, "dir", None)
             if d:
                 shutil.rmtree(d, ignore_errors=True)
@@ -480,7 +481,7 @@ async def body(suite):
 
 
 if __name__ == "__main__":
-    missing = [x for x in (b.REDIS_SERVER, b.NATS_SERVER) if not os.access(x, os.X_OK)]
+    missing = [x for x in (p.REDIS_SERVER, p.NATS_SERVER) if not os.access(x, os.X_OK)]
     if not shutil.which("openssl"):
         missing.append("openssl")
     if missing:
