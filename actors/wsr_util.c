@@ -137,7 +137,8 @@ s_percent_decode (const char *from, size_t n, char *out, size_t size)
         if (c == '%') {
             if (i + 2 >= n)
                 return -1;
-            if (!isxdigit ((unsigned char) from [i + 1]) || !isxdigit ((unsigned char) from [i + 2]))
+            if (!isxdigit ((unsigned char) from [i + 1])
+            ||  !isxdigit ((unsigned char) from [i + 2]))
                 return -1;
             char hex [3] = { from [i + 1], from [i + 2], 0 };
             c = (char) strtol (hex, NULL, 16);
@@ -501,7 +502,8 @@ wsr_util_test (bool verbose)
     assert (streq (url.host, "redis.example") && url.port == 6380 && streq (url.path, "/2"));
     text = "REDIS://:raw/p@ss@[::1]";             //  raw '/' and '@' stay in the password
     assert (wsr_util_url_parse (text, strlen (text), &url, &error) == 0);
-    assert (streq (url.scheme, "redis") && streq (url.user, "") && streq (url.password, "raw/p@ss"));
+    assert (streq (url.scheme, "redis") && streq (url.user, ""));
+    assert (streq (url.password, "raw/p@ss"));
     assert (streq (url.host, "::1") && url.port == 0 && streq (url.path, ""));
     text = "nats://s3cr3t-token@127.0.0.1:4222";
     assert (wsr_util_url_parse (text, strlen (text), &url, &error) == 0);

@@ -708,7 +708,8 @@ wsr_redis_test (bool verbose)
 {
     (void) verbose;
     //  URLs: percent-decoded credentials, defaults, strict refusals
-    wsr_redis_t *parsed = wsr_redis_new ("redis://alice:p%40ss%20w@127.0.0.1:6380/3", s_sink, NULL);
+    wsr_redis_t *parsed = wsr_redis_new ("redis://alice:p%40ss%20w@127.0.0.1:6380/3", s_sink,
+                                         NULL);
     assert (parsed && streq (parsed->user, "alice") && streq (parsed->password, "p@ss w"));
     assert (streq (parsed->host, "127.0.0.1") && parsed->port == 6380 && parsed->db == 3);
     wsr_redis_destroy (&parsed);
