@@ -837,7 +837,8 @@ void
 wsr_nats_shutdown (void)
 {
     natsStatus rc = nats_CloseAndWait (S_SHUTDOWN_WAIT_MS);
-    if (rc != NATS_OK)
+    //  NATS_NOT_INITIALIZED: libnats was never used, nothing to wait for
+    if (rc != NATS_OK && rc != NATS_NOT_INITIALIZED)
         zsys_warning ("nats: library threads still busy at exit: %s", natsStatus_GetText (rc));
 }
 
