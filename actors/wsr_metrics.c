@@ -139,6 +139,12 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_UNMATCHED] =
         { "wsrouter_bridge_unmatched_total", NULL, "counter",
           "Backplane messages that no node wanted" },
+    [WSR_M_BRIDGE_REDIS_REFUSED] =
+        { "wsrouter_bridge_redis_refused_total", NULL, "counter",
+          "Commands Redis refused: AUTH (wrong password), NOAUTH, NOPERM (ACL), SELECT" },
+    [WSR_M_BRIDGE_NATS_REFUSED] =
+        { "wsrouter_bridge_nats_refused_total", NULL, "counter",
+          "NATS login or permission refusals, and connections libnats gave up on" },
 };
 
 //  --------------------------------------------------------------------------

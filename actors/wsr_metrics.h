@@ -59,6 +59,8 @@ typedef enum {
     WSR_M_BRIDGE_SUB_REFUSED,       //  subscriptions refused (invalid, over the cap)
     WSR_M_BRIDGE_UNMATCHED,         //  backplane messages no peer wanted
     WSR_M_TOKEN_EXPIRED,            //  sessions closed when their token ran out
+    WSR_M_BRIDGE_REDIS_REFUSED,     //  Redis refused AUTH / a command (WRONGPASS, NOPERM)
+    WSR_M_BRIDGE_NATS_REFUSED,      //  NATS refused login / permission, or libnats gave up
     WSR_M_COUNT
 } wsr_metric_t;
 

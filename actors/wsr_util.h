@@ -37,6 +37,44 @@ bool
 bool
     wsr_util_utf8_step (uint32_t *state, const uint8_t *data, size_t len);
 
+//  Backplane and upstream URLs: longest accepted, and longest part of one.
+#define WSR_URL_MAX         1024
+#define WSR_URL_PART_MAX    256
+
+//  One parsed scheme://[user[:password]@]host[:port][/path] URL. It may hold
+//  a password: clear it with wsr_util_url_clear when done.
+typedef struct {
+    char scheme [16];                   //  lower-case letters, e.g. "redis", "tls"
+    char user [WSR_URL_PART_MAX];       //  percent-decoded; "" if none
+    char password [WSR_URL_PART_MAX];   //  percent-decoded; "" if none
+    bool has_userinfo;                  //  the URL had a USERINFO@ part
+    bool has_password;                  //  ... with a ':' in it
+    char host [WSR_URL_PART_MAX];       //  DNS name or IPv4, or IPv6 without brackets
+    int port;                           //  1..65535, or 0 if none was given
+    char path [WSR_URL_PART_MAX];       //  from the first '/' after the host, or ""
+} wsr_url_t;
+
+//  Parse len bytes of text as a URL, strictly: scheme of letters then "://",
+//  userinfo up to the last '@' (user and password percent-decoded, no NUL),
+//  a non-empty host of [A-Za-z0-9.-_] or a bracketed IPv6 address, an
+//  optional port of digits 1..65535, an optional path; no query, fragment,
+//  space or control byte. Returns 0, or -1 with *error set to a static
+//  reason that never quotes the input (it may contain a password).
+int
+    wsr_util_url_parse (const char *text, size_t len, wsr_url_t *url, const char **error);
+
+//  Wipe a parsed URL (passwords do not linger on the stack).
+void
+    wsr_util_url_clear (wsr_url_t *url);
+
+//  Copy url into out (size bytes, always NUL-terminated, truncated if need
+//  be) with its secrets hidden, for logs: "redis://user:***@host:6379/0",
+//  "nats://***@host:4222" (a token), "http://host/path?***" (a query). Works
+//  on comma-separated lists of scheme:// URLs and on malformed input: it
+//  may hide more than the secret, never less. Returns out.
+const char *
+    wsr_util_redact_url (const char *url, char *out, size_t size);
+
 //  Start an actor and ask it START (the house pattern: czmq ignores the init
 //  signal's status, so every actor answers START with an "i" status). Returns
 //  the actor, or NULL (the actor destroyed) if its status is not 0.

@@ -614,10 +614,16 @@ s_heartbeat (s_bridge_t *self)
         wsr_nats_take_drops (self->nats, &dropped, &slow);
         wsr_metrics_add (m, WSR_M_BRIDGE_NATS_DROPS, (int64_t) dropped);
         wsr_metrics_add (m, WSR_M_BRIDGE_NATS_SLOW, (int64_t) slow);
+        wsr_nats_process (self->nats);
+        wsr_metrics_add (m, WSR_M_BRIDGE_NATS_REFUSED,
+                         (int64_t) wsr_nats_take_refusals (self->nats));
     }
-    if (self->redis)
+    if (self->redis) {
         wsr_metrics_add (m, WSR_M_BRIDGE_REDIS_RECONNECTS,
                          (int64_t) wsr_redis_take_reconnects (self->redis));
+        wsr_metrics_add (m, WSR_M_BRIDGE_REDIS_REFUSED,
+                         (int64_t) wsr_redis_take_refusals (self->redis));
+    }
     if (self->readiness)
         s_gauge (m, WSR_M_BACKPLANE_UP,
                  (!self->redis || redis_up) && (!self->nats || nats_up)? 1: 0);
@@ -764,15 +770,39 @@ s_bridge_actor (zsock_t *pipe, void *args)
         zsys_error ("bridge: a channel or subject template lacks its placeholder");
         self->status = -1;
     }
+    //  No valid id may turn one template's name into another's (user
+    //  "channel.lobby" receiving the lobby channel): checked per backplane used
+    char overlap [1024];
+    if (self->status == 0 && opts->redis_url
+    &&  wsr_naming_check (self->redis_names, overlap, sizeof overlap)) {
+        zsys_error ("bridge: Redis channel names: %s", overlap);
+        self->status = -1;
+    }
+    if (self->status == 0 && opts->nats_url
+    &&  wsr_naming_check (self->nats_names, overlap, sizeof overlap)) {
+        zsys_error ("bridge: NATS subjects: %s", overlap);
+        self->status = -1;
+    }
+    char redis_shown [WSR_URL_MAX], nats_shown [WSR_URL_MAX], http_shown [WSR_URL_MAX];
+    wsr_util_redact_url (opts->redis_url? opts->redis_url: "off", redis_shown,
+                         sizeof redis_shown);
+    wsr_util_redact_url (opts->nats_url? opts->nats_url: "off", nats_shown, sizeof nats_shown);
+    wsr_util_redact_url (opts->upstream_url? opts->upstream_url: "off", http_shown,
+                         sizeof http_shown);
     if (self->status == 0 && opts->redis_url) {
         self->redis = wsr_redis_new (opts->redis_url, s_on_redis, self);
         if (!self->redis) {
-            zsys_error ("bridge: bad Redis URL '%s'", opts->redis_url);
+            zsys_error ("bridge: bad Redis URL %s", redis_shown);
             self->status = -1;
         }
     }
     if (self->status == 0 && opts->nats_url) {
-        self->nats = wsr_nats_new (opts->nats_url, nats_in);
+        wsr_nats_opts_t nats_opts = {
+            .url = opts->nats_url, .creds = opts->nats_creds, .nkey_seed = opts->nats_nkey_seed,
+            .ca_file = opts->nats_ca_file, .cert_file = opts->nats_cert_file,
+            .key_file = opts->nats_key_file
+        };
+        self->nats = wsr_nats_new (&nats_opts, nats_in);
         if (!self->nats)
             self->status = -1;
     }
@@ -803,10 +833,8 @@ s_bridge_actor (zsock_t *pipe, void *args)
     }
     if (self->status == 0)
         zsys_info ("bridge: nodes on %s (%s); redis %s, nats %s, http %s, %s mode",
-                   opts->endpoint, self->zap? "CURVE": "plaintext",
-                   opts->redis_url? opts->redis_url: "off", opts->nats_url? opts->nats_url: "off",
-                   opts->upstream_url? opts->upstream_url: "off",
-                   self->firehose? "firehose": "per-topic");
+                   opts->endpoint, self->zap? "CURVE": "plaintext", redis_shown, nats_shown,
+                   http_shown, self->firehose? "firehose": "per-topic");
     zsock_signal (pipe, 0);
 
     zmq_pollitem_t items [S_MAX_ITEMS];

@@ -20,6 +20,11 @@ typedef struct {
     int peer_hwm;                   //  messages queued per peer (0 = WSR_HWM)
     const char *redis_url;          //  WEBSOCKET_REDIS_URL or NULL
     const char *nats_url;           //  NATS_URL or NULL
+    const char *nats_creds;         //  NATS_CREDS: .creds file, or NULL
+    const char *nats_nkey_seed;     //  NATS_NKEY_SEED: seed file or seed, or NULL
+    const char *nats_ca_file;       //  NATS_CA_FILE: CAs to trust (turns TLS on)
+    const char *nats_cert_file;     //  NATS_CERT_FILE: client certificate, or NULL
+    const char *nats_key_file;      //  NATS_KEY_FILE: its private key, or NULL
     bool firehose;                  //  one pattern subscription instead of per topic
     const char *redis_user;         //  "ws:{user_id}"
     const char *redis_channel;      //  "ws:channel:{channel}"

@@ -5,10 +5,20 @@
 //  tokens (wsr_util_id_valid), so a name like "ws:channel:x" never passes as
 //  user "channel:x" (':' is not an id character) and a crafted channel name
 //  can never address another user.
+//
+//  Templates must not overlap either: with ws.{user_id} and
+//  ws.channel.{channel}, user "channel.lobby" would be sent the lobby
+//  channel. wsr_naming_overlap decides it exactly. If prefix_a x suffix_a
+//  equals prefix_b y suffix_b, the length of x fixes the length of y and
+//  every byte of the name is either fixed by a template or free (inside
+//  both ids). A free byte can always be a letter, which never breaks an id
+//  rule (the rules only forbid bytes and dots at the ends or doubled), so
+//  for each of the WSR_MAX_ID_LEN lengths of x one candidate name settles it.
 
 #include "wsr_classes.h"
 
 typedef struct {
+    char *text;                 //  the whole template, for messages
     char *prefix;               //  text before the placeholder
     char *suffix;               //  text after it
     size_t prefix_len;
@@ -27,6 +37,7 @@ s_tpl_parse (s_tpl_t *tpl, const char *text, const char *placeholder)
     const char *at = text? strstr (text, placeholder): NULL;
     if (!at || strstr (at + 1, "{"))
         return -1;
+    tpl->text = strdup (text);
     tpl->prefix_len = (size_t) (at - text);
     tpl->prefix = strndup (text, tpl->prefix_len);
     tpl->suffix = strdup (at + strlen (placeholder));
@@ -37,6 +48,7 @@ s_tpl_parse (s_tpl_t *tpl, const char *text, const char *placeholder)
 static void
 s_tpl_free (s_tpl_t *tpl)
 {
+    free (tpl->text);
     free (tpl->prefix);
     free (tpl->suffix);
 }
@@ -169,8 +181,145 @@ wsr_naming_pattern (wsr_naming_t *self, const char *kind, bool nats, char *out, 
     return n < 0 || (size_t) n >= size - used? -1: (int) used + n;
 }
 
+//  Split a template at its {user_id} or {channel} placeholder.
+static int
+s_tpl_split (const char *text, s_tpl_t *tpl)
+{
+    memset (tpl, 0, sizeof *tpl);
+    const char *placeholder = strstr (text, "{user_id}")? "{user_id}": "{channel}";
+    const char *at = strstr (text, placeholder);
+    if (!at)
+        return -1;
+    tpl->prefix = (char *) text;
+    tpl->prefix_len = (size_t) (at - text);
+    tpl->suffix = (char *) at + strlen (placeholder);
+    tpl->suffix_len = strlen (tpl->suffix);
+    return 0;
+}
+
+//  The fixed byte of tpl at position i of a name whose id is id_len bytes,
+//  or -1 if position i is inside the id.
+static int
+s_tpl_byte (const s_tpl_t *tpl, size_t id_len, size_t i)
+{
+    if (i < tpl->prefix_len)
+        return (unsigned char) tpl->prefix [i];
+    if (i < tpl->prefix_len + id_len)
+        return -1;
+    return (unsigned char) tpl->suffix [i - tpl->prefix_len - id_len];
+}
+
+//  --------------------------------------------------------------------------
+//  Can two templates produce the same name?
+bool
+wsr_naming_overlap (const char *tpl_a, const char *tpl_b, char *example, size_t size)
+{
+    assert (tpl_a && tpl_b);
+    s_tpl_t a, b;
+    if (s_tpl_split (tpl_a, &a) || s_tpl_split (tpl_b, &b))
+        return false;
+    //  len_b = len_a + fixed_a - fixed_b, both in 1..WSR_MAX_ID_LEN
+    long fixed_a = (long) (a.prefix_len + a.suffix_len);
+    long fixed_b = (long) (b.prefix_len + b.suffix_len);
+    char *name = (char *) malloc ((size_t) fixed_a + WSR_MAX_ID_LEN + 1);
+    assert (name);
+    bool overlap = false;
+    for (long len_a = 1; len_a <= WSR_MAX_ID_LEN && !overlap; len_a++) {
+        long len_b = len_a + fixed_a - fixed_b;
+        if (len_b < 1 || len_b > WSR_MAX_ID_LEN)
+            continue;
+        size_t total = (size_t) (fixed_a + len_a);
+        bool fits = true;
+        for (size_t i = 0; i < total && fits; i++) {
+            int byte_a = s_tpl_byte (&a, (size_t) len_a, i);
+            int byte_b = s_tpl_byte (&b, (size_t) len_b, i);
+            if (byte_a >= 0 && byte_b >= 0 && byte_a != byte_b)
+                fits = false;
+            name [i] = (char) (byte_a >= 0? byte_a: byte_b >= 0? byte_b: 'a');
+        }
+        name [total] = 0;
+        overlap = fits
+               && wsr_util_id_valid (name + a.prefix_len, (size_t) len_a)
+               && wsr_util_id_valid (name + b.prefix_len, (size_t) len_b);
+        if (overlap && example && size > 0)
+            snprintf (example, size, "%s", name);
+    }
+    free (name);
+    return overlap;
+}
+
+//  --------------------------------------------------------------------------
+//  Check the templates pairwise.
+int
+wsr_naming_check (wsr_naming_t *self, char *error, size_t size)
+{
+    assert (self && error);
+    struct { const char *what; const char *id; s_tpl_t *tpl; } all [3] = {
+        { "user", "user", &self->user }, { "channel", "channel", &self->channel },
+        { "actions", "user", &self->actions }
+    };
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++) {
+            s_tpl_t *a = all [i].tpl, *b = all [j].tpl;
+            char *name = (char *) malloc (strlen (a->text) + WSR_MAX_ID_LEN + 1);
+            assert (name);
+            bool overlap = wsr_naming_overlap (a->text, b->text, name,
+                                               strlen (a->text) + WSR_MAX_ID_LEN + 1);
+            if (overlap) {
+                //  The two ids inside the example name, for the message
+                int len = (int) strlen (name);
+                snprintf (error, size, "the %s template '%s' and the %s template '%s' overlap: "
+                          "%s '%.*s' and %s '%.*s' both give '%s'", all [i].what, a->text,
+                          all [j].what, b->text, all [i].id,
+                          len - (int) (a->prefix_len + a->suffix_len), name + a->prefix_len,
+                          all [j].id,
+                          len - (int) (b->prefix_len + b->suffix_len), name + b->prefix_len,
+                          name);
+            }
+            free (name);
+            if (overlap)
+                return -1;
+        }
+    return 0;
+}
+
 //  --------------------------------------------------------------------------
 //  Selftest
+
+//  Brute force for the cross-check: does some id x of at most max_len bytes
+//  over "ab." make prefix_a x suffix_a a name of template b?
+static bool
+s_brute_overlap (const char *tpl_a, const char *tpl_b, int max_len)
+{
+    s_tpl_t a, b;
+    if (s_tpl_split (tpl_a, &a) || s_tpl_split (tpl_b, &b))
+        return false;
+    const char alphabet [] = "ab.";
+    for (int len = 1; len <= max_len; len++) {
+        int combos = 1;
+        for (int i = 0; i < len; i++)
+            combos *= 3;
+        for (int code = 0; code < combos; code++) {
+            char id [16];
+            for (int i = 0, rest = code; i < len; i++, rest /= 3)
+                id [i] = alphabet [rest % 3];
+            if (!wsr_util_id_valid (id, (size_t) len))
+                continue;
+            char name [64];
+            int n = snprintf (name, sizeof name, "%.*s%.*s%s", (int) a.prefix_len, a.prefix,
+                              len, id, a.suffix);
+            size_t name_len = (size_t) n;
+            if (name_len > b.prefix_len + b.suffix_len
+            &&  memcmp (name, b.prefix, b.prefix_len) == 0
+            &&  memcmp (name + name_len - b.suffix_len, b.suffix, b.suffix_len) == 0
+            &&  wsr_util_id_valid (name + b.prefix_len,
+                                   name_len - b.prefix_len - b.suffix_len))
+                return true;
+        }
+    }
+    return false;
+}
+
 void
 wsr_naming_test (bool verbose)
 {
@@ -216,6 +365,94 @@ wsr_naming_test (bool verbose)
     assert (wsr_naming_pattern (nats, WSR_TOPIC_CHANNEL, true, out, sizeof out) > 0);
     assert (streq (out, "world.updates.channel.>"));
     wsr_naming_destroy (&nats);
+
+    //  Overlap: the example, found with a witness
+    char name [512];
+    assert (wsr_naming_overlap ("ws.{user_id}", "ws.channel.{channel}", name, sizeof name));
+    assert (streq (name, "ws.channel.a"));          //  user "channel.a" = channel "a"
+    assert (wsr_naming_overlap ("ws.channel.{channel}", "ws.{user_id}", NULL, 0));
+    //  The defaults never overlap
+    const char *defaults [2][3] = {
+        { "ws:{user_id}", "ws:channel:{channel}", "ws:actions:{user_id}" },
+        { "world.updates.user.{user_id}", "world.updates.channel.{channel}",
+          "client.actions.{user_id}" }
+    };
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++)
+                assert (i == j || !wsr_naming_overlap (defaults [k][i], defaults [k][j],
+                                                       NULL, 0));
+        wsr_naming_t *naming = wsr_naming_new (defaults [k][0], defaults [k][1],
+                                               defaults [k][2]);
+        assert (wsr_naming_check (naming, name, sizeof name) == 0);
+        wsr_naming_destroy (&naming);
+    }
+    //  ':' is no id byte, '.' is: the same shapes differ by separator
+    assert (!wsr_naming_overlap ("ws:{user_id}", "ws:actions:{user_id}", NULL, 0));
+    assert (wsr_naming_overlap ("ws.{user_id}", "ws.actions.{user_id}", NULL, 0));
+    //  Suffixes: different last bytes never meet; a prefix against a suffix does
+    assert (!wsr_naming_overlap ("{user_id}.u", "{channel}.c", NULL, 0));
+    assert (wsr_naming_overlap ("u.{user_id}", "{channel}.c", name, sizeof name));
+    assert (streq (name, "u.c"));              //  user "c", channel "u"
+    assert (wsr_naming_overlap ("{user_id}", "c-{channel}", name, sizeof name));
+    //  Exact about dots: an id never starts or ends with one, nor doubles it
+    assert (!wsr_naming_overlap ("a.{user_id}", "a{channel}", NULL, 0));
+    assert (!wsr_naming_overlap ("x{user_id}.", "x{channel}", NULL, 0));
+    assert (!wsr_naming_overlap ("a.{user_id}", "a.{channel}.", NULL, 0));
+    assert (!wsr_naming_overlap ("p.{user_id}", "p{channel}.", NULL, 0));
+    assert (!wsr_naming_overlap ("ws.{user_id}", "ws..{channel}", NULL, 0));
+    assert (!wsr_naming_overlap ("q{user_id}", "q:{channel}", NULL, 0));
+    //  Exact about length: ids are at most WSR_MAX_ID_LEN bytes
+    char long_tpl [WSR_MAX_ID_LEN + 32];
+    snprintf (long_tpl, sizeof long_tpl, "a%0*d{channel}", WSR_MAX_ID_LEN - 1, 0);
+    assert (wsr_naming_overlap ("a{user_id}", long_tpl, NULL, 0));
+    snprintf (long_tpl, sizeof long_tpl, "a%0*d{channel}", WSR_MAX_ID_LEN, 0);
+    assert (!wsr_naming_overlap ("a{user_id}", long_tpl, NULL, 0));
+    //  Cross-check against brute force on random short templates over
+    //  "ab.:" (fixed parts of at most 4 bytes: any overlap has a witness id
+    //  of at most 9 bytes, so the brute force up to 9 is complete)
+    uint32_t seed = 12345;
+    int overlaps = 0;
+    for (int round = 0; round < 300; round++) {
+        char tpl [2][32];
+        for (int t = 0; t < 2; t++) {
+            char part [2][4];
+            for (int k = 0; k < 2; k++) {
+                seed = seed * 1103515245 + 12345;
+                int len = (int) ((seed >> 16) % 3);
+                for (int i = 0; i < len; i++) {
+                    seed = seed * 1103515245 + 12345;
+                    part [k][i] = "ab.:" [(seed >> 16) % 4];
+                }
+                part [k][len] = 0;
+            }
+            snprintf (tpl [t], sizeof tpl [t], "%s%s%s", part [0],
+                      t? "{channel}": "{user_id}", part [1]);
+        }
+        bool fast = wsr_naming_overlap (tpl [0], tpl [1], NULL, 0);
+        bool slow = s_brute_overlap (tpl [0], tpl [1], 9);
+        if (fast != slow)
+            printf ("overlap '%s' '%s': exact %d, brute force %d\n", tpl [0], tpl [1],
+                    fast, slow);
+        assert (fast == slow);
+        overlaps += fast;
+    }
+    assert (overlaps > 30 && overlaps < 270);       //  both answers were exercised
+    if (verbose)
+        printf ("%d of 300 random pairs overlap\n", overlaps);
+
+    //  The whole-naming check names both templates
+    wsr_naming_t *clash = wsr_naming_new ("ws.{user_id}", "ws.channel.{channel}",
+                                          "client.actions.{user_id}");
+    assert (clash);
+    assert (wsr_naming_check (clash, name, sizeof name) == -1);
+    assert (strstr (name, "'ws.{user_id}'") && strstr (name, "'ws.channel.{channel}'"));
+    assert (strstr (name, "user 'channel.a' and channel 'a' both give 'ws.channel.a'"));
+    wsr_naming_destroy (&clash);
+    clash = wsr_naming_new ("u.{user_id}", "c.{channel}", "u.actions.{user_id}");
+    assert (wsr_naming_check (clash, name, sizeof name) == -1);
+    assert (strstr (name, "'u.{user_id}'") && strstr (name, "'u.actions.{user_id}'"));
+    wsr_naming_destroy (&clash);
 
     //  Templates need their placeholder
     assert (wsr_naming_new ("ws:", "c:{channel}", "a:{user_id}") == NULL);

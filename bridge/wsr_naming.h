@@ -50,6 +50,19 @@ int
     wsr_naming_pattern (wsr_naming_t *self, const char *kind, bool nats, char *out,
                         size_t size);
 
+//  True if a valid id (wsr_util_id_valid) in tpl_a and a valid id in tpl_b
+//  can give the same name. Each template holds one {user_id} or {channel}
+//  placeholder; a template without one never overlaps. Exact, not a
+//  heuristic. On overlap, example (if not NULL) gets one such name.
+bool
+    wsr_naming_overlap (const char *tpl_a, const char *tpl_b, char *example, size_t size);
+
+//  Check the user, channel and actions templates against each other.
+//  Returns 0, or -1 with a message in error that names both templates of
+//  the first overlapping pair and a name both can produce.
+int
+    wsr_naming_check (wsr_naming_t *self, char *error, size_t size);
+
 //  Self test
 void
     wsr_naming_test (bool verbose);

@@ -6,6 +6,13 @@
 //  (read / write); the owner's zmq_poll watches the fds (wsr_redis_pollitems)
 //  and hands back the results (wsr_redis_process). No thread, no event library.
 //
+//  Every connection starts with a hello before anything else: AUTH (with the
+//  URL's user and password, Redis 6 ACL style, or the password alone) or,
+//  without a password, a PING. Only its answer makes the connection UP, so a
+//  wrong password, a missing one (NOAUTH) or a refused ACL is a connection
+//  that never becomes ready: it is logged (never the password; one line per
+//  minute while it lasts), counted, and retried with the usual backoff.
+//
 //  The link remembers what is wanted, not what was sent: after any reconnect
 //  every wanted channel and pattern is subscribed again, in batches. A
 //  connection that fails, drops, or misses its PING replies for 3 s is freed
@@ -26,8 +33,12 @@
 #define S_PING_EVERY_MS     1000
 #define S_PING_DEAD_MS      3000    //  no PONG for this long: reconnect
 #define S_BATCH             512     //  channels per SUBSCRIBE
+#define S_REFUSAL_LOG_MS    60000   //  one refusal report per minute at most
+#define S_REPLY_SHOWN       200     //  bytes of a Redis error reply logged
+#define S_DB_MAX            999999  //  largest database number accepted
 
-typedef enum { S_DOWN, S_CONNECTING, S_UP } s_state_t;
+//  DOWN → CONNECTING (TCP) → HELLO (AUTH or PING sent) → UP
+typedef enum { S_DOWN, S_CONNECTING, S_HELLO, S_UP } s_state_t;
 
 typedef struct {
     struct _wsr_redis_t *owner;     //  the link
@@ -43,9 +54,10 @@ typedef struct {
 
 struct _wsr_redis_t {
     char *host;                     //  from the URL
-    int port;
-    char *password;                 //  or NULL
-    int db;
+    int port;                       //  from the URL, 6379 by default
+    char *user;                     //  ACL user (percent-decoded) or NULL
+    char *password;                 //  percent-decoded, or NULL: never logged
+    int db;                         //  SELECTed on the publish connection
     s_conn_t sub;                   //  subscribe-mode connection
     s_conn_t pub;                   //  publish + ping connection
     zhashx_t *channels;             //  wanted channels (key → NULL)
@@ -55,6 +67,9 @@ struct _wsr_redis_t {
     wsr_redis_message_fn *on_message;
     void *arg;
     uint64_t lost;                  //  connections lost since last taken
+    uint64_t refused;               //  hellos / commands refused since last taken
+    uint64_t refused_unlogged;      //  refusals since the last report
+    int64_t refusal_logged_at;      //  mono ms of the last report, 0 = none yet
 };
 
 //  --------------------------------------------------------------------------
@@ -126,14 +141,48 @@ s_on_pong (redisAsyncContext *ac, void *reply_p, void *privdata)
         self->ping_waiting = 0;
 }
 
+//  Count a refusal (wrong password, NOAUTH, NOPERM...) and report it at most
+//  once per S_REFUSAL_LOG_MS. The reply is Redis' error text; it is withheld
+//  if it ever quotes the password.
 static void
-s_on_auth (redisAsyncContext *ac, void *reply_p, void *privdata)
+s_refusal (wsr_redis_t *self, const char *what, const char *reply, bool retrying)
 {
-    (void) privdata;
+    self->refused++;
+    self->refused_unlogged++;
+    int64_t now = wsr_util_mono_ms ();
+    if (self->refusal_logged_at && now - self->refusal_logged_at < S_REFUSAL_LOG_MS)
+        return;
+    if (!reply)
+        reply = "";
+    if (self->password && strstr (reply, self->password))
+        reply = "(Redis' reply withheld: it quotes the password)";
+    zsys_error ("redis: %s:%d refused %s%s%s: %.*s (%" PRIu64 " refusal(s) since the last "
+                "report%s)", self->host, self->port, what,
+                self->user? " for user ": "", self->user? self->user: "",
+                S_REPLY_SHOWN, reply, self->refused_unlogged,
+                retrying? "; reconnecting with backoff": "");
+    self->refusal_logged_at = now;
+    self->refused_unlogged = 0;
+}
+
+static void
+s_on_select (redisAsyncContext *ac, void *reply_p, void *privdata)
+{
+    wsr_redis_t *self = (wsr_redis_t *) privdata;
+    redisReply *reply = (redisReply *) reply_p;
+    if (ac == self->pub.ac && reply && reply->type == REDIS_REPLY_ERROR)
+        s_refusal (self, "SELECT", reply->str, false);
+}
+
+//  A PUBLISH that Redis refused (an ACL without the channel: NOPERM)
+static void
+s_on_published (redisAsyncContext *ac, void *reply_p, void *privdata)
+{
+    (void) ac;
+    wsr_redis_t *self = (wsr_redis_t *) privdata;
     redisReply *reply = (redisReply *) reply_p;
     if (reply && reply->type == REDIS_REPLY_ERROR)
-        zsys_error ("redis: %s:%d: AUTH/SELECT refused: %s", ac->c.tcp.host, ac->c.tcp.port,
-                    reply->str);
+        s_refusal (self, "PUBLISH", reply->str, false);
 }
 
 //  Send (P)SUBSCRIBE for every entry of a table, in batches.
@@ -163,6 +212,46 @@ s_conn_of (const redisAsyncContext *ac)
     return (s_conn_t *) ac->ev.data;
 }
 
+//  The hello was answered: the connection is usable.
+static void
+s_ready (s_conn_t *conn)
+{
+    wsr_redis_t *self = conn->owner;
+    conn->state = S_UP;
+    conn->backoff = S_BACKOFF_MIN_MS;
+    self->refusal_logged_at = 0;    //  a new refusal is reported at once
+    zsys_info ("redis: %s connection to %s:%d up%s%s", conn->subscriber? "subscribe": "publish",
+               self->host, self->port, self->user? " as user ": "", self->user? self->user: "");
+    if (conn->subscriber) {
+        s_subscribe_all (self, self->channels, "SUBSCRIBE");
+        s_subscribe_all (self, self->patterns, "PSUBSCRIBE");
+    }
+    else {
+        if (self->db)
+            redisAsyncCommand (conn->ac, s_on_select, self, "SELECT %d", self->db);
+        self->last_ping = wsr_util_mono_ms ();
+        self->ping_waiting = 0;
+    }
+}
+
+//  Reply to the hello (AUTH or PING). Anything but success: count, report,
+//  and start this connection over with backoff.
+static void
+s_on_hello (redisAsyncContext *ac, void *reply_p, void *privdata)
+{
+    s_conn_t *conn = (s_conn_t *) privdata;
+    redisReply *reply = (redisReply *) reply_p;
+    if (conn->ac != ac || conn->state != S_HELLO || !reply)
+        return;                     //  an old context, or one being freed
+    if (reply->type == REDIS_REPLY_ERROR) {
+        s_refusal (conn->owner, conn->owner->password? "AUTH": "PING (no password in the URL)",
+                   reply->str, true);
+        s_reset (conn);             //  inside a reply callback: hiredis frees it after
+    }
+    else
+        s_ready (conn);
+}
+
 static void
 s_on_connect (const redisAsyncContext *ac, int status)
 {
@@ -175,23 +264,20 @@ s_on_connect (const redisAsyncContext *ac, int status)
         s_schedule (conn);          //  hiredis frees ac after this callback
         return;
     }
-    conn->state = S_UP;
-    conn->backoff = S_BACKOFF_MIN_MS;
-    zsys_info ("redis: %s connection to %s:%d up", conn->subscriber? "subscribe": "publish",
-               self->host, self->port);
-    redisAsyncContext *mut = conn->ac;
-    if (self->password)
-        redisAsyncCommand (mut, s_on_auth, self, "AUTH %s", self->password);
-    if (conn->subscriber) {
-        s_subscribe_all (self, self->channels, "SUBSCRIBE");
-        s_subscribe_all (self, self->patterns, "PSUBSCRIBE");
+    //  The hello goes before anything else on this connection
+    conn->state = S_HELLO;
+    int rc;
+    if (self->password) {
+        const char *argv [3] = { "AUTH", self->user, self->password };
+        int argc = self->user? 3: 2;
+        if (!self->user)
+            argv [1] = self->password;
+        rc = redisAsyncCommandArgv (conn->ac, s_on_hello, conn, argc, argv, NULL);
     }
-    else {
-        if (self->db)
-            redisAsyncCommand (mut, s_on_auth, self, "SELECT %d", self->db);
-        self->last_ping = wsr_util_mono_ms ();
-        self->ping_waiting = 0;
-    }
+    else
+        rc = redisAsyncCommand (conn->ac, s_on_hello, conn, "PING");
+    if (rc != REDIS_OK)
+        wsr_debug ("redis: %s:%d: hello not queued", self->host, self->port);
 }
 
 static void
@@ -201,9 +287,14 @@ s_on_disconnect (const redisAsyncContext *ac, int status)
     s_conn_t *conn = s_conn_of (ac);
     if (conn->ac != ac)
         return;
-    zsys_warning ("redis: %s connection to %s:%d lost%s%s",
-                  conn->subscriber? "subscribe": "publish", conn->owner->host,
-                  conn->owner->port, ac->errstr? ": ": "", ac->errstr? ac->errstr: "");
+    //  A refused SUBSCRIBE (NOPERM: an ACL without the channel) makes hiredis
+    //  drop the connection with Redis' error as errstr
+    if (strncmp (ac->errstr, "NOPERM", 6) == 0 || strncmp (ac->errstr, "NOAUTH", 6) == 0)
+        s_refusal (conn->owner, "SUBSCRIBE", ac->errstr, true);
+    else
+        zsys_warning ("redis: %s connection to %s:%d lost%s%s",
+                      conn->subscriber? "subscribe": "publish", conn->owner->host,
+                      conn->owner->port, ac->errstr [0]? ": ": "", ac->errstr);
     conn->owner->lost++;
     s_schedule (conn);              //  hiredis frees ac after this callback
 }
@@ -238,46 +329,45 @@ s_connect (wsr_redis_t *self, s_conn_t *conn)
 }
 
 //  --------------------------------------------------------------------------
-//  Parse redis://[:password@]host[:port][/db]
+//  Parse redis://[[user]:password@]host[:port][/db]. Returns 0, or -1 with
+//  *error set to a reason that never quotes the URL.
 static int
-s_parse_url (wsr_redis_t *self, const char *url)
+s_parse_url (wsr_redis_t *self, const char *text, const char **error)
 {
-    if (strncmp (url, "redis://", 8))
+    wsr_url_t url;
+    if (wsr_util_url_parse (text, strlen (text), &url, error))
         return -1;
-    const char *rest = url + 8;
-    const char *at = strrchr (rest, '@');
-    if (at) {
-        const char *colon = memchr (rest, ':', (size_t) (at - rest));
-        const char *pw = colon? colon + 1: rest;
-        self->password = strndup (pw, (size_t) (at - pw));
-        rest = at + 1;
+    int rc = -1;
+    const char *db = url.path [0] == '/'? url.path + 1: url.path;
+    size_t db_len = strlen (db);
+    if (streq (url.scheme, "rediss"))
+        *error = "rediss:// (TLS) is not supported by hiredis 0.14; "
+                 "use a local TLS tunnel such as stunnel (see the README)";
+    else
+    if (!streq (url.scheme, "redis"))
+        *error = "the scheme is not redis://";
+    else
+    if (url.has_userinfo && !url.has_password)
+        *error = "credentials need a ':' (redis://:PASSWORD@HOST or "
+                 "redis://USER:PASSWORD@HOST)";
+    else
+    if (url.has_password && url.password [0] == 0)
+        *error = "the password is empty";
+    else
+    if (db_len > 6 || strspn (db, "0123456789") != db_len || atoi (db) > S_DB_MAX)
+        *error = "the path is not /DB (a database number)";
+    else {
+        self->host = strdup (url.host);
+        self->port = url.port? url.port: 6379;
+        self->db = atoi (db);
+        if (url.user [0])
+            self->user = strdup (url.user);
+        if (url.has_password)
+            self->password = strdup (url.password);
+        rc = 0;
     }
-    const char *slash = strchr (rest, '/');
-    size_t hostport_len = slash? (size_t) (slash - rest): strlen (rest);
-    char hostport [256];
-    if (hostport_len == 0 || hostport_len >= sizeof hostport)
-        return -1;
-    memcpy (hostport, rest, hostport_len);
-    hostport [hostport_len] = 0;
-    self->port = 6379;
-    char *colon = strrchr (hostport, ':');
-    if (colon && !strchr (colon, ']')) {
-        *colon = 0;
-        self->port = atoi (colon + 1);
-        if (self->port <= 0 || self->port > 65535)
-            return -1;
-    }
-    char *host = hostport;
-    if (*host == '[') {                 //  [::1]
-        host++;
-        char *end = strchr (host, ']');
-        if (end)
-            *end = 0;
-    }
-    self->host = strdup (host);
-    if (slash && slash [1])
-        self->db = atoi (slash + 1);
-    return 0;
+    wsr_util_url_clear (&url);
+    return rc;
 }
 
 //  --------------------------------------------------------------------------
@@ -294,8 +384,13 @@ wsr_redis_new (const char *url, wsr_redis_message_fn *on_message, void *arg)
     self->sub.owner = self->pub.owner = self;
     self->sub.subscriber = true;
     self->sub.backoff = self->pub.backoff = S_BACKOFF_MIN_MS;
-    if (s_parse_url (self, url))
+    const char *error = NULL;
+    if (s_parse_url (self, url, &error)) {
+        char shown [WSR_URL_MAX];
+        zsys_error ("redis: bad URL %s: %s", wsr_util_redact_url (url, shown, sizeof shown),
+                    error);
         wsr_redis_destroy (&self);
+    }
     return self;
 }
 
@@ -312,7 +407,11 @@ wsr_redis_destroy (wsr_redis_t **self_p)
         zhashx_destroy (&self->channels);
         zhashx_destroy (&self->patterns);
         free (self->host);
-        free (self->password);
+        free (self->user);
+        if (self->password) {
+            sodium_memzero (self->password, strlen (self->password));
+            free (self->password);
+        }
         free (self);
         *self_p = NULL;
     }
@@ -367,7 +466,8 @@ wsr_redis_publish (wsr_redis_t *self, const char *channel, const uint8_t *data, 
         return -1;
     const char *argv [3] = { "PUBLISH", channel, (const char *) data };
     size_t lens [3] = { 7, strlen (channel), size };
-    return redisAsyncCommandArgv (self->pub.ac, NULL, NULL, 3, argv, lens) == REDIS_OK? 0: -1;
+    return redisAsyncCommandArgv (self->pub.ac, s_on_published, self, 3, argv, lens)
+           == REDIS_OK? 0: -1;
 }
 
 //  --------------------------------------------------------------------------
@@ -388,6 +488,17 @@ wsr_redis_take_reconnects (wsr_redis_t *self)
     uint64_t lost = self->lost;
     self->lost = 0;
     return lost;
+}
+
+//  --------------------------------------------------------------------------
+//  Refusals since the last call.
+uint64_t
+wsr_redis_take_refusals (wsr_redis_t *self)
+{
+    assert (self);
+    uint64_t refused = self->refused;
+    self->refused = 0;
+    return refused;
 }
 
 //  --------------------------------------------------------------------------
@@ -474,8 +585,10 @@ wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
         if (conn->state == S_DOWN && now >= conn->next_attempt)
             s_connect (self, conn);
         else
-        if (conn->state == S_CONNECTING && now - conn->started > S_CONNECT_TIMEOUT) {
-            zsys_warning ("redis: connect to %s:%d timed out", self->host, self->port);
+        if ((conn->state == S_CONNECTING || conn->state == S_HELLO)
+        &&  now - conn->started > S_CONNECT_TIMEOUT) {
+            zsys_warning ("redis: connect to %s:%d timed out%s", self->host, self->port,
+                          conn->state == S_HELLO? " (no answer to AUTH / PING)": "");
             s_reset (conn);
         }
     }
@@ -539,32 +652,114 @@ s_run (wsr_redis_t *redis, int ms)
     int64_t end_ = wsr_util_mono_ms () + (ms); \
     while (!(cond) && wsr_util_mono_ms () < end_) s_run (redis, 10); } while (0)
 
+//  Start redis-server on port, with requirepass if password is not NULL.
 static pid_t
-s_start_redis (int port)
+s_start_redis (int port, const char *password)
 {
     char port_text [16];
     snprintf (port_text, sizeof port_text, "%d", port);
     const char *argv [] = { "redis-server", "--port", port_text, "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", NULL };
+                            "--save", "", "--appendonly", "no",
+                            password? "--requirepass": NULL, password, NULL };
     return wsr_util_spawn (argv);
+}
+
+//  Run one command on a blocking connection (test set-up: ACL SETUSER).
+//  Returns true if Redis answered without an error.
+static bool
+s_admin (int port, const char *password, int argc, const char **argv)
+{
+    struct timeval timeout = { 2, 0 };
+    redisContext *c = redisConnectWithTimeout ("127.0.0.1", port, timeout);
+    bool ok = c && !c->err;
+    if (ok && password) {
+        redisReply *reply = (redisReply *) redisCommand (c, "AUTH %s", password);
+        ok = reply && reply->type != REDIS_REPLY_ERROR;
+        freeReplyObject (reply);
+    }
+    if (ok) {
+        redisReply *reply = (redisReply *) redisCommandArgv (c, argc, argv, NULL);
+        ok = reply && reply->type != REDIS_REPLY_ERROR;
+        freeReplyObject (reply);
+    }
+    redisFree (c);
+    return ok;
+}
+
+//  Wait (bounded) until redis-server answers a connection.
+static void
+s_wait_redis (int port)
+{
+    int64_t deadline = wsr_util_mono_ms () + 5000;
+    struct timeval timeout = { 0, 200000 };
+    while (wsr_util_mono_ms () < deadline) {
+        redisContext *c = redisConnectWithTimeout ("127.0.0.1", port, timeout);
+        bool up = c && !c->err;
+        redisFree (c);
+        if (up)
+            return;
+        zclock_sleep (20);
+    }
+    assert (false);
 }
 
 void
 wsr_redis_test (bool verbose)
 {
     (void) verbose;
-    assert (wsr_redis_new ("http://x", s_sink, NULL) == NULL);
-    assert (wsr_redis_new ("redis://", s_sink, NULL) == NULL);
+    //  URLs: percent-decoded credentials, defaults, strict refusals
+    wsr_redis_t *parsed = wsr_redis_new ("redis://alice:p%40ss%20w@127.0.0.1:6380/3", s_sink,
+                                         NULL);
+    assert (parsed && streq (parsed->user, "alice") && streq (parsed->password, "p@ss w"));
+    assert (streq (parsed->host, "127.0.0.1") && parsed->port == 6380 && parsed->db == 3);
+    wsr_redis_destroy (&parsed);
+    parsed = wsr_redis_new ("redis://:only-pw@redis.local", s_sink, NULL);
+    assert (parsed && parsed->user == NULL && streq (parsed->password, "only-pw"));
+    assert (parsed->port == 6379 && parsed->db == 0);
+    wsr_redis_destroy (&parsed);
+    parsed = wsr_redis_new ("redis://[::1]:7000/", s_sink, NULL);
+    assert (parsed && streq (parsed->host, "::1") && parsed->port == 7000 && !parsed->password);
+    wsr_redis_destroy (&parsed);
+    const char *bad [] = {
+        "http://x", "redis://", "rediss://:pw@host", "redis://pw@host", "redis://user:@host",
+        "redis://:@host", "redis://host/x", "redis://host/1234567", "redis://host:99999",
+        "redis://:pw@", "redis://host/0?timeout=1", "redis://:p%zz@host", NULL
+    };
+    for (int i = 0; bad [i]; i++)
+        assert (wsr_redis_new (bad [i], s_sink, NULL) == NULL);
+
+    //  A test whose server is missing is skipped, never passed (ctest's
+    //  SKIP_RETURN_CODE 77)
     if (system ("command -v redis-server >/dev/null 2>&1") != 0) {
         wsr_util_test_skip ("redis-server not installed");
         return;
     }
+    //  Plain Redis: the hello is a PING
     int port = wsr_util_free_port ();
-    pid_t server = s_start_redis (port);
-    char url [64];
-    snprintf (url, sizeof url, "redis://127.0.0.1:%d/0", port);
+    pid_t server = s_start_redis (port, NULL);
+    s_wait_redis (port);
+    char url [128];
+    snprintf (url, sizeof url, "redis://127.0.0.1:%d/1", port);
     s_sink_t sink = { 0 };
     wsr_redis_t *redis = wsr_redis_new (url, s_sink, &sink);
+    wsr_redis_subscribe (redis, "ws:plain");
+    S_RUN_UNTIL (redis, sink.count > 0
+                 || (wsr_redis_publish (redis, "ws:plain", (const uint8_t *) "p", 1), false),
+                 5000);
+    assert (sink.count > 0 && streq (sink.channel, "ws:plain"));
+    assert (wsr_redis_take_refusals (redis) == 0);
+    wsr_redis_destroy (&redis);
+    wsr_util_reap (server);
+
+    //  From here on Redis wants a password (requirepass): every connection,
+    //  and every reconnect after the restart below, AUTHs first
+    const char *password = "p@ss word";
+    port = wsr_util_free_port ();
+    server = s_start_redis (port, password);
+    s_wait_redis (port);
+    snprintf (url, sizeof url, "redis://:p%%40ss%%20word@127.0.0.1:%d/0", port);
+    memset (&sink, 0, sizeof sink);
+    redis = wsr_redis_new (url, s_sink, &sink);
     assert (redis);
     wsr_redis_subscribe (redis, "ws:u1");
     wsr_redis_subscribe (redis, "ws:u1");           //  idempotent
@@ -589,13 +784,13 @@ wsr_redis_test (bool verbose)
     s_run (redis, 200);
     assert (sink.count == before);
 
-    //  Redis restarted: the link reconnects and subscribes again by itself
+    //  Redis restarted: the link reconnects, AUTHs and subscribes again by itself
     wsr_redis_subscribe (redis, "ws:u2");
     wsr_util_reap (server);
     S_RUN_UNTIL (redis, !wsr_redis_connected (redis), 3000);
     assert (!wsr_redis_connected (redis));
     assert (wsr_redis_publish (redis, "ws:u2", (const uint8_t *) "lost", 4) == -1);
-    server = s_start_redis (port);
+    server = s_start_redis (port, password);
     int64_t back = wsr_util_mono_ms ();
     S_RUN_UNTIL (redis, wsr_redis_connected (redis), 5000);
     assert (wsr_redis_connected (redis));
@@ -608,6 +803,48 @@ wsr_redis_test (bool verbose)
     assert (sink.count > before && streq (sink.last, "again"));
     if (verbose)
         printf ("resubscribed %" PRId64 " ms after restart\n", wsr_util_mono_ms () - back);
+    assert (wsr_redis_take_refusals (redis) == 0);
+    wsr_redis_destroy (&redis);
+
+    //  A wrong password and no password: never ready, refusals counted, and
+    //  the link keeps trying (more refusals after the backoff)
+    const char *wrong_urls [2] = { "redis://:wrong@127.0.0.1:%d", "redis://127.0.0.1:%d" };
+    for (int i = 0; i < 2; i++) {
+        snprintf (url, sizeof url, wrong_urls [i], port);
+        wsr_redis_t *wrong = wsr_redis_new (url, s_sink, &sink);
+        assert (wrong);
+        wsr_redis_subscribe (wrong, "ws:u1");
+        uint64_t refused = 0;
+        int64_t deadline = wsr_util_mono_ms () + 5000;
+        while (refused < 3 && wsr_util_mono_ms () < deadline) {
+            s_run (wrong, 50);
+            assert (!wsr_redis_connected (wrong));
+            refused += wsr_redis_take_refusals (wrong);
+        }
+        assert (refused >= 3);
+        assert (wsr_redis_publish (wrong, "ws:u1", (const uint8_t *) "x", 1) == -1);
+        wsr_redis_destroy (&wrong);
+    }
+
+    //  A Redis 6 ACL user limited to ws:* channels: AUTH user password
+    const char *acl [] = { "ACL", "SETUSER", "wsr", "on", ">s3cr:et/", "resetchannels",
+                           "&ws:*", "-@all", "+@pubsub", "+ping", "+select", NULL };
+    assert (s_admin (port, password, 11, acl));
+    snprintf (url, sizeof url, "redis://wsr:s3cr%%3Aet%%2F@127.0.0.1:%d", port);
+    memset (&sink, 0, sizeof sink);
+    redis = wsr_redis_new (url, s_sink, &sink);
+    assert (redis);
+    wsr_redis_subscribe (redis, "ws:acl");
+    S_RUN_UNTIL (redis, sink.count > 0
+                 || (wsr_redis_publish (redis, "ws:acl", (const uint8_t *) "a1", 2), false),
+                 5000);
+    assert (sink.count > 0 && streq (sink.last, "a1") && streq (sink.channel, "ws:acl"));
+    assert (wsr_redis_take_refusals (redis) == 0);
+    //  Outside its channels Redis refuses (NOPERM): counted, the link stays up
+    assert (wsr_redis_publish (redis, "other:x", (const uint8_t *) "n", 1) == 0);
+    uint64_t refused = 0;
+    S_RUN_UNTIL (redis, (refused += wsr_redis_take_refusals (redis)) > 0, 2000);
+    assert (refused == 1 && wsr_redis_connected (redis));
     wsr_redis_destroy (&redis);
     wsr_util_reap (server);
 }

@@ -15,9 +15,11 @@ typedef struct _wsr_redis_t wsr_redis_t;
 typedef void (wsr_redis_message_fn) (void *arg, const char *pattern, const char *channel,
                                      size_t channel_len, const uint8_t *data, size_t size);
 
-//  Create a link for redis://[:password@]host[:port][/db]. Connecting starts
-//  on the first wsr_redis_process call and is retried with backoff forever.
-//  Returns NULL if the URL is invalid.
+//  Create a link for redis://[[user]:password@]host[:port][/db] (user and
+//  password percent-decoded; with a user, Redis 6 ACL "AUTH user password").
+//  Connecting starts on the first wsr_redis_process call and is retried with
+//  backoff forever. Returns NULL if the URL is invalid (logged with the
+//  reason, the password hidden).
 wsr_redis_t *
     wsr_redis_new (const char *url, wsr_redis_message_fn *on_message, void *arg);
 
@@ -51,6 +53,12 @@ bool
 //  Connections lost since the last call (each is re-made with backoff).
 uint64_t
     wsr_redis_take_reconnects (wsr_redis_t *self);
+
+//  Commands Redis refused since the last call: AUTH (wrong password), any
+//  command without one (NOAUTH), SUBSCRIBE or PUBLISH outside an ACL
+//  (NOPERM), SELECT. Each refused AUTH is retried with backoff.
+uint64_t
+    wsr_redis_take_refusals (wsr_redis_t *self);
 
 //  Channels and patterns wanted.
 size_t

@@ -127,6 +127,11 @@ s_backplane_env (wsr_bridge_opts_t *bp)
 {
     bp->redis_url = s_env ("WEBSOCKET_REDIS_URL", NULL);
     bp->nats_url = s_env ("NATS_URL", NULL);
+    bp->nats_creds = s_env ("NATS_CREDS", NULL);
+    bp->nats_nkey_seed = s_env ("NATS_NKEY_SEED", NULL);
+    bp->nats_ca_file = s_env ("NATS_CA_FILE", NULL);
+    bp->nats_cert_file = s_env ("NATS_CERT_FILE", NULL);
+    bp->nats_key_file = s_env ("NATS_KEY_FILE", NULL);
     bp->upstream_url = s_env ("WEBSOCKET_UPSTREAM_URL", NULL);
     bp->firehose = streq (s_env ("WEBSOCKET_BRIDGE_MODE", "topics"), "firehose");
     bp->redis_user = s_env ("WEBSOCKET_REDIS_USER_CHANNEL", bp->redis_user);
@@ -152,17 +157,37 @@ s_backplane_flag (wsr_bridge_opts_t *bp, int c)
         case 'N': bp->nats_url = optarg; return true;
         case 'H': bp->upstream_url = optarg; return true;
         case 'F': bp->firehose = true; return true;
+        case 1500: bp->nats_creds = optarg; return true;
+        case 1501: bp->nats_nkey_seed = optarg; return true;
+        case 1502: bp->nats_ca_file = optarg; return true;
+        case 1503: bp->nats_cert_file = optarg; return true;
+        case 1504: bp->nats_key_file = optarg; return true;
         default: return false;
     }
 }
 
 #define S_BACKPLANE_OPTIONS \
     { "redis-url", required_argument, 0, 'R' }, { "nats-url", required_argument, 0, 'N' }, \
-    { "upstream-url", required_argument, 0, 'H' }, { "firehose", no_argument, 0, 'F' }
+    { "upstream-url", required_argument, 0, 'H' }, { "firehose", no_argument, 0, 'F' }, \
+    { "nats-creds", required_argument, 0, 1500 }, \
+    { "nats-nkey-seed", required_argument, 0, 1501 }, \
+    { "nats-ca-file", required_argument, 0, 1502 }, \
+    { "nats-cert-file", required_argument, 0, 1503 }, \
+    { "nats-key-file", required_argument, 0, 1504 }
 
 #define S_BACKPLANE_HELP \
-"  --redis-url URL       redis://[:password@]host:port[/db] [WEBSOCKET_REDIS_URL]\n" \
-"  --nats-url URL        nats://host:port [NATS_URL]\n" \
+"  --redis-url URL       redis://[[user]:password@]host:port[/db], user and password\n" \
+"                        %%-encoded [WEBSOCKET_REDIS_URL; prefer the variable: a\n" \
+"                        flag is visible in ps]\n" \
+"  --nats-url URL        nats://[user:password@|token@]host:port or tls://...,\n" \
+"                        several comma-separated [NATS_URL]\n" \
+"  --nats-creds FILE     NATS .creds file (user JWT and nkey seed) [NATS_CREDS]\n" \
+"  --nats-nkey-seed FILE file with a NATS user nkey seed [NATS_NKEY_SEED: the\n" \
+"                        file, or the seed itself]\n" \
+"  --nats-ca-file FILE   CAs (PEM) that sign the NATS servers' certificates;\n" \
+"                        turns TLS on [NATS_CA_FILE]\n" \
+"  --nats-cert-file FILE client certificate for NATS TLS [NATS_CERT_FILE]\n" \
+"  --nats-key-file FILE  its private key [NATS_KEY_FILE]\n" \
 "  --upstream-url URL    POST client messages to this HTTP backend; its reply\n" \
 "                        goes back to the session [WEBSOCKET_UPSTREAM_URL]\n" \
 "  --firehose            one pattern subscription per kind instead of one per\n" \
@@ -464,11 +489,16 @@ s_serve (int argc, char *argv [])
     if (opts->bridge)
         printf ("wsrouter: backplane through bridge %s\n", opts->bridge);
     else
-    if (opts->backplane.redis_url || opts->backplane.nats_url || opts->backplane.upstream_url)
+    if (opts->backplane.redis_url || opts->backplane.nats_url || opts->backplane.upstream_url) {
+        //  Passwords and tokens stay out of the output
+        char redis [WSR_URL_MAX], nats [WSR_URL_MAX], http [WSR_URL_MAX];
+        const wsr_bridge_opts_t *bp = &opts->backplane;
         printf ("wsrouter: in-process bridge: redis %s, nats %s, http %s\n",
-                opts->backplane.redis_url? opts->backplane.redis_url: "off",
-                opts->backplane.nats_url? opts->backplane.nats_url: "off",
-                opts->backplane.upstream_url? opts->backplane.upstream_url: "off");
+                wsr_util_redact_url (bp->redis_url? bp->redis_url: "off", redis, sizeof redis),
+                wsr_util_redact_url (bp->nats_url? bp->nats_url: "off", nats, sizeof nats),
+                wsr_util_redact_url (bp->upstream_url? bp->upstream_url: "off", http,
+                                     sizeof http));
+    }
     if (serve.dev) {
         int64_t now = (int64_t) time (NULL);
         char *token = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), "dev",
@@ -498,7 +528,7 @@ s_serve (int argc, char *argv [])
     wsr_node_destroy (&node);
     free (serve.secret);
     free (serve.api_key);
-    nats_Close ();
+    wsr_nats_shutdown ();
     printf ("wsrouter: stopped\n");
     return 0;
 }
@@ -637,7 +667,7 @@ s_bridge (int argc, char *argv [])
     wsr_listener_destroy (&listener);
     wsr_bridge_destroy (&bridge);
     wsr_metrics_destroy (&metrics);
-    nats_Close ();
+    wsr_nats_shutdown ();
     printf ("wsrouter: bridge stopped\n");
     return 0;
 }

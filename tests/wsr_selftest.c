@@ -92,7 +92,7 @@ main (int argc, char *argv [])
     }
     if (ran > 1)
         printf ("%d passed, %d skipped\n", ran - skipped, skipped);
-    nats_Close ();
+    wsr_nats_shutdown ();
     zsys_shutdown ();
     return skipped? 77: 0;
 }
