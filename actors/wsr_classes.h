@@ -32,6 +32,8 @@
 #define WSR_HWM                     100000  //  inproc high-water marks
 #define WSR_WORKER_BUDGET           256     //  messages per socket per turn
 #define WSR_OUTFRAME_INLINE         1024    //  payloads copied behind their header
+#define WSR_MALLOC_TRIM_THRESHOLD   (64 * 1024 * 1024)  //  free memory kept per arena
+#define WSR_MALLOC_MMAP_THRESHOLD   (1024 * 1024)       //  larger blocks are mmap'ed
 #define WSR_MAX_WORKERS             64
 #define WSR_BRIDGE_MAX_PEERS        65536   //  node actors one bridge serves
 #define WSR_DEFAULT_BRIDGE_MAX_TOPICS 4000000   //  topics per node at a bridge

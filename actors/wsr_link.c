@@ -105,6 +105,7 @@ wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg
     zsock_set_sndhwm (self->sock, WSR_HWM);
     zsock_set_rcvhwm (self->sock, WSR_HWM);
     zsock_set_sndtimeo (self->sock, 0);
+    zsock_set_rcvtimeo (self->sock, 0);     //  receives never wait
     zsock_set_linger (self->sock, 0);
     //  Notice a dead bridge within seconds; reconnect quickly
     zsock_set_heartbeat_ivl (self->sock, 1000);
@@ -210,9 +211,7 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
 {
     assert (self && msg);
     memset (msg, 0, sizeof *msg);
-    if (!(zsock_events (self->sock) & ZMQ_POLLIN))
-        return -1;
-    zmsg_t *in = zmsg_recv (self->sock);
+    zmsg_t *in = zmsg_recv (self->sock);    //  non-blocking (receive timeout 0)
     if (!in)
         return -1;
     zframe_t *command = zmsg_first (in);
@@ -228,26 +227,23 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
     if (zframe_streq (command, WSR_PROTO_REPLY) && size == 3) {
         zframe_t *frame = zmsg_pop (in);
         zframe_destroy (&frame);
-        char *text = zmsg_popstr (in);
-        char *end = NULL;
-        msg->session = strtoull (text, &end, 10);
-        if (end && *end == 0 && end != text) {
+        frame = zmsg_pop (in);
+        if (zframe_size (frame) == 8) {
+            msg->session = wsr_msgs_get_u64 (zframe_data (frame));
             msg->body = zmsg_pop (in);
             msg->kind = WSR_LINK_REPLY;
         }
-        zstr_free (&text);
+        zframe_destroy (&frame);
     }
     else
     if (zframe_streq (command, WSR_PROTO_HB) && size == 3) {
         zframe_t *epoch = zmsg_next (in);
         zframe_t *beat = zmsg_next (in);
-        char text [24] = "";
-        snprintf (text, sizeof text, "%.*s", (int) zframe_size (epoch),
-                  (const char *) zframe_data (epoch));
-        uint64_t value = strtoull (text, NULL, 10);
         int redis = -1, nats = -1;
-        if (wsr_envelope_decode_heartbeat (zframe_data (beat), zframe_size (beat),
+        if (zframe_size (epoch) == 8
+        &&  wsr_envelope_decode_heartbeat (zframe_data (beat), zframe_size (beat),
                                            &redis, &nats) == 0) {
+            uint64_t value = wsr_msgs_get_u64 (zframe_data (epoch));
             bool restarted = self->last_hb && value != self->epoch;
             if (self->silent)
                 zsys_info ("link: the bridge at %s answers again", self->endpoint);
@@ -468,7 +464,9 @@ wsr_link_test (bool verbose)
     copy = zframe_dup (body);
     zmsg_append (deliver, &copy);
     zmsg_send (&deliver, router);
-    zsock_send (router, "fs8f", rid, WSR_PROTO_REPLY, (uint64_t) 77, body);
+    uint8_t number [8];
+    wsr_msgs_put_u64 (number, 77);
+    zsock_send (router, "fsbf", rid, WSR_PROTO_REPLY, number, (size_t) 8, body);
     wsr_link_msg_t in;
     assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 2000) == 0);
     assert (zframe_size (in.topic) == 8 && !memcmp (zframe_data (in.topic), "user:u2", 8));
@@ -481,12 +479,14 @@ wsr_link_test (bool verbose)
     //  HELLO again and every topic the owner holds
     assert (!wsr_link_bridge_up (link, NULL, NULL));
     zframe_t *beat = wsr_envelope_encode_heartbeat (1, -1);
-    zsock_send (router, "fs8f", rid, WSR_PROTO_HB, (uint64_t) 1111, beat);
+    wsr_msgs_put_u64 (number, 1111);
+    zsock_send (router, "fsbf", rid, WSR_PROTO_HB, number, (size_t) 8, beat);
     assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 200) == -1);      //  drains the HB
     int redis = 0, nats = 0;
     assert (wsr_link_bridge_up (link, &redis, &nats) && redis == 1 && nats == -1);
     assert (calls == 0);
-    zsock_send (router, "fs8f", rid, WSR_PROTO_HB, (uint64_t) 2222, beat);
+    wsr_msgs_put_u64 (number, 2222);
+    zsock_send (router, "fsbf", rid, WSR_PROTO_HB, number, (size_t) 8, beat);
     assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 200) == -1);
     assert (calls == 1);
     msg = s_expect (router, WSR_PROTO_HELLO, 4);

@@ -32,6 +32,23 @@
 //  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
 #define WSR_PIC_PUBLISH     "sff"
 
+//  N frames: numbers travel as 8 bytes, never as text.
+static inline void
+wsr_msgs_put_u64 (uint8_t *out, uint64_t value)
+{
+    for (int i = 7; i >= 0; i--, value >>= 8)
+        out [i] = (uint8_t) value;
+}
+
+static inline uint64_t
+wsr_msgs_get_u64 (const uint8_t *in)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = value << 8 | in [i];
+    return value;
+}
+
 //  Which session worker owns a connection (and its session): the one rule,
 //  used by whoever sends ADOPT and whoever routes a message to a session.
 static inline int
@@ -64,10 +81,10 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_PUB       "PUB"       //  f topic key, f downstream envelope (API)
 #define WSR_PROTO_PING      "PING"      //  nothing: alive while idle
 #define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
-//  Bridge → peer
+//  Bridge → peer (N: an 8-byte unsigned number, network byte order)
 #define WSR_PROTO_DELIVER   "D"         //  f topic key, f downstream envelope
-#define WSR_PROTO_REPLY     "REPLY"     //  8 session id, f downstream envelope
-#define WSR_PROTO_HB        "HB"        //  8 bridge epoch, f heartbeat envelope
+#define WSR_PROTO_REPLY     "REPLY"     //  N session id, f downstream envelope
+#define WSR_PROTO_HB        "HB"        //  N bridge epoch, f heartbeat envelope
 #define WSR_PROTO_RESYNC    "RESYNC"    //  nothing: HELLO and SUB everything again
 #define WSR_PROTO_REFUSED   "REFUSED"   //  f topic key, s reason: SUB not taken
 //  Roles in HELLO

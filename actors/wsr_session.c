@@ -158,6 +158,9 @@ typedef struct {
     size_t read_budget;             //  bytes left for current in this turn
     int frame_budget;               //  frames left for current in this turn
     size_t freed_output;            //  output bytes dropped since the last trim
+    int64_t count_in, bytes_in;     //  per-message counters, added to the shared
+    int64_t count_out, bytes_out;   //  metrics once per turn (s_after_batch), not
+    int64_t count_up;               //  once per message
     bool draining;                  //  DRAIN received
     bool terminated;                //  $TERM received
     int status;                     //  init result for START
@@ -587,14 +590,14 @@ s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
         return;                     //  data after our close is ignored
     //  wslay has checked text for UTF-8 as it arrived (→ 1007)
     (void) ctx;
-    wsr_metrics_add (self->metrics, WSR_M_MESSAGES_IN, 1);
-    wsr_metrics_add (self->metrics, WSR_M_BYTES_IN, (int64_t) arg->msg_length);
+    self->count_in++;
+    self->bytes_in += (int64_t) arg->msg_length;
     zframe_t *env = wsr_envelope_encode_up (
         conn->user, conn->id, self->node, wsr_util_now_us (),
         arg->opcode == WSLAY_TEXT_FRAME? WSR_KIND_TEXT: WSR_KIND_BINARY,
         arg->msg, arg->msg_length);
     if (wsr_link_send_up (self->link, &env) == 0)
-        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, 1);
+        self->count_up++;
     else {
         //  Never block on a full or unreachable bridge: drop, count, and
         //  tell the client
@@ -698,8 +701,17 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
         //  being written. (If wslay already sent a close, it is queued.)
         self->freed_output += conn->qbytes;
         s_queue_clear (conn, true);
-        wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason, strlen (reason));
-        wslay_event_send (conn->ws);
+        int rc = wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason,
+                                          strlen (reason));
+        if (rc == 0)
+            rc = wslay_event_send (conn->ws);
+        if (rc != 0) {
+            //  Out of memory in wslay: nothing more can be said to the peer
+            wsr_debug ("session-%d: conn %" PRIu64 ": close not queued (wslay %d)",
+                       self->index, conn->id, rc);
+            s_conn_kill (self, conn);
+            return;
+        }
     }
     s_timer_set (conn, &self->closing, wsr_util_mono_ms () + self->opts.close_timeout_ms);
     s_mark_dirty (self, conn);
@@ -827,9 +839,16 @@ s_conn_answer (s_worker_t *self, s_conn_t *conn, uint16_t code, const uint8_t *r
     conn->ws = NULL;
     s_conn_ws (self, conn);
     self->current = conn;
-    wslay_event_queue_close (conn->ws, code, reason, reason_len);
+    int rc = wslay_event_queue_close (conn->ws, code, reason, reason_len);
     wslay_event_shutdown_read (conn->ws);
-    wslay_event_send (conn->ws);
+    if (rc == 0)
+        rc = wslay_event_send (conn->ws);
+    if (rc != 0) {
+        wsr_debug ("session-%d: conn %" PRIu64 ": close not queued (wslay %d)",
+                   self->index, conn->id, rc);
+        s_conn_kill (self, conn);
+        return;
+    }
     conn->read_off = true;
     s_mark_dirty (self, conn);
     s_conn_close (self, conn, 0, "");       //  close already sent: keeps the queue
@@ -875,8 +894,10 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
             s_conn_answer (self, conn, code, conn->close_payload + 2, conn->close_len - 2u);
         return;
     }
-    if (wslay_event_want_write (conn->ws))
-        wslay_event_send (conn->ws);
+    if (wslay_event_want_write (conn->ws) && wslay_event_send (conn->ws) != 0) {
+        s_conn_kill (self, conn);           //  wslay out of memory
+        return;
+    }
     if (!wslay_event_get_read_enabled (conn->ws) && !conn->read_off) {
         conn->read_off = true;
         s_mark_dirty (self, conn);
@@ -906,8 +927,8 @@ s_handle_reply (s_worker_t *self, uint64_t id, zframe_t **body_p)
     &&  wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0) {
         wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, body_p);
         s_queue_push (conn, &frame);
-        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, 1);
-        wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, (int64_t) env.size);
+        self->count_out++;
+        self->bytes_out += (int64_t) env.size;
         if (conn->qbytes > self->opts.max_queue)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_dirty (self, conn);
@@ -916,7 +937,7 @@ s_handle_reply (s_worker_t *self, uint64_t id, zframe_t **body_p)
 
 //  ADOPT: take over a connection whose token has been judged. Received with
 //  the picture it was sent with.
-static void
+static bool
 s_handle_adopt (s_worker_t *self)
 {
     char *verb = NULL, *reason = NULL, *user = NULL, *channels = NULL, *response = NULL;
@@ -925,7 +946,7 @@ s_handle_adopt (s_worker_t *self)
     zframe_t *early = NULL;
     if (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
                     &flags, &reason, &user, &channels, &response, &early) == -1)
-        return;
+        return false;
     //  Internal message: its shape is a contract, not input
     assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0 && flags == 0);
     zstr_free (&verb);
@@ -1026,6 +1047,7 @@ done:
     zstr_free (&channels);
     zstr_free (&response);
     zframe_destroy (&early);
+    return true;
 }
 
 //  DELIVER: [topic key][envelope]. Frame once, link to every member.
@@ -1057,8 +1079,8 @@ s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_delayed (self, conn);
     }
-    wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, recipients);
-    wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, recipients * (int64_t) env.size);
+    self->count_out += recipients;
+    self->bytes_out += recipients * (int64_t) env.size;
     wsr_outframe_unlink (&frame);
 }
 
@@ -1077,12 +1099,12 @@ s_handle_refused (s_worker_t *self, zframe_t *topic)
 }
 
 //  One message from the bridge.
-static void
+static bool
 s_handle_link (s_worker_t *self)
 {
     wsr_link_msg_t msg;
     if (wsr_link_recv (self->link, &msg))
-        return;
+        return false;
     if (msg.kind == WSR_LINK_DELIVER)
         s_handle_deliver (self, msg.topic, &msg.body);
     else
@@ -1092,6 +1114,7 @@ s_handle_link (s_worker_t *self)
     if (msg.kind == WSR_LINK_REFUSED)
         s_handle_refused (self, msg.topic);
     wsr_link_msg_reset (&msg);
+    return true;
 }
 
 //  The bridge lost our subscriptions (it restarted): every topic again.
@@ -1113,43 +1136,53 @@ s_drain_all (s_worker_t *self)
             s_doom (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
 }
 
-static void
+static bool
 s_handle_pipe (s_worker_t *self)
 {
+    if (!(zsock_events (self->pipe) & ZMQ_POLLIN))
+        return false;
     zmsg_t *msg = zmsg_recv (self->pipe);
     if (!msg) {
         self->terminated = true;
-        return;
+        return false;
     }
     char *command = zmsg_popstr (msg);
     if (streq (command, "$TERM"))
         self->terminated = true;
     else
-    if (streq (command, WSR_CMD_START))
-        zsock_send (self->pipe, "i", self->status);
+    if (streq (command, WSR_CMD_START)) {
+        int sent = zsock_send (self->pipe, "i", self->status);
+        assert (sent == 0);
+    }
     else
     if (streq (command, WSR_CMD_DRAIN))
         s_drain_all (self);
     else
-    if (streq (command, WSR_CMD_SESSIONS))
-        zsock_send (self->pipe, "8", (uint64_t) self->count);
+    if (streq (command, WSR_CMD_SESSIONS)) {
+        int sent = zsock_send (self->pipe, "8", (uint64_t) self->count);
+        assert (sent == 0);
+    }
     else
         assert (false);
     zstr_free (&command);
     zmsg_destroy (&msg);
+    return true;
 }
 
 //  Drain a ZeroMQ socket whose ZMQ_FD fired; true if the budget ran out.
 static bool
-s_drain_socket (s_worker_t *self, zsock_t *sock, void (*handler) (s_worker_t *))
+s_drain_socket (s_worker_t *self, zsock_t *sock, bool (*handler) (s_worker_t *))
 {
+    //  Receive until nothing is waiting (non-blocking receives: no system
+    //  call while messages are queued), then read ZMQ_EVENTS once: that
+    //  processes ZeroMQ's pending commands and re-arms the edge-triggered
+    //  ZMQ_FD. Asking ZMQ_EVENTS per message would cost two system calls each.
     int budget = WSR_WORKER_BUDGET;
-    while (!self->terminated && (zsock_events (sock) & ZMQ_POLLIN)) {
-        if (budget-- == 0)
-            return true;
-        handler (self);
-    }
-    return false;
+    while (budget > 0 && !self->terminated && handler (self))
+        budget--;
+    if (budget == 0)
+        return true;
+    return !self->terminated && (zsock_events (sock) & ZMQ_POLLIN);
 }
 
 //  After each batch: close doomed sessions, flush dirty ones, expire closes,
@@ -1157,6 +1190,15 @@ s_drain_socket (s_worker_t *self, zsock_t *sock, void (*handler) (s_worker_t *))
 static void
 s_after_batch (s_worker_t *self)
 {
+    if (self->count_out || self->count_in || self->count_up) {
+        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, self->count_out);
+        wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, self->bytes_out);
+        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_IN, self->count_in);
+        wsr_metrics_add (self->metrics, WSR_M_BYTES_IN, self->bytes_in);
+        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, self->count_up);
+        self->count_out = self->bytes_out = self->count_in = self->bytes_in = 0;
+        self->count_up = 0;
+    }
     //  Tokens that ran out: only the heap's top is looked at
     if (self->expiry_count) {
         int64_t wall = wsr_util_now_us () / 1000000;
@@ -1297,6 +1339,7 @@ s_session_actor (zsock_t *pipe, void *args)
     self->adopt = zsock_new (ZMQ_PULL);
     assert (self->adopt);
     zsock_set_rcvhwm (self->adopt, WSR_HWM);
+    zsock_set_rcvtimeo (self->adopt, 0);    //  drained with non-blocking receives
     char *adopt_ep = zsys_sprintf (WSR_EP_ADOPT, a->name, a->index);
     wsr_link_opts_t link_opts = {
         .endpoint = a->opts.bridge, .node = a->name, .role = WSR_ROLE_WORKER,
@@ -1340,10 +1383,13 @@ s_session_actor (zsock_t *pipe, void *args)
             zsys_error ("session-%d: epoll_wait: %s", self->index, strerror (errno));
             break;
         }
+        bool fired [S_TAG_MAX] = { [S_TAG_PIPE] = again, [S_TAG_ADOPT] = again };
         again = false;
         for (int i = 0; i < n; i++) {
-            if (events [i].data.u64 < S_TAG_MAX)
-                continue;           //  ZeroMQ sockets are drained below, always
+            if (events [i].data.u64 < S_TAG_MAX) {
+                fired [events [i].data.u64] = true;
+                continue;           //  ZeroMQ sockets are drained below
+            }
             s_conn_t *conn = (s_conn_t *) events [i].data.ptr;
             if (conn->state == S_DEAD)
                 continue;
@@ -1352,9 +1398,13 @@ s_session_actor (zsock_t *pipe, void *args)
             if ((events [i].events & EPOLLOUT) && conn->state != S_DEAD)
                 s_conn_flush (self, conn);
         }
-        //  Edge-triggered ZMQ_FD: check every socket every turn (three calls)
-        again |= s_drain_socket (self, pipe, s_handle_pipe);
-        again |= s_drain_socket (self, self->adopt, s_handle_adopt);
+        //  Edge-triggered ZMQ_FD: the pipe and adopt sockets are read when
+        //  theirs fired (or a budget ran out); the link every turn, since we
+        //  also send on it, which can take its read signal
+        if (fired [S_TAG_PIPE])
+            again |= s_drain_socket (self, pipe, s_handle_pipe);
+        if (fired [S_TAG_ADOPT])
+            again |= s_drain_socket (self, self->adopt, s_handle_adopt);
         if (self->link)
             again |= s_drain_socket (self, wsr_link_socket (self->link), s_handle_link);
         s_after_batch (self);
@@ -1400,7 +1450,8 @@ void
 wsr_session_drain (wsr_session_t *self)
 {
     assert (self);
-    zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
 }
 
 //  --------------------------------------------------------------------------
@@ -1410,7 +1461,8 @@ wsr_session_count (wsr_session_t *self)
 {
     assert (self);
     uint64_t count = 0;
-    zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
     zsock_recv (self->actor, "8", &count);
     return (int64_t) count;
 }
@@ -1945,7 +1997,8 @@ wsr_session_test (bool verbose)
     //  The one without an expiry is still open: it echoes a close
     assert (s_read_exact (never, payload, 1, 200) == 0);
     s_client_send (never, 0x8, true, "\x03\xe8", 2);
-    assert (s_client_recv (never, payload, &len) == 0x8 && (payload [0] << 8 | payload [1]) == 1000);
+    assert (s_client_recv (never, payload, &len) == 0x8);
+    assert ((payload [0] << 8 | payload [1]) == 1000);
     close (soon);
     close (later);
     close (never);

@@ -76,7 +76,6 @@ typedef struct {
     bool readiness;                 //  owns the backplane_up gauge
     uint64_t epoch;                 //  random per start, in heartbeats
     int64_t next_heartbeat;         //  mono ms
-    uint64_t http_tag;              //  request counter
     wsr_metrics_t *metrics;         //  shared counters
     bool terminated;
     int status;                     //  init result
@@ -178,9 +177,9 @@ s_reply_to_peer (s_bridge_t *self, const char *peer_hex, uint64_t session, const
         return;                     //  its node left meanwhile
     zframe_t *envelope = wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
     if (s_send_head (self, peer, WSR_PROTO_REPLY, true)) {
-        char text [24];
-        snprintf (text, sizeof text, "%" PRIu64, session);
-        zmq_send (zsock_resolve (self->nodes), text, strlen (text), ZMQ_SNDMORE);
+        uint8_t number [8];
+        wsr_msgs_put_u64 (number, session);
+        zmq_send (zsock_resolve (self->nodes), number, sizeof number, ZMQ_SNDMORE);
         s_send_frame (self, envelope, false);
     }
     zframe_destroy (&envelope);
@@ -362,54 +361,43 @@ s_http_body (const wsr_envelope_t *env)
     return text;
 }
 
-//  Where an HTTP reply goes: "PEERHEX:SESSION", carried through the request.
+//  Where an HTTP reply goes: the sending peer's routing id in hex travels
+//  with the request as its reply_to, the session id as its tag (a number
+//  all the way).
 static void
-s_reply_address (wsr_peer_t *peer, uint64_t session, char *out, size_t size)
+s_reply_address (wsr_peer_t *peer, char *out, size_t size)
 {
     size_t rid_size = 0;
     const uint8_t *rid = wsr_peer_rid (peer, &rid_size);
-    char hex [2 * 255 + 1];
-    sodium_bin2hex (hex, sizeof hex, rid, rid_size);
-    snprintf (out, size, "%s:%" PRIu64, hex, session);
+    assert (size >= 2 * rid_size + 1);
+    sodium_bin2hex (out, size, rid, rid_size);
 }
 
 static void
-s_reply (s_bridge_t *self, const char *reply_to, const uint8_t *data, size_t size)
-{
-    char hex [2 * 255 + 1];
-    const char *colon = strchr (reply_to, ':');
-    if (!colon || (size_t) (colon - reply_to) >= sizeof hex)
-        return;
-    memcpy (hex, reply_to, (size_t) (colon - reply_to));
-    hex [colon - reply_to] = 0;
-    s_reply_to_peer (self, hex, strtoull (colon + 1, NULL, 10), data, size);
-}
-
-static void
-s_reply_error (s_bridge_t *self, const char *reply_to, const char *error, int status)
+s_reply_error (s_bridge_t *self, const char *reply_to, uint64_t session, const char *error,
+               int status)
 {
     char text [256];
     int n = snprintf (text, sizeof text,
                       "{\"type\":\"error\",\"error\":\"upstream: %s\",\"status\":%d}",
                       error, status);
-    s_reply (self, reply_to, (const uint8_t *) text, (size_t) n);
+    s_reply_to_peer (self, reply_to, session, (const uint8_t *) text, (size_t) n);
     wsr_metrics_add (self->metrics, WSR_M_BRIDGE_HTTP_ERRORS, 1);
 }
 
 static void
-s_on_http_done (void *arg, uint64_t tag, const char *reply_to, int status, const char *error,
-                const uint8_t *body, size_t body_size)
+s_on_http_done (void *arg, uint64_t session, const char *reply_to, int status,
+                const char *error, const uint8_t *body, size_t body_size)
 {
-    (void) tag;
     s_bridge_t *self = (s_bridge_t *) arg;
     if (status >= 200 && status < 300) {
         if (body_size > 0) {
-            s_reply (self, reply_to, body, body_size);
+            s_reply_to_peer (self, reply_to, session, body, body_size);
             wsr_metrics_add (self->metrics, WSR_M_BRIDGE_REPLIES, 1);
         }
     }
     else
-        s_reply_error (self, reply_to, error? error: "backend error", status);
+        s_reply_error (self, reply_to, session, error? error: "backend error", status);
 }
 
 //  UP [upstream envelope]: a client message to every upstream there is.
@@ -448,17 +436,17 @@ s_handle_up (s_bridge_t *self, wsr_peer_t *peer, zframe_t *body)
         else
             lost = true;
     }
-    char reply_to [2 * 255 + 32];
-    s_reply_address (peer, env.session, reply_to, sizeof reply_to);
+    char reply_to [2 * 255 + 1];
+    s_reply_address (peer, reply_to, sizeof reply_to);
     if (self->http) {
         char *json = s_http_body (&env);
-        if (wsr_upstream_http_submit (self->http, ++self->http_tag, reply_to,
+        if (wsr_upstream_http_submit (self->http, env.session, reply_to,
                                       "application/json", (const uint8_t *) json,
                                       strlen (json)) == 0)
             sent = true;
         else {
             lost = true;
-            s_reply_error (self, reply_to, "busy, message dropped", 503);
+            s_reply_error (self, reply_to, env.session, "busy, message dropped", 503);
         }
         free (json);
     }
@@ -468,8 +456,9 @@ s_handle_up (s_bridge_t *self, wsr_peer_t *peer, zframe_t *body)
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_UPSTREAM_LOST, 1);
     if (lost && !sent && !self->http)
         //  Nowhere to go: the client hears about it
-        s_reply (self, reply_to, (const uint8_t *) WSR_ERROR_BACKPLANE_DOWN,
-                 strlen (WSR_ERROR_BACKPLANE_DOWN));
+        s_reply_to_peer (self, reply_to, env.session,
+                         (const uint8_t *) WSR_ERROR_BACKPLANE_DOWN,
+                         strlen (WSR_ERROR_BACKPLANE_DOWN));
 }
 
 //  PUB [topic][downstream envelope], deferred to the end of the batch so a
@@ -526,8 +515,7 @@ s_handle_peer (s_bridge_t *self)
              *role = zmsg_popstr (msg), *index = zmsg_popstr (msg);
         if (index && streq (version, WSR_PROTO_VERSION)
         &&  wsr_util_id_valid (node, strlen (node))
-        &&  (streq (role, WSR_ROLE_WORKER) || streq (role, WSR_ROLE_ROUTER)))
-        {
+        &&  (streq (role, WSR_ROLE_WORKER) || streq (role, WSR_ROLE_ROUTER))) {
             wsr_peers_hello (self->peers, peer, node, role, atoi (index));
             s_beat (self, peer);
         }
@@ -597,9 +585,9 @@ s_beat (s_bridge_t *self, wsr_peer_t *peer)
     bool redis_up = self->redis && wsr_redis_connected (self->redis);
     bool nats_up = self->nats && wsr_nats_connected (self->nats);
     if (s_send_head (self, peer, WSR_PROTO_HB, true)) {
-        char epoch [24];
-        snprintf (epoch, sizeof epoch, "%" PRIu64, self->epoch);
-        zmq_send (zsock_resolve (self->nodes), epoch, strlen (epoch), ZMQ_SNDMORE);
+        uint8_t epoch [8];
+        wsr_msgs_put_u64 (epoch, self->epoch);
+        zmq_send (zsock_resolve (self->nodes), epoch, sizeof epoch, ZMQ_SNDMORE);
         zframe_t *beat = wsr_envelope_encode_heartbeat (s_state (self->redis, redis_up),
                                                         s_state (self->nats, nats_up));
         s_send_frame (self, beat, false);
@@ -671,15 +659,21 @@ s_handle_pipe (s_bridge_t *self)
     if (streq (command, "$TERM"))
         self->terminated = true;
     else
-    if (streq (command, WSR_CMD_START))
-        zsock_send (self->pipe, "i", self->status);
+    if (streq (command, WSR_CMD_START)) {
+        int sent = zsock_send (self->pipe, "i", self->status);
+        assert (sent == 0);
+    }
     else
-    if (streq (command, WSR_CMD_RELOAD))
-        zsock_send (self->pipe, "i", self->zap? wsr_zap_reload (self->zap): 0);
+    if (streq (command, WSR_CMD_RELOAD)) {
+        int sent = zsock_send (self->pipe, "i", self->zap? wsr_zap_reload (self->zap): 0);
+        assert (sent == 0);
+    }
     else
-    if (streq (command, WSR_CMD_PEERS))
-        zsock_send (self->pipe, "88", (uint64_t) wsr_peers_size (self->peers),
-                    (uint64_t) wsr_peers_topics (self->peers));
+    if (streq (command, WSR_CMD_PEERS)) {
+        int sent = zsock_send (self->pipe, "88", (uint64_t) wsr_peers_size (self->peers),
+                               (uint64_t) wsr_peers_topics (self->peers));
+        assert (sent == 0);
+    }
     else
         assert (false);
     zstr_free (&command);
@@ -931,7 +925,8 @@ wsr_bridge_reload (wsr_bridge_t *self)
 {
     assert (self);
     int rc = -1;
-    zsock_send (self->actor, "s", WSR_CMD_RELOAD);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_RELOAD);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
     zsock_recv (self->actor, "i", &rc);
     return rc;
 }
@@ -943,7 +938,8 @@ wsr_bridge_peers (wsr_bridge_t *self, size_t *peers, size_t *topics)
 {
     assert (self && peers && topics);
     uint64_t p = 0, t = 0;
-    zsock_send (self->actor, "s", WSR_CMD_PEERS);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_PEERS);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
     zsock_recv (self->actor, "88", &p, &t);
     *peers = (size_t) p;
     *topics = (size_t) t;

@@ -114,8 +114,10 @@ s_router_actor (zsock_t *pipe, void *args)
             if (!command)
                 break;
             bool term = streq (command, "$TERM");
-            if (streq (command, WSR_CMD_START))
-                zsock_send (pipe, "i", self.status);
+            if (streq (command, WSR_CMD_START)) {
+                int sent = zsock_send (pipe, "i", self.status);
+                assert (sent == 0);
+            }
             else
                 assert (term);
             zstr_free (&command);
@@ -228,20 +230,22 @@ wsr_router_test (bool verbose)
     assert (wsr_metrics_get (metrics, WSR_M_PUBLISHED) == 1);
 
     //  Heartbeats: ready while they say the backplanes are up
+    uint8_t epoch [8];
+    wsr_msgs_put_u64 (epoch, 1);
     zframe_t *beat = wsr_envelope_encode_heartbeat (1, -1);
-    zsock_send (bridge, "fs8f", rid, WSR_PROTO_HB, (uint64_t) 1, beat);
+    zsock_send (bridge, "fsbf", rid, WSR_PROTO_HB, epoch, (size_t) 8, beat);
     for (int i = 0; i < 200 && wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) != 1; i++)
         zclock_sleep (5);
     assert (wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) == 1);
     zframe_destroy (&beat);
     beat = wsr_envelope_encode_heartbeat (0, -1);       //  Redis down
-    zsock_send (bridge, "fs8f", rid, WSR_PROTO_HB, (uint64_t) 1, beat);
+    zsock_send (bridge, "fsbf", rid, WSR_PROTO_HB, epoch, (size_t) 8, beat);
     for (int i = 0; i < 200 && wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) != 0; i++)
         zclock_sleep (5);
     assert (wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) == 0);
     zframe_destroy (&beat);
     beat = wsr_envelope_encode_heartbeat (1, 1);
-    zsock_send (bridge, "fs8f", rid, WSR_PROTO_HB, (uint64_t) 1, beat);
+    zsock_send (bridge, "fsbf", rid, WSR_PROTO_HB, epoch, (size_t) 8, beat);
     for (int i = 0; i < 200 && wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) != 1; i++)
         zclock_sleep (5);
     assert (wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) == 1);

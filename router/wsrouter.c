@@ -8,6 +8,7 @@
 #include "wsr_classes.h"
 #include <curl/curl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <jansson.h>
 #include <nats/nats.h>
 #include <signal.h>
@@ -558,8 +559,8 @@ s_bridge (int argc, char *argv [])
                         "                        [WEBSOCKET_INSECURE_PLAINTEXT=1]\n"
                         "  --upstream-endpoint E ZeroMQ PUB for client messages (observers)\n"
                         "                        [WEBSOCKET_UPSTREAM_ENDPOINT]\n"
-                        "  --max-topics N        topics one node may hold [WEBSOCKET_BRIDGE_MAX_TOPICS,\n"
-                        "                        4M]\n"
+                        "  --max-topics N        subscriptions one node may hold\n"
+                        "                        [WEBSOCKET_BRIDGE_MAX_TOPICS, 4M]\n"
                         "  --peer-queue N        messages queued for one node actor before\n"
                         "                        they are dropped for it (a stalled node)\n"
                         "                        [WEBSOCKET_BRIDGE_PEER_QUEUE, 100K]\n"
@@ -883,6 +884,13 @@ main (int argc, char *argv [])
         return 1;
     }
     zsys_handler_set (NULL);            //  main takes signals itself
+    //  glibc gives each thread's arena back to the kernel (madvise) as soon
+    //  as 128 KiB are free at its top, and takes it again on the next burst:
+    //  under load that is a page fault storm and TLB shootdowns across cores.
+    //  Keep freed memory; a slow consumer's megabytes are still returned
+    //  explicitly (malloc_trim in the session worker).
+    mallopt (M_TRIM_THRESHOLD, WSR_MALLOC_TRIM_THRESHOLD);
+    mallopt (M_MMAP_THRESHOLD, WSR_MALLOC_MMAP_THRESHOLD);
     //  Before any thread: libcurl's global state (and OpenSSL's) belongs to main
     curl_global_init (CURL_GLOBAL_DEFAULT);
     zsys_set_logident ("wsrouter");
