@@ -54,6 +54,7 @@
 #include "wsr_router.h"
 #include "wsr_naming.h"
 #include "wsr_redis.h"
+#include "wsr_rcluster.h"
 #include "wsr_nats.h"
 #include "wsr_peers.h"
 #include "wsr_zap.h"

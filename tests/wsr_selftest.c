@@ -36,6 +36,7 @@ s_tests [] = {
     { "node", wsr_node_test },
     { "naming", wsr_naming_test },
     { "redis", wsr_redis_test },
+    { "rcluster", wsr_rcluster_test },
     { "nats", wsr_nats_test },
     { "peers", wsr_peers_test },
     { "zap", wsr_zap_test },
