@@ -48,6 +48,7 @@
 #include "wsr_router.h"
 #include "wsr_naming.h"
 #include "wsr_redis.h"
+#include "wsr_history.h"
 #include "wsr_nats.h"
 #include "wsr_bridge.h"
 #include "wsr_node.h"
