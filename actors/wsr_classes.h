@@ -49,6 +49,7 @@
 #include "wsr_naming.h"
 #include "wsr_redis.h"
 #include "wsr_history.h"
+#include "wsr_recovery.h"
 #include "wsr_nats.h"
 #include "wsr_bridge.h"
 #include "wsr_node.h"

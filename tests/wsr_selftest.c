@@ -28,6 +28,7 @@ s_tests [] = {
     { "naming", wsr_naming_test },
     { "redis", wsr_redis_test },
     { "history", wsr_history_test },
+    { "recovery", wsr_recovery_test },
     { "nats", wsr_nats_test },
     { "upstream_http", wsr_upstream_http_test },
     { "bridge", wsr_bridge_test },
