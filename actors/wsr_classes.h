@@ -51,6 +51,7 @@
 #include "wsr_history.h"
 #include "wsr_recovery.h"
 #include "wsr_nats.h"
+#include "wsr_jetstream.h"
 #include "wsr_bridge.h"
 #include "wsr_node.h"
 #include "wsr_bench.h"

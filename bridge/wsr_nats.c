@@ -257,6 +257,15 @@ wsr_nats_wanted (wsr_nats_t *self)
 }
 
 //  --------------------------------------------------------------------------
+//  The connection.
+natsConnection *
+wsr_nats_connection (wsr_nats_t *self)
+{
+    assert (self);
+    return self->conn;
+}
+
+//  --------------------------------------------------------------------------
 //  Selftest: a real nats-server on a free loopback port, restarted mid-test.
 
 static const char *

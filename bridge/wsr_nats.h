@@ -47,6 +47,11 @@ void
 size_t
     wsr_nats_wanted (wsr_nats_t *self);
 
+//  The libnats connection, for JetStream (wsr_jetstream); owned by the link.
+typedef struct __natsConnection natsConnection;
+natsConnection *
+    wsr_nats_connection (wsr_nats_t *self);
+
 //  Self test
 void
     wsr_nats_test (bool verbose);

@@ -30,6 +30,7 @@ s_tests [] = {
     { "history", wsr_history_test },
     { "recovery", wsr_recovery_test },
     { "nats", wsr_nats_test },
+    { "jetstream", wsr_jetstream_test },
     { "upstream_http", wsr_upstream_http_test },
     { "bridge", wsr_bridge_test },
     { "bench", wsr_bench_test },
