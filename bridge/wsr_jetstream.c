@@ -924,10 +924,221 @@ s_live (zsock_t *pull, char *subject, char *data, uint64_t *seq, char *epoch, in
     return true;
 }
 
+//  The race on NATS: a thread publishes plain messages (~15k/s) on
+//  S_SUBJECTS subjects, payload = the subject's counter 1, 2, ...; the
+//  main thread recovers subjects from random stream sequences, merging the
+//  read with the live consumer's messages (wsr_recovery), and checks that
+//  the counters come out with no gap and no duplicate.
+
+#define S_SUBJECTS      4
+#define S_RACE_MAX      200000      //  messages published at most
+#define S_RACE_ROUNDS   100
+
+typedef struct {
+    int port;
+    atomic_bool stop;
+    atomic_long published;
+} s_racer_t;
+
+static void *
+s_racer (void *args)
+{
+    s_racer_t *racer = (s_racer_t *) args;
+    char url [64];
+    snprintf (url, sizeof url, "nats://127.0.0.1:%d", racer->port);
+    natsConnection *nc = NULL;
+    assert (natsConnection_ConnectTo (&nc, url) == NATS_OK);
+    long counters [S_SUBJECTS] = { 0 };
+    for (long i = 0; i < S_RACE_MAX && !atomic_load (&racer->stop); i++) {
+        char subject [32], data [32];
+        int k = (int) (i % S_SUBJECTS);
+        snprintf (subject, sizeof subject, "race.s%d", k);
+        snprintf (data, sizeof data, "%ld", ++counters [k]);
+        assert (natsConnection_PublishString (nc, subject, data) == NATS_OK);
+        if (i % 500 == 499)
+            assert (natsConnection_Flush (nc) == NATS_OK);
+        if (i % 20 == 19)
+            zclock_sleep (1);           //  ~10-20k/s: what the live consumer keeps up with
+                                        //  here (at full speed it lags by seconds)
+        atomic_store (&racer->published, i + 1);
+    }
+    natsConnection_FlushTimeout (nc, 2000);
+    natsConnection_Destroy (nc);
+    return NULL;
+}
+
+typedef struct {
+    uint64_t *seqs;                 //  per subject: every sequence seen live, in order
+    long *counters;                 //  ... and its payload counter
+    size_t count;
+} s_shadow_t;
+
+typedef struct {
+    uint64_t seqs [4096];           //  emitted, in order
+    long counters [4096];
+    size_t count;
+} s_emitted_t;
+
+static void
+s_emit (void *arg, uint64_t offset, const char *epoch, const uint8_t *data, size_t size)
+{
+    (void) epoch;
+    s_emitted_t *emitted = (s_emitted_t *) arg;
+    assert (offset && emitted->count < 4096);
+    char text [32];
+    snprintf (text, sizeof text, "%.*s", (int) size, (const char *) data);
+    emitted->seqs [emitted->count] = offset;
+    emitted->counters [emitted->count++] = atol (text);
+}
+
+static void
+s_race_read_done (void *arg, const wsr_history_result_t *result)
+{
+    wsr_recovery_t *recovery = (wsr_recovery_t *) arg;
+    assert (result->status == 0 && result->complete);
+    assert (wsr_recovery_history (recovery, result) == 0);
+}
+
+//  Take the live messages waiting: remember them, feed those of subject k
+//  to recovery (if not NULL).
+static void
+s_drain (zsock_t *live, s_shadow_t *shadow, uint64_t *seen, wsr_recovery_t *recovery, int k)
+{
+    while (zsock_events (live) & ZMQ_POLLIN) {
+        zmsg_t *msg = zmsg_recv (live);
+        char *name = zmsg_popstr (msg);
+        zframe_t *data = zmsg_pop (msg);
+        zframe_t *sequence = zmsg_pop (msg);
+        char *epoch = zmsg_popstr (msg);
+        uint64_t seq = 0;
+        for (int i = 0; i < 8; i++)
+            seq = (seq << 8) | zframe_data (sequence) [i];
+        assert (seq > *seen);
+        *seen = seq;
+        int j = name [6] - '0';
+        char text [32];
+        snprintf (text, sizeof text, "%.*s", (int) zframe_size (data),
+                  (const char *) zframe_data (data));
+        s_shadow_t *sh = &shadow [j];
+        assert (sh->count < S_RACE_MAX);
+        sh->seqs [sh->count] = seq;
+        sh->counters [sh->count++] = atol (text);
+        if (j == k && recovery)
+            assert (wsr_recovery_live (recovery, seq, 0, epoch, zframe_data (data),
+                                       zframe_size (data)) == WSR_RECOVERY_OK);
+        zstr_free (&name);
+        zstr_free (&epoch);
+        zframe_destroy (&data);
+        zframe_destroy (&sequence);
+        zmsg_destroy (&msg);
+    }
+}
+
+static void
+s_test_race (natsConnection *nc, int port, bool verbose)
+{
+    (void) nc;
+    wsr_jetstream_config_t config = {
+        .stream = "WSR_RACE", .create = true, .size = 100000, .ttl_s = 60, .replicas = 1,
+        .memory = true, .subjects = { "race.*" } };
+    zsock_t *live = zsock_new_pull ("inproc://wsr-jetstream-race");
+    wsr_jetstream_t *js = wsr_jetstream_new (nc, &config, "inproc://wsr-jetstream-race");
+    s_run (js, 5000, &js->live_started);
+    assert (js->live_started && js->live [0]);
+    s_racer_t racer = { .port = port };
+    pthread_t thread;
+    assert (pthread_create (&thread, NULL, s_racer, &racer) == 0);
+    s_shadow_t shadow [S_SUBJECTS];
+    for (int k = 0; k < S_SUBJECTS; k++) {
+        shadow [k].seqs = (uint64_t *) malloc (S_RACE_MAX * sizeof (uint64_t));
+        shadow [k].counters = (long *) malloc (S_RACE_MAX * sizeof (long));
+        shadow [k].count = 0;
+    }
+    s_emitted_t *emitted = (s_emitted_t *) zmalloc (sizeof (s_emitted_t));
+    uint64_t seen = 0;                  //  highest sequence seen live
+    int64_t read_ms = 0;                //  total time reads took
+    int64_t deadline = wsr_util_mono_ms () + 5000;
+    while (seen < 2000 && wsr_util_mono_ms () < deadline) {
+        zpoller_t *poller = zpoller_new (live, NULL);
+        zpoller_wait (poller, 10);
+        zpoller_destroy (&poller);
+        s_drain (live, shadow, &seen, NULL, 0);
+    }
+    int rounds = 0;
+    int64_t end = wsr_util_mono_ms () + 8000;
+    while (rounds < S_RACE_ROUNDS && wsr_util_mono_ms () < end) {
+        int k = (int) randombytes_uniform (S_SUBJECTS);
+        char subject [32];
+        snprintf (subject, sizeof subject, "race.s%d", k);
+        uint64_t back = randombytes_uniform (240);             //  about 60 of the subject
+        uint64_t since = seen > back? seen - back: 0;
+        emitted->count = 0;
+        wsr_recovery_t *recovery = wsr_recovery_new (wsr_jetstream_epoch (js), since, 0, 0,
+                                                     s_emit, emitted);
+        bool asked = false;
+        int64_t asked_at = 0;
+        int64_t round_end = wsr_util_mono_ms () + 3000;
+        while (wsr_util_mono_ms () < round_end
+           &&  (wsr_recovery_state (recovery) != WSR_RECOVERY_LIVE || emitted->count < 20)) {
+            zmq_pollitem_t items [2] = {
+                { zsock_resolve (wsr_jetstream_socket (js)), 0, ZMQ_POLLIN, 0 },
+                { zsock_resolve (live), 0, ZMQ_POLLIN, 0 } };
+            zmq_poll (items, 2, 5);
+            wsr_jetstream_process (js);
+            s_drain (live, shadow, &seen, recovery, k);
+            //  Read after a random while of buffering
+            if (!asked && randombytes_uniform (3) == 0) {
+                asked = true;
+                asked_at = wsr_util_mono_ms ();
+                assert (wsr_jetstream_read (js, subject, since, wsr_jetstream_epoch (js),
+                                            WSR_HISTORY_MAX_READ, s_race_read_done,
+                                            recovery) == 0);
+            }
+            if (wsr_recovery_state (recovery) == WSR_RECOVERY_READY) {
+                read_ms += wsr_util_mono_ms () - asked_at;
+                assert (wsr_recovery_recovered (recovery));
+                wsr_recovery_flush (recovery);
+            }
+            if (atomic_load (&racer.published) >= S_RACE_MAX && !asked)
+                break;
+        }
+        if (wsr_recovery_state (recovery) != WSR_RECOVERY_LIVE) {
+            wsr_recovery_destroy (&recovery);
+            break;                          //  the publisher is done
+        }
+        //  The subject's messages after since, exactly, in order
+        s_shadow_t *sh = &shadow [k];
+        size_t first = 0;
+        while (first < sh->count && sh->seqs [first] <= since)
+            first++;
+        assert (emitted->count >= 20 && first + emitted->count <= sh->count);
+        for (size_t i = 0; i < emitted->count; i++) {
+            assert (emitted->seqs [i] == sh->seqs [first + i]);
+            assert (emitted->counters [i] == sh->counters [first + i]);
+            assert (emitted->counters [i] == sh->counters [first] + (long) i);
+        }
+        wsr_recovery_destroy (&recovery);
+        rounds++;
+    }
+    atomic_store (&racer.stop, true);
+    pthread_join (thread, NULL);
+    assert (rounds >= 20);
+    if (verbose)
+        printf ("\n  nats race: %d rounds, %ld published, reads took %" PRId64 " ms on "
+                "average\n", rounds, (long) atomic_load (&racer.published),
+                rounds? read_ms / rounds: 0);
+    for (int k = 0; k < S_SUBJECTS; k++) {
+        free (shadow [k].seqs);
+        free (shadow [k].counters);
+    }
+    free (emitted);
+    wsr_jetstream_destroy (&js);
+    zsock_destroy (&live);
+}
+
 void
 wsr_jetstream_test (bool verbose)
 {
-    (void) verbose;
     wsr_jetstream_config_t config = {
         .stream = "WSR_TEST", .create = true, .size = 5, .ttl_s = 60, .replicas = 1,
         .memory = true,
@@ -988,6 +1199,13 @@ wsr_jetstream_test (bool verbose)
     assert (got.offsets [2] == 5 && streq (got.data [2], "m5"));
     got = s_read (js, "world.updates.user.u1", 1, epoch, 100);
     assert (got.complete && got.count == 2 && got.offsets [0] == 3);
+    if (verbose) {
+        //  Latency of a small read on a quiet server: 2 infos + 3 gets
+        int64_t start = zclock_usecs ();
+        for (int i = 0; i < 100; i++)
+            s_read (js, "world.updates.user.u1", 0, epoch, 100);
+        printf ("\n  read of 3 entries: %" PRId64 " us\n", (zclock_usecs () - start) / 100);
+    }
     got = s_read (js, "world.updates.user.u2", 4, epoch, 100);
     assert (got.complete && got.count == 0 && got.last == 5);
     got = s_read (js, "world.updates.user.u1", 0, epoch, 2);        //  max reached
@@ -1071,6 +1289,9 @@ wsr_jetstream_test (bool verbose)
     assert (got.status == 0 && !got.complete && got.last == 1);
     got = s_read (js, "world.updates.channel.c1", 0, wsr_jetstream_epoch (js), 100);
     assert (got.complete && got.count == 1);
+
+    //  Recoveries racing a publisher
+    s_test_race (nc, port, verbose);
 
     //  Reads in flight are bounded; the server gone, they time out
     wsr_jetstream_destroy (&js);
