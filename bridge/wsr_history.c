@@ -904,6 +904,82 @@ s_test_store (int *port, pid_t *server)
     wsr_history_destroy (&history);
 }
 
+static void
+s_count (void *arg, redisReply *reply)
+{
+    assert (reply && reply->type == REDIS_REPLY_INTEGER);
+    (*(size_t *) arg)++;
+}
+
+//  redis-server's CPU seconds (user + sys) from INFO cpu.
+static double
+s_server_cpu (redisContext *c)
+{
+    redisReply *reply = (redisReply *) redisCommand (c, "INFO cpu");
+    assert (reply && reply->type == REDIS_REPLY_STRING);
+    const char *user = strstr (reply->str, "used_cpu_user:");
+    const char *sys = strstr (reply->str, "used_cpu_sys:");
+    assert (user && sys);
+    double cpu = atof (user + 14) + atof (sys + 13);
+    freeReplyObject (reply);
+    return cpu;
+}
+
+//  VERBOSE only: redis-server CPU per append (EVALSHA publish.lua) and per
+//  plain PUBLISH, same payload, one subscriber, 256 in flight, one run.
+static void
+s_measure (int port)
+{
+    char url [64];
+    snprintf (url, sizeof url, "redis://127.0.0.1:%d", port);
+    wsr_redis_t *redis = wsr_redis_new (url, s_ignore, NULL);
+    wsr_history_t *history = wsr_history_new (redis, 100, 300, false);
+    int64_t deadline = wsr_util_mono_ms () + 5000;
+    while (!wsr_redis_connected (redis) && wsr_util_mono_ms () < deadline)
+        s_drive (redis, 10, NULL);
+    redisContext *c = s_sync (port);
+    redisContext *sub = s_sync (port);
+    freeReplyObject (redisCommand (sub, "PSUBSCRIBE ws:m*"));
+    const int count = 50000;
+    uint8_t payload [100];
+    memset (payload, 'x', sizeof payload);
+    for (int round = 0; round < 2; round++) {
+        for (int kind = 0; kind < 2; kind++) {
+            double cpu = s_server_cpu (c);
+            size_t sent = 0, replied = 0;
+            int64_t start = zclock_usecs ();
+            for (int i = 0; i < count; i++) {
+                char channel [16];
+                snprintf (channel, sizeof channel, "ws:m%d", i % 1000);
+                while (wsr_history_inflight (history) >= 256)
+                    s_drive (redis, 1, NULL);
+                if (kind == 0)
+                    assert (wsr_history_append (history, channel, payload, sizeof payload,
+                                                NULL, NULL) == 0);
+                else {
+                    while (sent - replied >= 256)
+                        s_drive (redis, 1, NULL);
+                    const char *argv [] = { "PUBLISH", channel, (const char *) payload };
+                    size_t lens [] = { 7, strlen (channel), sizeof payload };
+                    assert (wsr_redis_command (redis, 3, argv, lens, s_count, &replied) == 0);
+                    sent++;
+                }
+            }
+            while (wsr_history_inflight (history) || replied < sent)
+                s_drive (redis, 1, NULL);
+            freeReplyObject (redisCommand (c, "PING"));
+            double used = s_server_cpu (c) - cpu;
+            printf ("\n  %-8s %d: redis-server %.2f us CPU each, %.0f/s", kind? "PUBLISH": "append",
+                    count, used * 1e6 / count, count * 1e6 / (double) (zclock_usecs () - start));
+        }
+    }
+    printf ("\n");
+    redisFree (sub);
+    redisFree (c);
+    wsr_history_destroy (&history);
+    wsr_redis_destroy (&redis);
+}
+
 void
 wsr_history_test (bool verbose)
 {
@@ -918,5 +994,7 @@ wsr_history_test (bool verbose)
     assert (server > 0);
     s_test_script (port);
     s_test_store (&port, &server);
+    if (verbose)
+        s_measure (port);
     wsr_util_reap (server);
 }
