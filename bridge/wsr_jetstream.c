@@ -1,4 +1,4 @@
-//  wsr_jetstream — a topic's history on NATS JetStream: the stream, reads since a sequence, live sequences
+//  wsr_jetstream — a topic's history on NATS JetStream: stream, reads since a sequence, live
 //
 //  A JetStream stream over the downstream subjects keeps the history:
 //  backends keep publishing plain NATS messages, the stream stores them.

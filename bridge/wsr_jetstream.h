@@ -1,4 +1,4 @@
-//  wsr_jetstream — a topic's history on NATS JetStream: the stream, reads since a sequence, live sequences
+//  wsr_jetstream — a topic's history on NATS JetStream: stream, reads since a sequence, live
 
 #ifndef WSR_JETSTREAM_H_INCLUDED
 #define WSR_JETSTREAM_H_INCLUDED

@@ -47,7 +47,8 @@ s_cpu_of (int pid)
     fclose (f);
     char *p = strrchr (buf, ')');
     unsigned long utime, stime;
-    //  fields after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    //  After ")": state ppid pgrp session tty tpgid flags minflt cminflt
+    //  majflt cmajflt utime stime
     if (sscanf (p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
         return -1;
     return (double) (utime + stime) / sysconf (_SC_CLK_TCK);
