@@ -57,6 +57,7 @@ struct _wsr_history_t {
     wsr_redis_t *redis;             //  the link (borrowed)
     char size_text [24];            //  ARGV of publish.lua: history size
     char ttl_text [24];             //  TTL seconds
+    char meta_ttl_text [24];        //  TTL of epoch and offset
     const char *command;            //  PUBLISH or SPUBLISH
     char nonce [S_NONCE_LEN + 1];   //  this store's epoch nonce (random)
     uint64_t loaded;                //  link generation the scripts were loaded on
@@ -148,6 +149,8 @@ wsr_history_new (wsr_redis_t *redis, size_t size, int ttl_s, bool sharded)
     self->redis = redis;
     snprintf (self->size_text, sizeof self->size_text, "%zu", size);
     snprintf (self->ttl_text, sizeof self->ttl_text, "%d", ttl_s);
+    snprintf (self->meta_ttl_text, sizeof self->meta_ttl_text, "%d",
+              ttl_s > WSR_HISTORY_META_TTL_S? ttl_s: WSR_HISTORY_META_TTL_S);
     self->command = sharded? "SPUBLISH": "PUBLISH";
     //  Epochs are TIME in µs plus this nonce: unique even if Redis' clock
     //  goes back or two bridges make one at the same microsecond
@@ -198,8 +201,8 @@ static void s_on_reply (void *arg, redisReply *reply);
 static int
 s_send (wsr_history_t *self, s_request_t *request)
 {
-    const char *argv [9];
-    size_t lens [9];
+    const char *argv [10];
+    size_t lens [10];
     int argc = 0;
     bool eval = request->retried;
     bool append = request->kind == S_APPEND;
@@ -230,12 +233,20 @@ s_send (wsr_history_t *self, s_request_t *request)
         argc++;
         argv [argc] = self->nonce;
         lens [argc++] = S_NONCE_LEN;
+        argv [argc] = self->meta_ttl_text;
+        lens [argc] = strlen (self->meta_ttl_text);
+        argc++;
     }
     else {
         argv [argc] = since;
         lens [argc++] = (size_t) snprintf (since, sizeof since, "%" PRIu64, request->since);
         argv [argc] = max;
         lens [argc++] = (size_t) snprintf (max, sizeof max, "%zu", request->max);
+        argv [argc] = self->meta_ttl_text;
+        lens [argc] = strlen (self->meta_ttl_text);
+        argc++;
+        argv [argc] = self->nonce;
+        lens [argc++] = S_NONCE_LEN;
     }
     return wsr_redis_command (self->redis, argc, argv, lens, s_on_reply, request);
 }
@@ -596,9 +607,11 @@ s_test_script (int port)
     }
     //  Epoch: TIME in hex, then the nonce if one was given
     assert (strlen (epoch) >= 13 && !strchr (epoch, '-'));
-    //  TTL on every key of the topic, nothing else created
+    //  TTL on every key of the topic, nothing else created; epoch and offset
+    //  outlive the entries (a day at least)
     assert (s_integer (c, "TTL", "{ws:t1}:s") > 0 && s_integer (c, "TTL", "{ws:t1}:s") <= 60);
-    assert (s_integer (c, "TTL", "{ws:t1}:m") > 0 && s_integer (c, "TTL", "{ws:t1}:m") <= 60);
+    assert (s_integer (c, "TTL", "{ws:t1}:m") > 86000);
+    assert (s_integer (c, "TTL", "{ws:t1}:m") <= WSR_HISTORY_META_TTL_S);
     assert (s_integer (c, "DBSIZE", NULL) == 2);
     //  MAXLEN ~ 10 keeps at least 10; with 30 entries nothing could go yet
     //  (a stream node holds 100): push on to see trimming
@@ -630,17 +643,36 @@ s_test_script (int port)
                                       got_epoch, &got, &got_size) == -1);
     freeReplyObject (message);
 
+    //  The entries expired (forced here), not the epoch: offsets go on
+    freeReplyObject (redisCommand (c, "PEXPIRE {ws:t1}:s 1"));
+    int64_t deadline = wsr_util_mono_ms () + 3000;
+    while (s_integer (c, "EXISTS", "{ws:t1}:s") && wsr_util_mono_ms () < deadline)
+        zclock_sleep (2);
+    reply = s_publish (c, "ws:t1", "on", "10", "60", "");
+    assert (reply->element [0]->integer == 351 && streq (reply->element [1]->str, epoch));
+    freeReplyObject (reply);
+    assert (s_integer (c, "XLEN", "{ws:t1}:s") == 1);
+    assert (redisGetReply (sub, (void **) &message) == REDIS_OK);
+    freeReplyObject (message);
+    //  An explicit TTL for epoch and offset
+    const char *meta_args [] = { "EVAL", wsr_publish_lua, "1", "ws:t1", "m", "", "", "", "",
+                                 "500" };
+    freeReplyObject (s_cmd (c, 10, meta_args, NULL));
+    assert (s_integer (c, "TTL", "{ws:t1}:m") <= 500);
+    assert (redisGetReply (sub, (void **) &message) == REDIS_OK);
+    freeReplyObject (message);
+
     //  Keys expired (forced here): a new epoch, offsets from 1 again
     freeReplyObject (redisCommand (c, "PEXPIRE {ws:t1}:s 1"));
     freeReplyObject (redisCommand (c, "PEXPIRE {ws:t1}:m 1"));
-    int64_t deadline = wsr_util_mono_ms () + 3000;
+    deadline = wsr_util_mono_ms () + 3000;
     while (s_integer (c, "EXISTS", "{ws:t1}:m") && wsr_util_mono_ms () < deadline)
         zclock_sleep (2);
     reply = s_publish (c, "ws:t1", "after", "", "", "");
     assert (reply->element [0]->integer == 1 && !streq (reply->element [1]->str, epoch));
     snprintf (epoch, sizeof epoch, "%s", reply->element [1]->str);
     freeReplyObject (reply);
-    assert (s_integer (c, "TTL", "{ws:t1}:m") > 60);           //  the default, 300
+    assert (s_integer (c, "TTL", "{ws:t1}:s") > 60);           //  the default, 300
     //  FLUSHALL: new epoch again
     freeReplyObject (redisCommand (c, "FLUSHALL"));
     reply = s_publish (c, "ws:t1", "x", "", "", "");
@@ -692,6 +724,22 @@ s_test_script (int port)
     reply = (redisReply *) redisCommand (c, "EVAL %s 1 ws:none 0 10", wsr_read_lua);
     assert (reply->elements == 2 && streq (reply->element [0]->str, ""));
     assert (reply->element [1]->integer == 0);
+    freeReplyObject (reply);
+    assert (s_integer (c, "EXISTS", "{ws:none}:m") == 0);      //  nothing written
+    //  ... unless given a TTL for the epoch: then a topic has one at offset
+    //  0 before its first message, and the first message continues it
+    reply = (redisReply *) redisCommand (c, "EVAL %s 1 ws:new 0 10 100 n0nce", wsr_read_lua);
+    assert (reply->elements == 2 && reply->element [1]->integer == 0);
+    size_t new_len = reply->element [0]->len;
+    assert (new_len > 6 && streq (reply->element [0]->str + new_len - 6, "-n0nce"));
+    snprintf (epoch, sizeof epoch, "%s", reply->element [0]->str);
+    freeReplyObject (reply);
+    assert (s_integer (c, "TTL", "{ws:new}:m") > 0 && s_integer (c, "TTL", "{ws:new}:m") <= 100);
+    reply = s_publish (c, "ws:new", "first", "", "", "");
+    assert (reply->element [0]->integer == 1 && streq (reply->element [1]->str, epoch));
+    freeReplyObject (reply);
+    reply = (redisReply *) redisCommand (c, "EVAL %s 1 ws:new 0 10 x", wsr_read_lua);
+    assert (reply->type == REDIS_REPLY_ERROR);
     freeReplyObject (reply);
     redisFree (ssub);
     redisFree (sub);
@@ -839,9 +887,16 @@ s_test_store (int *port, pid_t *server)
     assert (got.status == 0 && !got.complete && got.count == 3);
     got = s_read (redis, history, "ws:a", 9, epoch, 100);
     assert (!got.complete && got.count == 0);
-    got = s_read (redis, history, "ws:none", 0, NULL, 100);
-    assert (got.status == 0 && got.complete && streq (got.epoch, "") && got.last == 0);
+    got = s_read (redis, history, "ws:none", 0, NULL, 100);     //  an epoch is made
+    assert (got.status == 0 && got.complete && strlen (got.epoch) > 13 && got.last == 0);
+    assert (!streq (got.epoch, epoch));
+    char none_epoch [WSR_HISTORY_EPOCH_MAX + 1];
+    snprintf (none_epoch, sizeof none_epoch, "%s", got.epoch);
+    got = s_read (redis, history, "ws:none", 0, none_epoch, 100);
+    assert (got.complete && got.count == 0);
     got = s_read (redis, history, "ws:none", 4, epoch, 100);
+    assert (!got.complete);
+    got = s_read (redis, history, "ws:none", 0, "", 100);       //  no epoch is never complete
     assert (!got.complete);
     //  Beyond retention (size 10, trimmed by whole stream nodes of 100)
     s_append (redis, history, "ws:a", 300);

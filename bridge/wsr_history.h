@@ -11,6 +11,7 @@ extern "C" {
 #define WSR_HISTORY_HEADER_MAX      (5 + 20 + 1 + WSR_HISTORY_EPOCH_MAX + 1)
 #define WSR_HISTORY_DEFAULT_SIZE    100     //  WEBSOCKET_HISTORY_SIZE default
 #define WSR_HISTORY_DEFAULT_TTL_S   300     //  WEBSOCKET_HISTORY_TTL default
+#define WSR_HISTORY_META_TTL_S      86400   //  epoch + offset kept at least this long
 #define WSR_HISTORY_MAX_READ        1000    //  entries per read, at most
 #define WSR_HISTORY_MAX_INFLIGHT    4096    //  appends + reads waiting for Redis
 
@@ -60,7 +61,10 @@ int
 
 //  Create a store on a Redis link (borrowed; it must outlive the store, or
 //  be destroyed first, which fails what is in flight). size entries per
-//  topic (1..1000000), kept ttl_s seconds after the last append; sharded
+//  topic (1..1000000), kept ttl_s seconds after the last append; a topic's
+//  epoch and offset are kept longer (the larger of ttl_s and
+//  WSR_HISTORY_META_TTL_S, renewed by appends and reads), and a read makes
+//  them if missing, so that every topic read has an epoch; sharded
 //  publishes with SPUBLISH instead of PUBLISH.
 wsr_history_t *
     wsr_history_new (wsr_redis_t *redis, size_t size, int ttl_s, bool sharded);
@@ -77,8 +81,9 @@ int
                         size_t size, wsr_history_append_fn *cb, void *arg);
 
 //  Read the entries of channel after since (at most max, 0..WSR_HISTORY_MAX_READ),
-//  with the current epoch and last offset; complete is judged against
-//  epoch (NULL: whatever the current one is). Returns 0 if sent (cb
+//  with the current epoch and last offset (made now if the topic has none:
+//  then a new epoch at 0); complete is judged against epoch (NULL: whatever
+//  the current one is). Returns 0 if sent (cb
 //  follows), -1 if Redis is down or too many requests are in flight.
 int
     wsr_history_read (wsr_history_t *self, const char *channel, uint64_t since,

@@ -758,7 +758,9 @@ s_on_race_message (void *arg, const char *pattern, const char *channel, size_t c
         race->plain++;
         return;
     }
-    if (race->drop_one && wsr_recovery_state (race->recovery) == WSR_RECOVERY_LIVE) {
+    if (race->drop_one && wsr_recovery_state (race->recovery) == WSR_RECOVERY_LIVE
+    &&  offset > wsr_recovery_offset (race->recovery)) {
+        //  Lose one that would have been emitted (not a late duplicate)
         race->drop_one = false;
         return;
     }
