@@ -31,7 +31,12 @@
 #define WSR_DEFAULT_PORT            8080
 #define WSR_HWM                     100000  //  inproc high-water marks
 #define WSR_WORKER_BUDGET           256     //  messages per socket per turn
+#define WSR_OUTFRAME_INLINE         1024    //  payloads copied behind their header
+#define WSR_MALLOC_TRIM_THRESHOLD   (64 * 1024 * 1024)  //  free memory kept per arena
+#define WSR_MALLOC_MMAP_THRESHOLD   (1024 * 1024)       //  larger blocks are mmap'ed
 #define WSR_MAX_WORKERS             64
+#define WSR_BRIDGE_MAX_PEERS        65536   //  node actors one bridge serves
+#define WSR_DEFAULT_BRIDGE_MAX_TOPICS 4000000   //  topics per node at a bridge
 
 #include "wsr_msgs.h"
 #include "wsr_util.h"
@@ -42,6 +47,8 @@
 #include "wsr_http.h"
 #include "wsr_outframe.h"
 #include "wsr_ipcount.h"
+#include "wsr_curve.h"
+#include "wsr_link.h"
 #include "wsr_listener.h"
 #include "wsr_auth.h"
 #include "wsr_session.h"
@@ -52,6 +59,8 @@
 #include "wsr_recovery.h"
 #include "wsr_nats.h"
 #include "wsr_jetstream.h"
+#include "wsr_peers.h"
+#include "wsr_zap.h"
 #include "wsr_bridge.h"
 #include "wsr_node.h"
 #include "wsr_bench.h"

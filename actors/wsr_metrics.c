@@ -125,6 +125,20 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_REDIS_RECONNECTS] =
         { "wsrouter_bridge_redis_reconnects_total", NULL, "counter",
           "Redis connections lost and re-made (e.g. output buffer limit)" },
+    [WSR_M_BRIDGE_PEERS] =
+        { "wsrouter_bridge_peers", NULL, "gauge", "Node actors connected to the bridge" },
+    [WSR_M_BRIDGE_PEERS_DENIED] =
+        { "wsrouter_bridge_peers_denied_total", NULL, "counter",
+          "Connections to the bridge refused (CURVE handshake or key not allowed)" },
+    [WSR_M_BRIDGE_SUB_REFUSED] =
+        { "wsrouter_bridge_subscriptions_refused_total", NULL, "counter",
+          "Subscriptions refused by the bridge (invalid topic, node over its cap)" },
+    [WSR_M_TOKEN_EXPIRED] =
+        { "wsrouter_token_expired_total", NULL, "counter",
+          "Sessions closed with 1008 when their token ran out" },
+    [WSR_M_BRIDGE_UNMATCHED] =
+        { "wsrouter_bridge_unmatched_total", NULL, "counter",
+          "Backplane messages that no node wanted" },
 };
 
 //  --------------------------------------------------------------------------

@@ -54,6 +54,11 @@ typedef enum {
     WSR_M_BRIDGE_NATS_DROPS,        //  NATS messages dropped (forward queue full)
     WSR_M_BRIDGE_NATS_SLOW,         //  libnats slow-consumer events (its own drops)
     WSR_M_BRIDGE_REDIS_RECONNECTS,  //  Redis connections lost and re-made
+    WSR_M_BRIDGE_PEERS,             //  gauge: node actors connected to the bridge
+    WSR_M_BRIDGE_PEERS_DENIED,      //  connections refused by CURVE / ZAP
+    WSR_M_BRIDGE_SUB_REFUSED,       //  subscriptions refused (invalid, over the cap)
+    WSR_M_BRIDGE_UNMATCHED,         //  backplane messages no peer wanted
+    WSR_M_TOKEN_EXPIRED,            //  sessions closed when their token ran out
     WSR_M_COUNT
 } wsr_metric_t;
 

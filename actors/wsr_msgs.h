@@ -11,13 +11,14 @@
 #define WSR_CMD_DRAIN       "DRAIN"     //  → "i" 0; stop accepting / close with 1001
 #define WSR_CMD_SESSIONS    "SESSIONS"  //  → "8" open sessions (session worker)
 #define WSR_CMD_PORT        "PORT"      //  → "i" bound TCP port (listener)
+#define WSR_CMD_RELOAD      "RELOAD"    //  → "i" certificates allowed (bridge, SIGHUP)
+#define WSR_CMD_PEERS       "PEERS"     //  → "88" peers, topics (bridge)
 #define WSR_CMD_SET_READY   "READY"     //  "i" 0/1 → none (listener: /readyz)
 
 //  Data messages between actors of one node (see ARCHITECTURE.md)
 #define WSR_MSG_AUTH        "AUTH"      //  listener → auth
 #define WSR_MSG_ADOPT       "ADOPT"     //  auth → session worker N
 #define WSR_MSG_PUBLISH     "PUBLISH"   //  listener (HTTP API) → router
-#define WSR_MSG_REPLY       "REPLY"     //  router → session worker (HTTP backend reply)
 
 //  Pictures
 //  AUTH:  s "AUTH", 8 conn id, i fd, i per-IP slot, s ws-accept, s peer address,
@@ -31,8 +32,22 @@
 //  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
 #define WSR_PIC_PUBLISH     "sff"
 
-//  REPLY: s "REPLY", 8 session id, f downstream envelope
-#define WSR_PIC_REPLY       "s8f"
+//  N frames: numbers travel as 8 bytes, never as text.
+static inline void
+wsr_msgs_put_u64 (uint8_t *out, uint64_t value)
+{
+    for (int i = 7; i >= 0; i--, value >>= 8)
+        out [i] = (uint8_t) value;
+}
+
+static inline uint64_t
+wsr_msgs_get_u64 (const uint8_t *in)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = value << 8 | in [i];
+    return value;
+}
 
 //  Which session worker owns a connection (and its session): the one rule,
 //  used by whoever sends ADOPT and whoever routes a message to a session.
@@ -46,16 +61,48 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 //  in a process), %d the session worker index.
 #define WSR_EP_AUTH         "inproc://wsr-auth-%s"
 #define WSR_EP_ADOPT        "inproc://wsr-adopt-%s-%d"
-#define WSR_EP_REPLY        "inproc://wsr-reply-%s-%d"
-#define WSR_EP_DOWN         "inproc://wsr-down-%s"
-#define WSR_EP_UP           "inproc://wsr-up-%s"
 #define WSR_EP_PUB          "inproc://wsr-pub-%s"
+#define WSR_EP_BRIDGE       "inproc://wsr-bridge-%s"    //  the in-process bridge
+
+//  --------------------------------------------------------------------------
+//  The node ⇄ bridge protocol, WBP/1. Peers (each session worker, the node's
+//  router) hold a DEALER connected to the bridge's ROUTER: inproc:// when the
+//  bridge runs in the node's process, tcp:// (CURVE) across hosts. Frame 1 is
+//  the command, the frames listed follow (pictures are czmq's: s string,
+//  i int, 8 uint64, f frame). The bridge tracks each peer by its ZeroMQ
+//  routing id: what it subscribed, when it was last heard of.
+
+#define WSR_PROTO_VERSION   "1"
+//  Peer → bridge
+#define WSR_PROTO_HELLO     "HELLO"     //  s version, s node id, s role, i index
+#define WSR_PROTO_SUB       "SUB"       //  f topic key × 1..WSR_PROTO_MAX_TOPICS
+#define WSR_PROTO_UNSUB     "UNSUB"     //  f topic key × 1..WSR_PROTO_MAX_TOPICS
+#define WSR_PROTO_UP        "UP"        //  f upstream envelope: a client message
+#define WSR_PROTO_PUB       "PUB"       //  f topic key, f downstream envelope (API)
+#define WSR_PROTO_PING      "PING"      //  nothing: alive while idle
+#define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
+//  Bridge → peer (N: an 8-byte unsigned number, network byte order)
+#define WSR_PROTO_DELIVER   "D"         //  f topic key, f downstream envelope
+#define WSR_PROTO_REPLY     "REPLY"     //  N session id, f downstream envelope
+#define WSR_PROTO_HB        "HB"        //  N bridge epoch, f heartbeat envelope
+#define WSR_PROTO_RESYNC    "RESYNC"    //  nothing: HELLO and SUB everything again
+#define WSR_PROTO_REFUSED   "REFUSED"   //  f topic key, s reason: SUB not taken
+//  Roles in HELLO
+#define WSR_ROLE_WORKER     "worker"    //  a session worker: SUB, UP; gets D, REPLY
+#define WSR_ROLE_ROUTER     "router"    //  a node's router: PUB; gets HB
+
+#define WSR_PROTO_MAX_TOPICS    64      //  topic frames per SUB / UNSUB message
+#define WSR_PROTO_PING_MS       1000    //  a peer silent this long sends PING
+#define WSR_PROTO_PEER_TTL_MS   3000    //  a peer silent this long is forgotten
+#define WSR_PROTO_HB_MS         500     //  bridge heartbeat period
+#define WSR_PROTO_HB_DEAD_MS    2000    //  no heartbeat this long: bridge down
+#define WSR_PROTO_RECONNECT_MS  5000    //  ... this long: the link connects afresh
 
 //  Topic keys: "user:" + id or "channel:" + id, always with a NUL terminator
-//  in the frame, so ZeroMQ's prefix match is an exact match.
+//  in the frame, so a key is never a prefix of another.
 #define WSR_TOPIC_USER      "user:"
 #define WSR_TOPIC_CHANNEL   "channel:"
-#define WSR_TOPIC_UPSTREAM  "up:"
+#define WSR_TOPIC_UPSTREAM  "up:"         //  on the upstream PUB: "up:" + user id
 #define WSR_TOPIC_MAX       (sizeof (WSR_TOPIC_CHANNEL) + WSR_MAX_ID_LEN + 1)
 
 //  Error messages sent to a client whose message could not go upstream

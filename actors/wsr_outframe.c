@@ -13,12 +13,35 @@ struct _wsr_outframe_t {
     const uint8_t *data;        //  payload (in keep, or in copy [])
     size_t size;                //  payload bytes
     uint8_t header [10];        //  encoded frame header
-    uint8_t header_size;        //  2, 4 or 10
-    uint8_t copy [];            //  payload copy when there is no keep
+    uint8_t header_size;        //  2, 4 or 10; 0 when the header is in copy []
+    uint8_t copy [];            //  header and payload, when there is no keep
 };
 
+//  Encode a frame header for size bytes; returns its length (2, 4 or 10).
+static uint8_t
+s_header (uint8_t *header, int opcode, size_t size)
+{
+    header [0] = 0x80 | (uint8_t) opcode;
+    if (size < 126) {
+        header [1] = (uint8_t) size;
+        return 2;
+    }
+    if (size <= 0xFFFF) {
+        header [1] = 126;
+        header [2] = (uint8_t) (size >> 8);
+        header [3] = (uint8_t) size;
+        return 4;
+    }
+    header [1] = 127;
+    for (int i = 0; i < 8; i++)
+        header [2 + i] = (uint8_t) ((uint64_t) size >> (56 - 8 * i));
+    return 10;
+}
+
 //  --------------------------------------------------------------------------
-//  Frame once.
+//  Frame once. A small payload is copied behind its header into one buffer,
+//  so a lone frame leaves in one iovec (and the ZeroMQ frame is freed at
+//  once); a large one stays in the frame that brought it.
 wsr_outframe_t *
 wsr_outframe_new (int opcode, const uint8_t *data, size_t size, zframe_t **keep_p)
 {
@@ -26,36 +49,30 @@ wsr_outframe_new (int opcode, const uint8_t *data, size_t size, zframe_t **keep_
     zframe_t *keep = keep_p? *keep_p: NULL;
     if (keep_p)
         *keep_p = NULL;
-    wsr_outframe_t *self = (wsr_outframe_t *) malloc (sizeof (wsr_outframe_t)
-                                                     + (keep? 0: size));
-    assert (self);
-    self->refs = 1;
-    self->keep = keep;
-    self->size = size;
-    if (keep)
-        self->data = data;
-    else {
-        memcpy (self->copy, data, size);
+    wsr_outframe_t *self;
+    if (!keep || size <= WSR_OUTFRAME_INLINE) {
+        uint8_t header [10];
+        uint8_t header_size = s_header (header, opcode, size);
+        self = (wsr_outframe_t *) malloc (sizeof (wsr_outframe_t) + header_size + size);
+        assert (self);
+        memcpy (self->copy, header, header_size);
+        if (size)
+            memcpy (self->copy + header_size, data, size);
+        self->keep = NULL;
         self->data = self->copy;
-    }
-    self->header [0] = 0x80 | (uint8_t) opcode;
-    if (size < 126) {
-        self->header [1] = (uint8_t) size;
-        self->header_size = 2;
-    }
-    else
-    if (size <= 0xFFFF) {
-        self->header [1] = 126;
-        self->header [2] = (uint8_t) (size >> 8);
-        self->header [3] = (uint8_t) size;
-        self->header_size = 4;
+        self->size = header_size + size;
+        self->header_size = 0;
+        zframe_destroy (&keep);
     }
     else {
-        self->header [1] = 127;
-        for (int i = 0; i < 8; i++)
-            self->header [2 + i] = (uint8_t) ((uint64_t) size >> (56 - 8 * i));
-        self->header_size = 10;
+        self = (wsr_outframe_t *) malloc (sizeof (wsr_outframe_t));
+        assert (self);
+        self->keep = keep;
+        self->data = data;
+        self->size = size;
+        self->header_size = s_header (self->header, opcode, size);
     }
+    self->refs = 1;
     return self;
 }
 
@@ -109,15 +126,6 @@ wsr_outframe_size (wsr_outframe_t *self)
 {
     assert (self);
     return self->header_size + self->size;
-}
-
-//  --------------------------------------------------------------------------
-//  Payload size.
-size_t
-wsr_outframe_payload_size (wsr_outframe_t *self)
-{
-    assert (self);
-    return self->size;
 }
 
 //  --------------------------------------------------------------------------
@@ -176,21 +184,32 @@ wsr_outframe_test (bool verbose)
     assert (frame == NULL);
     wsr_outframe_unlink (&second);
 
-    //  16-bit and 64-bit lengths; payload kept in a zframe, not copied
+    //  16-bit and 64-bit lengths; a large payload kept in its zframe, not
+    //  copied; a small one copied behind its header (one iovec)
     uint8_t *big = (uint8_t *) malloc (70000);
     memset (big, 'x', 70000);
     zframe_t *keep = zframe_new (big, 300);
     frame = wsr_outframe_new (WSR_KIND_BINARY, zframe_data (keep), 300, &keep);
     assert (keep == NULL);
+    struct iovec iov [2];
+    assert (wsr_outframe_iov (frame, 0, iov) == 1);
     s_flatten (frame, 0, out, &len);
     assert (len == 304 && out [0] == 0x82 && out [1] == 126 && out [2] == 1 && out [3] == 44);
-    assert (wsr_outframe_size (frame) == 304);
+    wsr_outframe_unlink (&frame);
+    keep = zframe_new (big, 2000);
+    frame = wsr_outframe_new (WSR_KIND_BINARY, zframe_data (keep), 2000, &keep);
+    assert (keep == NULL);
+    assert (wsr_outframe_iov (frame, 0, iov) == 2);
+    assert (iov [0].iov_len == 4 && iov [1].iov_len == 2000 && wsr_outframe_size (frame) == 2004);
+    s_flatten (frame, 0, out, &len);
+    assert (len == 2004 && out [1] == 126 && out [2] == 0x07 && out [3] == 0xd0);
+    s_flatten (frame, 3, out, &len);
+    assert (len == 2001 && out [0] == 0xd0 && out [1] == 'x');
     wsr_outframe_unlink (&frame);
     frame = wsr_outframe_new (WSR_KIND_BINARY, big, 70000, NULL);
     s_flatten (frame, 0, out, &len);
     assert (len == 70010 && out [1] == 127 && out [7] == 0x01 && out [8] == 0x11
          && out [9] == 0x70);
-    assert (wsr_outframe_payload_size (frame) == 70000);
     wsr_outframe_unlink (&frame);
     frame = wsr_outframe_new_raw ((const uint8_t *) "\x88\x02\x03\xe9", 4);
     s_flatten (frame, 1, out, &len);

@@ -36,10 +36,6 @@ void
 size_t
     wsr_outframe_size (wsr_outframe_t *self);
 
-//  Payload bytes.
-size_t
-    wsr_outframe_payload_size (wsr_outframe_t *self);
-
 //  Fill up to 2 iovecs with the bytes from offset on; returns the count.
 int
     wsr_outframe_iov (wsr_outframe_t *self, size_t offset, struct iovec *iov);

@@ -21,8 +21,11 @@
 //  Sockets (owned):
 //    pipe                          PAIR  commands: START, DRAIN, SESSIONS, $TERM
 //    inproc://wsr-adopt-NAME-N     PULL  bind; ADOPT from the auth actor
-//    inproc://wsr-down-NAME        SUB   connect; DELIVER from the router
-//    inproc://wsr-up-NAME          PUSH  connect; client messages upstream
+//    the bridge's endpoint         DEALER (wsr_link) connect; SUB/UNSUB and UP
+//                                  to the bridge, D (deliveries) and REPLY from it
+//  A session's first member of a topic subscribes it at the bridge, the
+//  last one leaving unsubscribes: the bridge sends this worker exactly what
+//  its sessions want, once per worker, with no relay thread in between.
 //  Descriptors (owned): the epoll set and every adopted client socket.
 
 #include "wsr_classes.h"
@@ -33,8 +36,7 @@
 
 #define S_TAG_PIPE          1       //  epoll data for the ZeroMQ sockets
 #define S_TAG_ADOPT         2
-#define S_TAG_DOWN          3
-#define S_TAG_REPLY         4
+#define S_TAG_LINK          3
 #define S_TAG_MAX           16      //  below any heap pointer
 #define S_MAX_EVENTS        256     //  epoll_wait batch
 #define S_MAX_IOV           64      //  iovecs per writev
@@ -44,6 +46,8 @@
 
 //  Close reason for slow consumers; compared by address to tell it apart
 static const char s_slow [] = "slow consumer: output queue full";
+static const char s_rate [] = "rate limit exceeded";
+static const char s_expired [] = "token expired";
 
 typedef enum {
     S_OPEN,                         //  authenticated, receiving deliveries
@@ -103,9 +107,13 @@ struct _s_conn_t {
     s_conn_t *tprev, *tnext;        //  neighbours on that list
     s_conn_t *prev, *next;          //  all connections of the worker
     s_conn_t *dirty_next;           //  flush list
+    s_conn_t *delay_next;           //  delayed-flush list (WEBSOCKET_WRITE_DELAY)
+    bool delayed;                   //  on it (a dead session stays until it drains)
     s_conn_t *doom_next;            //  close list
     bool read_off;                  //  wslay reads no more (close or error)
     bool hs_pending;                //  the 101 response is still queued (head)
+    int64_t expiry;                 //  Unix s when the token runs out (+ leeway), 0 never
+    uint32_t expiry_slot;           //  its index in the worker's expiry heap + 1, 0 = none
 };
 
 struct _wsr_session_t {
@@ -123,9 +131,7 @@ typedef struct {
 typedef struct {
     zsock_t *pipe;                  //  actor pipe (not owned)
     zsock_t *adopt;                 //  PULL ADOPT
-    zsock_t *reply;                 //  PULL REPLY
-    zsock_t *down;                  //  SUB DELIVER
-    zsock_t *up;                    //  PUSH upstream
+    wsr_link_t *link;               //  DEALER to the bridge: topics, deliveries, upstream
     int epoll_fd;                   //  epoll set (owned)
     char *node;                     //  node id for envelopes
     int index;                      //  worker index for logs
@@ -137,10 +143,14 @@ typedef struct {
     size_t count;                   //  connections in all
     size_t open;                    //  sessions in S_OPEN
     s_conn_t *dirty;                //  sessions to flush
+    s_conn_t *delayed;              //  sessions whose deliveries wait for flush_at
+    int64_t flush_at;               //  mono ms when the delayed list is flushed
     s_conn_t *doomed;               //  sessions to close after the current batch
     s_list_t active;                //  open sessions by last input (ping due)
     s_list_t pinged;                //  pinged sessions (pong due)
     s_list_t closing;               //  closing sessions (close reply due)
+    s_conn_t **expiries;            //  min-heap by expiry: sessions whose token runs out
+    size_t expiry_count, expiry_cap;
     wsr_outframe_t *ping;           //  the ping frame, shared by all sessions
     wsr_ipcount_t *ipcount;         //  per-IP connection counters (not owned)
     s_conn_t *dead;                 //  freed at the end of the turn
@@ -148,6 +158,9 @@ typedef struct {
     size_t read_budget;             //  bytes left for current in this turn
     int frame_budget;               //  frames left for current in this turn
     size_t freed_output;            //  output bytes dropped since the last trim
+    int64_t count_in, bytes_in;     //  per-message counters, added to the shared
+    int64_t count_out, bytes_out;   //  metrics once per turn (s_after_batch), not
+    int64_t count_up;               //  once per message
     bool draining;                  //  DRAIN received
     bool terminated;                //  $TERM received
     int status;                     //  init result for START
@@ -252,6 +265,46 @@ s_mark_dirty (s_worker_t *self, s_conn_t *conn)
     }
 }
 
+//  A delivery waits up to WEBSOCKET_WRITE_DELAY, so a session's messages in
+//  that window leave in one writev; the window opens with the first delayed
+//  delivery and every session on the list is flushed when it ends. Control
+//  frames, replies and closes are not delayed (and take what is queued).
+static void
+s_mark_delayed (s_worker_t *self, s_conn_t *conn)
+{
+    if (self->opts.write_delay_ms <= 0) {
+        s_mark_dirty (self, conn);
+        return;
+    }
+    if (conn->delayed || conn->dirty || conn->state == S_DEAD)
+        return;
+    if (!self->delayed)
+        self->flush_at = wsr_util_mono_ms () + self->opts.write_delay_ms;
+    conn->delayed = true;
+    conn->delay_next = self->delayed;
+    self->delayed = conn;
+}
+
+static void s_conn_free (s_conn_t *conn);
+
+//  The window ended (or the worker stops): every delayed session is flushed;
+//  one that died meanwhile is freed now.
+static void
+s_delayed_release (s_worker_t *self)
+{
+    while (self->delayed) {
+        s_conn_t *conn = self->delayed;
+        self->delayed = conn->delay_next;
+        conn->delayed = false;
+        if (conn->state == S_DEAD) {
+            self->freed_output += conn->qbytes;
+            s_conn_free (conn);
+        }
+        else
+            s_mark_dirty (self, conn);
+    }
+}
+
 //  --------------------------------------------------------------------------
 //  Timer lists
 
@@ -293,6 +346,86 @@ s_touch (s_worker_t *self, s_conn_t *conn)
 {
     if (conn->state == S_OPEN && self->opts.ping_interval_ms > 0)
         s_timer_set (conn, &self->active, wsr_util_mono_ms () + self->opts.ping_interval_ms);
+}
+
+//  --------------------------------------------------------------------------
+//  Token expiry: a binary min-heap of sessions by the instant their token
+//  runs out (exp plus the leeway). Deadlines differ per session, so a list
+//  with one delay does not fit; the heap costs O(log n) to add, remove or
+//  move a session (a token refresh only moves its deadline) and the
+//  earliest deadline is always at the top.
+
+static void
+s_heap_place (s_worker_t *self, size_t slot, s_conn_t *conn)
+{
+    self->expiries [slot] = conn;
+    conn->expiry_slot = (uint32_t) slot + 1;
+}
+
+static void
+s_heap_up (s_worker_t *self, size_t slot)
+{
+    s_conn_t *conn = self->expiries [slot];
+    while (slot > 0) {
+        size_t parent = (slot - 1) / 2;
+        if (self->expiries [parent]->expiry <= conn->expiry)
+            break;
+        s_heap_place (self, slot, self->expiries [parent]);
+        slot = parent;
+    }
+    s_heap_place (self, slot, conn);
+}
+
+static void
+s_heap_down (s_worker_t *self, size_t slot)
+{
+    s_conn_t *conn = self->expiries [slot];
+    while (true) {
+        size_t child = 2 * slot + 1;
+        if (child >= self->expiry_count)
+            break;
+        if (child + 1 < self->expiry_count
+        &&  self->expiries [child + 1]->expiry < self->expiries [child]->expiry)
+            child++;
+        if (self->expiries [child]->expiry >= conn->expiry)
+            break;
+        s_heap_place (self, slot, self->expiries [child]);
+        slot = child;
+    }
+    s_heap_place (self, slot, conn);
+}
+
+static void
+s_expiry_clear (s_worker_t *self, s_conn_t *conn)
+{
+    if (!conn->expiry_slot)
+        return;
+    size_t slot = conn->expiry_slot - 1;
+    conn->expiry_slot = 0;
+    s_conn_t *last = self->expiries [--self->expiry_count];
+    if (last != conn) {
+        s_heap_place (self, slot, last);
+        s_heap_down (self, slot);
+        s_heap_up (self, last->expiry_slot - 1);
+    }
+}
+
+//  Set (or move, or with 0 remove) a session's expiry.
+static void
+s_expiry_set (s_worker_t *self, s_conn_t *conn, int64_t expiry)
+{
+    s_expiry_clear (self, conn);
+    conn->expiry = expiry;
+    if (expiry <= 0)
+        return;
+    if (self->expiry_count == self->expiry_cap) {
+        self->expiry_cap = self->expiry_cap? self->expiry_cap * 2: 1024;
+        self->expiries = (s_conn_t **) realloc (self->expiries,
+                                                self->expiry_cap * sizeof (s_conn_t *));
+        assert (self->expiries);
+    }
+    s_heap_place (self, self->expiry_count++, conn);
+    s_heap_up (self, self->expiry_count - 1);
 }
 
 //  Sessions are never closed from inside a walk or a wslay callback: they
@@ -407,7 +540,7 @@ s_frame_start_cb (wslay_event_context_ptr ctx,
         conn->msg_tokens -= 1.0f;
         conn->byte_tokens -= (float) (header + len);
         if (conn->msg_tokens < 0 || conn->byte_tokens < 0)
-            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, "rate limit exceeded");
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_rate);
     }
 }
 
@@ -457,22 +590,17 @@ s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
         return;                     //  data after our close is ignored
     //  wslay has checked text for UTF-8 as it arrived (→ 1007)
     (void) ctx;
-    wsr_metrics_add (self->metrics, WSR_M_MESSAGES_IN, 1);
-    wsr_metrics_add (self->metrics, WSR_M_BYTES_IN, (int64_t) arg->msg_length);
-    char key [WSR_TOPIC_MAX];
-    int key_size = wsr_topic_key (key, sizeof key, WSR_TOPIC_UPSTREAM, conn->user);
-    assert (key_size > 0);
-    zframe_t *topic = zframe_new (key, (size_t) key_size);
+    self->count_in++;
+    self->bytes_in += (int64_t) arg->msg_length;
     zframe_t *env = wsr_envelope_encode_up (
         conn->user, conn->id, self->node, wsr_util_now_us (),
         arg->opcode == WSLAY_TEXT_FRAME? WSR_KIND_TEXT: WSR_KIND_BINARY,
         arg->msg, arg->msg_length);
-    zmsg_t *msg = zmsg_new ();
-    zmsg_append (msg, &topic);
-    zmsg_append (msg, &env);
-    if (zmsg_send (&msg, self->up)) {
-        //  Never block on a full router: drop, count, and tell the client
-        zmsg_destroy (&msg);
+    if (wsr_link_send_up (self->link, &env) == 0)
+        self->count_up++;
+    else {
+        //  Never block on a full or unreachable bridge: drop, count, and
+        //  tell the client
         wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_DROPS, 1);
         wsr_outframe_t *error = wsr_outframe_new (WSR_KIND_TEXT,
                                                   (const uint8_t *) WSR_ERROR_UPSTREAM_BUSY,
@@ -531,7 +659,7 @@ s_conn_leave_topics (s_worker_t *self, s_conn_t *conn)
         char key [WSR_TOPIC_MAX];
         snprintf (key, sizeof key, "%s", wsr_topic_member_key (*members [i]));
         if (wsr_topic_leave (self->topics, members [i]))
-            zmq_setsockopt (zsock_resolve (self->down), ZMQ_UNSUBSCRIBE, key, strlen (key) + 1);
+            wsr_link_subscribe (self->link, key, strlen (key) + 1, false);
     }
 }
 
@@ -548,7 +676,7 @@ s_conn_join (s_worker_t *self, s_conn_t *conn, const char *kind, const char *id,
     if (!*member_p)
         return false;
     if (first)
-        zmq_setsockopt (zsock_resolve (self->down), ZMQ_SUBSCRIBE, key, (size_t) size);
+        wsr_link_subscribe (self->link, key, (size_t) size, true);
     return true;
 }
 
@@ -565,6 +693,7 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
         self->open--;
     }
     conn->state = S_CLOSING;
+    s_expiry_clear (self, conn);
     s_conn_ws (self, conn);
     self->current = conn;
     if (!wslay_event_get_close_sent (conn->ws)) {
@@ -572,8 +701,17 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
         //  being written. (If wslay already sent a close, it is queued.)
         self->freed_output += conn->qbytes;
         s_queue_clear (conn, true);
-        wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason, strlen (reason));
-        wslay_event_send (conn->ws);
+        int rc = wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason,
+                                          strlen (reason));
+        if (rc == 0)
+            rc = wslay_event_send (conn->ws);
+        if (rc != 0) {
+            //  Out of memory in wslay: nothing more can be said to the peer
+            wsr_debug ("session-%d: conn %" PRIu64 ": close not queued (wslay %d)",
+                       self->index, conn->id, rc);
+            s_conn_kill (self, conn);
+            return;
+        }
     }
     s_timer_set (conn, &self->closing, wsr_util_mono_ms () + self->opts.close_timeout_ms);
     s_mark_dirty (self, conn);
@@ -591,6 +729,7 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
         self->open--;
     }
     conn->state = S_DEAD;
+    s_expiry_clear (self, conn);
     epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
     close (conn->fd);
     conn->fd = -1;
@@ -700,9 +839,16 @@ s_conn_answer (s_worker_t *self, s_conn_t *conn, uint16_t code, const uint8_t *r
     conn->ws = NULL;
     s_conn_ws (self, conn);
     self->current = conn;
-    wslay_event_queue_close (conn->ws, code, reason, reason_len);
+    int rc = wslay_event_queue_close (conn->ws, code, reason, reason_len);
     wslay_event_shutdown_read (conn->ws);
-    wslay_event_send (conn->ws);
+    if (rc == 0)
+        rc = wslay_event_send (conn->ws);
+    if (rc != 0) {
+        wsr_debug ("session-%d: conn %" PRIu64 ": close not queued (wslay %d)",
+                   self->index, conn->id, rc);
+        s_conn_kill (self, conn);
+        return;
+    }
     conn->read_off = true;
     s_mark_dirty (self, conn);
     s_conn_close (self, conn, 0, "");       //  close already sent: keeps the queue
@@ -748,8 +894,10 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
             s_conn_answer (self, conn, code, conn->close_payload + 2, conn->close_len - 2u);
         return;
     }
-    if (wslay_event_want_write (conn->ws))
-        wslay_event_send (conn->ws);
+    if (wslay_event_want_write (conn->ws) && wslay_event_send (conn->ws) != 0) {
+        s_conn_kill (self, conn);           //  wslay out of memory
+        return;
+    }
     if (!wslay_event_get_read_enabled (conn->ws) && !conn->read_off) {
         conn->read_off = true;
         s_mark_dirty (self, conn);
@@ -768,35 +916,28 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
 //  --------------------------------------------------------------------------
 //  Messages from other actors
 
-//  REPLY: a message for one session (an HTTP backend's answer).
+//  REPLY: a message for one session (an HTTP backend's answer, an error).
 static void
-s_handle_reply (s_worker_t *self)
+s_handle_reply (s_worker_t *self, uint64_t id, zframe_t **body_p)
 {
-    char *verb = NULL;
-    uint64_t id = 0;
-    zframe_t *body = NULL;
-    if (zsock_recv (self->reply, WSR_PIC_REPLY, &verb, &id, &body) == -1)
-        return;
-    assert (streq (verb, WSR_MSG_REPLY));
+    zframe_t *body = *body_p;
     s_conn_t *conn = (s_conn_t *) zhashx_lookup (self->by_id, (void *) (uintptr_t) id);
     wsr_envelope_t env;
     if (conn && conn->state == S_OPEN
     &&  wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0) {
-        wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, &body);
+        wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, body_p);
         s_queue_push (conn, &frame);
-        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, 1);
-        wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, (int64_t) env.size);
+        self->count_out++;
+        self->bytes_out += (int64_t) env.size;
         if (conn->qbytes > self->opts.max_queue)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_dirty (self, conn);
     }
-    zstr_free (&verb);
-    zframe_destroy (&body);
 }
 
 //  ADOPT: take over a connection whose token has been judged. Received with
 //  the picture it was sent with.
-static void
+static bool
 s_handle_adopt (s_worker_t *self)
 {
     char *verb = NULL, *reason = NULL, *user = NULL, *channels = NULL, *response = NULL;
@@ -805,11 +946,10 @@ s_handle_adopt (s_worker_t *self)
     zframe_t *early = NULL;
     if (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
                     &flags, &reason, &user, &channels, &response, &early) == -1)
-        return;
+        return false;
     //  Internal message: its shape is a contract, not input
     assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0 && flags == 0);
     zstr_free (&verb);
-    (void) expiry;                          //  enforced once the timer lands
 
     s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
     conn->id = id;
@@ -886,6 +1026,7 @@ s_handle_adopt (s_worker_t *self)
     }
     if (code == 0) {
         self->open++;
+        s_expiry_set (self, conn, (int64_t) expiry);
         wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
         s_touch (self, conn);
         if (self->draining)
@@ -906,31 +1047,26 @@ done:
     zstr_free (&channels);
     zstr_free (&response);
     zframe_destroy (&early);
+    return true;
 }
 
 //  DELIVER: [topic key][envelope]. Frame once, link to every member.
 static void
-s_handle_deliver (s_worker_t *self)
+s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
 {
-    zmsg_t *msg = zmsg_recv (self->down);
-    if (!msg)
-        return;
-    zframe_t *topic = zmsg_pop (msg);
-    zframe_t *body = zmsg_pop (msg);
     wsr_envelope_t env;
-    if (!topic || !body || zframe_size (topic) == 0
-    ||  zframe_data (topic) [zframe_size (topic) - 1] != 0
-    ||  wsr_envelope_decode (zframe_data (body), zframe_size (body), &env)) {
+    zframe_t *body = *body_p;
+    if (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env)) {
         zsys_warning ("session-%d: malformed DELIVER dropped", self->index);
-        goto done;
+        return;
     }
     const char *key = (const char *) zframe_data (topic);
     wsr_topic_member_t *member = wsr_topic_first (self->topics, key);
     if (!member) {
         wsr_metrics_add (self->metrics, WSR_M_DELIVER_NO_SESSION, 1);
-        goto done;
+        return;
     }
-    wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, &body);
+    wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, body_p);
     int64_t recipients = 0;
     for (; member; member = wsr_topic_next (member)) {
         s_conn_t *conn = (s_conn_t *) wsr_topic_owner (member);
@@ -941,15 +1077,54 @@ s_handle_deliver (s_worker_t *self)
         recipients++;
         if (conn->qbytes > self->opts.max_queue)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
-        s_mark_dirty (self, conn);
+        s_mark_delayed (self, conn);
     }
-    wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, recipients);
-    wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, recipients * (int64_t) env.size);
+    self->count_out += recipients;
+    self->bytes_out += recipients * (int64_t) env.size;
     wsr_outframe_unlink (&frame);
-done:
-    zframe_destroy (&topic);
-    zframe_destroy (&body);
-    zmsg_destroy (&msg);
+}
+
+//  REFUSED: the bridge will not carry this topic (its node is over the
+//  bridge's topic cap): its sessions would wait for nothing, so they are
+//  closed with 1013 and the clients retry later, elsewhere.
+static void
+s_handle_refused (s_worker_t *self, zframe_t *topic)
+{
+    const char *key = (const char *) zframe_data (topic);
+    zsys_warning ("session-%d: the bridge refused topic %s", self->index, key);
+    for (wsr_topic_member_t *member = wsr_topic_first (self->topics, key); member;
+         member = wsr_topic_next (member))
+        s_doom (self, (s_conn_t *) wsr_topic_owner (member), WSR_CLOSE_TRY_AGAIN_LATER,
+                "backplane refused the subscription");
+}
+
+//  One message from the bridge.
+static bool
+s_handle_link (s_worker_t *self)
+{
+    wsr_link_msg_t msg;
+    if (wsr_link_recv (self->link, &msg))
+        return false;
+    if (msg.kind == WSR_LINK_DELIVER)
+        s_handle_deliver (self, msg.topic, &msg.body);
+    else
+    if (msg.kind == WSR_LINK_REPLY)
+        s_handle_reply (self, msg.session, &msg.body);
+    else
+    if (msg.kind == WSR_LINK_REFUSED)
+        s_handle_refused (self, msg.topic);
+    wsr_link_msg_reset (&msg);
+    return true;
+}
+
+//  The bridge lost our subscriptions (it restarted): every topic again.
+static void
+s_resubscribe (void *arg, wsr_link_t *link)
+{
+    s_worker_t *self = (s_worker_t *) arg;
+    for (const char *key = wsr_topic_first_key (self->topics); key;
+         key = wsr_topic_next_key (self->topics))
+        wsr_link_subscribe (link, key, strlen (key) + 1, true);
 }
 
 static void
@@ -961,43 +1136,53 @@ s_drain_all (s_worker_t *self)
             s_doom (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
 }
 
-static void
+static bool
 s_handle_pipe (s_worker_t *self)
 {
+    if (!(zsock_events (self->pipe) & ZMQ_POLLIN))
+        return false;
     zmsg_t *msg = zmsg_recv (self->pipe);
     if (!msg) {
         self->terminated = true;
-        return;
+        return false;
     }
     char *command = zmsg_popstr (msg);
     if (streq (command, "$TERM"))
         self->terminated = true;
     else
-    if (streq (command, WSR_CMD_START))
-        zsock_send (self->pipe, "i", self->status);
+    if (streq (command, WSR_CMD_START)) {
+        int sent = zsock_send (self->pipe, "i", self->status);
+        assert (sent == 0);
+    }
     else
     if (streq (command, WSR_CMD_DRAIN))
         s_drain_all (self);
     else
-    if (streq (command, WSR_CMD_SESSIONS))
-        zsock_send (self->pipe, "8", (uint64_t) self->count);
+    if (streq (command, WSR_CMD_SESSIONS)) {
+        int sent = zsock_send (self->pipe, "8", (uint64_t) self->count);
+        assert (sent == 0);
+    }
     else
         assert (false);
     zstr_free (&command);
     zmsg_destroy (&msg);
+    return true;
 }
 
 //  Drain a ZeroMQ socket whose ZMQ_FD fired; true if the budget ran out.
 static bool
-s_drain_socket (s_worker_t *self, zsock_t *sock, void (*handler) (s_worker_t *))
+s_drain_socket (s_worker_t *self, zsock_t *sock, bool (*handler) (s_worker_t *))
 {
+    //  Receive until nothing is waiting (non-blocking receives: no system
+    //  call while messages are queued), then read ZMQ_EVENTS once: that
+    //  processes ZeroMQ's pending commands and re-arms the edge-triggered
+    //  ZMQ_FD. Asking ZMQ_EVENTS per message would cost two system calls each.
     int budget = WSR_WORKER_BUDGET;
-    while (!self->terminated && (zsock_events (sock) & ZMQ_POLLIN)) {
-        if (budget-- == 0)
-            return true;
-        handler (self);
-    }
-    return false;
+    while (budget > 0 && !self->terminated && handler (self))
+        budget--;
+    if (budget == 0)
+        return true;
+    return !self->terminated && (zsock_events (sock) & ZMQ_POLLIN);
 }
 
 //  After each batch: close doomed sessions, flush dirty ones, expire closes,
@@ -1005,6 +1190,24 @@ s_drain_socket (s_worker_t *self, zsock_t *sock, void (*handler) (s_worker_t *))
 static void
 s_after_batch (s_worker_t *self)
 {
+    if (self->count_out || self->count_in || self->count_up) {
+        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_OUT, self->count_out);
+        wsr_metrics_add (self->metrics, WSR_M_BYTES_OUT, self->bytes_out);
+        wsr_metrics_add (self->metrics, WSR_M_MESSAGES_IN, self->count_in);
+        wsr_metrics_add (self->metrics, WSR_M_BYTES_IN, self->bytes_in);
+        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_SENT, self->count_up);
+        self->count_out = self->bytes_out = self->count_in = self->bytes_in = 0;
+        self->count_up = 0;
+    }
+    //  Tokens that ran out: only the heap's top is looked at
+    if (self->expiry_count) {
+        int64_t wall = wsr_util_now_us () / 1000000;
+        while (self->expiry_count && self->expiries [0]->expiry <= wall) {
+            s_conn_t *conn = self->expiries [0];
+            s_expiry_clear (self, conn);
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_expired);
+        }
+    }
     while (self->doomed) {
         s_conn_t *conn = self->doomed;
         self->doomed = conn->doom_next;
@@ -1015,10 +1218,15 @@ s_after_batch (s_worker_t *self)
                        self->index, conn->id, conn->qbytes);
         }
         else
-        if (conn->doom_code == WSLAY_CODE_POLICY_VIOLATION)
+        if (conn->doom_reason == s_rate)
             wsr_metrics_add (self->metrics, WSR_M_RATE_LIMITED, 1);
+        else
+        if (conn->doom_reason == s_expired)
+            wsr_metrics_add (self->metrics, WSR_M_TOKEN_EXPIRED, 1);
         s_conn_close (self, conn, conn->doom_code, conn->doom_reason);
     }
+    if (self->delayed && wsr_util_mono_ms () >= self->flush_at)
+        s_delayed_release (self);
     while (self->dirty) {
         s_conn_t *conn = self->dirty;
         self->dirty = conn->dirty_next;
@@ -1043,6 +1251,8 @@ s_after_batch (s_worker_t *self)
     while (self->dead) {
         s_conn_t *conn = self->dead;
         self->dead = conn->next;
+        if (conn->delayed)
+            continue;               //  freed when the delayed list drains
         self->freed_output += conn->qbytes;
         s_conn_free (conn);
     }
@@ -1101,13 +1311,13 @@ s_worker_fini (s_worker_t *self)
     while (self->all)
         s_conn_kill (self, self->all);
     s_after_batch (self);
+    s_delayed_release (self);       //  only dead sessions are left on it
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
     zsock_destroy (&self->adopt);
-    zsock_destroy (&self->reply);
-    zsock_destroy (&self->down);
-    zsock_destroy (&self->up);
+    wsr_link_destroy (&self->link);
     wsr_topic_destroy (&self->topics);
+    free (self->expiries);
     zhashx_destroy (&self->by_id);
     wsr_outframe_unlink (&self->ping);
     free (self->node);
@@ -1127,30 +1337,25 @@ s_session_actor (zsock_t *pipe, void *args)
     pthread_setname_np (pthread_self (), thread_name);
 
     self->adopt = zsock_new (ZMQ_PULL);
-    self->reply = zsock_new (ZMQ_PULL);
-    self->down = zsock_new (ZMQ_SUB);
-    self->up = zsock_new (ZMQ_PUSH);
-    assert (self->adopt && self->reply && self->down && self->up);
-    zsock_set_rcvhwm (self->down, WSR_HWM);
-    zsock_set_sndhwm (self->up, WSR_HWM);
-    zsock_set_sndtimeo (self->up, 0);
-    zsock_set_linger (self->up, 0);
+    assert (self->adopt);
+    zsock_set_rcvhwm (self->adopt, WSR_HWM);
+    zsock_set_rcvtimeo (self->adopt, 0);    //  drained with non-blocking receives
     char *adopt_ep = zsys_sprintf (WSR_EP_ADOPT, a->name, a->index);
-    char *reply_ep = zsys_sprintf (WSR_EP_REPLY, a->name, a->index);
+    wsr_link_opts_t link_opts = {
+        .endpoint = a->opts.bridge, .node = a->name, .role = WSR_ROLE_WORKER,
+        .index = a->index, .curve_secret = a->opts.curve_secret,
+        .curve_server = a->opts.curve_server
+    };
+    self->link = wsr_link_new (&link_opts, s_resubscribe, self);
     self->status = 0;
-    if (zsock_bind (self->adopt, "%s", adopt_ep) == -1
-    ||  zsock_bind (self->reply, "%s", reply_ep) == -1
-    ||  zsock_connect (self->down, WSR_EP_DOWN, a->name) == -1
-    ||  zsock_connect (self->up, WSR_EP_UP, a->name) == -1)
+    if (zsock_bind (self->adopt, "%s", adopt_ep) == -1 || !self->link)
         self->status = -1;
     zstr_free (&adopt_ep);
-    zstr_free (&reply_ep);
     self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
     if (self->epoll_fd < 0
     ||  s_epoll_add_zmq (self, pipe, S_TAG_PIPE)
     ||  s_epoll_add_zmq (self, self->adopt, S_TAG_ADOPT)
-    ||  s_epoll_add_zmq (self, self->reply, S_TAG_REPLY)
-    ||  s_epoll_add_zmq (self, self->down, S_TAG_DOWN))
+    ||  (self->link && s_epoll_add_zmq (self, wsr_link_socket (self->link), S_TAG_LINK)))
         self->status = -1;
     zsock_signal (pipe, 0);
 
@@ -1160,6 +1365,14 @@ s_session_actor (zsock_t *pipe, void *args)
         //  Sleep until the earliest timer-list head is due (at most 1 s)
         int64_t now = wsr_util_mono_ms ();
         int64_t wake = now + 1000;
+        if (self->delayed && self->flush_at < wake)
+            wake = self->flush_at;
+        if (self->expiry_count) {
+            //  The heap's top, in wall-clock seconds: due at its next second
+            int64_t due = self->expiries [0]->expiry * 1000 - wsr_util_now_us () / 1000;
+            if (now + due < wake)
+                wake = now + (due > 0? due: 0);
+        }
         s_list_t *lists [3] = { &self->closing, &self->pinged, &self->active };
         for (int i = 0; i < 3; i++)
             if (lists [i]->head && lists [i]->head->deadline < wake)
@@ -1170,10 +1383,13 @@ s_session_actor (zsock_t *pipe, void *args)
             zsys_error ("session-%d: epoll_wait: %s", self->index, strerror (errno));
             break;
         }
+        bool fired [S_TAG_MAX] = { [S_TAG_PIPE] = again, [S_TAG_ADOPT] = again };
         again = false;
         for (int i = 0; i < n; i++) {
-            if (events [i].data.u64 < S_TAG_MAX)
-                continue;           //  ZeroMQ sockets are drained below, always
+            if (events [i].data.u64 < S_TAG_MAX) {
+                fired [events [i].data.u64] = true;
+                continue;           //  ZeroMQ sockets are drained below
+            }
             s_conn_t *conn = (s_conn_t *) events [i].data.ptr;
             if (conn->state == S_DEAD)
                 continue;
@@ -1182,12 +1398,18 @@ s_session_actor (zsock_t *pipe, void *args)
             if ((events [i].events & EPOLLOUT) && conn->state != S_DEAD)
                 s_conn_flush (self, conn);
         }
-        //  Edge-triggered ZMQ_FD: check every socket every turn (three calls)
-        again |= s_drain_socket (self, pipe, s_handle_pipe);
-        again |= s_drain_socket (self, self->adopt, s_handle_adopt);
-        again |= s_drain_socket (self, self->reply, s_handle_reply);
-        again |= s_drain_socket (self, self->down, s_handle_deliver);
+        //  Edge-triggered ZMQ_FD: the pipe and adopt sockets are read when
+        //  theirs fired (or a budget ran out); the link every turn, since we
+        //  also send on it, which can take its read signal
+        if (fired [S_TAG_PIPE])
+            again |= s_drain_socket (self, pipe, s_handle_pipe);
+        if (fired [S_TAG_ADOPT])
+            again |= s_drain_socket (self, self->adopt, s_handle_adopt);
+        if (self->link)
+            again |= s_drain_socket (self, wsr_link_socket (self->link), s_handle_link);
         s_after_batch (self);
+        if (self->link)
+            wsr_link_flush (self->link);        //  subscriptions of this turn, PING
     }
     //  Terminated: drop every connection at once
     s_worker_fini (self);
@@ -1228,7 +1450,8 @@ void
 wsr_session_drain (wsr_session_t *self)
 {
     assert (self);
-    zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_DRAIN);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
 }
 
 //  --------------------------------------------------------------------------
@@ -1238,7 +1461,8 @@ wsr_session_count (wsr_session_t *self)
 {
     assert (self);
     uint64_t count = 0;
-    zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    int sent = zsock_send (self->actor, "s", WSR_CMD_SESSIONS);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
     zsock_recv (self->actor, "8", &count);
     return (int64_t) count;
 }
@@ -1276,10 +1500,12 @@ wsr_session_fuzz (const uint8_t *data, size_t size)
         self = (s_worker_t *) zmalloc (sizeof (s_worker_t));
         s_worker_init (self, &args);
         self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
-        sink = zsock_new_pull ("inproc://wsr-fuzz-up");
-        self->up = zsock_new_push ("inproc://wsr-fuzz-up");
-        self->down = zsock_new (ZMQ_SUB);
-        zsock_set_sndtimeo (self->up, 0);
+        sink = zsock_new_router ("inproc://wsr-fuzz-bridge");
+        wsr_link_opts_t link_opts = {
+            .endpoint = "inproc://wsr-fuzz-bridge", .node = "fuzz", .role = WSR_ROLE_WORKER
+        };
+        self->link = wsr_link_new (&link_opts, NULL, NULL);
+        assert (sink && self->link);
     }
     int pair [2];
     int rc = socketpair (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair);
@@ -1342,7 +1568,7 @@ wsr_session_fuzz (const uint8_t *data, size_t size)
 
 //  --------------------------------------------------------------------------
 //  Selftest: a socketpair is the client; the test plays auth (ADOPT) and
-//  router (XPUB for DELIVER, PULL for upstream).
+//  the bridge (a ROUTER speaking WBP/1 to the worker's link).
 
 //  Read exactly len bytes from fd within timeout_ms; returns bytes read.
 static size_t
@@ -1414,8 +1640,21 @@ s_client_recv (int fd, uint8_t *payload, size_t *len)
 }
 
 static int
+s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
+                  const char *channels, const void *early, size_t early_size,
+                  int64_t expiry);
+
+static int
 s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
          const char *channels, const void *early, size_t early_size)
+{
+    return s_test_adopt_exp (auth, id, code, reason, user, channels, early, early_size, 0);
+}
+
+static int
+s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
+                  const char *channels, const void *early, size_t early_size,
+                  int64_t expiry)
 {
     int pair [2];
     assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
@@ -1425,34 +1664,98 @@ s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const ch
     const char *response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                            "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
     int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, -1,
-                         (uint64_t) 0, 0, reason, user, channels, response, frame);
+                         (uint64_t) expiry, 0, reason, user, channels, response, frame);
     assert (rc == 0);
     zframe_destroy (&frame);
     return pair [1];
 }
 
+//  The test plays the bridge: a ROUTER that records what the worker's link
+//  sends and can deliver to it.
+typedef struct {
+    zsock_t *router;                //  the bridge's socket
+    zframe_t *rid;                  //  the worker's routing id, from its HELLO
+    zlistx_t *subs;                 //  "+topic" / "-topic", in order
+    zlistx_t *ups;                  //  UP envelopes (zframe_t)
+} s_fake_t;
+
 static void
-s_publish (zsock_t *xpub, const char *topic, const char *text)
+s_fake_pump (s_fake_t *fake, int ms)
 {
+    zpoller_t *poller = zpoller_new (fake->router, NULL);
+    if (zpoller_wait (poller, ms) == fake->router) {
+        zmsg_t *msg = zmsg_recv (fake->router);
+        zframe_t *rid = zmsg_pop (msg);
+        char *command = zmsg_popstr (msg);
+        //  The latest worker to speak is the one deliveries go to
+        zframe_destroy (&fake->rid);
+        fake->rid = zframe_dup (rid);
+        if (streq (command, WSR_PROTO_SUB) || streq (command, WSR_PROTO_UNSUB))
+            for (zframe_t *frame = zmsg_first (msg); frame; frame = zmsg_next (msg))
+                zlistx_add_end (fake->subs, zsys_sprintf ("%c%s",
+                                streq (command, WSR_PROTO_SUB)? '+': '-', zframe_data (frame)));
+        else
+        if (streq (command, WSR_PROTO_UP))
+            zlistx_add_end (fake->ups, zmsg_pop (msg));
+        zframe_destroy (&rid);
+        zstr_free (&command);
+        zmsg_destroy (&msg);
+    }
+    zpoller_destroy (&poller);
+}
+
+static void
+s_publish (s_fake_t *fake, const char *topic, const char *text)
+{
+    while (!fake->rid)
+        s_fake_pump (fake, 100);
     zframe_t *key = zframe_new (topic, strlen (topic) + 1);
     zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) text, strlen (text), 0, 0);
-    zsock_send (xpub, "ff", key, env);
+    int rc = zsock_send (fake->router, "fsff", fake->rid, WSR_PROTO_DELIVER, key, env);
+    assert (rc == 0);
     zframe_destroy (&key);
     zframe_destroy (&env);
 }
 
-//  Wait until the XPUB has seen n subscription changes matching prefix byte.
+//  The next subscription change must be kind (1 on, 0 off) for topic.
 static void
-s_expect_sub (zsock_t *xpub, int kind, const char *topic)
+s_expect_sub (s_fake_t *fake, int kind, const char *topic)
 {
-    zpoller_t *poller = zpoller_new (xpub, NULL);
-    assert (zpoller_wait (poller, 2000) == xpub);
-    zframe_t *frame = zframe_recv (xpub);
-    assert (zframe_size (frame) == strlen (topic) + 2);
-    assert (zframe_data (frame) [0] == kind);
-    assert (memcmp (zframe_data (frame) + 1, topic, strlen (topic) + 1) == 0);
-    zframe_destroy (&frame);
-    zpoller_destroy (&poller);
+    int64_t end = zclock_mono () + 2000;
+    while (zlistx_size (fake->subs) == 0 && zclock_mono () < end)
+        s_fake_pump (fake, 50);
+    char *seen = (char *) zlistx_detach (fake->subs, NULL);
+    assert (seen && seen [0] == (kind? '+': '-') && streq (seen + 1, topic));
+    zstr_free (&seen);
+}
+
+//  Wait until the worker subscribes topic, skipping other changes.
+static void
+s_wait_sub (s_fake_t *fake, const char *topic)
+{
+    int64_t end = zclock_mono () + 2000;
+    bool seen = false;
+    while (!seen && zclock_mono () < end) {
+        s_fake_pump (fake, 50);
+        char *change;
+        while (!seen && (change = (char *) zlistx_detach (fake->subs, NULL))) {
+            seen = change [0] == '+' && streq (change + 1, topic);
+            zstr_free (&change);
+        }
+    }
+    assert (seen);
+}
+
+//  The next client message that went upstream.
+static zframe_t *
+s_expect_up (s_fake_t *fake)
+{
+    int64_t end = zclock_mono () + 2000;
+    while (zlistx_size (fake->ups) == 0 && zclock_mono () < end)
+        s_fake_pump (fake, 50);
+    zframe_t *up = (zframe_t *) zlistx_detach (fake->ups, NULL);
+    assert (up);
+    return up;
 }
 
 void
@@ -1460,13 +1763,16 @@ wsr_session_test (bool verbose)
 {
     (void) verbose;
     wsr_metrics_t *metrics = wsr_metrics_new ();
-    //  The test plays the router
-    zsock_t *xpub = zsock_new_xpub ("inproc://wsr-down-stest");
-    zsock_t *upstream = zsock_new_pull ("inproc://wsr-up-stest");
+    //  The test plays the bridge
+    s_fake_t fake_data = { zsock_new_router ("inproc://wsr-bridge-stest"), NULL,
+                           zlistx_new (), zlistx_new () };
+    s_fake_t *fake = &fake_data;
+    zlistx_set_destructor (fake->subs, (czmq_destructor *) zstr_free);
+    zlistx_set_destructor (fake->ups, (czmq_destructor *) zframe_destroy);
     wsr_ipcount_t *ipcount = wsr_ipcount_new (0);
     wsr_session_opts_t opts = {
         .max_message = 1024 * 1024, .max_queue = 64 * 1024, .max_sessions = 1000,
-        .close_timeout_ms = 500
+        .close_timeout_ms = 500, .bridge = "inproc://wsr-bridge-stest"
     };
     wsr_session_t *worker = wsr_session_new ("stest", 0, &opts, metrics, ipcount);
     assert (worker);
@@ -1482,17 +1788,13 @@ wsr_session_test (bool verbose)
         early [6 + i] = "early" [i] ^ mask [i % 4];
     int c1 = s_test_adopt (auth, 1, 0, "", "u1", "room.7", early, sizeof early);
     s_expect_101 (c1);
-    s_expect_sub (xpub, 1, "user:u1");
-    s_expect_sub (xpub, 1, "channel:room.7");
-    char *key = NULL;
-    zframe_t *env_frame = NULL;
-    assert (zsock_recv (upstream, "sf", &key, &env_frame) == 0);
-    assert (streq (key, "up:u1"));
+    s_expect_sub (fake, 1, "user:u1");
+    s_expect_sub (fake, 1, "channel:room.7");
+    zframe_t *env_frame = s_expect_up (fake);
     wsr_envelope_t env;
     assert (wsr_envelope_decode (zframe_data (env_frame), zframe_size (env_frame), &env) == 0);
     assert (env.size == 5 && memcmp (env.data, "early", 5) == 0 && env.session == 1);
-    assert (env.kind == WSR_KIND_TEXT);
-    zstr_free (&key);
+    assert (env.kind == WSR_KIND_TEXT && env.user_len == 2 && !memcmp (env.user, "u1", 2));
     zframe_destroy (&env_frame);
 
     //  A second session of u1 (no new subscription) and one of u10
@@ -1500,12 +1802,12 @@ wsr_session_test (bool verbose)
     s_expect_101 (c2);
     int c3 = s_test_adopt (auth, 3, 0, "", "u10", "", NULL, 0);
     s_expect_101 (c3);
-    s_expect_sub (xpub, 1, "user:u10");
+    s_expect_sub (fake, 1, "user:u10");
 
     //  Deliveries: both u1 sessions get u1's message, u10 only its own
-    s_publish (xpub, "user:u1", "to-u1");
-    s_publish (xpub, "user:u10", "to-u10");
-    s_publish (xpub, "channel:room.7", "to-room");
+    s_publish (fake, "user:u1", "to-u1");
+    s_publish (fake, "user:u10", "to-u10");
+    s_publish (fake, "channel:room.7", "to-room");
     uint8_t payload [70000];
     size_t len;
     assert (s_client_recv (c1, payload, &len) == 1 && len == 5 && !memcmp (payload, "to-u1", 5));
@@ -1520,17 +1822,16 @@ wsr_session_test (bool verbose)
     s_client_send (c2, 0x9, true, "pp", 2);
     s_client_send (c2, 0x0, true, "\xff", 1);
     assert (s_client_recv (c2, payload, &len) == 0xA && len == 2 && !memcmp (payload, "pp", 2));
-    assert (zsock_recv (upstream, "sf", &key, &env_frame) == 0);
+    env_frame = s_expect_up (fake);
     assert (wsr_envelope_decode (zframe_data (env_frame), zframe_size (env_frame), &env) == 0);
     assert (env.kind == WSR_KIND_BINARY && env.size == 3 && !memcmp (env.data, "ab\xff", 3));
-    zstr_free (&key);
     zframe_destroy (&env_frame);
 
     //  Invalid UTF-8 text → close 1007
     s_client_send (c3, 0x1, true, "\xc0\xaf", 2);
     assert (s_client_recv (c3, payload, &len) == 0x8);
     assert (len >= 2 && (payload [0] << 8 | payload [1]) == 1007);
-    s_expect_sub (xpub, 0, "user:u10");         //  last u10 session left
+    s_expect_sub (fake, 0, "user:u10");         //  last u10 session left
     close (c3);
 
     //  A rejected token: upgraded, then closed with 1008 and the reason
@@ -1550,7 +1851,7 @@ wsr_session_test (bool verbose)
     memset (big, 'x', sizeof big - 1);
     big [sizeof big - 1] = 0;
     for (int i = 0; i < 1000; i++) {
-        s_publish (xpub, "user:u1", big);
+        s_publish (fake, "user:u1", big);
         if (i % 10 == 9)
             for (int j = 0; j < 10; j++) {
                 assert (s_client_recv (c1, payload, &len) == 1);
@@ -1668,6 +1969,61 @@ wsr_session_test (bool verbose)
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);
 
+    //  Token expiry (a third worker, no pings): each session is closed with
+    //  1008 "token expired" when its own deadline comes, in deadline order;
+    //  one without expiry stays
+    opts.ping_interval_ms = 0;
+    opts.write_delay_ms = 100;
+    worker = wsr_session_new ("stest", 2, &opts, metrics, ipcount);
+    assert (worker);
+    auth = zsock_new_push ("inproc://wsr-adopt-stest-2");
+    int64_t wall = wsr_util_now_us () / 1000000;
+    int later = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, wall + 2);
+    int never = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, 0);
+    int soon = s_test_adopt_exp (auth, ++id, 0, "", "exp", "", NULL, 0, wall + 1);
+    s_expect_101 (later);
+    s_expect_101 (never);
+    s_expect_101 (soon);
+    int64_t before = wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED);
+    int opcode_soon = s_client_recv (soon, payload, &len);
+    assert (opcode_soon == 0x8 && (payload [0] << 8 | payload [1]) == 1008);
+    assert (len == 2 + strlen (s_expired) && !memcmp (payload + 2, s_expired, len - 2));
+    assert (wsr_util_now_us () / 1000000 >= wall + 1);
+    assert (wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED) == before + 1);
+    opcode_soon = s_client_recv (later, payload, &len);
+    assert (opcode_soon == 0x8 && (payload [0] << 8 | payload [1]) == 1008);
+    assert (wsr_util_now_us () / 1000000 >= wall + 2);
+    assert (wsr_metrics_get (metrics, WSR_M_TOKEN_EXPIRED) == before + 2);
+    //  The one without an expiry is still open: it echoes a close
+    assert (s_read_exact (never, payload, 1, 200) == 0);
+    s_client_send (never, 0x8, true, "\x03\xe8", 2);
+    assert (s_client_recv (never, payload, &len) == 0x8);
+    assert ((payload [0] << 8 | payload [1]) == 1000);
+    close (soon);
+    close (later);
+    close (never);
+
+    //  Write delay (100 ms here): three deliveries in the window leave
+    //  together, in one write, at its end
+    int delayed = s_test_adopt (auth, ++id, 0, "", "delay", "", NULL, 0);
+    s_expect_101 (delayed);
+    s_wait_sub (fake, "user:delay");
+    int64_t sent = zclock_mono ();
+    s_publish (fake, "user:delay", "one");
+    s_publish (fake, "user:delay", "two");
+    s_publish (fake, "user:delay", "three");
+    zmq_pollitem_t item = { NULL, delayed, ZMQ_POLLIN, 0 };
+    assert (zmq_poll (&item, 1, 2000) == 1);
+    int64_t waited = zclock_mono () - sent;
+    assert (waited >= 90);
+    //  One writev: when the socket turned readable, all of it was there
+    ssize_t got = recv (delayed, payload, sizeof payload, MSG_DONTWAIT);
+    assert (got == 5 + 5 + 7 && !memcmp (payload, "\x81\x03one\x81\x03two\x81\x05three", 17));
+    close (delayed);
+
+    wsr_session_destroy (&worker);
+    zsock_destroy (&auth);
+
     //  The fuzz entry point: a message and a close get the close echoed;
     //  garbage gets 1002 with its reason; a cut-off frame gets nothing
     uint8_t hello [] = { 0x81, 0x85, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o',
@@ -1678,8 +2034,10 @@ wsr_session_test (bool verbose)
             == 4 + strlen ("protocol error"));
     assert (wsr_session_fuzz (hello, 5) == 0);
     wsr_session_fuzz (NULL, 0);
-    zsock_destroy (&xpub);
-    zsock_destroy (&upstream);
+    zframe_destroy (&fake->rid);
+    zlistx_destroy (&fake->subs);
+    zlistx_destroy (&fake->ups);
+    zsock_destroy (&fake->router);
     wsr_ipcount_destroy (&ipcount);
     wsr_metrics_destroy (&metrics);
 }

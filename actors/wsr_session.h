@@ -20,11 +20,15 @@ typedef struct {
     int ping_timeout_ms;        //  close it if still silent this long after
     size_t rate_messages;       //  inbound frames per second (0 = no limit)
     size_t rate_bytes;          //  inbound bytes per second
+    int write_delay_ms;         //  hold deliveries this long to coalesce writes (0 = off)
+    const char *bridge;         //  the bridge's endpoint (borrowed until started)
+    const char *curve_secret;   //  this node's secret certificate, or NULL
+    const char *curve_server;   //  the bridge's public certificate, or NULL
 } wsr_session_opts_t;
 
 //  Start session worker `index` of node `name`. It binds
-//  inproc://wsr-adopt-NAME-INDEX and connects to the router's endpoints
-//  (so the router must exist first). Returns NULL on failure.
+//  inproc://wsr-adopt-NAME-INDEX and links to the bridge at opts->bridge
+//  (wsr_link; the bridge may start later). Returns NULL on failure.
 //  ipcount is the node's per-IP counter table: a closing session gives its
 //  slot back.
 wsr_session_t *

@@ -66,6 +66,9 @@ wsr_topic_new (size_t max_topics)
     self->topics = zhashx_new ();
     assert (self->topics);
     zhashx_set_destructor (self->topics, s_entry_free);
+    //  The key lives in the entry: the hash neither copies nor frees it
+    zhashx_set_key_duplicator (self->topics, NULL);
+    zhashx_set_key_destructor (self->topics, NULL);
     return self;
 }
 
@@ -183,6 +186,24 @@ wsr_topic_size (wsr_topic_t *self)
 }
 
 //  --------------------------------------------------------------------------
+//  Walk the keys (when the bridge must learn them again).
+const char *
+wsr_topic_first_key (wsr_topic_t *self)
+{
+    assert (self);
+    s_entry_t *entry = (s_entry_t *) zhashx_first (self->topics);
+    return entry? entry->key: NULL;
+}
+
+const char *
+wsr_topic_next_key (wsr_topic_t *self)
+{
+    assert (self);
+    s_entry_t *entry = (s_entry_t *) zhashx_next (self->topics);
+    return entry? entry->key: NULL;
+}
+
+//  --------------------------------------------------------------------------
 //  Selftest
 void
 wsr_topic_test (bool verbose)
@@ -218,6 +239,14 @@ wsr_topic_test (bool verbose)
     }
     assert (seen == 2);
     assert (wsr_topic_first (topics, "user:u") == NULL);
+    //  The keys, each once
+    int keys = 0, u1 = 0, u10 = 0;
+    for (const char *key = wsr_topic_first_key (topics); key; key = wsr_topic_next_key (topics)) {
+        keys++;
+        u1 += streq (key, "user:u1");
+        u10 += streq (key, "user:u10");
+    }
+    assert (keys == 2 && u1 == 1 && u10 == 1);
 
     assert (streq (wsr_topic_member_key (ma), "user:u1"));
     assert (!wsr_topic_leave (topics, &ma));

@@ -55,6 +55,13 @@ const char *
 size_t
     wsr_topic_size (wsr_topic_t *self);
 
+//  Iterate over the topic keys: first, then next until NULL. The table must
+//  not change during the walk. Keys are borrowed.
+const char *
+    wsr_topic_first_key (wsr_topic_t *self);
+const char *
+    wsr_topic_next_key (wsr_topic_t *self);
+
 //  Self test
 void
     wsr_topic_test (bool verbose);

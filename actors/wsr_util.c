@@ -133,7 +133,8 @@ wsr_util_actor_start (zactor_fn *actor, void *args)
     zactor_t *self = zactor_new (actor, args);
     assert (self);
     int status = -1;
-    zsock_send (self, "s", WSR_CMD_START);
+    int sent = zsock_send (self, "s", WSR_CMD_START);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
     zsock_recv (self, "i", &status);
     if (status != 0)
         zactor_destroy (&self);

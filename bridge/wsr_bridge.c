@@ -1,44 +1,51 @@
 //  wsr_bridge — the backplane bridge actor: Redis / NATS / HTTP ⇄ wsrouter nodes over ZeroMQ
 //
-//  Nodes connect to two endpoints derived from one value (see
-//  wsr_bridge_endpoints): an XPUB the bridge publishes downstream messages on,
-//  and a PULL nodes push client messages and API publishes into. The same
-//  actor runs inside a node (inproc) or as its own process (`wsrouter
-//  bridge`, tcp); nodes and their session workers do not know which.
+//  Every node actor that needs the backplane (each session worker, each
+//  node's router) holds a DEALER connected to this actor's ROUTER and speaks
+//  WBP/1 (wsr_msgs.h): the bridge knows each peer by its routing id and
+//  keeps, in wsr_peers, which peer wants which topic. The same actor runs
+//  inside a node (inproc, always: without Redis or NATS it is the node's
+//  fan-out point) or as its own process (`wsrouter bridge`, tcp with CURVE:
+//  only nodes whose public certificates are in the clients directory get in,
+//  see wsr_zap), and the nodes do not know which.
 //
-//  What to subscribe to comes from the nodes: their routers forward their
-//  topics' first subscription and last unsubscription through an XSUB, and
-//  this XPUB (non-verbose) does the same across nodes, so the bridge sees a
-//  topic once when the first session anywhere wants it and once when the last
-//  one leaves, or its node dies (ZeroMQ drops a dead peer's subscriptions).
-//  After a bridge restart the nodes' XSUB sockets send every subscription
-//  again on reconnect. In per-topic mode (default) each topic becomes one
-//  Redis SUBSCRIBE / NATS subscription; in firehose mode the bridge takes
-//  everything with one pattern per kind and lets the XPUB filter.
+//  Downstream: a message from Redis/NATS (or an API publish when there is no
+//  backplane) for topic T is encoded once and sent as [D][T][envelope] to
+//  each peer that wants T, sharing the envelope's bytes. The ROUTER is
+//  ROUTER_MANDATORY with a zero send timeout: a peer whose queue is full (a
+//  stalled node) loses that message alone, counted; nobody else waits.
+//  The first peer wanting a topic makes the bridge SUBSCRIBE it on Redis and
+//  NATS (per-topic mode), the last one leaving unsubscribes; in firehose mode
+//  one pattern per kind takes everything and the peers table filters.
 //
-//  Downstream frames: [topic key][downstream envelope]; every 500 ms a
-//  heartbeat [$hb][{v, r, n}] tells nodes whether Redis and NATS are up; HTTP
-//  backend replies go to [sess:NODE:SID][envelope], which only that node
-//  subscribes to (a prefix subscription per node).
-//  From nodes: [up:USER][upstream envelope] = client message → published on
-//  Redis ws:actions:USER and NATS client.actions.USER (msgpack envelope), and
-//  POSTed to WEBSOCKET_UPSTREAM_URL (JSON); [user:U|channel:C][envelope] = API
-//  publish → the backplane (so every node gets it the same way) or, with no
-//  backplane, straight back out.
+//  Peers are validated, not trusted blindly: topics must be user: or
+//  channel: with a valid id (no wildcard ever reaches Redis or NATS), a node
+//  holds at most max_topics topics (REFUSED beyond, counted), envelopes must
+//  decode, a peer silent for WSR_PROTO_PEER_TTL_MS is forgotten with its
+//  topics. A peer the bridge does not know (it restarted, or forgot it) is
+//  sent RESYNC and says HELLO and SUB again; its messages are served anyway.
+//
+//  Upstream: UP [upstream envelope] is published on Redis ws:actions:USER
+//  and NATS client.actions.USER, POSTed to WEBSOCKET_UPSTREAM_URL (the 2xx
+//  body goes back to that session as REPLY, to the peer that sent it), and
+//  published on the optional upstream PUB endpoint as [up:USER][envelope].
+//  Every 500 ms each peer gets a heartbeat HB [epoch][{v, r, n}]: the epoch
+//  is random per bridge start, so a peer sees a restarted bridge.
 //
 //  Sockets (owned):
-//    pipe                      PAIR   START, $TERM
-//    nodes' down endpoint      XPUB   bind
-//    nodes' up endpoint        PULL   bind
-//    inproc://wsr-bridge-nats-ID PULL bind; messages from libnats threads
-//  Links (owned): wsr_redis, wsr_nats, wsr_upstream_http.
+//    pipe                          PAIR    START, RELOAD, PEERS, $TERM
+//    nodes' endpoint               ROUTER  bind; WBP/1
+//    upstream endpoint (optional)  PUB     bind; client messages for observers
+//    inproc://wsr-bridge-nats-ID   PULL    bind; messages from libnats threads
+//    inproc://wsr-bridge-mon-ID    PAIR    bind; handshake failures (CURVE)
+//  Links (owned): wsr_redis, wsr_nats, wsr_upstream_http, wsr_zap, wsr_peers.
 
 #include "wsr_classes.h"
 #include "wsr_upstream_http.h"
 #include <jansson.h>
 
-#define S_HEARTBEAT_MS      500
-#define S_MAX_ITEMS         (4 + 2 + 256)
+#define S_MAX_ITEMS         (6 + 2 + 256)
+#define S_NODES_BUDGET      1024    //  messages from peers per turn
 
 struct _wsr_bridge_t {
     zactor_t *actor;                //  the bridge thread
@@ -51,48 +58,28 @@ typedef struct {
 
 typedef struct {
     zsock_t *pipe;                  //  actor pipe (not owned)
-    zsock_t *down;                  //  XPUB to nodes
-    zsock_t *up;                    //  PULL from nodes
+    zsock_t *nodes;                 //  ROUTER to the peers
+    zsock_t *observer;              //  PUB for client messages, or NULL
     zsock_t *nats_in;               //  PULL from libnats threads
+    zsock_t *monitor;               //  PAIR: handshake failures, or NULL
+    wsr_zap_t *zap;                 //  CURVE admission, or NULL (plaintext)
+    wsr_peers_t *peers;             //  peers and their topics
+    zlistx_t *deferred;             //  API publishes waiting for the end of the batch
     wsr_redis_t *redis;             //  Redis link or NULL
     wsr_nats_t *nats;               //  NATS link or NULL
     wsr_upstream_http_t *http;      //  HTTP backend or NULL
     wsr_naming_t *redis_names;      //  topic ⇄ Redis channel
     wsr_naming_t *nats_names;       //  topic ⇄ NATS subject
     char redis_channel_pattern [512];   //  firehose: the channel pattern
-    zhashx_t *topics;               //  topics some node wants
     bool firehose;                  //  pattern mode
     size_t max_message;             //  payload limit
     bool readiness;                 //  owns the backplane_up gauge
+    uint64_t epoch;                 //  random per start, in heartbeats
     int64_t next_heartbeat;         //  mono ms
-    uint64_t http_tag;              //  request counter
     wsr_metrics_t *metrics;         //  shared counters
     bool terminated;
     int status;                     //  init result
 } s_bridge_t;
-
-//  --------------------------------------------------------------------------
-//  Derive both endpoints.
-int
-wsr_bridge_endpoints (const char *endpoint, char *down, char *up, size_t size)
-{
-    assert (endpoint && down && up);
-    if (strncmp (endpoint, "inproc://", 9) == 0) {
-        snprintf (down, size, "%s", endpoint);
-        snprintf (up, size, "%s-up", endpoint);
-        return 0;
-    }
-    if (strncmp (endpoint, "tcp://", 6))
-        return -1;
-    const char *colon = strrchr (endpoint, ':');
-    char *end = NULL;
-    long port = colon? strtol (colon + 1, &end, 10): 0;
-    if (!colon || colon < endpoint + 6 || !end || *end || port < 1 || port > 65534)
-        return -1;
-    snprintf (down, size, "%s", endpoint);
-    snprintf (up, size, "%.*s:%ld", (int) (colon - endpoint), endpoint, port + 1);
-    return 0;
-}
 
 //  --------------------------------------------------------------------------
 //  Defaults from the seeds.
@@ -111,10 +98,95 @@ wsr_bridge_opts_defaults (wsr_bridge_opts_t *opts)
     opts->upstream_concurrency = 64;
     opts->upstream_queue = 10000;
     opts->max_message = WSR_DEFAULT_MAX_MESSAGE;
+    opts->max_topics = WSR_DEFAULT_BRIDGE_MAX_TOPICS;
 }
 
 //  --------------------------------------------------------------------------
-//  Downstream: a backplane message on `name` becomes [topic][envelope].
+//  Sending to peers
+
+//  Send [rid][command] to one peer, more frames to follow if more; never
+//  waits. A full queue drops the message for that peer only (counted).
+static bool
+s_send_head (s_bridge_t *self, wsr_peer_t *peer, const char *command, bool more)
+{
+    size_t rid_size = 0;
+    const uint8_t *rid = wsr_peer_rid (peer, &rid_size);
+    void *sock = zsock_resolve (self->nodes);
+    if (zmq_send (sock, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1) {
+        //  EAGAIN: its queue is full; EHOSTUNREACH: it disconnected (it
+        //  will expire). Either way the message is lost for it alone.
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_DELIVER_DROPS, 1);
+        uint64_t dropped = wsr_peer_dropped (peer);
+        if ((dropped & (dropped - 1)) == 0)     //  1, 2, 4, 8...: not per message
+            zsys_warning ("bridge: node %s %s: %" PRIu64 " messages dropped for it",
+                          wsr_peer_node (peer)? wsr_peer_node (peer): "?",
+                          zmq_errno () == EAGAIN? "is not reading": "is gone", dropped);
+        return false;
+    }
+    int rc = zmq_send (sock, command, strlen (command), more? ZMQ_SNDMORE: 0);
+    assert (rc >= 0);               //  after the first frame, the rest always go
+    return true;
+}
+
+//  A frame to the peer whose head was sent; reuse keeps our reference.
+static void
+s_send_frame (s_bridge_t *self, zframe_t *frame, bool more)
+{
+    int flags = ZFRAME_REUSE | (more? ZFRAME_MORE: 0);
+    int rc = zframe_send (&frame, self->nodes, flags);
+    assert (rc == 0);
+}
+
+static void
+s_send_resync (s_bridge_t *self, wsr_peer_t *peer)
+{
+    s_send_head (self, peer, WSR_PROTO_RESYNC, false);
+}
+
+//  [D][topic][envelope] to every peer that wants the topic. Returns how
+//  many got it.
+static size_t
+s_fan_out (s_bridge_t *self, const char *key, size_t key_size, zframe_t *envelope)
+{
+    wsr_peer_t **peers = NULL;
+    size_t count = wsr_peers_recipients (self->peers, key, &peers);
+    zframe_t *topic = count? zframe_new (key, key_size): NULL;
+    size_t sent = 0;
+    for (size_t i = 0; i < count; i++)
+        if (s_send_head (self, peers [i], WSR_PROTO_DELIVER, true)) {
+            s_send_frame (self, topic, true);
+            s_send_frame (self, envelope, false);
+            sent++;
+        }
+    zframe_destroy (&topic);
+    return sent;
+}
+
+//  A message for one session: REPLY [session][envelope] to the peer (by
+//  routing id in hex) that sent the client message.
+static void
+s_reply_to_peer (s_bridge_t *self, const char *peer_hex, uint64_t session, const uint8_t *data,
+                 size_t size)
+{
+    uint8_t rid [256];
+    size_t rid_size = 0;
+    if (sodium_hex2bin (rid, sizeof rid, peer_hex, strlen (peer_hex), NULL, &rid_size, NULL))
+        return;
+    wsr_peer_t *peer = wsr_peers_lookup (self->peers, rid, rid_size, false, NULL);
+    if (!peer)
+        return;                     //  its node left meanwhile
+    zframe_t *envelope = wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
+    if (s_send_head (self, peer, WSR_PROTO_REPLY, true)) {
+        uint8_t number [8];
+        wsr_msgs_put_u64 (number, session);
+        zmq_send (zsock_resolve (self->nodes), number, sizeof number, ZMQ_SNDMORE);
+        s_send_frame (self, envelope, false);
+    }
+    zframe_destroy (&envelope);
+}
+
+//  --------------------------------------------------------------------------
+//  Downstream: a backplane message on `name` goes to the peers of its topic.
 
 //  kind: the topic kind a firehose pattern stands for, or NULL for a plain
 //  subscription. Overlapping patterns (ws:* also matches ws:channel:x and
@@ -134,14 +206,15 @@ s_deliver (s_bridge_t *self, wsr_naming_t *names, const char *kind, const char *
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
         return;
     }
-    zmsg_t *msg = zmsg_new ();
-    zmsg_addmem (msg, key, (size_t) key_size);
-    zframe_t *env = wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
-    zmsg_append (msg, &env);
-    if (zmsg_send (&msg, self->down)) {
-        zmsg_destroy (&msg);
-        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_DELIVER_DROPS, 1);
+    wsr_peer_t **peers = NULL;
+    if (wsr_peers_recipients (self->peers, key, &peers) == 0) {
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_UNMATCHED, 1);
+        return;                 //  firehose, or a topic just left: nobody wants it
     }
+    //  Encoded once (the text/binary decision included) for every recipient
+    zframe_t *envelope = wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
+    s_fan_out (self, key, (size_t) key_size, envelope);
+    zframe_destroy (&envelope);
 }
 
 static void
@@ -171,11 +244,13 @@ s_handle_nats (s_bridge_t *self)
 }
 
 //  --------------------------------------------------------------------------
-//  Subscriptions from nodes
+//  Subscriptions from peers
 
 static void
 s_backplane_subscribe (s_bridge_t *self, const char *topic, bool on)
 {
+    if (self->firehose)
+        return;
     char name [WSR_TOPIC_MAX + 256];
     if (self->redis && wsr_naming_to_backplane (self->redis_names, topic, name, sizeof name) > 0) {
         if (on)
@@ -191,40 +266,74 @@ s_backplane_subscribe (s_bridge_t *self, const char *topic, bool on)
     }
 }
 
+//  A topic lost its last peer.
 static void
-s_handle_subscription (s_bridge_t *self)
+s_forget_last (void *arg, const char *topic)
 {
-    zframe_t *frame = zframe_recv (self->down);
-    if (!frame)
+    s_backplane_subscribe ((s_bridge_t *) arg, topic, false);
+}
+
+//  A topic key frame from a peer: "user:" or "channel:", a valid id, its NUL.
+//  Returns the key (in the frame) or NULL.
+static const char *
+s_topic_valid (zframe_t *frame)
+{
+    size_t size = frame? zframe_size (frame): 0;
+    const char *key = frame? (const char *) zframe_data (frame): NULL;
+    if (size < 2 || size > WSR_TOPIC_MAX || key [size - 1] != 0 || strlen (key) != size - 1)
+        return NULL;
+    const char *id = NULL;
+    if (strncmp (key, WSR_TOPIC_USER, strlen (WSR_TOPIC_USER)) == 0)
+        id = key + strlen (WSR_TOPIC_USER);
+    else
+    if (strncmp (key, WSR_TOPIC_CHANNEL, strlen (WSR_TOPIC_CHANNEL)) == 0)
+        id = key + strlen (WSR_TOPIC_CHANNEL);
+    return id && wsr_util_id_valid (id, strlen (id))? key: NULL;
+}
+
+static void
+s_refuse (s_bridge_t *self, wsr_peer_t *peer, zframe_t *topic, const char *reason)
+{
+    wsr_metrics_add (self->metrics, WSR_M_BRIDGE_SUB_REFUSED, 1);
+    if (s_send_head (self, peer, WSR_PROTO_REFUSED, true)) {
+        s_send_frame (self, topic, true);
+        zmq_send (zsock_resolve (self->nodes), reason, strlen (reason), 0);
+    }
+}
+
+//  SUB / UNSUB: every frame after the command is a topic key.
+static void
+s_handle_sub (s_bridge_t *self, wsr_peer_t *peer, zmsg_t *msg, bool on)
+{
+    if (zmsg_size (msg) < 1 || zmsg_size (msg) > WSR_PROTO_MAX_TOPICS) {
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
         return;
-    const char *data = (const char *) zframe_data (frame);
-    size_t size = zframe_size (frame);
-    //  Only topic keys matter; heartbeat and reply subscriptions are served
-    //  by the XPUB itself
-    if (size >= 2 && size <= WSR_TOPIC_MAX + 1 && data [size - 1] == 0
-    &&  (data [0] == 0 || data [0] == 1)
-    &&  (strncmp (data + 1, WSR_TOPIC_USER, strlen (WSR_TOPIC_USER)) == 0
-      || strncmp (data + 1, WSR_TOPIC_CHANNEL, strlen (WSR_TOPIC_CHANNEL)) == 0)) {
-        const char *topic = data + 1;
-        bool on = data [0] == 1;
-        bool known = zhashx_lookup (self->topics, topic) != NULL;
-        if (on && !known) {
-            zhashx_insert (self->topics, topic, (void *) 1);
-            if (!self->firehose)
-                s_backplane_subscribe (self, topic, true);
+    }
+    for (zframe_t *frame = zmsg_first (msg); frame; frame = zmsg_next (msg)) {
+        const char *key = s_topic_valid (frame);
+        if (!key) {
+            wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
+            if (on)
+                s_refuse (self, peer, frame, "invalid topic");
+            continue;
+        }
+        if (on) {
+            bool first = false;
+            wsr_peers_result_t result = wsr_peers_subscribe (self->peers, peer, key, &first);
+            if (result == WSR_PEERS_REFUSED)
+                s_refuse (self, peer, frame, "too many topics for this node");
+            else
+            if (first)
+                s_backplane_subscribe (self, key, true);
         }
         else
-        if (!on && known) {
-            zhashx_delete (self->topics, topic);
-            if (!self->firehose)
-                s_backplane_subscribe (self, topic, false);
-        }
+        if (wsr_peers_unsubscribe (self->peers, peer, key))
+            s_backplane_subscribe (self, key, false);
     }
-    zframe_destroy (&frame);
 }
 
 //  --------------------------------------------------------------------------
-//  From nodes: client messages and API publishes
+//  From peers: client messages and API publishes
 
 //  JSON body for the HTTP backend; caller frees.
 static char *
@@ -252,56 +361,69 @@ s_http_body (const wsr_envelope_t *env)
     return text;
 }
 
-//  A reply or an error for one session: [sess:NODE:SID][envelope].
+//  Where an HTTP reply goes: the sending peer's routing id in hex travels
+//  with the request as its reply_to, the session id as its tag (a number
+//  all the way).
 static void
-s_reply (s_bridge_t *self, const char *reply_to, const uint8_t *data, size_t size)
+s_reply_address (wsr_peer_t *peer, char *out, size_t size)
 {
-    zmsg_t *msg = zmsg_new ();
-    zmsg_addmem (msg, reply_to, strlen (reply_to) + 1);
-    zframe_t *env = wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
-    zmsg_append (msg, &env);
-    if (zmsg_send (&msg, self->down))
-        zmsg_destroy (&msg);
+    size_t rid_size = 0;
+    const uint8_t *rid = wsr_peer_rid (peer, &rid_size);
+    assert (size >= 2 * rid_size + 1);
+    sodium_bin2hex (out, size, rid, rid_size);
 }
 
 static void
-s_reply_error (s_bridge_t *self, const char *reply_to, const char *error, int status)
+s_reply_error (s_bridge_t *self, const char *reply_to, uint64_t session, const char *error,
+               int status)
 {
     char text [256];
     int n = snprintf (text, sizeof text,
                       "{\"type\":\"error\",\"error\":\"upstream: %s\",\"status\":%d}",
                       error, status);
-    s_reply (self, reply_to, (const uint8_t *) text, (size_t) n);
+    s_reply_to_peer (self, reply_to, session, (const uint8_t *) text, (size_t) n);
     wsr_metrics_add (self->metrics, WSR_M_BRIDGE_HTTP_ERRORS, 1);
 }
 
 static void
-s_on_http_done (void *arg, uint64_t tag, const char *reply_to, int status, const char *error,
-                const uint8_t *body, size_t body_size)
+s_on_http_done (void *arg, uint64_t session, const char *reply_to, int status,
+                const char *error, const uint8_t *body, size_t body_size)
 {
-    (void) tag;
     s_bridge_t *self = (s_bridge_t *) arg;
     if (status >= 200 && status < 300) {
         if (body_size > 0) {
-            s_reply (self, reply_to, body, body_size);
+            s_reply_to_peer (self, reply_to, session, body, body_size);
             wsr_metrics_add (self->metrics, WSR_M_BRIDGE_REPLIES, 1);
         }
     }
     else
-        s_reply_error (self, reply_to, error? error: "backend error", status);
+        s_reply_error (self, reply_to, session, error? error: "backend error", status);
 }
 
+//  UP [upstream envelope]: a client message to every upstream there is.
 static void
-s_handle_client_message (s_bridge_t *self, const char *user, zframe_t *body)
+s_handle_up (s_bridge_t *self, wsr_peer_t *peer, zframe_t *body)
 {
     wsr_envelope_t env;
-    if (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) || !env.user
-    ||  !env.node) {
+    char user [WSR_MAX_ID_LEN + 1];
+    if (!body || wsr_envelope_decode (zframe_data (body), zframe_size (body), &env)
+    ||  !env.user || !env.node || env.user_len > WSR_MAX_ID_LEN
+    ||  !wsr_util_id_valid (env.user, env.user_len) || env.size > self->max_message) {
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
         return;
     }
+    memcpy (user, env.user, env.user_len);
+    user [env.user_len] = 0;
+    if (self->observer) {
+        //  Observers (best effort, PUB): [up:USER\0][envelope]
+        char key [WSR_TOPIC_MAX];
+        int key_size = wsr_topic_key (key, sizeof key, WSR_TOPIC_UPSTREAM, user);
+        assert (key_size > 0);
+        zmq_send (zsock_resolve (self->observer), key, (size_t) key_size, ZMQ_SNDMORE);
+        zframe_send (&body, self->observer, ZFRAME_REUSE);
+    }
     char name [WSR_TOPIC_MAX + 256];
-    bool sent = false, lost = false;
+    bool sent = self->observer != NULL, lost = false;
     if (self->redis && wsr_naming_actions (self->redis_names, user, name, sizeof name) > 0) {
         if (wsr_redis_publish (self->redis, name, zframe_data (body), zframe_size (body)) == 0)
             sent = true;
@@ -314,18 +436,17 @@ s_handle_client_message (s_bridge_t *self, const char *user, zframe_t *body)
         else
             lost = true;
     }
+    char reply_to [2 * 255 + 1];
+    s_reply_address (peer, reply_to, sizeof reply_to);
     if (self->http) {
-        char reply_to [WSR_TOPIC_MAX + 64];
-        snprintf (reply_to, sizeof reply_to, "sess:%.*s:%" PRIu64, (int) env.node_len,
-                  env.node, env.session);
         char *json = s_http_body (&env);
-        if (wsr_upstream_http_submit (self->http, ++self->http_tag, reply_to,
+        if (wsr_upstream_http_submit (self->http, env.session, reply_to,
                                       "application/json", (const uint8_t *) json,
                                       strlen (json)) == 0)
             sent = true;
         else {
             lost = true;
-            s_reply_error (self, reply_to, "busy, message dropped", 503);
+            s_reply_error (self, reply_to, env.session, "busy, message dropped", 503);
         }
         free (json);
     }
@@ -333,22 +454,24 @@ s_handle_client_message (s_bridge_t *self, const char *user, zframe_t *body)
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_UPSTREAM_SENT, 1);
     if (lost)
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_UPSTREAM_LOST, 1);
-    if (lost && !sent && !self->http) {
+    if (lost && !sent && !self->http)
         //  Nowhere to go: the client hears about it
-        char reply_to [WSR_TOPIC_MAX + 64];
-        snprintf (reply_to, sizeof reply_to, "sess:%.*s:%" PRIu64, (int) env.node_len,
-                  env.node, env.session);
-        s_reply (self, reply_to, (const uint8_t *) WSR_ERROR_BACKPLANE_DOWN,
-                 strlen (WSR_ERROR_BACKPLANE_DOWN));
-    }
+        s_reply_to_peer (self, reply_to, env.session,
+                         (const uint8_t *) WSR_ERROR_BACKPLANE_DOWN,
+                         strlen (WSR_ERROR_BACKPLANE_DOWN));
 }
 
+//  PUB [topic][downstream envelope], deferred to the end of the batch so a
+//  subscription that arrived in the same batch is in place first.
 static void
-s_handle_publish (s_bridge_t *self, zframe_t *topic, zframe_t *body)
+s_handle_publish (s_bridge_t *self, zmsg_t *msg)
 {
+    zframe_t *topic = zmsg_first (msg);
+    zframe_t *body = zmsg_next (msg);
+    const char *key = s_topic_valid (topic);
     wsr_envelope_t env;
-    const char *key = (const char *) zframe_data (topic);
-    if (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env)) {
+    if (!key || !body || wsr_envelope_decode (zframe_data (body), zframe_size (body), &env)
+    ||  env.size > self->max_message) {
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
         return;
     }
@@ -359,48 +482,83 @@ s_handle_publish (s_bridge_t *self, zframe_t *topic, zframe_t *body)
     else
     if (self->nats && wsr_naming_to_backplane (self->nats_names, key, name, sizeof name) > 0)
         rc = wsr_nats_publish (self->nats, name, env.data, env.size);
-    else {
-        //  No backplane: the bridge is the fan-out point for all nodes
-        zmsg_t *msg = zmsg_new ();
-        zframe_t *dup = zframe_dup (topic);
-        zmsg_append (msg, &dup);
-        dup = zframe_dup (body);
-        zmsg_append (msg, &dup);
-        if (zmsg_send (&msg, self->down))
-            zmsg_destroy (&msg);
-    }
+    else
+        //  No backplane: the bridge is the fan-out point for all its nodes
+        s_fan_out (self, key, zframe_size (topic), body);
     if (rc)
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_PUBLISH_LOST, 1);
 }
 
+static void s_beat (s_bridge_t *self, wsr_peer_t *peer);
+
+//  One message from a peer: [rid][command][frames...].
 static void
-s_handle_up (s_bridge_t *self)
+s_handle_peer (s_bridge_t *self)
 {
-    zmsg_t *msg = zmsg_recv (self->up);
+    zmsg_t *msg = zmsg_recv (self->nodes);
     if (!msg)
         return;
-    zframe_t *topic = zmsg_first (msg);
-    zframe_t *body = zmsg_next (msg);
-    const char *key = topic? (const char *) zframe_data (topic): NULL;
-    size_t size = topic? zframe_size (topic): 0;
-    //  Input from the network: validate the topic frame before using it
-    if (!body || size < 2 || size > WSR_TOPIC_MAX + 1 || key [size - 1] != 0
-    ||  strlen (key) != size - 1)
+    zframe_t *rid = zmsg_pop (msg);
+    char *command = zmsg_popstr (msg);
+    bool created = false;
+    wsr_peer_t *peer = rid && command?
+        wsr_peers_lookup (self->peers, zframe_data (rid), zframe_size (rid), true, &created):
+        NULL;
+    if (!peer) {
+        //  Malformed, or the table is full: nothing is kept for it
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
-    else
-    if (strncmp (key, WSR_TOPIC_UPSTREAM, strlen (WSR_TOPIC_UPSTREAM)) == 0) {
-        const char *user = key + strlen (WSR_TOPIC_UPSTREAM);
-        if (wsr_util_id_valid (user, strlen (user)))
-            s_handle_client_message (self, user, body);
-        else
+        goto done;
+    }
+    wsr_peers_touch (peer, wsr_util_mono_ms ());
+    if (streq (command, WSR_PROTO_HELLO)) {
+        char *version = zmsg_popstr (msg), *node = zmsg_popstr (msg),
+             *role = zmsg_popstr (msg), *index = zmsg_popstr (msg);
+        if (index && streq (version, WSR_PROTO_VERSION)
+        &&  wsr_util_id_valid (node, strlen (node))
+        &&  (streq (role, WSR_ROLE_WORKER) || streq (role, WSR_ROLE_ROUTER))) {
+            wsr_peers_hello (self->peers, peer, node, role, atoi (index));
+            s_beat (self, peer);
+        }
+        else {
+            zsys_warning ("bridge: a peer said a HELLO we do not understand (version %s)",
+                          version? version: "?");
             wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
+        }
+        zstr_free (&version);
+        zstr_free (&node);
+        zstr_free (&role);
+        zstr_free (&index);
+        created = false;            //  no RESYNC: it is saying who it is
     }
     else
-    if (strncmp (key, WSR_TOPIC_USER, strlen (WSR_TOPIC_USER)) == 0
-    ||  strncmp (key, WSR_TOPIC_CHANNEL, strlen (WSR_TOPIC_CHANNEL)) == 0)
-        s_handle_publish (self, topic, body);
+    if (streq (command, WSR_PROTO_SUB))
+        s_handle_sub (self, peer, msg, true);
+    else
+    if (streq (command, WSR_PROTO_UNSUB))
+        s_handle_sub (self, peer, msg, false);
+    else
+    if (streq (command, WSR_PROTO_UP) && zmsg_size (msg) == 1)
+        s_handle_up (self, peer, zmsg_first (msg));
+    else
+    if (streq (command, WSR_PROTO_PUB) && zmsg_size (msg) == 2) {
+        zlistx_add_end (self->deferred, msg);
+        msg = NULL;
+    }
+    else
+    if (streq (command, WSR_PROTO_PING))
+        ;
+    else
+    if (streq (command, WSR_PROTO_BYE)) {
+        wsr_peers_remove (self->peers, &peer, s_forget_last, self);
+        created = false;
+    }
     else
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
+    if (created)
+        s_send_resync (self, peer);
+done:
+    zframe_destroy (&rid);
+    zstr_free (&command);
     zmsg_destroy (&msg);
 }
 
@@ -414,15 +572,43 @@ s_state (bool configured, bool up)
 }
 
 static void
-s_heartbeat (s_bridge_t *self)
+s_gauge (wsr_metrics_t *m, wsr_metric_t which, int64_t value)
+{
+    wsr_metrics_add (m, which, value - wsr_metrics_get (m, which));
+}
+
+//  HB [epoch][{v, r, n}] to one peer: every WSR_PROTO_HB_MS, and at once
+//  after its HELLO so a new node is ready without waiting.
+static void
+s_beat (s_bridge_t *self, wsr_peer_t *peer)
 {
     bool redis_up = self->redis && wsr_redis_connected (self->redis);
     bool nats_up = self->nats && wsr_nats_connected (self->nats);
+    if (s_send_head (self, peer, WSR_PROTO_HB, true)) {
+        uint8_t epoch [8];
+        wsr_msgs_put_u64 (epoch, self->epoch);
+        zmq_send (zsock_resolve (self->nodes), epoch, sizeof epoch, ZMQ_SNDMORE);
+        zframe_t *beat = wsr_envelope_encode_heartbeat (s_state (self->redis, redis_up),
+                                                        s_state (self->nats, nats_up));
+        s_send_frame (self, beat, false);
+        zframe_destroy (&beat);
+    }
+}
+
+//  Every WSR_PROTO_HB_MS: a heartbeat to every peer, forget the silent
+//  ones, refresh the gauges.
+static void
+s_heartbeat (s_bridge_t *self)
+{
+    wsr_peers_expire (self->peers, wsr_util_mono_ms (), WSR_PROTO_PEER_TTL_MS, s_forget_last,
+                      self);
+    bool redis_up = self->redis && wsr_redis_connected (self->redis);
+    bool nats_up = self->nats && wsr_nats_connected (self->nats);
     wsr_metrics_t *m = self->metrics;
-    wsr_metrics_add (m, WSR_M_REDIS_UP, (redis_up? 1: 0) - wsr_metrics_get (m, WSR_M_REDIS_UP));
-    wsr_metrics_add (m, WSR_M_NATS_UP, (nats_up? 1: 0) - wsr_metrics_get (m, WSR_M_NATS_UP));
-    wsr_metrics_add (m, WSR_M_BRIDGE_TOPICS, (int64_t) zhashx_size (self->topics)
-                     - wsr_metrics_get (m, WSR_M_BRIDGE_TOPICS));
+    s_gauge (m, WSR_M_REDIS_UP, redis_up? 1: 0);
+    s_gauge (m, WSR_M_NATS_UP, nats_up? 1: 0);
+    s_gauge (m, WSR_M_BRIDGE_TOPICS, (int64_t) wsr_peers_topics (self->peers));
+    s_gauge (m, WSR_M_BRIDGE_PEERS, (int64_t) wsr_peers_size (self->peers));
     if (self->nats) {
         uint64_t dropped = 0, slow = 0;
         wsr_nats_take_drops (self->nats, &dropped, &slow);
@@ -432,18 +618,34 @@ s_heartbeat (s_bridge_t *self)
     if (self->redis)
         wsr_metrics_add (m, WSR_M_BRIDGE_REDIS_RECONNECTS,
                          (int64_t) wsr_redis_take_reconnects (self->redis));
-    if (self->readiness) {
-        bool ready = (!self->redis || redis_up) && (!self->nats || nats_up);
-        wsr_metrics_add (m, WSR_M_BACKPLANE_UP,
-                         (ready? 1: 0) - wsr_metrics_get (m, WSR_M_BACKPLANE_UP));
+    if (self->readiness)
+        s_gauge (m, WSR_M_BACKPLANE_UP,
+                 (!self->redis || redis_up) && (!self->nats || nats_up)? 1: 0);
+    for (wsr_peer_t *peer = wsr_peers_first (self->peers); peer;
+         peer = wsr_peers_next (self->peers))
+        s_beat (self, peer);
+}
+
+//  A failed CURVE handshake on the nodes' socket: a plaintext peer, or one
+//  whose key was refused (then wsr_zap has counted and logged it already).
+static void
+s_handle_monitor (s_bridge_t *self)
+{
+    zmsg_t *event = zmsg_recv (self->monitor);
+    if (!event)
+        return;
+    zframe_t *head = zmsg_first (event);
+    zframe_t *address = zmsg_next (event);
+    if (head && zframe_size (head) >= 2 && address) {
+        uint16_t kind = *(uint16_t *) zframe_data (head);
+        if (kind != ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+            char text [256];
+            snprintf (text, sizeof text, "%.*s", (int) zframe_size (address),
+                      (const char *) zframe_data (address));
+            wsr_zap_deny (self->zap, text, "CURVE handshake failed (plaintext peer?)");
+        }
     }
-    zmsg_t *msg = zmsg_new ();
-    zmsg_addmem (msg, "$hb", 4);
-    zframe_t *beat = wsr_envelope_encode_heartbeat (s_state (self->redis, redis_up),
-                                                    s_state (self->nats, nats_up));
-    zmsg_append (msg, &beat);
-    if (zmsg_send (&msg, self->down))
-        zmsg_destroy (&msg);
+    zmsg_destroy (&event);
 }
 
 static void
@@ -457,32 +659,51 @@ s_handle_pipe (s_bridge_t *self)
     if (streq (command, "$TERM"))
         self->terminated = true;
     else
-    if (streq (command, WSR_CMD_START))
-        zsock_send (self->pipe, "i", self->status);
+    if (streq (command, WSR_CMD_START)) {
+        int sent = zsock_send (self->pipe, "i", self->status);
+        assert (sent == 0);
+    }
+    else
+    if (streq (command, WSR_CMD_RELOAD)) {
+        int sent = zsock_send (self->pipe, "i", self->zap? wsr_zap_reload (self->zap): 0);
+        assert (sent == 0);
+    }
+    else
+    if (streq (command, WSR_CMD_PEERS)) {
+        int sent = zsock_send (self->pipe, "88", (uint64_t) wsr_peers_size (self->peers),
+                               (uint64_t) wsr_peers_topics (self->peers));
+        assert (sent == 0);
+    }
     else
         assert (false);
     zstr_free (&command);
 }
 
 static zsock_t *
-s_bind (int type, const char *endpoint, int *status)
+s_bind (s_bridge_t *self, int type, const char *endpoint, const wsr_bridge_opts_t *opts)
 {
     zsock_t *sock = zsock_new (type);
     assert (sock);
-    zsock_set_sndhwm (sock, WSR_HWM);
+    zsock_set_sndhwm (sock, opts->peer_hwm > 0? opts->peer_hwm: WSR_HWM);
     zsock_set_rcvhwm (sock, WSR_HWM);
     zsock_set_sndtimeo (sock, 0);
     zsock_set_linger (sock, 0);
-    //  Refuse rather than silently drop when a node falls behind: the
-    //  failed send is counted (wsrouter_bridge_deliver_drops_total)
-    if (type == ZMQ_XPUB)
-        zsock_set_xpub_nodrop (sock, 1);
-    //  Find dead nodes quickly so their subscriptions are dropped
+    if (type == ZMQ_ROUTER)
+        //  A send to a full or vanished peer fails (and is counted) instead
+        //  of vanishing silently or blocking the others
+        zsock_set_router_mandatory (sock, 1);
+    //  Find dead connections quickly
     zsock_set_heartbeat_ivl (sock, 1000);
     zsock_set_heartbeat_timeout (sock, 3000);
+    bool keyed = opts->cert != NULL;
+    if (wsr_curve_check ("bridge", endpoint, keyed, opts->insecure_plaintext)
+    ||  (keyed && wsr_curve_server (sock, opts->cert))) {
+        self->status = -1;
+        return sock;
+    }
     if (zsock_bind (sock, "%s", endpoint) == -1) {
         zsys_error ("bridge: cannot bind %s: %s", endpoint, zmq_strerror (zmq_errno ()));
-        *status = -1;
+        self->status = -1;
     }
     return sock;
 }
@@ -499,24 +720,43 @@ s_bridge_actor (zsock_t *pipe, void *args)
     self->firehose = opts->firehose;
     self->max_message = opts->max_message;
     self->readiness = opts->readiness;
-    self->topics = zhashx_new ();
+    self->peers = wsr_peers_new (WSR_BRIDGE_MAX_PEERS, opts->max_topics);
+    self->deferred = zlistx_new ();
+    zlistx_set_destructor (self->deferred, (czmq_destructor *) zmsg_destroy);
+    randombytes_buf (&self->epoch, sizeof self->epoch);
     pthread_setname_np (pthread_self (), "wsr-bridge");
 
-    char down [256], up [256];
-    if (wsr_bridge_endpoints (opts->endpoint, down, up, sizeof down)) {
-        zsys_error ("bridge: bad endpoint '%s' (want tcp://HOST:PORT or inproc://NAME)",
-                    opts->endpoint);
+    static _Atomic int instances = 0;       //  unique inproc names per bridge in this process
+    int instance = atomic_fetch_add (&instances, 1);
+    if (opts->cert) {
+        if (!opts->clients) {
+            zsys_error ("bridge: a certificate needs a clients directory (--clients)");
+            self->status = -1;
+        }
+        else
+        if (!(self->zap = wsr_zap_new (opts->clients, self->metrics)))
+            self->status = -1;
+    }
+    if (self->status == 0)
+        self->nodes = s_bind (self, ZMQ_ROUTER, opts->endpoint, opts);
+    if (self->status == 0 && self->zap) {
+        char monitor [64];
+        snprintf (monitor, sizeof monitor, "inproc://wsr-bridge-mon-%d", instance);
+        int rc = zmq_socket_monitor (zsock_resolve (self->nodes), monitor,
+                                     ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                     | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                     | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+        self->monitor = rc == 0? zsock_new_pair (monitor): NULL;
+        if (!self->monitor)
+            self->status = -1;
+    }
+    if (self->status == 0 && opts->upstream_endpoint)
+        self->observer = s_bind (self, ZMQ_PUB, opts->upstream_endpoint, opts);
+    char nats_in [64];
+    snprintf (nats_in, sizeof nats_in, "inproc://wsr-bridge-nats-%d", instance);
+    self->nats_in = zsock_new_pull (nats_in);
+    if (!self->nats_in)
         self->status = -1;
-    }
-    else {
-        self->down = s_bind (ZMQ_XPUB, down, &self->status);
-        self->up = s_bind (ZMQ_PULL, up, &self->status);
-    }
-    char nats_in [128];
-    static _Atomic int instances = 0;       //  unique per bridge in this process
-    snprintf (nats_in, sizeof nats_in, "inproc://wsr-bridge-nats-%d",
-              atomic_fetch_add (&instances, 1));
-    self->nats_in = s_bind (ZMQ_PULL, nats_in, &self->status);
     self->redis_names = wsr_naming_new (opts->redis_user, opts->redis_channel,
                                         opts->redis_actions);
     self->nats_names = wsr_naming_new (opts->nats_user, opts->nats_channel, opts->nats_actions);
@@ -562,7 +802,8 @@ s_bridge_actor (zsock_t *pipe, void *args)
             self->status = -1;
     }
     if (self->status == 0)
-        zsys_info ("bridge: nodes on %s and %s; redis %s, nats %s, http %s, %s mode", down, up,
+        zsys_info ("bridge: nodes on %s (%s); redis %s, nats %s, http %s, %s mode",
+                   opts->endpoint, self->zap? "CURVE": "plaintext",
                    opts->redis_url? opts->redis_url: "off", opts->nats_url? opts->nats_url: "off",
                    opts->upstream_url? opts->upstream_url: "off",
                    self->firehose? "firehose": "per-topic");
@@ -572,12 +813,15 @@ s_bridge_actor (zsock_t *pipe, void *args)
     while (!self->terminated) {
         int count = 0;
         items [count++] = (zmq_pollitem_t) { zsock_resolve (pipe), 0, ZMQ_POLLIN, 0 };
-        int fixed = 1;
         if (self->status == 0) {
-            items [count++] = (zmq_pollitem_t) { zsock_resolve (self->down), 0, ZMQ_POLLIN, 0 };
-            items [count++] = (zmq_pollitem_t) { zsock_resolve (self->up), 0, ZMQ_POLLIN, 0 };
+            items [count++] = (zmq_pollitem_t) { zsock_resolve (self->nodes), 0, ZMQ_POLLIN, 0 };
             items [count++] = (zmq_pollitem_t) { zsock_resolve (self->nats_in), 0, ZMQ_POLLIN, 0 };
-            fixed = 4;
+            if (self->zap)
+                items [count++] = (zmq_pollitem_t) {
+                    zsock_resolve (wsr_zap_socket (self->zap)), 0, ZMQ_POLLIN, 0 };
+            if (self->monitor)
+                items [count++] = (zmq_pollitem_t) {
+                    zsock_resolve (self->monitor), 0, ZMQ_POLLIN, 0 };
         }
         int redis_at = count;
         if (self->redis)
@@ -603,16 +847,23 @@ s_bridge_actor (zsock_t *pipe, void *args)
             s_handle_pipe (self);
         if (self->terminated || self->status != 0)
             continue;
-        for (int budget = WSR_WORKER_BUDGET; budget > 0
-             && (zsock_events (self->down) & ZMQ_POLLIN); budget--)
-            s_handle_subscription (self);
-        for (int budget = WSR_WORKER_BUDGET; budget > 0
-             && (zsock_events (self->up) & ZMQ_POLLIN); budget--)
-            s_handle_up (self);
+        //  ZAP first: a connecting node waits on it
+        while (self->zap && (zsock_events (wsr_zap_socket (self->zap)) & ZMQ_POLLIN))
+            wsr_zap_handle (self->zap);
+        while (self->monitor && (zsock_events (self->monitor) & ZMQ_POLLIN))
+            s_handle_monitor (self);
+        for (int budget = S_NODES_BUDGET; budget > 0
+             && (zsock_events (self->nodes) & ZMQ_POLLIN); budget--)
+            s_handle_peer (self);
+        //  Publishes after the batch's subscriptions
+        zmsg_t *deferred;
+        while ((deferred = (zmsg_t *) zlistx_detach (self->deferred, NULL))) {
+            s_handle_publish (self, deferred);
+            zmsg_destroy (&deferred);
+        }
         for (int budget = WSR_WORKER_BUDGET; budget > 0
              && (zsock_events (self->nats_in) & ZMQ_POLLIN); budget--)
             s_handle_nats (self);
-        (void) fixed;
         if (self->redis)
             wsr_redis_process (self->redis, items + redis_at, http_at - redis_at);
         if (self->http)
@@ -620,7 +871,7 @@ s_bridge_actor (zsock_t *pipe, void *args)
         now = wsr_util_mono_ms ();
         if (now >= self->next_heartbeat) {
             s_heartbeat (self);
-            self->next_heartbeat = now + S_HEARTBEAT_MS;
+            self->next_heartbeat = now + WSR_PROTO_HB_MS;
         }
     }
     wsr_upstream_http_destroy (&self->http);
@@ -628,10 +879,15 @@ s_bridge_actor (zsock_t *pipe, void *args)
     wsr_redis_destroy (&self->redis);
     wsr_naming_destroy (&self->redis_names);
     wsr_naming_destroy (&self->nats_names);
-    zsock_destroy (&self->down);
-    zsock_destroy (&self->up);
+    if (self->monitor)
+        zmq_socket_monitor (zsock_resolve (self->nodes), NULL, 0);
+    zsock_destroy (&self->monitor);
+    zsock_destroy (&self->nodes);
+    zsock_destroy (&self->observer);
     zsock_destroy (&self->nats_in);
-    zhashx_destroy (&self->topics);
+    wsr_zap_destroy (&self->zap);
+    zlistx_destroy (&self->deferred);
+    wsr_peers_destroy (&self->peers);
 }
 
 //  --------------------------------------------------------------------------
@@ -663,22 +919,129 @@ wsr_bridge_destroy (wsr_bridge_t **self_p)
 }
 
 //  --------------------------------------------------------------------------
-//  Selftest: the test plays a node (XSUB + PUSH) against a bridge with a real
-//  redis-server when installed; without one, the pure ZeroMQ fan-out.
+//  Read the clients directory again (SIGHUP).
+int
+wsr_bridge_reload (wsr_bridge_t *self)
+{
+    assert (self);
+    int rc = -1;
+    int sent = zsock_send (self->actor, "s", WSR_CMD_RELOAD);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
+    zsock_recv (self->actor, "i", &rc);
+    return rc;
+}
 
-static zmsg_t *
-s_recv_topic (zsock_t *sock, const char *topic, int ms)
+//  --------------------------------------------------------------------------
+//  Peers and topics held.
+void
+wsr_bridge_peers (wsr_bridge_t *self, size_t *peers, size_t *topics)
+{
+    assert (self && peers && topics);
+    uint64_t p = 0, t = 0;
+    int sent = zsock_send (self->actor, "s", WSR_CMD_PEERS);
+    assert (sent == 0);          //  a pipe is in-process: only ETERM fails
+    zsock_recv (self->actor, "88", &p, &t);
+    *peers = (size_t) p;
+    *topics = (size_t) t;
+}
+
+//  --------------------------------------------------------------------------
+//  Selftest: the test plays the nodes, with wsr_link (as workers and routers
+//  do) and with raw DEALER sockets (as a buggy or hostile peer would).
+
+//  Wait for a message of kind on a link; heartbeats and RESYNC are handled.
+static int
+s_link_wait (wsr_link_t *link, wsr_link_msg_t *msg, wsr_link_kind_t kind, int ms)
 {
     int64_t end = zclock_mono () + ms;
-    zpoller_t *poller = zpoller_new (sock, NULL);
+    zpoller_t *poller = zpoller_new (wsr_link_socket (link), NULL);
+    int rc = -1;
+    while (rc == -1 && zclock_mono () < end) {
+        zpoller_wait (poller, 10);
+        while (wsr_link_recv (link, msg) == 0) {
+            if (msg->kind == kind) {
+                rc = 0;
+                break;
+            }
+            wsr_link_msg_reset (msg);
+        }
+        wsr_link_flush (link);
+    }
+    zpoller_destroy (&poller);
+    return rc;
+}
+
+//  Publish text on topic through a router link.
+static void
+s_link_publish (wsr_link_t *link, const char *topic, const char *text)
+{
+    zframe_t *key = zframe_new (topic, strlen (topic) + 1);
+    zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) text, strlen (text), 0, 0);
+    assert (wsr_link_publish (link, &key, &env) == 0);
+}
+
+//  Expect the next delivery on link to be text on topic.
+static void
+s_expect_delivery (wsr_link_t *link, const char *topic, const char *text)
+{
+    wsr_link_msg_t msg;
+    assert (s_link_wait (link, &msg, WSR_LINK_DELIVER, 2000) == 0);
+    assert (zframe_size (msg.topic) == strlen (topic) + 1
+         && !memcmp (zframe_data (msg.topic), topic, strlen (topic) + 1));
+    wsr_envelope_t env;
+    assert (wsr_envelope_decode (zframe_data (msg.body), zframe_size (msg.body), &env) == 0);
+    assert (env.size == strlen (text) && !memcmp (env.data, text, env.size));
+    wsr_link_msg_reset (&msg);
+}
+
+static wsr_link_t *
+s_link (const char *endpoint, const char *role, int index, const char *secret,
+        const char *server)
+{
+    wsr_link_opts_t opts = {
+        .endpoint = endpoint, .node = "tnode", .role = role, .index = index,
+        .curve_secret = secret, .curve_server = server
+    };
+    wsr_link_t *link = wsr_link_new (&opts, NULL, NULL);
+    assert (link);
+    return link;
+}
+
+//  Wait until the bridge holds this many topics.
+static void
+s_wait_topics (wsr_bridge_t *bridge, size_t want)
+{
+    size_t peers = 0, topics = 0;
+    for (int i = 0; i < 400; i++) {
+        wsr_bridge_peers (bridge, &peers, &topics);
+        if (topics == want)
+            return;
+        zclock_sleep (5);
+    }
+    fprintf (stderr, "bridge holds %zu topics, want %zu\n", topics, want);
+    assert (false);
+}
+
+//  A raw DEALER peer; messages built by hand.
+static void
+s_raw_send (zsock_t *dealer, const char *command, const void *frame, size_t size)
+{
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, command);
+    if (frame)
+        zmsg_addmem (msg, frame, size);
+    assert (zmsg_send (&msg, dealer) == 0);
+}
+
+static zmsg_t *
+s_raw_expect (zsock_t *dealer, const char *command, int ms)
+{
+    zpoller_t *poller = zpoller_new (dealer, NULL);
+    int64_t end = zclock_mono () + ms;
     zmsg_t *found = NULL;
-    while (!found && zclock_mono () < end) {
-        if (!zpoller_wait (poller, 50))
-            continue;
-        zmsg_t *msg = zmsg_recv (sock);
-        zframe_t *key = zmsg_first (msg);
-        if (key && zframe_size (key) == strlen (topic) + 1
-        &&  memcmp (zframe_data (key), topic, zframe_size (key)) == 0)
+    while (!found && zclock_mono () < end && zpoller_wait (poller, 50)) {
+        zmsg_t *msg = zmsg_recv (dealer);
+        if (msg && zframe_streq (zmsg_first (msg), command))
             found = msg;
         else
             zmsg_destroy (&msg);
@@ -687,103 +1050,237 @@ s_recv_topic (zsock_t *sock, const char *topic, int ms)
     return found;
 }
 
-static void
-s_subscribe (zsock_t *xsub, const char *topic, bool on)
-{
-    size_t len = strlen (topic) + 1;
-    uint8_t frame [WSR_TOPIC_MAX + 2];
-    frame [0] = on? 1: 0;
-    memcpy (frame + 1, topic, len);
-    zsock_send (xsub, "b", frame, len + 1);
-}
-
-static void
-s_push_publish (zsock_t *push, const char *topic, const char *text)
-{
-    zframe_t *key = zframe_new (topic, strlen (topic) + 1);
-    zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) text, strlen (text), 0, 0);
-    zsock_send (push, "ff", key, env);
-    zframe_destroy (&key);
-    zframe_destroy (&env);
-}
-
 void
 wsr_bridge_test (bool verbose)
 {
     (void) verbose;
-    char down [256], up [256];
-    assert (wsr_bridge_endpoints ("tcp://10.0.0.1:7000", down, up, sizeof down) == 0);
-    assert (streq (down, "tcp://10.0.0.1:7000") && streq (up, "tcp://10.0.0.1:7001"));
-    assert (wsr_bridge_endpoints ("inproc://b", down, up, sizeof down) == 0);
-    assert (streq (up, "inproc://b-up"));
-    assert (wsr_bridge_endpoints ("tcp://host", down, up, sizeof down) == -1);
-    assert (wsr_bridge_endpoints ("tcp://host:65535", down, up, sizeof down) == -1);
-    assert (wsr_bridge_endpoints ("ipc://x", down, up, sizeof down) == -1);
-
     wsr_metrics_t *metrics = wsr_metrics_new ();
-    //  No backplane: publishes fan out through the bridge, heartbeats flow
     wsr_bridge_opts_t opts;
     wsr_bridge_opts_defaults (&opts);
+
+    //  No backplane: publishes fan out through the bridge to the peers that
+    //  want them, heartbeats flow, a client message reaches observers
     opts.endpoint = "inproc://wsr-bridge-test";
+    opts.upstream_endpoint = "inproc://wsr-bridge-test-observer";
+    opts.max_topics = 4;                //  subscriptions per node, over its peers
+    opts.peer_hwm = 100;
     wsr_bridge_t *bridge = wsr_bridge_new (&opts, metrics);
     assert (bridge);
-    zsock_t *xsub = zsock_new (ZMQ_XSUB);
-    zsock_connect (xsub, "inproc://wsr-bridge-test");
-    zsock_t *push = zsock_new_push ("inproc://wsr-bridge-test-up");
-    s_subscribe (xsub, "$hb", true);
-    s_subscribe (xsub, "user:u1", true);
-    zmsg_t *msg = s_recv_topic (xsub, "$hb", 2000);
-    assert (msg);
-    int redis = 9, nats = 9;
-    zframe_t *beat = zmsg_last (msg);
-    assert (wsr_envelope_decode_heartbeat (zframe_data (beat), zframe_size (beat),
-                                           &redis, &nats) == 0);
-    assert (redis == -1 && nats == -1);
-    zmsg_destroy (&msg);
-    s_push_publish (push, "user:u10", "not-mine");
-    s_push_publish (push, "user:u1", "mine");
-    msg = s_recv_topic (xsub, "user:u1", 2000);
-    assert (msg);
-    wsr_envelope_t env;
-    zframe_t *body = zmsg_last (msg);
-    assert (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0);
-    assert (env.size == 4 && memcmp (env.data, "mine", 4) == 0);
-    zmsg_destroy (&msg);
-    zsock_destroy (&xsub);
-    zsock_destroy (&push);
+    zsock_t *observer = zsock_new_sub (opts.upstream_endpoint, "up:");
+    wsr_link_t *w0 = s_link (opts.endpoint, WSR_ROLE_WORKER, 0, NULL, NULL);
+    wsr_link_t *w1 = s_link (opts.endpoint, WSR_ROLE_WORKER, 1, NULL, NULL);
+    wsr_link_t *router = s_link (opts.endpoint, WSR_ROLE_ROUTER, 0, NULL, NULL);
+    wsr_link_subscribe (w0, "user:u1", 8, true);
+    wsr_link_subscribe (w0, "channel:c", 10, true);
+    wsr_link_subscribe (w1, "channel:c", 10, true);
+    wsr_link_flush (w0);
+    wsr_link_flush (w1);
+    s_wait_topics (bridge, 2);
+    s_link_publish (router, "user:u10", "not-for-u1");
+    s_link_publish (router, "user:u1", "for-u1");
+    s_link_publish (router, "channel:c", "for-c");
+    s_expect_delivery (w0, "user:u1", "for-u1");
+    s_expect_delivery (w0, "channel:c", "for-c");
+    s_expect_delivery (w1, "channel:c", "for-c");
+    wsr_link_msg_t msg;
+    assert (s_link_wait (w1, &msg, WSR_LINK_DELIVER, 200) == -1);  //  only one for w1
+    int redis = 0, nats = 0;
+    assert (s_link_wait (router, &msg, WSR_LINK_REPLY, 100) == -1);    //  takes the HBs
+    assert (wsr_link_bridge_up (router, &redis, &nats) && redis == -1 && nats == -1);
+    //  A client message goes to observers as [up:u1][envelope]
+    zmsg_t *seen = NULL;
+    zpoller_t *poller = zpoller_new (observer, NULL);
+    for (int i = 0; i < 100 && !seen; i++) {
+        zframe_t *up = wsr_envelope_encode_up ("u1", 5, "tnode", 0, WSR_KIND_TEXT,
+                                               (const uint8_t *) "hi", 2);
+        assert (wsr_link_send_up (w0, &up) == 0);
+        if (zpoller_wait (poller, 20))
+            seen = zmsg_recv (observer);
+    }
+    zpoller_destroy (&poller);
+    assert (seen && zmsg_size (seen) == 2 && zframe_size (zmsg_first (seen)) == 6
+            && !memcmp (zframe_data (zmsg_first (seen)), "up:u1", 6));
+    zmsg_destroy (&seen);
+
+    //  Hostile or broken peers: wildcards, junk and foreign prefixes are
+    //  refused and counted, nothing is kept; the node's topic cap holds
+    zsock_t *raw = zsock_new_dealer (opts.endpoint);
+    s_raw_send (raw, WSR_PROTO_PING, NULL, 0);
+    zmsg_t *reply = s_raw_expect (raw, WSR_PROTO_RESYNC, 2000);      //  unknown: resync
+    assert (reply);
+    zmsg_destroy (&reply);
+    const char *bad [] = { "user:>", "user:*", "channel:a.*", "sess:n:1", "", "user:",
+                           "up:u1", "user:a b" };
+    int64_t invalid = wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID);
+    for (size_t i = 0; i < sizeof bad / sizeof bad [0]; i++) {
+        s_raw_send (raw, WSR_PROTO_SUB, bad [i], strlen (bad [i]) + 1);
+        reply = s_raw_expect (raw, WSR_PROTO_REFUSED, 2000);
+        assert (reply && zmsg_size (reply) == 3);
+        zmsg_destroy (&reply);
+    }
+    s_raw_send (raw, WSR_PROTO_SUB, "user:x", 6);       //  no NUL
+    reply = s_raw_expect (raw, WSR_PROTO_REFUSED, 2000);
+    assert (reply);
+    zmsg_destroy (&reply);
+    assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID) == invalid + 9);
+    s_wait_topics (bridge, 2);
+    //  A node's subscriptions are capped (4 here; tnode holds 3 across w0 and w1)
+    wsr_link_subscribe (w1, "user:u2", 8, true);
+    wsr_link_subscribe (w1, "user:u3", 8, true);
+    wsr_link_flush (w1);
+    assert (s_link_wait (w1, &msg, WSR_LINK_REFUSED, 2000) == 0);
+    assert (!memcmp (zframe_data (msg.topic), "user:u3", 8));
+    wsr_link_msg_reset (&msg);
+    s_wait_topics (bridge, 3);
+    assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_SUB_REFUSED) >= 10);
+    //  An undecodable publish is dropped and counted
+    invalid = wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID);
+    zmsg_t *junk = zmsg_new ();
+    zmsg_addstr (junk, WSR_PROTO_PUB);
+    zmsg_addmem (junk, "user:u1", 8);
+    zmsg_addstr (junk, "not msgpack");
+    assert (zmsg_send (&junk, raw) == 0);
+    for (int i = 0; i < 200 && wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID) == invalid; i++)
+        zclock_sleep (5);
+    assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID) == invalid + 1);
+
+    //  A peer that stops reading loses its own messages, counted; the others
+    //  lose nothing and are not held up
+    zsock_t *stalled = zsock_new (ZMQ_DEALER);
+    zsock_set_rcvhwm (stalled, 10);
+    assert (zsock_connect (stalled, "%s", opts.endpoint) == 0);
+    s_raw_send (stalled, WSR_PROTO_SUB, "channel:c", 10);
+    s_wait_topics (bridge, 3);
+    size_t peers = 0, topics = 0;
+    for (int i = 0; i < 400 && peers < 5; i++) {
+        wsr_bridge_peers (bridge, &peers, &topics);
+        zclock_sleep (5);
+    }
+    assert (peers == 5);
+    int64_t drops = wsr_metrics_get (metrics, WSR_M_BRIDGE_DELIVER_DROPS);
+    for (int i = 0; i < 1000; i++) {
+        char text [16];
+        snprintf (text, sizeof text, "m%d", i);
+        s_link_publish (router, "channel:c", text);
+        if (i % 50 == 49)
+            for (int j = i - 49; j <= i; j++) {
+                snprintf (text, sizeof text, "m%d", j);
+                s_expect_delivery (w0, "channel:c", text);
+                s_expect_delivery (w1, "channel:c", text);
+            }
+    }
+    assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_DELIVER_DROPS) - drops > 500);
+    zsock_destroy (&stalled);
+
+    //  BYE: the peer's topics go at once (u1 was w0's alone)
+    wsr_link_destroy (&w0);
+    s_wait_topics (bridge, 2);
+    wsr_link_destroy (&w1);
+    wsr_link_destroy (&router);
+    zsock_destroy (&raw);
+    zsock_destroy (&observer);
     wsr_bridge_destroy (&bridge);
+    opts.upstream_endpoint = NULL;
+    opts.max_topics = WSR_DEFAULT_BRIDGE_MAX_TOPICS;
+    opts.peer_hwm = 0;
+
+    //  Plaintext on a non-loopback address is refused unless asked for
+    opts.endpoint = "tcp://0.0.0.0:*";
+    assert (wsr_bridge_new (&opts, metrics) == NULL);
+    opts.insecure_plaintext = true;
+    bridge = wsr_bridge_new (&opts, metrics);
+    assert (bridge);
+    wsr_bridge_destroy (&bridge);
+    opts.insecure_plaintext = false;
+
+    //  CURVE: a node whose certificate is in the clients directory gets in;
+    //  one with another key, and a plaintext one, get nothing (no heartbeat,
+    //  no delivery, no subscription kept) and are counted; after a reload
+    //  the second key gets in
+    char dir [] = "/tmp/wsr-bridge-test-XXXXXX";
+    assert (mkdtemp (dir));
+    char path [3 * PATH_MAX], good [PATH_MAX], other [PATH_MAX], server [PATH_MAX],
+         clients [PATH_MAX], cert [PATH_MAX];
+    snprintf (server, sizeof server, "%s/bridge", dir);
+    snprintf (cert, sizeof cert, "%s/bridge_secret", dir);
+    snprintf (clients, sizeof clients, "%s/clients", dir);
+    snprintf (good, sizeof good, "%s/clients/good", dir);
+    snprintf (other, sizeof other, "%s/other", dir);
+    assert (mkdir (clients, 0700) == 0);
+    assert (wsr_curve_keygen (server) == 0 && wsr_curve_keygen (good) == 0
+         && wsr_curve_keygen (other) == 0);
+    char good_secret [PATH_MAX + 8], other_secret [PATH_MAX + 8];
+    snprintf (good_secret, sizeof good_secret, "%s_secret", good);
+    snprintf (other_secret, sizeof other_secret, "%s_secret", other);
+    int port = wsr_util_free_port ();
+    char endpoint [64];
+    snprintf (endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
+    opts.endpoint = endpoint;
+    opts.cert = cert;
+    opts.clients = clients;
+    bridge = wsr_bridge_new (&opts, metrics);
+    assert (bridge);
+    int64_t denied = wsr_metrics_get (metrics, WSR_M_BRIDGE_PEERS_DENIED);
+    wsr_link_t *keyed = s_link (endpoint, WSR_ROLE_WORKER, 0, good_secret, server);
+    wsr_link_t *stranger = s_link (endpoint, WSR_ROLE_WORKER, 1, other_secret, server);
+    wsr_link_t *plain = s_link (endpoint, WSR_ROLE_ROUTER, 0, NULL, NULL);
+    wsr_link_subscribe (keyed, "user:k", 7, true);
+    wsr_link_subscribe (stranger, "user:s", 7, true);
+    wsr_link_subscribe (plain, "user:p", 7, true);
+    wsr_link_flush (keyed);
+    wsr_link_flush (stranger);
+    wsr_link_flush (plain);
+    s_wait_topics (bridge, 1);
+    wsr_link_t *keyed_router = s_link (endpoint, WSR_ROLE_ROUTER, 0, good_secret, server);
+    for (int i = 0; i < 400 && !wsr_link_bridge_up (keyed_router, NULL, NULL); i++)
+        assert (s_link_wait (keyed_router, &msg, WSR_LINK_REPLY, 10) == -1);
+    s_link_publish (keyed_router, "user:k", "secret-k");
+    s_link_publish (keyed_router, "user:s", "secret-s");
+    s_link_publish (keyed_router, "user:p", "secret-p");
+    s_expect_delivery (keyed, "user:k", "secret-k");
+    assert (s_link_wait (stranger, &msg, WSR_LINK_DELIVER, 300) == -1);
+    assert (s_link_wait (plain, &msg, WSR_LINK_DELIVER, 300) == -1);
+    assert (!wsr_link_bridge_up (stranger, NULL, NULL) && !wsr_link_bridge_up (plain, NULL, NULL));
+    wsr_bridge_peers (bridge, &peers, &topics);
+    assert (peers == 2 && topics == 1);
+    assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_PEERS_DENIED) >= denied + 2);
+    //  Reload with the other key added: it gets in (ZeroMQ retries by itself)
+    snprintf (path, sizeof path, "cp '%s' '%s/'", other, clients);
+    assert (system (path) == 0);
+    assert (wsr_bridge_reload (bridge) == 2);
+    //  (a refused link stays refused until it connects afresh: at most
+    //  WSR_PROTO_RECONNECT_MS without heartbeats)
+    for (int i = 0; i < 1000 && !wsr_link_bridge_up (stranger, NULL, NULL); i++)
+        assert (s_link_wait (stranger, &msg, WSR_LINK_REPLY, 10) == -1);
+    assert (wsr_link_bridge_up (stranger, NULL, NULL));
+    wsr_link_destroy (&keyed);
+    wsr_link_destroy (&stranger);
+    wsr_link_destroy (&plain);
+    wsr_link_destroy (&keyed_router);
+    wsr_bridge_destroy (&bridge);
+    snprintf (path, sizeof path, "rm -rf '%s'", dir);
+    assert (system (path) == 0);
+    opts.cert = opts.clients = NULL;
 
     //  Redis configured but down: a client message is dropped, counted, and
-    //  its session gets an error through the node's reply prefix
+    //  its session gets an error as a REPLY
     opts.endpoint = "inproc://wsr-bridge-test3";
     opts.redis_url = "redis://127.0.0.1:1";
     bridge = wsr_bridge_new (&opts, metrics);
     assert (bridge);
-    xsub = zsock_new (ZMQ_XSUB);
-    zsock_connect (xsub, "inproc://wsr-bridge-test3");
-    push = zsock_new_push ("inproc://wsr-bridge-test3-up");
-    uint8_t prefix [] = "\x01sess:n1:";
-    zsock_send (xsub, "b", prefix, sizeof prefix - 1);
+    w0 = s_link (opts.endpoint, WSR_ROLE_WORKER, 0, NULL, NULL);
     int64_t lost_before = wsr_metrics_get (metrics, WSR_M_BRIDGE_UPSTREAM_LOST);
-    msg = NULL;
-    for (int i = 0; i < 40 && !msg; i++) {
-        zframe_t *key = zframe_new ("up:u1", 6);
-        zframe_t *up_env = wsr_envelope_encode_up ("u1", 5, "n1", 0, WSR_KIND_TEXT,
-                                                   (const uint8_t *) "hi", 2);
-        zsock_send (push, "ff", key, up_env);
-        zframe_destroy (&key);
-        zframe_destroy (&up_env);
-        msg = s_recv_topic (xsub, "sess:n1:5", 100);
-    }
-    assert (msg);
-    body = zmsg_last (msg);
-    assert (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0);
+    zframe_t *up = wsr_envelope_encode_up ("u1", 5, "tnode", 0, WSR_KIND_TEXT,
+                                           (const uint8_t *) "hi", 2);
+    assert (wsr_link_send_up (w0, &up) == 0);
+    assert (s_link_wait (w0, &msg, WSR_LINK_REPLY, 2000) == 0 && msg.session == 5);
+    wsr_envelope_t env;
+    assert (wsr_envelope_decode (zframe_data (msg.body), zframe_size (msg.body), &env) == 0);
     assert (env.size == strlen (WSR_ERROR_BACKPLANE_DOWN)
          && memcmp (env.data, WSR_ERROR_BACKPLANE_DOWN, env.size) == 0);
-    zmsg_destroy (&msg);
+    wsr_link_msg_reset (&msg);
     assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_UPSTREAM_LOST) > lost_before);
-    zsock_destroy (&xsub);
-    zsock_destroy (&push);
+    wsr_link_destroy (&w0);
     wsr_bridge_destroy (&bridge);
     opts.redis_url = NULL;
 
@@ -792,10 +1289,9 @@ wsr_bridge_test (bool verbose)
         wsr_metrics_destroy (&metrics);
         return;
     }
-    //  With Redis: subscriptions from the node become SUBSCRIBEs; a message
-    //  published on ws:u1 reaches the node; a client message lands on
-    //  ws:actions:u1
-    int port = wsr_util_free_port ();
+    //  With Redis: a subscription becomes a SUBSCRIBE; an API publish goes
+    //  through Redis and comes back to the peer that wants it
+    port = wsr_util_free_port ();
     char port_text [16];
     snprintf (port_text, sizeof port_text, "%d", port);
     const char *argv [] = { "redis-server", "--port", port_text, "--bind", "127.0.0.1",
@@ -807,38 +1303,31 @@ wsr_bridge_test (bool verbose)
     opts.redis_url = url;
     bridge = wsr_bridge_new (&opts, metrics);
     assert (bridge);
-    xsub = zsock_new (ZMQ_XSUB);
-    zsock_connect (xsub, "inproc://wsr-bridge-test2");
-    push = zsock_new_push ("inproc://wsr-bridge-test2-up");
-    s_subscribe (xsub, "$hb", true);
-    s_subscribe (xsub, "user:u1", true);
-    //  Wait for a heartbeat that says Redis is up
+    w0 = s_link (opts.endpoint, WSR_ROLE_WORKER, 0, NULL, NULL);
+    router = s_link (opts.endpoint, WSR_ROLE_ROUTER, 0, NULL, NULL);
+    wsr_link_subscribe (w0, "user:u1", 8, true);
+    wsr_link_flush (w0);
     redis = 0;
-    for (int i = 0; i < 20 && redis != 1; i++) {
-        msg = s_recv_topic (xsub, "$hb", 1000);
-        if (msg) {
-            beat = zmsg_last (msg);
-            wsr_envelope_decode_heartbeat (zframe_data (beat), zframe_size (beat), &redis, &nats);
-            zmsg_destroy (&msg);
-        }
+    for (int i = 0; i < 400 && redis != 1; i++) {
+        assert (s_link_wait (router, &msg, WSR_LINK_REPLY, 10) == -1);
+        wsr_link_bridge_up (router, &redis, &nats);
     }
     assert (redis == 1 && nats == -1);
-    //  An API publish goes through Redis and comes back (retry until the
-    //  SUBSCRIBE is live)
-    msg = NULL;
-    for (int i = 0; i < 40 && !msg; i++) {
-        s_push_publish (push, "user:u1", "via-redis");
-        msg = s_recv_topic (xsub, "user:u1", 100);
+    bool got = false;
+    for (int i = 0; i < 40 && !got; i++) {
+        s_link_publish (router, "user:u1", "via-redis");
+        got = s_link_wait (w0, &msg, WSR_LINK_DELIVER, 100) == 0;
     }
-    assert (msg);
-    body = zmsg_last (msg);
-    assert (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0);
+    assert (got);
+    assert (wsr_envelope_decode (zframe_data (msg.body), zframe_size (msg.body), &env) == 0);
     assert (env.size == 9 && memcmp (env.data, "via-redis", 9) == 0);
-    zmsg_destroy (&msg);
+    wsr_link_msg_reset (&msg);
+    for (int i = 0; i < 200 && wsr_metrics_get (metrics, WSR_M_BRIDGE_TOPICS) != 1; i++)
+        zclock_sleep (5);
     assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_TOPICS) == 1);
     wsr_util_reap (pid);
-    zsock_destroy (&xsub);
-    zsock_destroy (&push);
+    wsr_link_destroy (&w0);
+    wsr_link_destroy (&router);
     wsr_bridge_destroy (&bridge);
     wsr_metrics_destroy (&metrics);
 }

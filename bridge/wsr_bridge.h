@@ -12,6 +12,12 @@ typedef struct _wsr_bridge_t wsr_bridge_t;
 //  Bridge settings (plain values; strings are copied by wsr_bridge_new).
 typedef struct {
     const char *endpoint;           //  tcp://HOST:PORT or inproc://NAME (nodes' side)
+    const char *upstream_endpoint;  //  PUB for client messages (observers) or NULL
+    const char *cert;               //  our secret certificate (CURVE) or NULL
+    const char *clients;            //  directory of allowed node certificates
+    bool insecure_plaintext;        //  allow plaintext on a non-loopback address
+    size_t max_topics;              //  topics per node
+    int peer_hwm;                   //  messages queued per peer (0 = WSR_HWM)
     const char *redis_url;          //  WEBSOCKET_REDIS_URL or NULL
     const char *nats_url;           //  NATS_URL or NULL
     bool firehose;                  //  one pattern subscription instead of per topic
@@ -33,19 +39,24 @@ typedef struct {
 void
     wsr_bridge_opts_defaults (wsr_bridge_opts_t *opts);
 
-//  Derive the nodes' two endpoints from one value: tcp://H:P gives down
-//  tcp://H:P (XPUB) and up tcp://H:P+1 (PULL); inproc://X gives inproc://X and
-//  inproc://X-up. Returns 0, or -1 if the value is not such an endpoint.
-int
-    wsr_bridge_endpoints (const char *endpoint, char *down, char *up, size_t size);
-
-//  Start a bridge; binds both node endpoints. Returns NULL on failure.
+//  Start a bridge; binds the nodes' endpoint (and the upstream one). Returns
+//  NULL on failure (logged): a bind that fails, plaintext on a non-loopback
+//  address without insecure_plaintext, certificates that do not load.
 wsr_bridge_t *
     wsr_bridge_new (const wsr_bridge_opts_t *opts, wsr_metrics_t *metrics);
 
 //  Stop the bridge and free it.
 void
     wsr_bridge_destroy (wsr_bridge_t **self_p);
+
+//  Read the clients directory again (SIGHUP). Returns the number of
+//  certificates allowed, 0 without CURVE, or -1 if it cannot be read.
+int
+    wsr_bridge_reload (wsr_bridge_t *self);
+
+//  Peers connected and topics they hold (for tests and operations).
+void
+    wsr_bridge_peers (wsr_bridge_t *self, size_t *peers, size_t *topics);
 
 //  Self test
 void

@@ -1,8 +1,9 @@
-//  wsr_node — one wsrouter node: metrics, router, session workers, auth, listener
+//  wsr_node — one wsrouter node: metrics, bridge, router, session workers, auth, listener
 //
-//  Starts the actors in dependency order (router binds what workers connect
-//  to; workers bind what auth connects to; the listener comes last so no
-//  client arrives before the node can serve it) and stops them in reverse.
+//  Starts the actors in dependency order (the in-process bridge, unless the
+//  node uses a bridge process; the router; workers, which link to the bridge
+//  and bind what auth connects to; the listener last so no client arrives
+//  before the node can serve it) and stops them in reverse.
 //  Owns the shared metrics, which outlive every actor.
 
 #include "wsr_classes.h"
@@ -66,22 +67,35 @@ wsr_node_new (const wsr_node_opts_t *opts)
     }
     wsr_node_t *self = (wsr_node_t *) zmalloc (sizeof (wsr_node_t));
     self->metrics = wsr_metrics_new ();
+    //  A bridge always: in-process (inproc) unless the node uses a bridge
+    //  process; without Redis or NATS the in-process one is the fan-out point
     const char *bridge = opts->bridge;
     char local [128];
-    const wsr_bridge_opts_t *bp = &opts->backplane;
-    if (!bridge && (bp->redis_url || bp->nats_url || bp->upstream_url)) {
-        //  Same bridge actor as `wsrouter bridge`, reached over inproc
-        snprintf (local, sizeof local, "inproc://wsr-bridge-%s", opts->name);
-        wsr_bridge_opts_t bridge_opts = *bp;
+    if (bridge) {
+        if (opts->upstream) {
+            zsys_error ("node: --upstream-endpoint belongs to the bridge process when "
+                        "--bridge is used");
+            goto failed;
+        }
+        if (wsr_curve_check ("node", bridge, opts->cert || opts->bridge_key,
+                             opts->insecure_plaintext))
+            goto failed;
+    }
+    else {
+        snprintf (local, sizeof local, WSR_EP_BRIDGE, opts->name);
+        wsr_bridge_opts_t bridge_opts = opts->backplane;
         bridge_opts.endpoint = local;
+        bridge_opts.upstream_endpoint = opts->upstream;
         bridge_opts.max_message = opts->max_message;
+        bridge_opts.insecure_plaintext = opts->insecure_plaintext;
         self->bridge = wsr_bridge_new (&bridge_opts, self->metrics);
         if (!self->bridge)
             goto failed;
         bridge = local;
     }
-    self->router = wsr_router_new (opts->name, opts->upstream, bridge, opts->workers,
-                                   self->metrics);
+    const char *cert = opts->bridge? opts->cert: NULL;
+    const char *bridge_key = opts->bridge? opts->bridge_key: NULL;
+    self->router = wsr_router_new (opts->name, bridge, cert, bridge_key, self->metrics);
     if (!self->router)
         goto failed;
     wsr_session_opts_t session_opts = {
@@ -89,7 +103,9 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .max_sessions = opts->max_connections,
         .close_timeout_ms = WSR_CLOSE_TIMEOUT_MS,
         .ping_interval_ms = opts->ping_interval_ms, .ping_timeout_ms = opts->ping_timeout_ms,
-        .rate_messages = opts->rate_messages, .rate_bytes = opts->rate_bytes
+        .rate_messages = opts->rate_messages, .rate_bytes = opts->rate_bytes,
+        .write_delay_ms = opts->write_delay_ms,
+        .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key
     };
     self->ipcount = wsr_ipcount_new (opts->max_per_ip);
     for (int i = 0; i < opts->workers; i++) {

@@ -1,4 +1,4 @@
-//  wsr_node — one wsrouter node: metrics, router, session workers, auth, listener
+//  wsr_node — one wsrouter node: metrics, bridge, router, session workers, auth, listener
 
 #ifndef WSR_NODE_H_INCLUDED
 #define WSR_NODE_H_INCLUDED
@@ -32,10 +32,13 @@ typedef struct {
     size_t rate_bytes;              //  WEBSOCKET_RATE_BYTES per session per s
     size_t handshake_rate;          //  WEBSOCKET_HANDSHAKE_RATE per s per node (0 = off)
     int handshake_timeout_ms;       //  WEBSOCKET_HANDSHAKE_TIMEOUT
+    int write_delay_ms;             //  WEBSOCKET_WRITE_DELAY (0 = off)
     const char *allowed_origins;    //  WEBSOCKET_ALLOWED_ORIGINS, comma list, NULL = any
     const char *bridge;             //  remote bridge endpoint (tcp://H:P) or NULL
-    wsr_bridge_opts_t backplane;    //  in-process bridge, used when bridge is NULL
-                                    //  and a Redis / NATS / HTTP URL is set
+    const char *cert;               //  this node's secret certificate (CURVE) or NULL
+    const char *bridge_key;         //  the bridge's public certificate or NULL
+    bool insecure_plaintext;        //  allow a plaintext link to a non-loopback bridge
+    wsr_bridge_opts_t backplane;    //  the in-process bridge, used when bridge is NULL
 } wsr_node_opts_t;
 
 //  Fill opts with the defaults (port 8080, one worker per core, ...).

@@ -8,6 +8,7 @@
 #include "wsr_classes.h"
 #include <curl/curl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <jansson.h>
 #include <nats/nats.h>
 #include <signal.h>
@@ -94,6 +95,7 @@ s_wait_signal (void)
     sigemptyset (&signals);
     sigaddset (&signals, SIGINT);
     sigaddset (&signals, SIGTERM);
+    sigaddset (&signals, SIGHUP);
     int sig = 0;
     while (sig <= 0) {
         struct timespec wait = { 1, 0 };
@@ -109,6 +111,7 @@ s_block_signals (void)
     sigemptyset (&signals);
     sigaddset (&signals, SIGINT);
     sigaddset (&signals, SIGTERM);
+    sigaddset (&signals, SIGHUP);
     pthread_sigmask (SIG_BLOCK, &signals, NULL);        //  inherited by every actor
     signal (SIGPIPE, SIG_IGN);
 }
@@ -196,6 +199,8 @@ s_serve_usage (void)
 "  --ping-interval T     ping a silent session after T [WEBSOCKET_PING_INTERVAL, 25s; 0 off]\n"
 "  --ping-timeout T      close it if still silent T later [WEBSOCKET_PING_TIMEOUT, 10s]\n"
 "  --handshake-timeout T request must arrive within T [WEBSOCKET_HANDSHAKE_TIMEOUT, 10s]\n"
+"  --write-delay T       hold deliveries up to T so a session's messages leave in one\n"
+"                        write [WEBSOCKET_WRITE_DELAY, 0 = off; e.g. 5ms]\n"
 "  --max-per-ip N        connections per client address [WEBSOCKET_MAX_PER_IP, 10000; 0 off]\n"
 "  --rate-messages N     inbound frames per session per second [WEBSOCKET_RATE_MESSAGES, 100]\n"
 "  --rate-bytes N        inbound bytes per session per second [WEBSOCKET_RATE_BYTES, 1M]\n"
@@ -204,7 +209,12 @@ s_serve_usage (void)
 "  (T: seconds, or with a unit: 500ms, 25s, 2m; N: a count, K/M/G suffixes allowed)\n"
 "  --node-id ID          node id in envelopes [WEBSOCKET_NODE_ID, host-pid]\n"
 "  --reuseport           share the port with other nodes (SO_REUSEPORT)\n"
-"  --bridge tcp://H:P    use a bridge process (also H:P+1) [WEBSOCKET_BRIDGE]\n"
+"  --bridge tcp://H:P    use a bridge process [WEBSOCKET_BRIDGE]\n"
+"  --cert FILE           this node's secret certificate for a CURVE link to the\n"
+"                        bridge [WEBSOCKET_NODE_CERT]\n"
+"  --bridge-key FILE     the bridge's public certificate [WEBSOCKET_BRIDGE_SERVER_KEY]\n"
+"  --insecure-plaintext  allow a plaintext link to a bridge that is not on a\n"
+"                        loopback address [WEBSOCKET_INSECURE_PLAINTEXT=1]\n"
 "  --dev                 development mode: random secret and API key, printed\n"
 "  --verbose             debug logging\n"
 "\nbackplane (in-process bridge; without any, the embedded one):\n"
@@ -245,9 +255,9 @@ s_serve (int argc, char *argv [])
     const char *drain = s_env ("WEBSOCKET_DRAIN_TIMEOUT", "5");
     const char *durations [][3] = {             //  env, value, flag index below
         { "WEBSOCKET_PING_INTERVAL", NULL, NULL }, { "WEBSOCKET_PING_TIMEOUT", NULL, NULL },
-        { "WEBSOCKET_HANDSHAKE_TIMEOUT", NULL, NULL }
+        { "WEBSOCKET_HANDSHAKE_TIMEOUT", NULL, NULL }, { "WEBSOCKET_WRITE_DELAY", NULL, NULL }
     };
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         durations [i][1] = s_env (durations [i][0], NULL);
     const char *counts [][2] = {
         { "WEBSOCKET_MAX_PER_IP", NULL }, { "WEBSOCKET_RATE_MESSAGES", NULL },
@@ -258,6 +268,9 @@ s_serve (int argc, char *argv [])
     opts->allowed_origins = s_env ("WEBSOCKET_ALLOWED_ORIGINS", NULL);
     opts->reuseport = streq (s_env ("WEBSOCKET_REUSEPORT", "0"), "1");
     opts->bridge = s_env ("WEBSOCKET_BRIDGE", NULL);
+    opts->cert = s_env ("WEBSOCKET_NODE_CERT", NULL);
+    opts->bridge_key = s_env ("WEBSOCKET_BRIDGE_SERVER_KEY", NULL);
+    opts->insecure_plaintext = streq (s_env ("WEBSOCKET_INSECURE_PLAINTEXT", "0"), "1");
     s_backplane_env (&opts->backplane);
     bool verbose = false;
 
@@ -274,9 +287,12 @@ s_serve (int argc, char *argv [])
         { "node-id", required_argument, 0, 'n' }, { "reuseport", no_argument, 0, 'r' },
         { "dev", no_argument, 0, 'D' }, { "verbose", no_argument, 0, 'v' },
         { "bridge", required_argument, 0, 'B' }, S_BACKPLANE_OPTIONS,
+        { "cert", required_argument, 0, 1200 }, { "bridge-key", required_argument, 0, 1201 },
+        { "insecure-plaintext", no_argument, 0, 1202 },
         { "ping-interval", required_argument, 0, 1000 },
         { "ping-timeout", required_argument, 0, 1001 },
         { "handshake-timeout", required_argument, 0, 1002 },
+        { "write-delay", required_argument, 0, 1003 },
         { "max-per-ip", required_argument, 0, 1100 },
         { "rate-messages", required_argument, 0, 1101 },
         { "rate-bytes", required_argument, 0, 1102 },
@@ -288,7 +304,7 @@ s_serve (int argc, char *argv [])
     while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
         if (s_backplane_flag (&opts->backplane, c))
             continue;
-        if (c >= 1000 && c < 1003) {
+        if (c >= 1000 && c < 1004) {
             durations [c - 1000][1] = optarg;
             continue;
         }
@@ -297,6 +313,9 @@ s_serve (int argc, char *argv [])
             continue;
         }
         switch (c) {
+            case 1200: opts->cert = optarg; break;
+            case 1201: opts->bridge_key = optarg; break;
+            case 1202: opts->insecure_plaintext = true; break;
             case 'B': opts->bridge = optarg; break;
             case 'O': opts->allowed_origins = optarg; break;
             case 'p': port = optarg; break;
@@ -358,13 +377,15 @@ s_serve (int argc, char *argv [])
         fprintf (stderr, "wsrouter: bad drain timeout '%s'\n", drain);
         return 2;
     }
-    int *duration_fields [3] = {
-        &opts->ping_interval_ms, &opts->ping_timeout_ms, &opts->handshake_timeout_ms
+    int *duration_fields [4] = {
+        &opts->ping_interval_ms, &opts->ping_timeout_ms, &opts->handshake_timeout_ms,
+        &opts->write_delay_ms
     };
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (durations [i][1]) {
             long long ms = s_parse_duration (durations [i][1]);
-            if (ms < 0 || ms > INT32_MAX || (i > 0 && ms == 0)) {
+            //  0 turns pings and the write delay off; the timeouts need a value
+            if (ms < 0 || ms > INT32_MAX || ((i == 1 || i == 2) && ms == 0)) {
                 fprintf (stderr, "wsrouter: bad %s '%s'\n", durations [i][0], durations [i][1]);
                 return 2;
             }
@@ -464,7 +485,9 @@ s_serve (int argc, char *argv [])
     }
     fflush (stdout);
 
-    int sig = s_wait_signal ();
+    int sig;
+    while ((sig = s_wait_signal ()) == SIGHUP)
+        ;                               //  nothing to reload in a node yet
     zsys_info ("wsrouter: %s received, draining", sig == SIGTERM? "SIGTERM": "SIGINT");
     int64_t left = wsr_node_drain (node, serve.drain_ms);
     if (left)
@@ -487,12 +510,23 @@ s_bridge (int argc, char *argv [])
     wsr_bridge_opts_defaults (&opts);
     opts.endpoint = s_env ("WEBSOCKET_BRIDGE_ENDPOINT", "tcp://0.0.0.0:7000");
     opts.readiness = true;
+    opts.upstream_endpoint = s_env ("WEBSOCKET_UPSTREAM_ENDPOINT", NULL);
+    opts.cert = s_env ("WEBSOCKET_BRIDGE_CERT", NULL);
+    opts.clients = s_env ("WEBSOCKET_BRIDGE_CLIENTS", NULL);
+    opts.insecure_plaintext = streq (s_env ("WEBSOCKET_INSECURE_PLAINTEXT", "0"), "1");
+    const char *max_topics = s_env ("WEBSOCKET_BRIDGE_MAX_TOPICS", NULL);
+    const char *peer_queue = s_env ("WEBSOCKET_BRIDGE_PEER_QUEUE", NULL);
     s_backplane_env (&opts);
     const char *http_port = s_env ("WEBSOCKET_BRIDGE_HTTP_PORT", NULL);
     const char *http_bind = s_env ("WEBSOCKET_BRIDGE_HTTP_BIND", "0.0.0.0");
     static struct option options [] = {
         { "endpoint", required_argument, 0, 'e' }, { "http-port", required_argument, 0, 'p' },
         { "http-bind", required_argument, 0, 'b' }, { "verbose", no_argument, 0, 'v' },
+        { "cert", required_argument, 0, 'c' }, { "clients", required_argument, 0, 'C' },
+        { "insecure-plaintext", no_argument, 0, 'I' },
+        { "upstream-endpoint", required_argument, 0, 'u' },
+        { "max-topics", required_argument, 0, 'T' },
+        { "peer-queue", required_argument, 0, 'Q' },
         S_BACKPLANE_OPTIONS, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     int c;
@@ -501,15 +535,35 @@ s_bridge (int argc, char *argv [])
             continue;
         switch (c) {
             case 'e': opts.endpoint = optarg; break;
+            case 'c': opts.cert = optarg; break;
+            case 'C': opts.clients = optarg; break;
+            case 'I': opts.insecure_plaintext = true; break;
+            case 'u': opts.upstream_endpoint = optarg; break;
+            case 'T': max_topics = optarg; break;
+            case 'Q': peer_queue = optarg; break;
             case 'p': http_port = optarg; break;
             case 'b': http_bind = optarg; break;
             case 'v': wsr_verbose = true; break;
             case 'h':
                 printf ("usage: wsrouter bridge [--endpoint tcp://HOST:PORT] [options]\n\n"
                         "Runs the backplane bridge as its own process. Nodes connect with\n"
-                        "`wsrouter serve --bridge tcp://HOST:PORT`; the bridge binds PORT\n"
-                        "(downstream, ZeroMQ XPUB) and PORT+1 (upstream, PULL).\n\n"
+                        "`wsrouter serve --bridge tcp://HOST:PORT` (ZeroMQ ROUTER on PORT).\n"
+                        "A non-loopback endpoint needs CURVE certificates (or\n"
+                        "--insecure-plaintext); SIGHUP re-reads the clients directory.\n\n"
                         "  --endpoint E          [WEBSOCKET_BRIDGE_ENDPOINT, tcp://0.0.0.0:7000]\n"
+                        "  --cert FILE           the bridge's secret certificate\n"
+                        "                        [WEBSOCKET_BRIDGE_CERT]\n"
+                        "  --clients DIR         public certificates of the nodes allowed in\n"
+                        "                        [WEBSOCKET_BRIDGE_CLIENTS]\n"
+                        "  --insecure-plaintext  allow plaintext on a non-loopback address\n"
+                        "                        [WEBSOCKET_INSECURE_PLAINTEXT=1]\n"
+                        "  --upstream-endpoint E ZeroMQ PUB for client messages (observers)\n"
+                        "                        [WEBSOCKET_UPSTREAM_ENDPOINT]\n"
+                        "  --max-topics N        subscriptions one node may hold\n"
+                        "                        [WEBSOCKET_BRIDGE_MAX_TOPICS, 4M]\n"
+                        "  --peer-queue N        messages queued for one node actor before\n"
+                        "                        they are dropped for it (a stalled node)\n"
+                        "                        [WEBSOCKET_BRIDGE_PEER_QUEUE, 100K]\n"
                         "  --http-port P         /healthz, /readyz, /metrics on this port\n"
                         "                        [WEBSOCKET_BRIDGE_HTTP_PORT, off]\n"
                         "  --http-bind ADDR      [WEBSOCKET_BRIDGE_HTTP_BIND, 0.0.0.0]\n"
@@ -519,11 +573,26 @@ s_bridge (int argc, char *argv [])
             default: return 2;
         }
     }
-    char down [256], up [256];
-    if (wsr_bridge_endpoints (opts.endpoint, down, up, sizeof down)) {
+    if (strncmp (opts.endpoint, "tcp://", 6)) {
         fprintf (stderr, "wsrouter bridge: bad endpoint '%s' (want tcp://HOST:PORT)\n",
                  opts.endpoint);
         return 2;
+    }
+    if (max_topics) {
+        long long n = s_parse_size (max_topics);
+        if (n < 1) {
+            fprintf (stderr, "wsrouter bridge: bad max topics '%s'\n", max_topics);
+            return 2;
+        }
+        opts.max_topics = (size_t) n;
+    }
+    if (peer_queue) {
+        long long n = s_parse_size (peer_queue);
+        if (n < 1 || n > INT32_MAX) {
+            fprintf (stderr, "wsrouter bridge: bad peer queue '%s'\n", peer_queue);
+            return 2;
+        }
+        opts.peer_hwm = (int) n;
     }
     wsr_util_raise_nofile ();
     s_block_signals ();
@@ -553,10 +622,14 @@ s_bridge (int argc, char *argv [])
     if (listener)
         snprintf (status, sizeof status, "; status on http://%s:%d/", http_bind,
                   wsr_listener_port (listener));
-    printf ("wsrouter: bridge listening on %s (downstream) and %s (upstream)%s\n",
-            down, up, status);
+    printf ("wsrouter: bridge listening on %s (%s)%s\n", opts.endpoint,
+            opts.cert? "CURVE": "plaintext", status);
     fflush (stdout);
-    int sig = s_wait_signal ();
+    int sig;
+    while ((sig = s_wait_signal ()) == SIGHUP) {
+        int keys = wsr_bridge_reload (bridge);
+        zsys_info ("wsrouter bridge: SIGHUP: %d node certificates allowed", keys);
+    }
     zsys_info ("wsrouter bridge: %s received, stopping", sig == SIGTERM? "SIGTERM": "SIGINT");
     wsr_listener_destroy (&listener);
     wsr_bridge_destroy (&bridge);
@@ -639,8 +712,38 @@ s_token (int argc, char *argv [])
 //  keygen: an Ed25519 key pair for JWT_ALGORITHM=EdDSA
 
 static int
-s_keygen (void)
+s_keygen (int argc, char *argv [])
 {
+    const char *out = NULL;
+    bool curve = false;
+    static struct option options [] = {
+        { "curve", no_argument, 0, 'c' }, { "out", required_argument, 0, 'o' },
+        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    int c;
+    while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        switch (c) {
+            case 'c': curve = true; break;
+            case 'o': out = optarg; break;
+            case 'h':
+                printf ("usage: wsrouter keygen                  Ed25519 pair for EdDSA tokens\n"
+                        "       wsrouter keygen --curve --out PATH\n"
+                        "            CURVE certificate pair for node <-> bridge links: PATH\n"
+                        "            (public: give it to the other side) and PATH_secret\n");
+                return 0;
+            default: return 2;
+        }
+    }
+    if (curve) {
+        if (!out) {
+            fprintf (stderr, "wsrouter keygen: --curve needs --out PATH\n");
+            return 2;
+        }
+        if (wsr_curve_keygen (out))
+            return 1;
+        printf ("wrote %s (public) and %s_secret (secret, mode 0600)\n", out, out);
+        return 0;
+    }
     uint8_t pk [crypto_sign_PUBLICKEYBYTES], sk [crypto_sign_SECRETKEYBYTES];
     crypto_sign_keypair (pk, sk);
     char pk64 [sodium_base64_ENCODED_LEN (sizeof pk, sodium_base64_VARIANT_ORIGINAL)];
@@ -781,6 +884,13 @@ main (int argc, char *argv [])
         return 1;
     }
     zsys_handler_set (NULL);            //  main takes signals itself
+    //  glibc gives each thread's arena back to the kernel (madvise) as soon
+    //  as 128 KiB are free at its top, and takes it again on the next burst:
+    //  under load that is a page fault storm and TLB shootdowns across cores.
+    //  Keep freed memory; a slow consumer's megabytes are still returned
+    //  explicitly (malloc_trim in the session worker).
+    mallopt (M_TRIM_THRESHOLD, WSR_MALLOC_TRIM_THRESHOLD);
+    mallopt (M_MMAP_THRESHOLD, WSR_MALLOC_MMAP_THRESHOLD);
     //  Before any thread: libcurl's global state (and OpenSSL's) belongs to main
     curl_global_init (CURL_GLOBAL_DEFAULT);
     zsys_set_logident ("wsrouter");
@@ -802,7 +912,7 @@ main (int argc, char *argv [])
     if (streq (command, "token"))
         return s_token (sub_argc, sub_argv);
     if (streq (command, "keygen"))
-        return s_keygen ();
+        return s_keygen (sub_argc, sub_argv);
     if (streq (command, "publish"))
         return s_publish (sub_argc, sub_argv);
     fprintf (stderr, "wsrouter: unknown command '%s'\n", command);

@@ -8,8 +8,8 @@ host's network:
 
     redis   10.213.0.11  redis-server :6379 (and the Redis publisher/subscriber)
     nats    10.213.0.12  nats-server  :4222 (and the NATS publisher/subscriber)
-    bridge  10.213.0.13  wsrouter bridge: XPUB :5570, PULL :5571, HTTP :9090
-    node-a  10.213.0.14  wsrouter serve --bridge tcp://10.213.0.13:5570 :8080
+    bridge  10.213.0.13  wsrouter bridge: ROUTER :5570 (CURVE), HTTP :9090
+    node-a  10.213.0.14  wsrouter serve --bridge tcp://10.213.0.13:5570 :8080 (CURVE)
     node-b  10.213.0.15  the same, node id node-b
     client  10.213.0.16  the WebSocket clients (python3-websockets) and HTTP probes
 
@@ -32,6 +32,11 @@ Cases (one line each):
      backplanes) resumes within 2 s of the bridge's ready line; upstream works
   5  node-a SIGKILLed: node-b's clients untouched, keep receiving everything
   6  over the whole run: no payload to the wrong session, no duplicate
+  7  ZeroMQ peers in the client namespace with no CURVE key, or a key not in
+     the bridge's clients directory, get nothing (no message, no Redis
+     subscription, no forged publish delivered); the bridge counts them
+  8  a bridge or a node asked for plaintext on a non-loopback address refuses
+     to start
 
 Payloads are "TARGET|SEQ|..." (TARGET u:USER or c:CHANNEL, SEQ unique per
 run) so each client can check what it receives.
@@ -290,6 +295,9 @@ def backplane_main(kind, host, port):
                 else:
                     nats_pub(host, port, req["subject"], data)
                     emit({"re": rid, "ok": True, "t": time.monotonic()})
+            elif op == "cmd" and kind == "redis":
+                v = redis_call(host, port, *req["args"])
+                emit({"re": rid, "ok": True, "v": v, "t": time.monotonic()})
             elif op == "sub":
                 fn = redis_sub if kind == "redis" else nats_sub
                 threading.Thread(target=fn, args=(host, port, req["subject"], rid),
@@ -360,8 +368,11 @@ async def client_main():
             elif op == "http":
                 st, body = await loop.run_in_executor(None, http_get, req["url"],
                                                       req.get("http_timeout", 1.0))
-                emit({"re": rid, "ok": True, "status": st,
-                      "body": body[:2000].decode("utf-8", "replace")})
+                text = body.decode("utf-8", "replace")
+                if req.get("grep"):     # only the lines that start with it (metrics)
+                    text = "\n".join(l for l in text.splitlines()
+                                      if l.startswith(req["grep"]))
+                emit({"re": rid, "ok": True, "status": st, "body": text[:2000]})
             else:
                 emit({"re": rid, "ok": False, "err": "unknown op " + op})
         except Exception as ex:
@@ -411,9 +422,68 @@ def icmp_ping(dst, timeout=2.0):
     finally:
         s.close()
 
+def cert_keys(path):
+    """(public, secret) Z85 keys of a czmq certificate file (secret may be None)."""
+    keys = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            for name in ("public-key", "secret-key"):
+                if line.startswith(name):
+                    keys[name] = line.split("=", 1)[1].strip().strip('"')
+    return keys.get("public-key"), keys.get("secret-key")
+
+def intruder_main(endpoint, secret_path, server_path):
+    """A ZeroMQ peer that tries the bridge's door: the old XSUB 'subscribe to
+    everything', and a DEALER speaking the node protocol (HELLO, SUB of a
+    real user, a forged publish and client message). Reports what it got."""
+    import zmq
+    ctx = zmq.Context()
+    socks = []
+    for kind in (zmq.XSUB, zmq.DEALER):
+        s = ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDTIMEO, 0)
+        if secret_path:
+            pub, sec = cert_keys(secret_path)
+            s.curve_publickey = pub.encode()
+            s.curve_secretkey = sec.encode()
+            s.curve_serverkey = cert_keys(server_path)[0].encode()
+        s.connect(endpoint)
+        socks.append(s)
+    xsub, dealer = socks
+    import msgpack
+    forged = msgpack.packb({"v": 1, "k": 1, "ts": 0, "d": b"u:alice|999999999|forged"})
+    got = []
+    deadline = time.monotonic() + 3.0
+    sent = 0
+    while time.monotonic() < deadline:
+        for op in ([b"\x01"], [b"HELLO", b"1", b"intruder", b"worker", b"0"],
+                   [b"SUB", b"user:alice\x00", b"user:intruder\x00"],
+                   [b"PUB", b"user:alice\x00", forged]):
+            try:
+                (xsub if op == [b"\x01"] else dealer).send_multipart(op, zmq.NOBLOCK)
+                sent += 1
+            except zmq.ZMQError:
+                pass
+        for s in socks:
+            try:
+                while True:
+                    got.append([b64(f) for f in s.recv_multipart(zmq.NOBLOCK)])
+            except zmq.ZMQError:
+                pass
+        time.sleep(0.2)
+    emit({"received": got, "sent": sent})
+    for s in socks:
+        s.close()
+    ctx.term()
+
 if __name__ == "__main__":
     role = sys.argv[1]
-    if role == "ping":
+    if role == "intruder":
+        intruder_main(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None,
+                      sys.argv[4] if len(sys.argv) > 4 else None)
+    elif role == "ping":
         emit({dst: icmp_ping(dst) for dst in sys.argv[2:]})
     elif role in ("redis", "nats"):
         backplane_main(role, sys.argv[2], int(sys.argv[3]))
@@ -695,6 +765,20 @@ class Deployment:
         self.clients = {cid: {"user": u, "node": n, "channels": ch}
                         for cid, u, n, ch in CLIENTS}
         self.subs = {}          # sub id -> (agent, subject)
+        #  CURVE: a certificate per node and one for the bridge; the bridge
+        #  admits the nodes' public certificates in clients/; "intruder" has
+        #  a certificate the bridge does not know
+        self.keys = os.path.join(tmpdir, "keys")
+        self.clients_dir = os.path.join(tmpdir, "clients")
+        os.makedirs(self.keys)
+        os.makedirs(self.clients_dir)
+        for name in ["bridge", "intruder"] + NODES:
+            run([wsrouter, "keygen", "--curve", "--out", os.path.join(self.keys, name)])
+        for name in NODES:
+            shutil.copy(os.path.join(self.keys, name), self.clients_dir)
+
+    def key(self, name, secret=False):
+        return os.path.join(self.keys, name + ("_secret" if secret else ""))
 
     def _track(self, p):
         self.procs.append(p)
@@ -724,7 +808,8 @@ class Deployment:
         self.bridge = self._track(Proc(
             "bridge", self.topo.ns("bridge"),
             [self.bin, "bridge", "--endpoint", "tcp://%s:%d" % (ADDR["bridge"], BRIDGE_PORT),
-             "--http-port", str(BRIDGE_HTTP_PORT), "--http-bind", ADDR["bridge"]],
+             "--http-port", str(BRIDGE_HTTP_PORT), "--http-bind", ADDR["bridge"],
+             "--cert", self.key("bridge", True), "--clients", self.clients_dir],
             env=env, cwd=self.tmp, ready=re.escape(BRIDGE_READY)))
         return self.bridge
 
@@ -733,7 +818,8 @@ class Deployment:
             name, self.topo.ns(name),
             [self.bin, "serve", "--bridge", "tcp://%s:%d" % (ADDR["bridge"], BRIDGE_PORT),
              "--port", str(NODE_PORT), "--bind", "0.0.0.0", "--jwt-secret", self.secret,
-             "--api-key", self.api_key, "--node-id", name],
+             "--api-key", self.api_key, "--node-id", name,
+             "--cert", self.key(name, True), "--bridge-key", self.key("bridge")],
             cwd=self.tmp, ready=NODE_READY_RE.pattern))
         self.nodes[name] = p
         return p
@@ -824,10 +910,11 @@ class Deployment:
 
     # ---- clients
 
-    def http(self, host, path, port=None, timeout=1.0):
+    def http(self, host, path, port=None, timeout=1.0, grep=None):
         port = port or (BRIDGE_HTTP_PORT if host == "bridge" else NODE_PORT)
         r = self.cagent.call("http", url="http://%s:%d%s" % (ADDR[host], port, path),
-                             timeout=timeout + 3, check=False, http_timeout=timeout)
+                             timeout=timeout + 3, check=False, http_timeout=timeout,
+                             grep=grep)
         if not r.get("ok"):
             return None, r.get("err")
         return r["status"], r["body"]
@@ -1270,6 +1357,60 @@ def case_node_killed(d):
             % (st, ",".join(a_closed) or "none", sum(len(s) for s in expected.values())))
 
 
+def _metric(text, name):
+    for line in (text or "").splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def case_intruders(d):
+    """Peers without a key, or with a key not in the clients directory, get
+    nothing: no message, no subscription reaching Redis; counted."""
+    st, text = d.http("bridge", "/metrics", grep="wsrouter_bridge_peers_denied")
+    denied0 = _metric(text, "wsrouter_bridge_peers_denied_total")
+    e.expect(denied0 is not None, "bridge /metrics has no peers_denied_total: %r" % (text,))
+    endpoint = "tcp://%s:%d" % (ADDR["bridge"], BRIDGE_PORT)
+    notes = []
+    for label, args in (("no key", []),
+                        ("unknown key", [d.key("intruder", True), d.key("bridge")])):
+        r = run(["ip", "netns", "exec", d.topo.ns("client"), PY, d.agent_path, "intruder",
+                 endpoint] + args, timeout=20)
+        res = json.loads(r.stdout.decode().strip().splitlines()[-1])
+        e.expect(res["sent"] > 0, "intruder (%s) could not even queue a message" % label)
+        e.expect(res["received"] == [], "intruder (%s) received %d messages: %r"
+                 % (label, len(res["received"]), res["received"][:3]))
+        notes.append("%s: %d sends, 0 received" % (label, res["sent"]))
+    r = d.ragent.call("cmd", args=["PUBSUB", "CHANNELS", "ws:intruder"])
+    e.expect(r.get("v") == [], "Redis has the intruder's subscription: %r" % (r,))
+    time.sleep(0.3)
+    for cid in ALL_CIDS:
+        e.expect(999999999 not in d.received_seqs(cid),
+                 "%s received the intruder's forged publish" % cid)
+    st, text = d.http("bridge", "/metrics", grep="wsrouter_bridge_peers_denied")
+    denied = _metric(text, "wsrouter_bridge_peers_denied_total")
+    e.expect(denied is not None and denied >= denied0 + 2,
+             "peers_denied_total %s → %s, expected +2 at least" % (denied0, denied))
+    return "; ".join(notes) + "; peers_denied_total %d → %d; no ws:intruder in Redis" \
+        % (denied0, denied)
+
+
+def case_plaintext_refused(d):
+    """Plaintext on a non-loopback address is refused, by a bridge and a node."""
+    r = run(["ip", "netns", "exec", d.topo.ns("bridge"), d.bin, "bridge", "--endpoint",
+             "tcp://%s:%d" % (ADDR["bridge"], BRIDGE_PORT + 10)], check=False, timeout=10)
+    out = (r.stdout + r.stderr).decode("utf-8", "replace")
+    e.expect(r.returncode != 0 and "refusing plaintext" in out,
+             "a keyless bridge on a non-loopback address: exit %d, %r" % (r.returncode, out))
+    r = run(["ip", "netns", "exec", d.topo.ns("node-a"), d.bin, "serve", "--bridge",
+             "tcp://%s:%d" % (ADDR["bridge"], BRIDGE_PORT), "--port", str(NODE_PORT + 10),
+             "--jwt-secret", d.secret, "--node-id", "plain"], check=False, timeout=10)
+    out2 = (r.stdout + r.stderr).decode("utf-8", "replace")
+    e.expect(r.returncode != 0 and "refusing plaintext" in out2,
+             "a keyless node to a non-loopback bridge: exit %d, %r" % (r.returncode, out2))
+    return "bridge and node both exit non-zero with 'refusing plaintext'"
+
+
 def case_no_duplicates(d):
     problems = []
     total = 0
@@ -1477,6 +1618,10 @@ def main():
                 run_case(suite, "5 node-a SIGKILL, node-b untouched", case_node_killed, d)
                 run_case(suite, "6 nothing twice, nothing to the wrong user",
                          case_no_duplicates, d)
+                run_case(suite, "7 peers without an allowed CURVE key get nothing",
+                         case_intruders, d)
+                run_case(suite, "8 plaintext on a non-loopback address refused",
+                         case_plaintext_refused, d)
     except TestTimeout:
         suite.fail("time limit", "the whole test exceeded %d s; stopped%s"
                    % (TEST_LIMIT_S, d.health_note() if d else ""))

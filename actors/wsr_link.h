@@ -1,0 +1,105 @@
+//  wsr_link — a node actor's link to the bridge: one DEALER speaking WBP/1
+
+#ifndef WSR_LINK_H_INCLUDED
+#define WSR_LINK_H_INCLUDED
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct _wsr_link_t wsr_link_t;
+
+//  What wsr_link_recv hands to the owner.
+typedef enum {
+    WSR_LINK_NOTHING,           //  nothing for the owner (none waiting, or handled inside)
+    WSR_LINK_DELIVER,           //  topic, body: a message for a topic's sessions
+    WSR_LINK_REPLY,             //  session, body: a message for one session
+    WSR_LINK_REFUSED            //  topic: the bridge did not take this subscription
+} wsr_link_kind_t;
+
+//  One received message. Frames are owned by the struct until the owner
+//  takes them (sets the pointer to NULL) or calls wsr_link_msg_reset.
+typedef struct {
+    wsr_link_kind_t kind;
+    zframe_t *topic;            //  DELIVER, REFUSED: topic key with its NUL
+    zframe_t *body;             //  DELIVER, REPLY: downstream envelope
+    uint64_t session;           //  REPLY: session id
+} wsr_link_msg_t;
+
+//  How a link is set up (strings borrowed for wsr_link_new).
+typedef struct {
+    const char *endpoint;       //  the bridge: inproc://NAME or tcp://HOST:PORT
+    const char *node;           //  this node's id (HELLO)
+    const char *role;           //  WSR_ROLE_WORKER or WSR_ROLE_ROUTER
+    int index;                  //  worker index (0 for the router)
+    const char *curve_secret;   //  our secret certificate file, NULL = plaintext
+    const char *curve_server;   //  the bridge's public certificate file
+} wsr_link_opts_t;
+
+//  The owner's topics, asked for when the bridge has to learn them again
+//  (a restarted bridge, or one that had forgotten us): call
+//  wsr_link_subscribe (link, key, true) for each.
+typedef void (wsr_link_topics_fn) (void *arg, wsr_link_t *link);
+
+//  Connect to the bridge and say HELLO. Returns NULL if the endpoint or the
+//  certificates are refused (logged). topics may be NULL (no subscriptions).
+wsr_link_t *
+    wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg);
+
+//  Say BYE and close; safe on NULL.
+void
+    wsr_link_destroy (wsr_link_t **self_p);
+
+//  The socket to poll for input (its ZMQ_FD; drain with wsr_link_recv while
+//  zsock_events reports ZMQ_POLLIN). Borrowed.
+zsock_t *
+    wsr_link_socket (wsr_link_t *self);
+
+//  Want (on) or no longer want a topic (key with its NUL, key_size counting
+//  it). Batched: sent by wsr_link_flush, in order.
+void
+    wsr_link_subscribe (wsr_link_t *self, const char *key, size_t key_size, bool on);
+
+//  Send a client message (upstream envelope) to the bridge. Takes the frame
+//  on every path. Returns 0, or -1 if it cannot leave now (bridge queue full
+//  or bridge unreachable for long): the caller tells the client.
+int
+    wsr_link_send_up (wsr_link_t *self, zframe_t **envelope_p);
+
+//  Send an API publish [topic key][downstream envelope]. Takes both frames
+//  on every path. Returns 0 or -1 as wsr_link_send_up.
+int
+    wsr_link_publish (wsr_link_t *self, zframe_t **topic_p, zframe_t **envelope_p);
+
+//  Read one message if one is waiting. Heartbeats and RESYNC are handled
+//  here (kind NOTHING). Returns 0 with msg filled, or -1 if none was waiting.
+int
+    wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg);
+
+//  Free what the message still owns and zero it.
+void
+    wsr_link_msg_reset (wsr_link_msg_t *msg);
+
+//  Send what is batched (subscriptions) and a PING if we have been silent
+//  for WSR_PROTO_PING_MS. Call after every turn of the owner's loop.
+void
+    wsr_link_flush (wsr_link_t *self);
+
+//  True while heartbeats arrive (one within WSR_PROTO_HB_DEAD_MS); *redis
+//  and *nats get the last one's states (1 up, 0 down, -1 not configured).
+bool
+    wsr_link_bridge_up (wsr_link_t *self, int *redis, int *nats);
+
+//  Messages this link could not send since it was created (queue full or
+//  bridge unreachable): subscriptions, client messages, publishes.
+uint64_t
+    wsr_link_drops (wsr_link_t *self);
+
+//  Self test
+void
+    wsr_link_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
