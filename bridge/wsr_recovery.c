@@ -391,7 +391,7 @@ wsr_recovery_duplicates (wsr_recovery_t *self)
 //  --------------------------------------------------------------------------
 //  Selftest
 
-#define S_SINK_MAX  4096
+#define S_SINK_MAX  16384
 
 typedef struct {
     size_t count;
