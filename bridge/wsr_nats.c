@@ -843,6 +843,15 @@ wsr_nats_shutdown (void)
 }
 
 //  --------------------------------------------------------------------------
+//  The connection.
+natsConnection *
+wsr_nats_connection (wsr_nats_t *self)
+{
+    assert (self);
+    return self->conn;
+}
+
+//  --------------------------------------------------------------------------
 //  Selftest: real nats-servers on free loopback ports (plain, restarted;
 //  user/password; token; nkey; operator JWT + .creds; mutual TLS with a CA
 //  the test makes with the openssl CLI). Exits 77 (ctest's skip code) when

@@ -77,6 +77,11 @@ size_t
 void
     wsr_nats_shutdown (void);
 
+//  The libnats connection, for JetStream (wsr_jetstream); owned by the link.
+typedef struct __natsConnection natsConnection;
+natsConnection *
+    wsr_nats_connection (wsr_nats_t *self);
+
 //  Self test
 void
     wsr_nats_test (bool verbose);

@@ -70,6 +70,9 @@ struct _wsr_redis_t {
     uint64_t refused;               //  hellos / commands refused since last taken
     uint64_t refused_unlogged;      //  refusals since the last report
     int64_t refusal_logged_at;      //  mono ms of the last report, 0 = none yet
+    uint64_t generation;            //  publish connection's connects so far
+    wsr_redis_subscribed_fn *on_subscribed;     //  SUBSCRIBE confirmations, or NULL
+    void *subscribed_arg;
 };
 
 //  --------------------------------------------------------------------------
@@ -130,6 +133,10 @@ s_on_sub_reply (redisAsyncContext *ac, void *reply_p, void *privdata)
     &&  e [2]->type == REDIS_REPLY_STRING && e [3]->type == REDIS_REPLY_STRING)
         self->on_message (self->arg, e [1]->str, e [2]->str, e [2]->len,
                           (const uint8_t *) e [3]->str, e [3]->len);
+    else
+    if (streq (e [0]->str, "subscribe") && e [1]->type == REDIS_REPLY_STRING
+    &&  self->on_subscribed)
+        self->on_subscribed (self->subscribed_arg, e [1]->str, e [1]->len);
 }
 
 static void
@@ -229,6 +236,7 @@ s_ready (s_conn_t *conn)
     else {
         if (self->db)
             redisAsyncCommand (conn->ac, s_on_select, self, "SELECT %d", self->db);
+        self->generation++;         //  commands before this connection are gone
         self->last_ping = wsr_util_mono_ms ();
         self->ping_waiting = 0;
     }
@@ -611,6 +619,62 @@ wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
             redisAsyncCommand (self->pub.ac, s_on_pong, self, "PING");
         }
     }
+}
+
+//  --------------------------------------------------------------------------
+//  Generic commands: a small trampoline carries the caller's callback
+
+typedef struct {
+    wsr_redis_reply_fn *cb;
+    void *arg;
+} s_command_t;
+
+static void
+s_on_command_reply (redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void) ac;
+    s_command_t *command = (s_command_t *) privdata;
+    command->cb (command->arg, (redisReply *) reply);
+    free (command);
+}
+
+//  --------------------------------------------------------------------------
+//  Send a command on the publish connection.
+int
+wsr_redis_command (wsr_redis_t *self, int argc, const char **argv, const size_t *argvlen,
+                   wsr_redis_reply_fn *cb, void *arg)
+{
+    assert (self && argc > 0 && argv && cb);
+    if (self->pub.state != S_UP)
+        return -1;
+    s_command_t *command = (s_command_t *) zmalloc (sizeof (s_command_t));
+    command->cb = cb;
+    command->arg = arg;
+    if (redisAsyncCommandArgv (self->pub.ac, s_on_command_reply, command, argc, argv,
+                               argvlen) != REDIS_OK) {
+        free (command);
+        return -1;
+    }
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Publish connection generation.
+uint64_t
+wsr_redis_generation (wsr_redis_t *self)
+{
+    assert (self);
+    return self->generation;
+}
+
+//  --------------------------------------------------------------------------
+//  Subscription confirmations.
+void
+wsr_redis_set_subscribed_fn (wsr_redis_t *self, wsr_redis_subscribed_fn *fn, void *arg)
+{
+    assert (self);
+    self->on_subscribed = fn;
+    self->subscribed_arg = arg;
 }
 
 //  --------------------------------------------------------------------------

@@ -79,6 +79,34 @@ long
 void
     wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count);
 
+//  Reply to a command sent with wsr_redis_command: reply (hiredis', borrowed
+//  for the call), or NULL if the connection was lost before it came (also
+//  during wsr_redis_destroy). Called exactly once per command accepted.
+struct redisReply;
+typedef void (wsr_redis_reply_fn) (void *arg, struct redisReply *reply);
+
+//  Send any command on the publish connection (replies come in order, from
+//  inside wsr_redis_process). Returns 0 if queued, -1 if that connection is
+//  not up (then cb is never called).
+int
+    wsr_redis_command (wsr_redis_t *self, int argc, const char **argv, const size_t *argvlen,
+                       wsr_redis_reply_fn *cb, void *arg);
+
+//  Counts the publish connection's successful connects: a command sent
+//  when it differs from a remembered value goes on a new connection (e.g.
+//  scripts must be loaded again).
+uint64_t
+    wsr_redis_generation (wsr_redis_t *self);
+
+//  Called when Redis confirms a SUBSCRIBE of channel (channel_len bytes),
+//  including the re-subscriptions after a reconnect: from then on every
+//  message published on it reaches on_message.
+typedef void (wsr_redis_subscribed_fn) (void *arg, const char *channel, size_t channel_len);
+
+//  Set (or clear, with NULL) the subscription confirmation callback.
+void
+    wsr_redis_set_subscribed_fn (wsr_redis_t *self, wsr_redis_subscribed_fn *fn, void *arg);
+
 //  Self test
 void
     wsr_redis_test (bool verbose);
