@@ -41,6 +41,9 @@ typedef struct {
     int kind;
     const uint8_t *data;
     size_t size;
+    uint64_t offset;            //  downstream: history position, 0 = none
+    uint64_t prev;              //  the topic's offset before this one
+    const char *epoch;          //  and its epoch
 } s_fields_t;
 
 static void
@@ -48,7 +51,7 @@ s_pack (s_writer_t *writer, const s_fields_t *f)
 {
     msgpack_packer pk;
     msgpack_packer_init (&pk, writer, s_write);
-    msgpack_pack_map (&pk, f->user? 7: 4);
+    msgpack_pack_map (&pk, (f->user? 7: 4) + (f->offset? 3: 0));
     s_pack_str (&pk, "v", 1);
     msgpack_pack_int (&pk, WSR_ENVELOPE_VERSION);
     if (f->user) {
@@ -63,6 +66,14 @@ s_pack (s_writer_t *writer, const s_fields_t *f)
     msgpack_pack_int64 (&pk, f->ts_us);
     s_pack_str (&pk, "k", 1);
     msgpack_pack_int (&pk, f->kind);
+    if (f->offset) {
+        s_pack_str (&pk, "o", 1);
+        msgpack_pack_uint64 (&pk, f->offset);
+        s_pack_str (&pk, "p", 1);
+        msgpack_pack_uint64 (&pk, f->prev);
+        s_pack_str (&pk, "e", 1);
+        s_pack_str (&pk, f->epoch, strlen (f->epoch));
+    }
     s_pack_str (&pk, "d", 1);
     msgpack_pack_bin (&pk, f->size);
     msgpack_pack_bin_body (&pk, f->data, f->size);
@@ -88,7 +99,20 @@ wsr_envelope_encode_down (const uint8_t *data, size_t size, int kind, int64_t ts
 {
     if (kind == 0)
         kind = wsr_util_utf8_valid (data, size)? WSR_KIND_TEXT: WSR_KIND_BINARY;
-    s_fields_t fields = { NULL, 0, NULL, ts_us, kind, data, size };
+    s_fields_t fields = { NULL, 0, NULL, ts_us, kind, data, size, 0, 0, NULL };
+    return s_encode (&fields);
+}
+
+//  --------------------------------------------------------------------------
+//  A downstream envelope with its history position.
+zframe_t *
+wsr_envelope_encode_pub (const uint8_t *data, size_t size, int kind, int64_t ts_us,
+                         uint64_t offset, uint64_t prev, const char *epoch)
+{
+    assert (offset == 0 || epoch);
+    if (kind == 0)
+        kind = wsr_util_utf8_valid (data, size)? WSR_KIND_TEXT: WSR_KIND_BINARY;
+    s_fields_t fields = { NULL, 0, NULL, ts_us, kind, data, size, offset, prev, epoch };
     return s_encode (&fields);
 }
 
@@ -100,7 +124,7 @@ wsr_envelope_encode_up (const char *user, uint64_t session, const char *node,
 {
     assert (user);
     assert (node);
-    s_fields_t fields = { user, session, node, ts_us, kind, data, size };
+    s_fields_t fields = { user, session, node, ts_us, kind, data, size, 0, 0, NULL };
     return s_encode (&fields);
 }
 
@@ -190,6 +214,22 @@ wsr_envelope_decode (const uint8_t *buf, size_t len, wsr_envelope_t *env)
             have_data = true;
         }
         else
+        if (s_key_is (key, "o") || s_key_is (key, "p")) {
+            if (val->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                goto done;
+            if (s_key_is (key, "o"))
+                env->offset = val->via.u64;
+            else
+                env->prev = val->via.u64;
+        }
+        else
+        if (s_key_is (key, "e")) {
+            if (val->type != MSGPACK_OBJECT_STR || val->via.str.size > WSR_HISTORY_EPOCH_MAX)
+                goto done;
+            env->epoch = val->via.str.ptr;
+            env->epoch_len = val->via.str.size;
+        }
+        else
         if (s_key_is (key, "u") || s_key_is (key, "n")) {
             if (val->type != MSGPACK_OBJECT_STR)
                 goto done;
@@ -203,7 +243,8 @@ wsr_envelope_decode (const uint8_t *buf, size_t len, wsr_envelope_t *env)
             }
         }
     }
-    if (env->version != WSR_ENVELOPE_VERSION || !have_data)
+    if (env->version != WSR_ENVELOPE_VERSION || !have_data
+    ||  (env->offset && (!env->epoch || env->prev >= env->offset)))
         goto done;
     if (env->kind == 0)
         env->kind = wsr_util_utf8_valid (env->data, env->size)? WSR_KIND_TEXT: WSR_KIND_BINARY;
@@ -211,6 +252,142 @@ wsr_envelope_decode (const uint8_t *buf, size_t len, wsr_envelope_t *env)
 done:
     //  The zone only holds the map array; str/bin point into buf
     msgpack_unpacked_destroy (&result);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  A history read's result.
+static void
+s_pack_history (s_writer_t *writer, const wsr_history_result_t *r, const int *kinds)
+{
+    msgpack_packer pk;
+    msgpack_packer_init (&pk, writer, s_write);
+    msgpack_pack_map (&pk, 6);
+    s_pack_str (&pk, "v", 1);
+    msgpack_pack_int (&pk, WSR_ENVELOPE_VERSION);
+    s_pack_str (&pk, "x", 1);
+    msgpack_pack_int (&pk, r->status);
+    s_pack_str (&pk, "e", 1);
+    const char *epoch = r->epoch? r->epoch: "";
+    s_pack_str (&pk, epoch, strlen (epoch));
+    s_pack_str (&pk, "l", 1);
+    msgpack_pack_uint64 (&pk, r->last);
+    s_pack_str (&pk, "c", 1);
+    if (r->complete)
+        msgpack_pack_true (&pk);
+    else
+        msgpack_pack_false (&pk);
+    s_pack_str (&pk, "m", 1);
+    msgpack_pack_array (&pk, r->count);
+    for (size_t i = 0; i < r->count; i++) {
+        msgpack_pack_array (&pk, 3);
+        msgpack_pack_uint64 (&pk, r->entries [i].offset);
+        msgpack_pack_int (&pk, kinds [i]);
+        msgpack_pack_bin (&pk, r->entries [i].size);
+        msgpack_pack_bin_body (&pk, r->entries [i].data, r->entries [i].size);
+    }
+}
+
+zframe_t *
+wsr_envelope_encode_history (const wsr_history_result_t *result)
+{
+    assert (result && (result->count == 0 || result->entries));
+    int *kinds = (int *) malloc ((result->count? result->count: 1) * sizeof (int));
+    assert (kinds);
+    for (size_t i = 0; i < result->count; i++) {
+        const wsr_history_entry_t *entry = &result->entries [i];
+        kinds [i] = entry->kind? entry->kind
+                  : wsr_util_utf8_valid (entry->data, entry->size)? WSR_KIND_TEXT
+                  : WSR_KIND_BINARY;
+    }
+    s_writer_t counter = { NULL, 0 };
+    s_pack_history (&counter, result, kinds);
+    zframe_t *frame = zframe_new (NULL, counter.used);
+    assert (frame);
+    s_writer_t writer = { zframe_data (frame), 0 };
+    s_pack_history (&writer, result, kinds);
+    free (kinds);
+    return frame;
+}
+
+int
+wsr_envelope_decode_history (const uint8_t *buf, size_t len, wsr_history_result_t *result,
+                             wsr_history_entry_t *entries, size_t max, char *epoch)
+{
+    assert (result && entries && epoch);
+    memset (result, 0, sizeof *result);
+    epoch [0] = 0;
+    result->epoch = epoch;
+    result->entries = entries;
+    msgpack_unpacked unpacked;
+    msgpack_unpacked_init (&unpacked);
+    size_t offset = 0;
+    int rc = -1;
+    bool have_version = false;
+    int64_t value;
+    if (msgpack_unpack_next (&unpacked, (const char *) buf, len, &offset)
+            != MSGPACK_UNPACK_SUCCESS
+    ||  offset != len || unpacked.data.type != MSGPACK_OBJECT_MAP)
+        goto done;
+    msgpack_object_map *map = &unpacked.data.via.map;
+    for (uint32_t i = 0; i < map->size; i++) {
+        msgpack_object *key = &map->ptr [i].key;
+        msgpack_object *val = &map->ptr [i].val;
+        if (s_key_is (key, "v")) {
+            if (!s_get_int (val, &value) || value != WSR_ENVELOPE_VERSION)
+                goto done;
+            have_version = true;
+        }
+        else
+        if (s_key_is (key, "x")) {
+            if (!s_get_int (val, &value))
+                goto done;
+            result->status = value == 0? 0: -1;
+        }
+        else
+        if (s_key_is (key, "e")) {
+            if (val->type != MSGPACK_OBJECT_STR || val->via.str.size > WSR_HISTORY_EPOCH_MAX)
+                goto done;
+            memcpy (epoch, val->via.str.ptr, val->via.str.size);
+            epoch [val->via.str.size] = 0;
+        }
+        else
+        if (s_key_is (key, "l")) {
+            if (val->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                goto done;
+            result->last = val->via.u64;
+        }
+        else
+        if (s_key_is (key, "c")) {
+            if (val->type != MSGPACK_OBJECT_BOOLEAN)
+                goto done;
+            result->complete = val->via.boolean;
+        }
+        else
+        if (s_key_is (key, "m")) {
+            if (val->type != MSGPACK_OBJECT_ARRAY || val->via.array.size > max)
+                goto done;
+            for (uint32_t j = 0; j < val->via.array.size; j++) {
+                msgpack_object *item = &val->via.array.ptr [j];
+                if (item->type != MSGPACK_OBJECT_ARRAY || item->via.array.size != 3
+                ||  item->via.array.ptr [0].type != MSGPACK_OBJECT_POSITIVE_INTEGER
+                ||  !s_get_int (&item->via.array.ptr [1], &value)
+                ||  (value != WSR_KIND_TEXT && value != WSR_KIND_BINARY)
+                ||  item->via.array.ptr [2].type != MSGPACK_OBJECT_BIN)
+                    goto done;
+                entries [j].offset = item->via.array.ptr [0].via.u64;
+                entries [j].kind = (int) value;
+                entries [j].data = (const uint8_t *) item->via.array.ptr [2].via.bin.ptr;
+                entries [j].size = item->via.array.ptr [2].via.bin.size;
+            }
+            result->count = val->via.array.size;
+        }
+    }
+    rc = have_version? 0: -1;
+done:
+    msgpack_unpacked_destroy (&unpacked);
+    if (rc)
+        result->count = 0;
     return rc;
 }
 
@@ -320,6 +497,38 @@ wsr_envelope_test (bool verbose)
     frame = wsr_envelope_encode_up ("u1", 1, "n", 0, WSR_KIND_TEXT, NULL, 0);
     assert (wsr_envelope_decode (zframe_data (frame), zframe_size (frame), &env) == 0);
     assert (env.size == 0 && env.kind == WSR_KIND_TEXT);
+    zframe_destroy (&frame);
+
+    //  Positions travel with a publication; a bad one is refused
+    frame = wsr_envelope_encode_pub ((const uint8_t *) "hi", 2, 0, 5, 18, 17, "E1");
+    assert (wsr_envelope_decode (zframe_data (frame), zframe_size (frame), &env) == 0);
+    assert (env.offset == 18 && env.prev == 17 && env.epoch_len == 2
+         && !memcmp (env.epoch, "E1", 2) && env.size == 2 && env.kind == WSR_KIND_TEXT);
+    zframe_destroy (&frame);
+    frame = wsr_envelope_encode_pub ((const uint8_t *) "hi", 2, 0, 5, 18, 18, "E1");
+    assert (wsr_envelope_decode (zframe_data (frame), zframe_size (frame), &env) == -1);
+    zframe_destroy (&frame);
+
+    //  A history result round-trips, entries borrowed from the frame
+    wsr_history_entry_t in [3] = {
+        { 4, (const uint8_t *) "four", 4, 0 }, { 5, (const uint8_t *) "\xff", 1, 0 },
+        { 7, (const uint8_t *) "", 0, 0 }
+    };
+    wsr_history_result_t result = { 0, "EP", 7, true, in, 3 };
+    frame = wsr_envelope_encode_history (&result);
+    wsr_history_result_t out;
+    wsr_history_entry_t entries [3];
+    char epoch [WSR_HISTORY_EPOCH_MAX + 1];
+    assert (wsr_envelope_decode_history (zframe_data (frame), zframe_size (frame), &out,
+                                         entries, 3, epoch) == 0);
+    assert (out.status == 0 && streq (out.epoch, "EP") && out.last == 7 && out.complete);
+    assert (out.count == 3 && entries [0].offset == 4 && entries [0].size == 4
+         && !memcmp (entries [0].data, "four", 4) && entries [0].kind == WSR_KIND_TEXT);
+    assert (entries [1].kind == WSR_KIND_BINARY && entries [2].size == 0);
+    assert (wsr_envelope_decode_history (zframe_data (frame), zframe_size (frame), &out,
+                                         entries, 2, epoch) == -1);     //  too many
+    assert (wsr_envelope_decode_history (zframe_data (frame), zframe_size (frame) - 1, &out,
+                                         entries, 3, epoch) == -1);
     zframe_destroy (&frame);
 
     int redis = 9, nats = 9;

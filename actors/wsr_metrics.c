@@ -133,6 +133,9 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_SUB_REFUSED] =
         { "wsrouter_bridge_subscriptions_refused_total", NULL, "counter",
           "Subscriptions refused by the bridge (invalid topic, node over its cap)" },
+    [WSR_M_BRIDGE_HISTORY_REFUSED] =
+        { "wsrouter_bridge_history_refused_total", NULL, "counter",
+          "History reads refused by the bridge (too many waiting)" },
     [WSR_M_TOKEN_EXPIRED] =
         { "wsrouter_token_expired_total", NULL, "counter",
           "Sessions closed with 1008 when their token ran out" },

@@ -78,6 +78,8 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_UNSUB     "UNSUB"     //  f topic key × 1..WSR_PROTO_MAX_TOPICS
 #define WSR_PROTO_UP        "UP"        //  f upstream envelope: a client message
 #define WSR_PROTO_PUB       "PUB"       //  f topic key, f downstream envelope (API)
+#define WSR_PROTO_HIST      "HIST"      //  N request id, f topic key, s epoch ("" none),
+                                        //  N since offset, N max entries
 #define WSR_PROTO_PING      "PING"      //  nothing: alive while idle
 #define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
 //  Bridge → peer (N: an 8-byte unsigned number, network byte order)
@@ -86,6 +88,7 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_HB        "HB"        //  N bridge epoch, f heartbeat envelope
 #define WSR_PROTO_RESYNC    "RESYNC"    //  nothing: HELLO and SUB everything again
 #define WSR_PROTO_REFUSED   "REFUSED"   //  f topic key, s reason: SUB not taken
+#define WSR_PROTO_HISTR     "HISTR"     //  N request id, f history result envelope
 //  Roles in HELLO
 #define WSR_ROLE_WORKER     "worker"    //  a session worker: SUB, UP; gets D, REPLY
 #define WSR_ROLE_ROUTER     "router"    //  a node's router: PUB; gets HB

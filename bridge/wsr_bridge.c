@@ -44,7 +44,7 @@
 #include "wsr_upstream_http.h"
 #include <jansson.h>
 
-#define S_MAX_ITEMS         (6 + 2 + 256)
+#define S_MAX_ITEMS         (8 + 2 + 256)
 #define S_NODES_BUDGET      1024    //  messages from peers per turn
 
 struct _wsr_bridge_t {
@@ -68,6 +68,15 @@ typedef struct {
     wsr_redis_t *redis;             //  Redis link or NULL
     wsr_nats_t *nats;               //  NATS link or NULL
     wsr_upstream_http_t *http;      //  HTTP backend or NULL
+    wsr_history_t *history;         //  Redis history or NULL
+    wsr_jetstream_t *jetstream;     //  NATS JetStream history or NULL
+    zsock_t *js_live;               //  PULL: the history stream's messages, or NULL
+    void *js_conn;                  //  the NATS connection jetstream was made on
+    wsr_jetstream_config_t js_config;   //  to make it again (strings in js_names)
+    char js_names [3][512];         //  stream name, user and channel subjects
+    char js_endpoint [64];          //  inproc endpoint of js_live
+    wsr_hreads_t *hreads;           //  history reads for peers
+    bool redis_was_up;              //  to notice subscriptions lost
     wsr_naming_t *redis_names;      //  topic ⇄ Redis channel
     wsr_naming_t *nats_names;       //  topic ⇄ NATS subject
     char redis_channel_pattern [512];   //  firehose: the channel pattern
@@ -99,6 +108,8 @@ wsr_bridge_opts_defaults (wsr_bridge_opts_t *opts)
     opts->upstream_queue = 10000;
     opts->max_message = WSR_DEFAULT_MAX_MESSAGE;
     opts->max_topics = WSR_DEFAULT_BRIDGE_MAX_TOPICS;
+    opts->history_ttl_s = WSR_HISTORY_DEFAULT_TTL_S;
+    opts->nats_history_replicas = 1;
 }
 
 //  --------------------------------------------------------------------------
@@ -192,8 +203,9 @@ s_reply_to_peer (s_bridge_t *self, const char *peer_hex, uint64_t session, const
 //  subscription. Overlapping patterns (ws:* also matches ws:channel:x and
 //  ws:actions:x) each deliver the message once, only under their own kind.
 static void
-s_deliver (s_bridge_t *self, wsr_naming_t *names, const char *kind, const char *name,
-           size_t name_len, const uint8_t *data, size_t size)
+s_deliver_at (s_bridge_t *self, wsr_naming_t *names, const char *kind, const char *name,
+              size_t name_len, const uint8_t *data, size_t size, uint64_t offset,
+              uint64_t prev, const char *epoch)
 {
     char key [WSR_TOPIC_MAX];
     int key_size = wsr_naming_to_topic (names, name, name_len, key, sizeof key);
@@ -212,9 +224,18 @@ s_deliver (s_bridge_t *self, wsr_naming_t *names, const char *kind, const char *
         return;                 //  firehose, or a topic just left: nobody wants it
     }
     //  Encoded once (the text/binary decision included) for every recipient
-    zframe_t *envelope = wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
+    zframe_t *envelope = offset
+        ? wsr_envelope_encode_pub (data, size, 0, wsr_util_now_us (), offset, prev, epoch)
+        : wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
     s_fan_out (self, key, (size_t) key_size, envelope);
     zframe_destroy (&envelope);
+}
+
+static void
+s_deliver (s_bridge_t *self, wsr_naming_t *names, const char *kind, const char *name,
+           size_t name_len, const uint8_t *data, size_t size)
+{
+    s_deliver_at (self, names, kind, name, name_len, data, size, 0, 0, NULL);
 }
 
 static void
@@ -225,7 +246,55 @@ s_on_redis (void *arg, const char *pattern, const char *channel, size_t channel_
     const char *kind = NULL;
     if (pattern)
         kind = streq (pattern, self->redis_channel_pattern)? WSR_TOPIC_CHANNEL: WSR_TOPIC_USER;
-    s_deliver (self, self->redis_names, kind, channel, channel_len, data, size);
+    //  Published through the history (publish.lua): offset, epoch, payload.
+    //  Decoded whether or not this bridge keeps history, so clients never
+    //  see the frame; offsets within a topic follow each other (prev).
+    uint64_t offset = 0;
+    char epoch [WSR_HISTORY_EPOCH_MAX + 1];
+    const uint8_t *payload = data;
+    size_t payload_size = size;
+    if (size && data [0] == 0xFF
+    &&  wsr_history_frame_decode (data, size, &offset, epoch, &payload, &payload_size) == 0)
+        s_deliver_at (self, self->redis_names, kind, channel, channel_len, payload,
+                      payload_size, offset, offset - 1, epoch);
+    else
+        s_deliver (self, self->redis_names, kind, channel, channel_len, data, size);
+}
+
+//  A Redis SUBSCRIBE confirmed: history reads of that channel may go.
+static void
+s_on_redis_subscribed (void *arg, const char *channel, size_t channel_len)
+{
+    s_bridge_t *self = (s_bridge_t *) arg;
+    if (self->hreads)
+        wsr_hreads_confirmed (self->hreads, channel, channel_len);
+}
+
+//  The history stream's messages: [subject][payload][sequence][epoch]. The
+//  stream sequence is the offset; the previous one of the same subject is
+//  not known here (0).
+static void
+s_handle_js_live (s_bridge_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->js_live);
+    if (!msg)
+        return;
+    zframe_t *subject = zmsg_first (msg);
+    zframe_t *data = zmsg_next (msg);
+    zframe_t *seq = zmsg_next (msg);
+    zframe_t *epoch = zmsg_next (msg);
+    char epoch_text [WSR_HISTORY_EPOCH_MAX + 1];
+    if (subject && data && seq && epoch && zframe_size (seq) == 8
+    &&  zframe_size (epoch) > 0 && zframe_size (epoch) <= WSR_HISTORY_EPOCH_MAX) {
+        memcpy (epoch_text, zframe_data (epoch), zframe_size (epoch));
+        epoch_text [zframe_size (epoch)] = 0;
+        uint64_t offset = wsr_msgs_get_u64 (zframe_data (seq));
+        if (offset)
+            s_deliver_at (self, self->nats_names, NULL, (const char *) zframe_data (subject),
+                          zframe_size (subject), zframe_data (data), zframe_size (data),
+                          offset, 0, epoch_text);
+    }
+    zmsg_destroy (&msg);
 }
 
 static void
@@ -255,10 +324,16 @@ s_backplane_subscribe (s_bridge_t *self, const char *topic, bool on)
     if (self->redis && wsr_naming_to_backplane (self->redis_names, topic, name, sizeof name) > 0) {
         if (on)
             wsr_redis_subscribe (self->redis, name);
-        else
+        else {
             wsr_redis_unsubscribe (self->redis, name);
+            if (self->hreads)
+                wsr_hreads_unconfirmed (self->hreads, name);
+        }
     }
-    if (self->nats && wsr_naming_to_backplane (self->nats_names, topic, name, sizeof name) > 0) {
+    //  With a JetStream history stream its consumer brings every subject
+    //  (with sequences): a core subscription would deliver twice
+    if (self->nats && !self->jetstream
+    &&  wsr_naming_to_backplane (self->nats_names, topic, name, sizeof name) > 0) {
         if (on)
             wsr_nats_subscribe (self->nats, name);
         else
@@ -477,6 +552,10 @@ s_handle_publish (s_bridge_t *self, zmsg_t *msg)
     }
     char name [WSR_TOPIC_MAX + 256];
     int rc = 0;
+    if (self->history && wsr_naming_to_backplane (self->redis_names, key, name, sizeof name) > 0)
+        //  Through the history: stored with an offset, then published framed
+        rc = wsr_history_append (self->history, name, env.data, env.size, NULL, NULL);
+    else
     if (self->redis && wsr_naming_to_backplane (self->redis_names, key, name, sizeof name) > 0)
         rc = wsr_redis_publish (self->redis, name, env.data, env.size);
     else
@@ -490,6 +569,55 @@ s_handle_publish (s_bridge_t *self, zmsg_t *msg)
 }
 
 static void s_beat (s_bridge_t *self, wsr_peer_t *peer);
+
+//  HISTR to the peer that asked.
+static void
+s_on_hist_result (void *arg, const uint8_t *rid, size_t rid_size, uint64_t request,
+                  zframe_t **result_p)
+{
+    s_bridge_t *self = (s_bridge_t *) arg;
+    wsr_peer_t *peer = wsr_peers_lookup (self->peers, rid, rid_size, false, NULL);
+    if (peer && s_send_head (self, peer, WSR_PROTO_HISTR, true)) {
+        uint8_t number [8];
+        wsr_msgs_put_u64 (number, request);
+        zmq_send (zsock_resolve (self->nodes), number, sizeof number, ZMQ_SNDMORE);
+        s_send_frame (self, *result_p, false);
+    }
+}
+
+//  HIST [request][topic][epoch][since][max]: a read of a topic's history.
+static void
+s_handle_hist (s_bridge_t *self, wsr_peer_t *peer, zmsg_t *msg)
+{
+    zframe_t *request = zmsg_first (msg);
+    zframe_t *topic = zmsg_next (msg);
+    zframe_t *epoch = zmsg_next (msg);
+    zframe_t *since = zmsg_next (msg);
+    zframe_t *max = zmsg_next (msg);
+    const char *key = s_topic_valid (topic);
+    char epoch_text [WSR_HISTORY_EPOCH_MAX + 1];
+    size_t rid_size = 0;
+    const uint8_t *rid = wsr_peer_rid (peer, &rid_size);
+    if (!key || zframe_size (request) != 8 || zframe_size (since) != 8
+    ||  zframe_size (max) != 8 || zframe_size (epoch) > WSR_HISTORY_EPOCH_MAX) {
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
+        return;
+    }
+    memcpy (epoch_text, zframe_data (epoch), zframe_size (epoch));
+    epoch_text [zframe_size (epoch)] = 0;
+    uint64_t id = wsr_msgs_get_u64 (zframe_data (request));
+    uint64_t count = wsr_msgs_get_u64 (zframe_data (max));
+    if (wsr_hreads_request (self->hreads, rid, rid_size, id, key, epoch_text,
+                            wsr_msgs_get_u64 (zframe_data (since)),
+                            count > WSR_HISTORY_MAX_READ? WSR_HISTORY_MAX_READ: (size_t) count)) {
+        //  Too many reads waiting: a failed result, so the session does not wait
+        wsr_history_result_t failed = { -1, "", 0, false, NULL, 0 };
+        zframe_t *frame = wsr_envelope_encode_history (&failed);
+        s_on_hist_result (self, rid, rid_size, id, &frame);
+        zframe_destroy (&frame);
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_HISTORY_REFUSED, 1);
+    }
+}
 
 //  One message from a peer: [rid][command][frames...].
 static void
@@ -545,6 +673,9 @@ s_handle_peer (s_bridge_t *self)
         msg = NULL;
     }
     else
+    if (streq (command, WSR_PROTO_HIST) && zmsg_size (msg) == 5)
+        s_handle_hist (self, peer, msg);
+    else
     if (streq (command, WSR_PROTO_PING))
         ;
     else
@@ -560,6 +691,60 @@ done:
     zframe_destroy (&rid);
     zstr_free (&command);
     zmsg_destroy (&msg);
+}
+
+//  --------------------------------------------------------------------------
+//  NATS history
+
+//  The NATS history stream over the user and channel subjects; its live
+//  consumer feeds js_live. Set up once; made again on the link's current
+//  connection when libnats had to start over (s_jetstream_follow).
+static void
+s_jetstream_start (s_bridge_t *self, const wsr_bridge_opts_t *opts, int instance)
+{
+    snprintf (self->js_endpoint, sizeof self->js_endpoint, "inproc://wsr-bridge-js-%d",
+              instance);
+    self->js_live = zsock_new_pull (self->js_endpoint);
+    snprintf (self->js_names [0], sizeof self->js_names [0], "%s", opts->nats_history_stream);
+    wsr_naming_pattern (self->nats_names, WSR_TOPIC_USER, true, self->js_names [1],
+                        sizeof self->js_names [1]);
+    wsr_naming_pattern (self->nats_names, WSR_TOPIC_CHANNEL, true, self->js_names [2],
+                        sizeof self->js_names [2]);
+    self->js_config = (wsr_jetstream_config_t) {
+        .stream = self->js_names [0],
+        .subjects = { self->js_names [1], self->js_names [2], NULL },
+        .create = true,
+        .size = (int64_t) (opts->history_size? opts->history_size: WSR_HISTORY_DEFAULT_SIZE),
+        .ttl_s = opts->history_ttl_s > 0? opts->history_ttl_s: WSR_HISTORY_DEFAULT_TTL_S,
+        .replicas = opts->nats_history_replicas > 0? opts->nats_history_replicas: 1
+    };
+    if (!self->js_live) {
+        zsys_error ("bridge: cannot bind %s", self->js_endpoint);
+        self->status = -1;
+    }
+}
+
+//  Make the stream object on the link's current connection (none yet, or a
+//  new one after libnats started over); reads in flight on the old one fail.
+static void
+s_jetstream_follow (s_bridge_t *self)
+{
+    void *conn = wsr_nats_connection (self->nats);
+    if (conn == self->js_conn)
+        return;
+    if (self->hreads)
+        wsr_hreads_set_stores (self->hreads, self->history, NULL);
+    wsr_jetstream_destroy (&self->jetstream);
+    self->js_conn = conn;
+    if (conn) {
+        self->jetstream = wsr_jetstream_new ((natsConnection *) conn, &self->js_config,
+                                             self->js_endpoint);
+        if (!self->jetstream)
+            zsys_error ("bridge: the NATS history stream '%s' cannot be set up",
+                        self->js_config.stream);
+    }
+    if (self->hreads)
+        wsr_hreads_set_stores (self->hreads, self->history, self->jetstream);
 }
 
 //  --------------------------------------------------------------------------
@@ -600,6 +785,15 @@ s_beat (s_bridge_t *self, wsr_peer_t *peer)
 static void
 s_heartbeat (s_bridge_t *self)
 {
+    if (self->js_live)
+        s_jetstream_follow (self);
+    if (self->hreads) {
+        bool redis_up = self->redis && wsr_redis_connected (self->redis);
+        if (self->redis_was_up && !redis_up)
+            wsr_hreads_unconfirmed (self->hreads, NULL);    //  resubscribed on reconnect
+        self->redis_was_up = redis_up;
+        wsr_hreads_tick (self->hreads);
+    }
     wsr_peers_expire (self->peers, wsr_util_mono_ms (), WSR_PROTO_PEER_TTL_MS, s_forget_last,
                       self);
     bool redis_up = self->redis && wsr_redis_connected (self->redis);
@@ -806,6 +1000,26 @@ s_bridge_actor (zsock_t *pipe, void *args)
         if (!self->nats)
             self->status = -1;
     }
+    if (self->status == 0 && self->redis) {
+        //  The subscriber connection's held channel: under the user
+        //  template's prefix (so ACLs on it allow it), never a user's
+        char hold [512];
+        const char *place = strstr (opts->redis_user, "{user_id}");
+        snprintf (hold, sizeof hold, "%.*s.wsrouter-hold%s",
+                  (int) (place? place - opts->redis_user: 0), opts->redis_user,
+                  place? place + strlen ("{user_id}"): "");
+        wsr_redis_set_hold (self->redis, hold);
+        wsr_redis_set_subscribed_fn (self->redis, s_on_redis_subscribed, self);
+        if (opts->history_size > 0)
+            self->history = wsr_history_new (self->redis, opts->history_size,
+                                             opts->history_ttl_s, false);
+    }
+    if (self->status == 0 && self->nats && opts->nats_history_stream)
+        s_jetstream_start (self, opts, instance);
+    if (self->status == 0)
+        self->hreads = wsr_hreads_new (self->history, self->redis_names, !self->firehose,
+                                       self->jetstream, self->nats_names, s_on_hist_result,
+                                       self);
     if (self->status == 0 && self->firehose) {
         char pattern [512];
         if (self->redis) {
@@ -851,6 +1065,11 @@ s_bridge_actor (zsock_t *pipe, void *args)
                 items [count++] = (zmq_pollitem_t) {
                     zsock_resolve (self->monitor), 0, ZMQ_POLLIN, 0 };
         }
+        if (self->js_live)
+            items [count++] = (zmq_pollitem_t) { zsock_resolve (self->js_live), 0, ZMQ_POLLIN, 0 };
+        if (self->jetstream)
+            items [count++] = (zmq_pollitem_t) {
+                zsock_resolve (wsr_jetstream_socket (self->jetstream)), 0, ZMQ_POLLIN, 0 };
         int redis_at = count;
         if (self->redis)
             count += wsr_redis_pollitems (self->redis, items + count, S_MAX_ITEMS - count);
@@ -869,6 +1088,8 @@ s_bridge_actor (zsock_t *pipe, void *args)
             if (http_timeout >= 0 && http_timeout < timeout)
                 timeout = http_timeout;
         }
+        if (self->jetstream && wsr_jetstream_timeout (self->jetstream) < timeout)
+            timeout = wsr_jetstream_timeout (self->jetstream);
         if (zmq_poll (items, count, timeout) == -1 && zmq_errno () != EINTR)
             break;
         if (items [0].revents & ZMQ_POLLIN)
@@ -892,6 +1113,11 @@ s_bridge_actor (zsock_t *pipe, void *args)
         for (int budget = WSR_WORKER_BUDGET; budget > 0
              && (zsock_events (self->nats_in) & ZMQ_POLLIN); budget--)
             s_handle_nats (self);
+        for (int budget = WSR_WORKER_BUDGET; self->js_live && budget > 0
+             && (zsock_events (self->js_live) & ZMQ_POLLIN); budget--)
+            s_handle_js_live (self);
+        if (self->jetstream)
+            wsr_jetstream_process (self->jetstream);
         if (self->redis)
             wsr_redis_process (self->redis, items + redis_at, http_at - redis_at);
         if (self->http)
@@ -903,6 +1129,11 @@ s_bridge_actor (zsock_t *pipe, void *args)
         }
     }
     wsr_upstream_http_destroy (&self->http);
+    //  The stores before the reads they serve (no callback after that)
+    wsr_history_destroy (&self->history);
+    wsr_jetstream_destroy (&self->jetstream);
+    zsock_destroy (&self->js_live);
+    wsr_hreads_destroy (&self->hreads);
     wsr_nats_destroy (&self->nats);
     wsr_redis_destroy (&self->redis);
     wsr_naming_destroy (&self->redis_names);

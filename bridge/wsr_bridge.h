@@ -38,6 +38,10 @@ typedef struct {
     size_t upstream_queue;          //  HTTP requests waiting
     size_t max_message;             //  largest payload forwarded
     bool readiness;                 //  own the backplane_up gauge (bridge process)
+    size_t history_size;            //  WEBSOCKET_HISTORY_SIZE: entries per topic, 0 = off
+    int history_ttl_s;              //  WEBSOCKET_HISTORY_TTL
+    const char *nats_history_stream;    //  NATS_HISTORY_STREAM: JetStream stream or NULL
+    int nats_history_replicas;      //  NATS_HISTORY_REPLICAS when the bridge creates it
 } wsr_bridge_opts_t;
 
 //  Fill opts with the defaults (the seeds' channel and subject names).

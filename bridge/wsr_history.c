@@ -410,7 +410,8 @@ s_read_done (s_request_t *request, redisReply *reply)
             break;
         }
         previous = (uint64_t) offset->integer;
-        entries [i] = (wsr_history_entry_t) { previous, (const uint8_t *) data->str, data->len };
+        entries [i] = (wsr_history_entry_t) {
+            previous, (const uint8_t *) data->str, data->len, 0 };
     }
     result.entries = entries;
     result.count = count;

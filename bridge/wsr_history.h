@@ -22,6 +22,7 @@ typedef struct {
     uint64_t offset;                    //  position in the topic (Redis) or stream (NATS)
     const uint8_t *data;                //  payload
     size_t size;
+    int kind;                           //  WSR_KIND_TEXT / _BINARY, 0 = not judged yet
 } wsr_history_entry_t;
 
 //  What a read found. Borrowed: valid during the callback.

@@ -564,7 +564,7 @@ s_read_reply (wsr_jetstream_t *self, int slot, const char *status, const char *s
     if (payload_size)
         memcpy (copy, payload, payload_size);
     free (decoded);
-    read->entries [read->count++] = (wsr_history_entry_t) { seq, copy, payload_size };
+    read->entries [read->count++] = (wsr_history_entry_t) { seq, copy, payload_size, 0 };
     read->cursor = seq + 1;
     if (read->cursor > read->last_seq)
         s_after_gets (self, slot);

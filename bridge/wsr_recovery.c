@@ -433,7 +433,7 @@ s_history (wsr_recovery_t *self, const char *epoch, uint64_t first, uint64_t las
     for (uint64_t offset = first; first && offset <= last; offset++) {
         snprintf (data [count], sizeof data [0], "o%" PRIu64, offset);
         entries [count] = (wsr_history_entry_t) { offset, (const uint8_t *) data [count],
-                                                  strlen (data [count]) };
+                                                  strlen (data [count]), 0 };
         count++;
     }
     wsr_history_result_t result = { 0, epoch, last, complete, entries, count };
@@ -615,8 +615,8 @@ s_test_logic (void)
     r = wsr_recovery_new ("C", 10, 0, 0, s_sink, sink);
     wsr_recovery_live (r, 25, 12, NULL, (const uint8_t *) "b", 1);
     wsr_recovery_live (r, 30, 25, NULL, (const uint8_t *) "c", 1);
-    wsr_history_entry_t entries [2] = { { 12, (const uint8_t *) "a", 1 },
-                                        { 25, (const uint8_t *) "b", 1 } };
+    wsr_history_entry_t entries [2] = { { 12, (const uint8_t *) "a", 1, 0 },
+                                        { 25, (const uint8_t *) "b", 1, 0 } };
     wsr_history_result_t result = { 0, "C", 27, true, entries, 2 };
     assert (wsr_recovery_history (r, &result) == 0);
     assert (wsr_recovery_recovered (r) && wsr_recovery_offset (r) == 30);

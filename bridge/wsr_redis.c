@@ -33,6 +33,7 @@
 #define S_PING_EVERY_MS     1000
 #define S_PING_DEAD_MS      3000    //  no PONG for this long: reconnect
 #define S_BATCH             512     //  channels per SUBSCRIBE
+#define S_HOLD_MAX          256     //  hold channel name bytes
 #define S_REFUSAL_LOG_MS    60000   //  one refusal report per minute at most
 #define S_REPLY_SHOWN       200     //  bytes of a Redis error reply logged
 #define S_DB_MAX            999999  //  largest database number accepted
@@ -61,6 +62,8 @@ struct _wsr_redis_t {
     s_conn_t sub;                   //  subscribe-mode connection
     s_conn_t pub;                   //  publish + ping connection
     zhashx_t *channels;             //  wanted channels (key → NULL)
+    zhashx_t *unsubscribing;        //  channel → UNSUBSCRIBEs in flight (as a count)
+    char hold [S_HOLD_MAX];         //  channel held by the subscriber connection
     zhashx_t *patterns;             //  wanted patterns
     int64_t last_ping;              //  mono ms
     int64_t ping_waiting;           //  mono ms the oldest unanswered PING left, 0 = none
@@ -113,6 +116,15 @@ s_reset (s_conn_t *conn)
 //  --------------------------------------------------------------------------
 //  Replies
 
+//  The hold channel's subscription: nothing to do with its messages.
+static void
+s_on_hold (redisAsyncContext *ac, void *reply_p, void *privdata)
+{
+    (void) ac;
+    (void) reply_p;
+    (void) privdata;
+}
+
 static void
 s_on_sub_reply (redisAsyncContext *ac, void *reply_p, void *privdata)
 {
@@ -137,6 +149,22 @@ s_on_sub_reply (redisAsyncContext *ac, void *reply_p, void *privdata)
     if (streq (e [0]->str, "subscribe") && e [1]->type == REDIS_REPLY_STRING
     &&  self->on_subscribed)
         self->on_subscribed (self->subscribed_arg, e [1]->str, e [1]->len);
+    else
+    if (streq (e [0]->str, "unsubscribe") && e [1]->type == REDIS_REPLY_STRING) {
+        //  hiredis has just forgotten the channel's callback: a SUBSCRIBE
+        //  sent before this reply came would have lost its callback with it
+        //  (and every message after), so a channel wanted again meanwhile is
+        //  subscribed only now
+        char *channel = e [1]->str;
+        uintptr_t pending = (uintptr_t) zhashx_lookup (self->unsubscribing, channel);
+        if (pending > 1)
+            zhashx_update (self->unsubscribing, channel, (void *) (pending - 1));
+        else {
+            zhashx_delete (self->unsubscribing, channel);
+            if (zhashx_lookup (self->channels, channel) && self->sub.state == S_UP)
+                redisAsyncCommand (self->sub.ac, s_on_sub_reply, self, "SUBSCRIBE %s", channel);
+        }
+    }
 }
 
 static void
@@ -230,6 +258,8 @@ s_ready (s_conn_t *conn)
     zsys_info ("redis: %s connection to %s:%d up%s%s", conn->subscriber? "subscribe": "publish",
                self->host, self->port, self->user? " as user ": "", self->user? self->user: "");
     if (conn->subscriber) {
+        zhashx_purge (self->unsubscribing);     //  a new connection: none in flight
+        redisAsyncCommand (conn->ac, s_on_hold, self, "SUBSCRIBE %s", self->hold);
         s_subscribe_all (self, self->channels, "SUBSCRIBE");
         s_subscribe_all (self, self->patterns, "PSUBSCRIBE");
     }
@@ -387,7 +417,9 @@ wsr_redis_new (const char *url, wsr_redis_message_fn *on_message, void *arg)
     wsr_redis_t *self = (wsr_redis_t *) zmalloc (sizeof (wsr_redis_t));
     self->on_message = on_message;
     self->arg = arg;
+    snprintf (self->hold, sizeof self->hold, "__wsrouter:hold");
     self->channels = zhashx_new ();
+    self->unsubscribing = zhashx_new ();
     self->patterns = zhashx_new ();
     self->sub.owner = self->pub.owner = self;
     self->sub.subscriber = true;
@@ -413,6 +445,7 @@ wsr_redis_destroy (wsr_redis_t **self_p)
         s_reset (&self->sub);
         s_reset (&self->pub);
         zhashx_destroy (&self->channels);
+        zhashx_destroy (&self->unsubscribing);
         zhashx_destroy (&self->patterns);
         free (self->host);
         free (self->user);
@@ -434,7 +467,7 @@ wsr_redis_subscribe (wsr_redis_t *self, const char *channel)
     if (zhashx_lookup (self->channels, channel))
         return;
     zhashx_insert (self->channels, channel, (void *) 1);
-    if (self->sub.state == S_UP)
+    if (self->sub.state == S_UP && !zhashx_lookup (self->unsubscribing, channel))
         redisAsyncCommand (self->sub.ac, s_on_sub_reply, self, "SUBSCRIBE %s", channel);
 }
 
@@ -447,8 +480,11 @@ wsr_redis_unsubscribe (wsr_redis_t *self, const char *channel)
     if (!zhashx_lookup (self->channels, channel))
         return;
     zhashx_delete (self->channels, channel);
-    if (self->sub.state == S_UP)
+    if (self->sub.state == S_UP) {
+        uintptr_t pending = (uintptr_t) zhashx_lookup (self->unsubscribing, channel);
+        zhashx_update (self->unsubscribing, channel, (void *) (pending + 1));
         redisAsyncCommand (self->sub.ac, NULL, NULL, "UNSUBSCRIBE %s", channel);
+    }
 }
 
 //  --------------------------------------------------------------------------
@@ -659,6 +695,15 @@ wsr_redis_command (wsr_redis_t *self, int argc, const char **argv, const size_t 
 }
 
 //  --------------------------------------------------------------------------
+//  The channel the subscriber connection holds.
+void
+wsr_redis_set_hold (wsr_redis_t *self, const char *channel)
+{
+    assert (self && channel && strlen (channel) < S_HOLD_MAX);
+    snprintf (self->hold, sizeof self->hold, "%s", channel);
+}
+
+//  --------------------------------------------------------------------------
 //  Publish connection generation.
 uint64_t
 wsr_redis_generation (wsr_redis_t *self)
@@ -812,6 +857,26 @@ wsr_redis_test (bool verbose)
                  5000);
     assert (sink.count > 0 && streq (sink.channel, "ws:plain"));
     assert (wsr_redis_take_refusals (redis) == 0);
+    //  Churn: unsubscribed and wanted again before Redis answered the
+    //  UNSUBSCRIBE; hiredis would drop the channel's callback with that
+    //  answer, and every message after: the link subscribes again only then
+    for (int round = 0; round < 3; round++) {
+        wsr_redis_unsubscribe (redis, "ws:plain");
+        wsr_redis_subscribe (redis, "ws:plain");
+    }
+    int seen = sink.count;
+    S_RUN_UNTIL (redis, sink.count > seen
+                 || (wsr_redis_publish (redis, "ws:plain", (const uint8_t *) "q", 1), false),
+                 3000);
+    assert (sink.count > seen);
+    //  ... and it stays: messages keep arriving after the churn settled
+    seen = sink.count;
+    int64_t settle = wsr_util_mono_ms () + 300;
+    S_RUN_UNTIL (redis, wsr_util_mono_ms () > settle, 1000);
+    seen = sink.count;
+    wsr_redis_publish (redis, "ws:plain", (const uint8_t *) "r", 1);
+    S_RUN_UNTIL (redis, sink.count > seen, 2000);
+    assert (sink.count > seen);
     wsr_redis_destroy (&redis);
     wsr_util_reap (server);
 
@@ -895,9 +960,11 @@ wsr_redis_test (bool verbose)
                            "&ws:*", "-@all", "+@pubsub", "+ping", "+select", NULL };
     assert (s_admin (port, password, 11, acl));
     snprintf (url, sizeof url, "redis://wsr:s3cr%%3Aet%%2F@127.0.0.1:%d", port);
+    //  (the hold channel must be one the ACL allows: see wsr_redis_set_hold)
     memset (&sink, 0, sizeof sink);
     redis = wsr_redis_new (url, s_sink, &sink);
     assert (redis);
+    wsr_redis_set_hold (redis, "ws:.hold");
     wsr_redis_subscribe (redis, "ws:acl");
     S_RUN_UNTIL (redis, sink.count > 0
                  || (wsr_redis_publish (redis, "ws:acl", (const uint8_t *) "a1", 2), false),

@@ -92,6 +92,15 @@ int
     wsr_redis_command (wsr_redis_t *self, int argc, const char **argv, const size_t *argvlen,
                        wsr_redis_reply_fn *cb, void *arg);
 
+//  The subscriber connection always holds one subscription (by default
+//  "__wsrouter:hold", whose messages are ignored) so that its count never
+//  drops to 0: hiredis 0.14 leaves its subscribed mode then, and aborts on a
+//  reply to an (UN)SUBSCRIBE still on the way. Give a name Redis ACLs allow
+//  and no topic maps to (e.g. the user template's prefix + ".hold": ids
+//  never start with a dot). Call before the first wsr_redis_process.
+void
+    wsr_redis_set_hold (wsr_redis_t *self, const char *channel);
+
 //  Counts the publish connection's successful connects: a command sent
 //  when it differs from a remembered value goes on a new connection (e.g.
 //  scripts must be loaded again).

@@ -120,6 +120,25 @@ s_block_signals (void)
 }
 
 //  --------------------------------------------------------------------------
+//  History settings from text (checked by s_backplane_check).
+static void
+s_history_size (wsr_bridge_opts_t *bp, const char *text)
+{
+    if (text) {
+        long long size = s_parse_size (text);
+        bp->history_size = size < 0? SIZE_MAX: (size_t) size;
+    }
+}
+
+static void
+s_history_ttl (wsr_bridge_opts_t *bp, const char *text)
+{
+    if (text) {
+        long long ms = s_parse_duration (text);
+        bp->history_ttl_s = ms < 1000 || ms > 365LL * 86400 * 1000? -1: (int) (ms / 1000);
+    }
+}
+
 //  Backplane settings shared by serve (in-process bridge) and bridge
 
 static void
@@ -146,6 +165,31 @@ s_backplane_env (wsr_bridge_opts_t *bp)
     const char *concurrency = s_env ("WEBSOCKET_UPSTREAM_CONCURRENCY", NULL);
     if (concurrency)
         bp->upstream_concurrency = atoi (concurrency);
+    s_history_size (bp, s_env ("WEBSOCKET_HISTORY_SIZE", NULL));
+    s_history_ttl (bp, s_env ("WEBSOCKET_HISTORY_TTL", NULL));
+    bp->nats_history_stream = s_env ("NATS_HISTORY_STREAM", NULL);
+    const char *replicas = s_env ("NATS_HISTORY_REPLICAS", NULL);
+    if (replicas)
+        bp->nats_history_replicas = atoi (replicas);
+}
+
+//  The backplane settings that can be wrong; 0, or -1 with a message.
+static int
+s_backplane_check (const char *who, const wsr_bridge_opts_t *bp)
+{
+    if (bp->history_size == SIZE_MAX || bp->history_size > 1000000) {
+        fprintf (stderr, "%s: bad history size (0..1000000)\n", who);
+        return -1;
+    }
+    if (bp->history_ttl_s < 1) {
+        fprintf (stderr, "%s: bad history TTL (a duration of at least 1 s)\n", who);
+        return -1;
+    }
+    if (bp->nats_history_replicas < 1 || bp->nats_history_replicas > 5) {
+        fprintf (stderr, "%s: bad NATS_HISTORY_REPLICAS (1..5)\n", who);
+        return -1;
+    }
+    return 0;
 }
 
 //  Backplane flags; returns true if the option was one of them.
@@ -162,6 +206,9 @@ s_backplane_flag (wsr_bridge_opts_t *bp, int c)
         case 1502: bp->nats_ca_file = optarg; return true;
         case 1503: bp->nats_cert_file = optarg; return true;
         case 1504: bp->nats_key_file = optarg; return true;
+        case 1600: s_history_size (bp, optarg); return true;
+        case 1601: s_history_ttl (bp, optarg); return true;
+        case 1602: bp->nats_history_stream = optarg; return true;
         default: return false;
     }
 }
@@ -173,7 +220,10 @@ s_backplane_flag (wsr_bridge_opts_t *bp, int c)
     { "nats-nkey-seed", required_argument, 0, 1501 }, \
     { "nats-ca-file", required_argument, 0, 1502 }, \
     { "nats-cert-file", required_argument, 0, 1503 }, \
-    { "nats-key-file", required_argument, 0, 1504 }
+    { "nats-key-file", required_argument, 0, 1504 }, \
+    { "history-size", required_argument, 0, 1600 }, \
+    { "history-ttl", required_argument, 0, 1601 }, \
+    { "nats-history-stream", required_argument, 0, 1602 }
 
 #define S_BACKPLANE_HELP \
 "  --redis-url URL       redis://[[user]:password@]host:port[/db], user and password\n" \
@@ -192,6 +242,11 @@ s_backplane_flag (wsr_bridge_opts_t *bp, int c)
 "                        goes back to the session [WEBSOCKET_UPSTREAM_URL]\n" \
 "  --firehose            one pattern subscription per kind instead of one per\n" \
 "                        topic [WEBSOCKET_BRIDGE_MODE=firehose]\n" \
+"  --history-size N      keep the last N publications of each topic for\n" \
+"                        wsrouter.v1 recovery [WEBSOCKET_HISTORY_SIZE, 0 = off]\n" \
+"  --history-ttl T       and for at most T [WEBSOCKET_HISTORY_TTL, 5m]\n" \
+"  --nats-history-stream S  JetStream stream holding NATS history (made if\n" \
+"                        missing) [NATS_HISTORY_STREAM; NATS_HISTORY_REPLICAS, 1]\n" \
 "  names: WEBSOCKET_REDIS_USER_CHANNEL (ws:{user_id}), WEBSOCKET_REDIS_CHANNEL_CHANNEL\n" \
 "  (ws:channel:{channel}), WEBSOCKET_REDIS_ACTIONS_CHANNEL (ws:actions:{user_id}),\n" \
 "  NATS_USER_SUBJECT (world.updates.user.{user_id}), NATS_CHANNEL_SUBJECT\n" \
@@ -366,6 +421,8 @@ s_serve (int argc, char *argv [])
             default: s_serve_usage (); return 2;
         }
     }
+    if (s_backplane_check ("wsrouter", &opts->backplane))
+        return 2;
     if (optind < argc) {
         fprintf (stderr, "wsrouter: unexpected argument '%s'\n", argv [optind]);
         return 2;
@@ -606,6 +663,8 @@ s_bridge (int argc, char *argv [])
             default: return 2;
         }
     }
+    if (s_backplane_check ("wsrouter bridge", &opts))
+        return 2;
     if (strncmp (opts.endpoint, "tcp://", 6)) {
         fprintf (stderr, "wsrouter bridge: bad endpoint '%s' (want tcp://HOST:PORT)\n",
                  opts.endpoint);

@@ -39,6 +39,7 @@ s_tests [] = {
     { "rcluster", wsr_rcluster_test },
     { "history", wsr_history_test },
     { "recovery", wsr_recovery_test },
+    { "hreads", wsr_hreads_test },
     { "nats", wsr_nats_test },
     { "jetstream", wsr_jetstream_test },
     { "peers", wsr_peers_test },
