@@ -44,6 +44,7 @@
 #include "wsr_redis.h"
 #include "wsr_history.h"
 #include "wsr_envelope.h"
+#include "wsr_v1.h"
 #include "wsr_jwt.h"
 #include "wsr_http.h"
 #include "wsr_outframe.h"

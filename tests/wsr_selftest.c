@@ -23,6 +23,7 @@ s_tests [] = {
     { "metrics", wsr_metrics_test },
     { "topic", wsr_topic_test },
     { "envelope", wsr_envelope_test },
+    { "v1", wsr_v1_test },
     { "jwt", wsr_jwt_test },
     { "http", wsr_http_test },
     { "outframe", wsr_outframe_test },
