@@ -204,6 +204,28 @@ wsr_link_publish (wsr_link_t *self, zframe_t **topic_p, zframe_t **envelope_p)
 }
 
 //  --------------------------------------------------------------------------
+//  A history read.
+int
+wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char *epoch,
+               uint64_t since, uint64_t max)
+{
+    assert (self && topic);
+    s_batch_send (self);                //  its SUB goes first
+    uint8_t number [8];
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, WSR_PROTO_HIST);
+    wsr_msgs_put_u64 (number, request);
+    zmsg_addmem (msg, number, 8);
+    zmsg_addmem (msg, topic, strlen (topic) + 1);
+    zmsg_addstr (msg, epoch? epoch: "");
+    wsr_msgs_put_u64 (number, since);
+    zmsg_addmem (msg, number, 8);
+    wsr_msgs_put_u64 (number, max);
+    zmsg_addmem (msg, number, 8);
+    return s_send (self, &msg);
+}
+
+//  --------------------------------------------------------------------------
 //  One message from the bridge. The bridge is trusted (authenticated), but
 //  a malformed message is still dropped, not asserted on: versions can differ.
 int
@@ -255,6 +277,18 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
             if (restarted)
                 s_resync (self);
         }
+    }
+    else
+    if (zframe_streq (command, WSR_PROTO_HISTR) && size == 3) {
+        zframe_t *frame = zmsg_pop (in);
+        zframe_destroy (&frame);
+        frame = zmsg_pop (in);
+        if (zframe_size (frame) == 8) {
+            msg->request = wsr_msgs_get_u64 (zframe_data (frame));
+            msg->body = zmsg_pop (in);
+            msg->kind = WSR_LINK_HISTORY;
+        }
+        zframe_destroy (&frame);
     }
     else
     if (zframe_streq (command, WSR_PROTO_RESYNC) && size == 1)

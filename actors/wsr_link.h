@@ -14,7 +14,8 @@ typedef enum {
     WSR_LINK_NOTHING,           //  nothing for the owner (none waiting, or handled inside)
     WSR_LINK_DELIVER,           //  topic, body: a message for a topic's sessions
     WSR_LINK_REPLY,             //  session, body: a message for one session
-    WSR_LINK_REFUSED            //  topic: the bridge did not take this subscription
+    WSR_LINK_REFUSED,           //  topic: the bridge did not take this subscription
+    WSR_LINK_HISTORY            //  request, body: a history read's result
 } wsr_link_kind_t;
 
 //  One received message. Frames are owned by the struct until the owner
@@ -24,6 +25,7 @@ typedef struct {
     zframe_t *topic;            //  DELIVER, REFUSED: topic key with its NUL
     zframe_t *body;             //  DELIVER, REPLY: downstream envelope
     uint64_t session;           //  REPLY: session id
+    uint64_t request;           //  HISTORY: the request id given to wsr_link_read
 } wsr_link_msg_t;
 
 //  How a link is set up (strings borrowed for wsr_link_new).
@@ -70,6 +72,13 @@ int
 //  on every path. Returns 0 or -1 as wsr_link_send_up.
 int
     wsr_link_publish (wsr_link_t *self, zframe_t **topic_p, zframe_t **envelope_p);
+
+//  Ask the bridge for topic's history (key with its NUL) after since, in
+//  epoch (NULL or "": none known), at most max entries; the result comes
+//  back as a HISTORY message with this request id. Returns 0 or -1 (not sent).
+int
+    wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char *epoch,
+                   uint64_t since, uint64_t max);
 
 //  Read one message if one is waiting. Heartbeats and RESYNC are handled
 //  here (kind NOTHING). Returns 0 with msg filled, or -1 if none was waiting.

@@ -136,6 +136,9 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_HISTORY_REFUSED] =
         { "wsrouter_bridge_history_refused_total", NULL, "counter",
           "History reads refused by the bridge (too many waiting)" },
+    [WSR_M_V1_ERRORS] =
+        { "wsrouter_v1_errors_total", NULL, "counter",
+          "wsrouter.v1 client messages answered with an error (malformed, unknown, early)" },
     [WSR_M_TOKEN_EXPIRED] =
         { "wsrouter_token_expired_total", NULL, "counter",
           "Sessions closed with 1008 when their token ran out" },

@@ -62,6 +62,7 @@ typedef enum {
     WSR_M_BRIDGE_REDIS_REFUSED,     //  Redis refused AUTH / a command (WRONGPASS, NOPERM)
     WSR_M_BRIDGE_NATS_REFUSED,      //  NATS refused login / permission, or libnats gave up
     WSR_M_BRIDGE_HISTORY_REFUSED,   //  history reads refused: too many waiting
+    WSR_M_V1_ERRORS,                //  v1 client messages answered with an error
     WSR_M_COUNT
 } wsr_metric_t;
 

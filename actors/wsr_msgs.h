@@ -24,10 +24,11 @@
 //         f token, f early bytes
 #define WSR_PIC_AUTH        "s8iissff"
 //  ADOPT: s "ADOPT", 8 conn id, i fd, i close code (0 = ok), i per-IP slot,
-//         8 token expiry (Unix seconds, 0 = none), i flags (0: raw protocol, no extension),
+//         8 token expiry (Unix seconds, 0 = none), i flags (WSR_ADOPT_*; 0: raw protocol),
 //         s reason, s user, s channels (comma-joined), s HTTP response head
 //         (the whole 101 response, blank line included), f early bytes
 #define WSR_PIC_ADOPT       "s8iii8issssf"
+#define WSR_ADOPT_V1        0x01        //  flag: the client speaks wsrouter.v1
 //  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
 #define WSR_PIC_PUBLISH     "sff"
 

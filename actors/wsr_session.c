@@ -48,6 +48,7 @@
 static const char s_slow [] = "slow consumer: output queue full";
 static const char s_rate [] = "rate limit exceeded";
 static const char s_expired [] = "token expired";
+static const char s_no_hello [] = "hello expected";
 
 typedef enum {
     S_OPEN,                         //  authenticated, receiving deliveries
@@ -113,6 +114,9 @@ struct _s_conn_t {
     bool read_off;                  //  wslay reads no more (close or error)
     bool hs_pending;                //  the 101 response is still queued (head)
     int64_t expiry;                 //  Unix s when the token runs out (+ leeway), 0 never
+    bool v1;                        //  speaks wsrouter.v1 (JSON) rather than raw
+    wsr_v1sess_t *opening;          //  v1: hello, recovery, welcome; NULL once live
+    void *opening_handle;           //  its entry in the worker's opening list
     uint32_t expiry_slot;           //  its index in the worker's expiry heap + 1, 0 = none
 };
 
@@ -149,6 +153,12 @@ typedef struct {
     s_list_t active;                //  open sessions by last input (ping due)
     s_list_t pinged;                //  pinged sessions (pong due)
     s_list_t closing;               //  closing sessions (close reply due)
+    zlistx_t *opening;              //  s_opening_t: v1 sessions before their welcome,
+                                    //  oldest first (one fixed delay: sorted)
+    zhashx_t *reads;                //  history read id → s_read_t (owned)
+    uint64_t next_read;             //  read ids
+    wsr_history_entry_t *entries;   //  scratch for decoding read results (owned)
+    int64_t reads_swept;            //  mono ms of the last sweep of old reads
     s_conn_t **expiries;            //  min-heap by expiry: sessions whose token runs out
     size_t expiry_count, expiry_cap;
     wsr_outframe_t *ping;           //  the ping frame, shared by all sessions
@@ -443,6 +453,244 @@ s_doom (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reason)
 }
 
 //  --------------------------------------------------------------------------
+//  A server message of our own (an error, a v1 message) for one session.
+static void
+s_queue_text (s_worker_t *self, s_conn_t *conn, const char *text, size_t len)
+{
+    wsr_outframe_t *frame = wsr_outframe_new (WSR_KIND_TEXT, (const uint8_t *) text, len, NULL);
+    s_queue_push (conn, &frame);
+    s_mark_dirty (self, conn);
+}
+
+//  --------------------------------------------------------------------------
+//  A client message upstream.
+static void
+s_send_up (s_worker_t *self, s_conn_t *conn, int kind, const uint8_t *data, size_t size)
+{
+    zframe_t *env = wsr_envelope_encode_up (conn->user, conn->id, self->node,
+                                            wsr_util_now_us (), kind, data, size);
+    if (wsr_link_send_up (self->link, &env) == 0)
+        self->count_up++;
+    else {
+        //  Never block on a full or unreachable bridge: drop, count, and
+        //  tell the client
+        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_DROPS, 1);
+        s_queue_text (self, conn, WSR_ERROR_UPSTREAM_BUSY, strlen (WSR_ERROR_UPSTREAM_BUSY));
+    }
+}
+
+static void s_v1_error (s_worker_t *self, s_conn_t *conn, const char *error);
+
+//  A token refresh (v1): the same sub; the expiry moves.
+static void
+s_v1_refresh (s_worker_t *self, s_conn_t *conn, const char *token)
+{
+    (void) token;
+    //  Verification lands with the per-worker verifier
+    s_v1_error (self, conn, "refresh is not available");
+}
+
+//  --------------------------------------------------------------------------
+//  wsrouter.v1 sessions: their opening (wsr_v1sess) and their messages
+
+//  The worker of this thread, for the v1 opening's callbacks
+static __thread s_worker_t *s_worker = NULL;
+
+typedef struct {
+    s_conn_t *conn;                 //  not owned
+    int64_t deadline;               //  mono ms: hello, or the reads, due
+} s_opening_t;
+
+typedef struct {
+    uint64_t conn_id;               //  who asked (the session may be gone)
+    int64_t asked_at;               //  mono ms
+    char topic [WSR_TOPIC_MAX];
+} s_read_t;
+
+static void
+s_v1_error (s_worker_t *self, s_conn_t *conn, const char *error)
+{
+    size_t len = 0;
+    char *text = wsr_v1_error (error, &len);
+    s_queue_text (self, conn, text, len);
+    free (text);
+    wsr_metrics_add (self->metrics, WSR_M_V1_ERRORS, 1);
+}
+
+static void
+s_v1_io_queue (void *arg, wsr_outframe_t **frame_p)
+{
+    s_conn_t *conn = (s_conn_t *) arg;
+    s_queue_push (conn, frame_p);
+    s_mark_dirty (s_worker, conn);
+}
+
+static int
+s_v1_io_read (void *arg, const char *topic, const char *epoch, uint64_t since, size_t max)
+{
+    s_conn_t *conn = (s_conn_t *) arg;
+    s_worker_t *self = s_worker;
+    if (zhashx_size (self->reads) >= WSR_V1_MAX_READS)
+        return -1;
+    uint64_t id = ++self->next_read;
+    s_read_t *read = (s_read_t *) zmalloc (sizeof (s_read_t));
+    read->conn_id = conn->id;
+    read->asked_at = wsr_util_mono_ms ();
+    snprintf (read->topic, sizeof read->topic, "%s", topic);
+    if (wsr_link_read (self->link, id, topic, epoch, since, max)) {
+        free (read);
+        return -1;
+    }
+    zhashx_insert (self->reads, (void *) (uintptr_t) id, read);
+    return 0;
+}
+
+static const wsr_v1sess_io_t
+s_v1_io = { s_v1_io_queue, s_v1_io_read };
+
+static void
+s_read_free (void **item_p)
+{
+    free (*item_p);
+    *item_p = NULL;
+}
+
+//  On the opening list with a fresh deadline (the delay is fixed: sorted).
+static void
+s_opening_arm (s_worker_t *self, s_conn_t *conn)
+{
+    if (conn->opening_handle) {
+        s_opening_t *entry = (s_opening_t *) zlistx_detach (self->opening, conn->opening_handle);
+        free (entry);
+    }
+    s_opening_t *entry = (s_opening_t *) zmalloc (sizeof (s_opening_t));
+    entry->conn = conn;
+    entry->deadline = wsr_util_mono_ms () + self->opts.hello_timeout_ms;
+    conn->opening_handle = zlistx_add_end (self->opening, entry);
+}
+
+//  The opening is over (live, or the session leaves): free it.
+static void
+s_opening_end (s_worker_t *self, s_conn_t *conn)
+{
+    wsr_v1sess_destroy (&conn->opening);
+    if (conn->opening_handle) {
+        s_opening_t *entry = (s_opening_t *) zlistx_detach (self->opening, conn->opening_handle);
+        free (entry);
+        conn->opening_handle = NULL;
+    }
+}
+
+//  A v1 session starts its opening: its topics are its user and channels.
+static void
+s_opening_start (s_worker_t *self, s_conn_t *conn)
+{
+    const char *topics [WSR_MAX_CHANNELS + 1];
+    size_t count = 0;
+    if (conn->member)
+        topics [count++] = wsr_topic_member_key (conn->member);
+    for (size_t i = 0; i < conn->channel_count; i++)
+        if (conn->channels [i])
+            topics [count++] = wsr_topic_member_key (conn->channels [i]);
+    conn->opening = wsr_v1sess_new (conn->id, self->node, topics, count, conn->expiry,
+                                    &s_v1_io, conn);
+    s_opening_arm (self, conn);
+}
+
+//  A message from a v1 client.
+static void
+s_v1_message (s_worker_t *self, s_conn_t *conn, const struct wslay_event_on_msg_recv_arg *arg)
+{
+    if (arg->opcode != WSLAY_TEXT_FRAME) {
+        s_v1_error (self, conn, "wsrouter.v1 takes JSON text messages");
+        return;
+    }
+    wsr_v1_msg_t msg;
+    wsr_v1_parse (arg->msg, arg->msg_length, self->opts.max_message, &msg);
+    bool waiting_hello = conn->opening && !wsr_v1sess_greeted (conn->opening);
+    if (msg.type == WSR_V1_INVALID)
+        s_v1_error (self, conn, msg.error);
+    else
+    if (msg.type == WSR_V1_HELLO) {
+        if (!waiting_hello)
+            s_v1_error (self, conn, "hello already received");
+        else {
+            wsr_v1sess_hello (conn->opening, msg.recover, msg.recover_count);
+            if (wsr_v1sess_live (conn->opening))
+                s_opening_end (self, conn);
+            else
+                s_opening_arm (self, conn);     //  the reads get their own time
+        }
+    }
+    else
+    if (waiting_hello)
+        s_v1_error (self, conn, "hello expected");
+    else
+    if (msg.type == WSR_V1_SEND)
+        s_send_up (self, conn, msg.kind, msg.data, msg.size);
+    else {
+        assert (msg.type == WSR_V1_REFRESH);
+        s_v1_refresh (self, conn, msg.token);
+    }
+    wsr_v1_msg_reset (&msg);
+}
+
+//  A history read's result, for the session that asked.
+static void
+s_handle_history (s_worker_t *self, uint64_t request, zframe_t *body)
+{
+    s_read_t *read = (s_read_t *) zhashx_lookup (self->reads, (void *) (uintptr_t) request);
+    if (!read)
+        return;                     //  given up on already
+    s_conn_t *conn = (s_conn_t *) zhashx_lookup (self->by_id, (void *) (uintptr_t) read->conn_id);
+    wsr_history_result_t result;
+    char epoch [WSR_HISTORY_EPOCH_MAX + 1];
+    if (conn && conn->opening) {
+        if (!body || wsr_envelope_decode_history (zframe_data (body), zframe_size (body),
+                                                  &result, self->entries,
+                                                  WSR_HISTORY_MAX_READ, epoch)) {
+            zsys_warning ("session-%d: malformed history result dropped", self->index);
+            result = (wsr_history_result_t) { -1, "", 0, false, NULL, 0 };
+        }
+        wsr_v1sess_history (conn->opening, read->topic, &result);
+        if (wsr_v1sess_live (conn->opening))
+            s_opening_end (self, conn);
+    }
+    zhashx_delete (self->reads, (void *) (uintptr_t) request);
+}
+
+//  Openings past their deadline: no hello (1008), or reads that did not
+//  come (the welcome goes, recovered false). Reads older than twice that
+//  are forgotten.
+static void
+s_openings_expire (s_worker_t *self, int64_t now)
+{
+    s_opening_t *entry;
+    while ((entry = (s_opening_t *) zlistx_first (self->opening)) && entry->deadline <= now) {
+        s_conn_t *conn = entry->conn;
+        if (!wsr_v1sess_greeted (conn->opening)) {
+            s_opening_end (self, conn);
+            s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_no_hello);
+        }
+        else {
+            wsr_v1sess_give_up (conn->opening);
+            s_opening_end (self, conn);
+        }
+    }
+    if (zhashx_size (self->reads) && now >= self->reads_swept + self->opts.hello_timeout_ms) {
+        self->reads_swept = now;
+        zlistx_t *old = zlistx_new ();
+        for (s_read_t *read = (s_read_t *) zhashx_first (self->reads); read;
+             read = (s_read_t *) zhashx_next (self->reads))
+            if (now - read->asked_at > 2 * self->opts.hello_timeout_ms)
+                zlistx_add_end (old, (void *) zhashx_cursor (self->reads));
+        for (void *key = zlistx_first (old); key; key = zlistx_next (old))
+            zhashx_delete (self->reads, key);
+        zlistx_destroy (&old);
+    }
+}
+
+//  --------------------------------------------------------------------------
 //  wslay callbacks; user_data is the worker, self->current the session.
 
 static ssize_t
@@ -582,6 +830,7 @@ static void
 s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
           void *user_data)
 {
+    (void) ctx;
     s_worker_t *self = (s_worker_t *) user_data;
     s_conn_t *conn = self->current;
     if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
@@ -589,25 +838,14 @@ s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
     if (conn->state != S_OPEN)
         return;                     //  data after our close is ignored
     //  wslay has checked text for UTF-8 as it arrived (→ 1007)
-    (void) ctx;
     self->count_in++;
     self->bytes_in += (int64_t) arg->msg_length;
-    zframe_t *env = wsr_envelope_encode_up (
-        conn->user, conn->id, self->node, wsr_util_now_us (),
-        arg->opcode == WSLAY_TEXT_FRAME? WSR_KIND_TEXT: WSR_KIND_BINARY,
-        arg->msg, arg->msg_length);
-    if (wsr_link_send_up (self->link, &env) == 0)
-        self->count_up++;
-    else {
-        //  Never block on a full or unreachable bridge: drop, count, and
-        //  tell the client
-        wsr_metrics_add (self->metrics, WSR_M_UPSTREAM_DROPS, 1);
-        wsr_outframe_t *error = wsr_outframe_new (WSR_KIND_TEXT,
-                                                  (const uint8_t *) WSR_ERROR_UPSTREAM_BUSY,
-                                                  strlen (WSR_ERROR_UPSTREAM_BUSY), NULL);
-        s_queue_push (conn, &error);
-        s_mark_dirty (self, conn);
-    }
+    if (conn->v1)
+        s_v1_message (self, conn, arg);
+    else
+        s_send_up (self, conn,
+                   arg->opcode == WSLAY_TEXT_FRAME? WSR_KIND_TEXT: WSR_KIND_BINARY,
+                   arg->msg, arg->msg_length);
 }
 
 static const struct wslay_event_callbacks
@@ -694,6 +932,7 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
     }
     conn->state = S_CLOSING;
     s_expiry_clear (self, conn);
+    s_opening_end (self, conn);
     s_conn_ws (self, conn);
     self->current = conn;
     if (!wslay_event_get_close_sent (conn->ws)) {
@@ -730,6 +969,7 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
     }
     conn->state = S_DEAD;
     s_expiry_clear (self, conn);
+    s_opening_end (self, conn);
     epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
     close (conn->fd);
     conn->fd = -1;
@@ -925,7 +1165,18 @@ s_handle_reply (s_worker_t *self, uint64_t id, zframe_t **body_p)
     wsr_envelope_t env;
     if (conn && conn->state == S_OPEN
     &&  wsr_envelope_decode (zframe_data (body), zframe_size (body), &env) == 0) {
-        wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, body_p);
+        wsr_outframe_t *frame;
+        bool error = env.size >= 15 && !memcmp (env.data, "{\"type\":\"error\"", 15);
+        if (conn->v1 && !error) {
+            //  v1: the backend's answer inside a reply message (our own
+            //  errors are v1 error messages already)
+            size_t len = 0;
+            char *text = wsr_v1_reply (env.kind, env.data, env.size, &len);
+            frame = wsr_outframe_new (WSR_KIND_TEXT, (const uint8_t *) text, len, NULL);
+            free (text);
+        }
+        else
+            frame = wsr_outframe_new (env.kind, env.data, env.size, body_p);
         s_queue_push (conn, &frame);
         self->count_out++;
         self->bytes_out += (int64_t) env.size;
@@ -948,7 +1199,7 @@ s_handle_adopt (s_worker_t *self)
                     &flags, &reason, &user, &channels, &response, &early) == -1)
         return false;
     //  Internal message: its shape is a contract, not input
-    assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0 && flags == 0);
+    assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0 && (flags & ~WSR_ADOPT_V1) == 0);
     zstr_free (&verb);
 
     s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
@@ -1029,6 +1280,9 @@ s_handle_adopt (s_worker_t *self)
         s_expiry_set (self, conn, (int64_t) expiry);
         wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
         s_touch (self, conn);
+        conn->v1 = flags & WSR_ADOPT_V1;
+        if (conn->v1)
+            s_opening_start (self, conn);
         if (self->draining)
             s_conn_close (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
         else
@@ -1066,19 +1320,52 @@ s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
         wsr_metrics_add (self->metrics, WSR_M_DELIVER_NO_SESSION, 1);
         return;
     }
-    wsr_outframe_t *frame = wsr_outframe_new (env.kind, env.data, env.size, body_p);
-    int64_t recipients = 0;
-    for (; member; member = wsr_topic_next (member)) {
-        s_conn_t *conn = (s_conn_t *) wsr_topic_owner (member);
+    //  First pass: v1 sessions still opening take their copy now (their
+    //  recovery decides), and what the live ones need is counted; each kind
+    //  of frame is then encoded once for all of them
+    char epoch [WSR_HISTORY_EPOCH_MAX + 1] = "";
+    if (env.offset) {
+        memcpy (epoch, env.epoch, env.epoch_len);
+        epoch [env.epoch_len] = 0;
+    }
+    size_t raw_count = 0, v1_count = 0;
+    for (wsr_topic_member_t *m = member; m; m = wsr_topic_next (m)) {
+        s_conn_t *conn = (s_conn_t *) wsr_topic_owner (m);
         if (conn->state != S_OPEN || conn->doomed)
             continue;
-        wsr_outframe_t *link = wsr_outframe_link (frame);
+        if (conn->opening) {
+            wsr_v1sess_deliver (conn->opening, key, env.offset, env.prev, epoch, env.kind,
+                                env.data, env.size, NULL);
+        }
+        else
+        if (conn->v1)
+            v1_count++;
+        else
+            raw_count++;
+    }
+    wsr_outframe_t *v1_frame = NULL;
+    if (v1_count) {
+        size_t len = 0;
+        char *text = wsr_v1_pub (key, env.offset, epoch, env.kind, env.data, env.size, &len);
+        v1_frame = wsr_outframe_new (WSR_KIND_TEXT, (const uint8_t *) text, len, NULL);
+        free (text);
+    }
+    //  Last: the raw frame may take the received frame (and its bytes)
+    wsr_outframe_t *frame = raw_count? wsr_outframe_new (env.kind, env.data, env.size, body_p)
+                                     : NULL;
+    int64_t recipients = 0;
+    for (; member && (raw_count || v1_count); member = wsr_topic_next (member)) {
+        s_conn_t *conn = (s_conn_t *) wsr_topic_owner (member);
+        if (conn->state != S_OPEN || conn->doomed || conn->opening)
+            continue;
+        wsr_outframe_t *link = wsr_outframe_link (conn->v1? v1_frame: frame);
         s_queue_push (conn, &link);
         recipients++;
         if (conn->qbytes > self->opts.max_queue)
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_delayed (self, conn);
     }
+    wsr_outframe_unlink (&v1_frame);
     self->count_out += recipients;
     self->bytes_out += recipients * (int64_t) env.size;
     wsr_outframe_unlink (&frame);
@@ -1113,6 +1400,9 @@ s_handle_link (s_worker_t *self)
     else
     if (msg.kind == WSR_LINK_REFUSED)
         s_handle_refused (self, msg.topic);
+    else
+    if (msg.kind == WSR_LINK_HISTORY)
+        s_handle_history (self, msg.request, msg.body);
     wsr_link_msg_reset (&msg);
     return true;
 }
@@ -1199,6 +1489,8 @@ s_after_batch (s_worker_t *self)
         self->count_out = self->bytes_out = self->count_in = self->bytes_in = 0;
         self->count_up = 0;
     }
+    if (zlistx_size (self->opening) || zhashx_size (self->reads))
+        s_openings_expire (self, wsr_util_mono_ms ());
     //  Tokens that ran out: only the heap's top is looked at
     if (self->expiry_count) {
         int64_t wall = wsr_util_now_us () / 1000000;
@@ -1293,6 +1585,8 @@ s_worker_init (s_worker_t *self, s_args_t *a)
 {
     self->index = a->index;
     self->opts = a->opts;
+    if (self->opts.hello_timeout_ms <= 0)
+        self->opts.hello_timeout_ms = WSR_V1_HELLO_MS;
     self->metrics = a->metrics;
     self->node = strdup (a->name);
     self->topics = wsr_topic_new (self->opts.max_sessions * (WSR_MAX_CHANNELS + 1));
@@ -1303,6 +1597,17 @@ s_worker_init (s_worker_t *self, s_args_t *a)
     zhashx_set_key_comparator (self->by_id, s_id_compare);
     zhashx_set_key_destructor (self->by_id, NULL);
     zhashx_set_key_duplicator (self->by_id, NULL);
+    self->opening = zlistx_new ();
+    self->reads = zhashx_new ();
+    zhashx_set_key_hasher (self->reads, s_id_hash);
+    zhashx_set_key_comparator (self->reads, s_id_compare);
+    zhashx_set_key_destructor (self->reads, NULL);
+    zhashx_set_key_duplicator (self->reads, NULL);
+    zhashx_set_destructor (self->reads, s_read_free);
+    self->entries = (wsr_history_entry_t *) malloc (WSR_HISTORY_MAX_READ
+                                                    * sizeof (wsr_history_entry_t));
+    assert (self->entries);
+    s_worker = self;
 }
 
 static void
@@ -1318,6 +1623,9 @@ s_worker_fini (s_worker_t *self)
     wsr_link_destroy (&self->link);
     wsr_topic_destroy (&self->topics);
     free (self->expiries);
+    zlistx_destroy (&self->opening);        //  emptied by the kills above
+    zhashx_destroy (&self->reads);
+    free (self->entries);
     zhashx_destroy (&self->by_id);
     wsr_outframe_unlink (&self->ping);
     free (self->node);
@@ -1621,6 +1929,29 @@ s_client_send (int fd, int opcode, bool fin, const void *data, size_t len)
     assert (send (fd, frame, 6 + len, 0) == (ssize_t) (6 + len));
 }
 
+//  Send a masked client frame of any length under 64 KiB.
+static void
+s_client_send_long (int fd, int opcode, const void *data, size_t len)
+{
+    uint8_t frame [4 + 4 + 65536];
+    assert (len < 65536);
+    size_t at = 0;
+    frame [at++] = 0x80 | (uint8_t) opcode;
+    if (len < 126)
+        frame [at++] = 0x80 | (uint8_t) len;
+    else {
+        frame [at++] = 0x80 | 126;
+        frame [at++] = (uint8_t) (len >> 8);
+        frame [at++] = (uint8_t) len;
+    }
+    uint8_t mask [4] = { 0x21, 0x43, 0x65, 0x87 };
+    memcpy (frame + at, mask, 4);
+    at += 4;
+    for (size_t i = 0; i < len; i++)
+        frame [at + i] = ((const uint8_t *) data) [i] ^ mask [i % 4];
+    assert (send (fd, frame, at + len, 0) == (ssize_t) (at + len));
+}
+
 //  Read one unmasked server frame (payload < 64 KiB); returns opcode.
 static int
 s_client_recv (int fd, uint8_t *payload, size_t *len)
@@ -1644,6 +1975,8 @@ s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, cons
                   const char *channels, const void *early, size_t early_size,
                   int64_t expiry);
 
+static int s_test_flags = 0;        //  ADOPT flags of the sessions the test makes
+
 static int
 s_test_adopt (zsock_t *auth, uint64_t id, int code, const char *reason, const char *user,
          const char *channels, const void *early, size_t early_size)
@@ -1664,7 +1997,8 @@ s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, cons
     const char *response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                            "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
     int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, -1,
-                         (uint64_t) expiry, 0, reason, user, channels, response, frame);
+                         (uint64_t) expiry, s_test_flags, reason, user, channels, response,
+                         frame);
     assert (rc == 0);
     zframe_destroy (&frame);
     return pair [1];
@@ -1677,6 +2011,7 @@ typedef struct {
     zframe_t *rid;                  //  the worker's routing id, from its HELLO
     zlistx_t *subs;                 //  "+topic" / "-topic", in order
     zlistx_t *ups;                  //  UP envelopes (zframe_t)
+    zlistx_t *hists;                //  HIST requests (zmsg_t, after the command)
 } s_fake_t;
 
 static void
@@ -1697,6 +2032,11 @@ s_fake_pump (s_fake_t *fake, int ms)
         else
         if (streq (command, WSR_PROTO_UP))
             zlistx_add_end (fake->ups, zmsg_pop (msg));
+        else
+        if (streq (command, WSR_PROTO_HIST)) {
+            zlistx_add_end (fake->hists, msg);
+            msg = NULL;
+        }
         zframe_destroy (&rid);
         zstr_free (&command);
         zmsg_destroy (&msg);
@@ -1765,10 +2105,11 @@ wsr_session_test (bool verbose)
     wsr_metrics_t *metrics = wsr_metrics_new ();
     //  The test plays the bridge
     s_fake_t fake_data = { zsock_new_router ("inproc://wsr-bridge-stest"), NULL,
-                           zlistx_new (), zlistx_new () };
+                           zlistx_new (), zlistx_new (), zlistx_new () };
     s_fake_t *fake = &fake_data;
     zlistx_set_destructor (fake->subs, (czmq_destructor *) zstr_free);
     zlistx_set_destructor (fake->ups, (czmq_destructor *) zframe_destroy);
+    zlistx_set_destructor (fake->hists, (czmq_destructor *) zmsg_destroy);
     wsr_ipcount_t *ipcount = wsr_ipcount_new (0);
     wsr_session_opts_t opts = {
         .max_message = 1024 * 1024, .max_queue = 64 * 1024, .max_sessions = 1000,
@@ -2024,6 +2365,99 @@ wsr_session_test (bool verbose)
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);
 
+    //  wsrouter.v1 (a fourth worker, hello due within 300 ms)
+    opts.write_delay_ms = 0;
+    opts.hello_timeout_ms = 300;
+    worker = wsr_session_new ("stest", 3, &opts, metrics, ipcount);
+    assert (worker);
+    auth = zsock_new_push ("inproc://wsr-adopt-stest-3");
+    s_test_flags = WSR_ADOPT_V1;
+    int v1 = s_test_adopt (auth, ++id, 0, "", "vu", "", NULL, 0);
+    s_expect_101 (v1);
+    s_wait_sub (fake, "user:vu");
+    //  A publication before the hello is held (offset 5)
+    zframe_t *key5 = zframe_new ("user:vu", 8);
+    zframe_t *env5 = wsr_envelope_encode_pub ((const uint8_t *) "live-5", 6, 0, 0, 5, 4, "E");
+    assert (zsock_send (fake->router, "fsff", fake->rid, WSR_PROTO_DELIVER, key5, env5) == 0);
+    assert (s_read_exact (v1, payload, 1, 200) == 0);
+    const char *v1_hello = "{\"type\":\"hello\",\"recover\":{\"user:vu\":"
+                        "{\"epoch\":\"E\",\"offset\":3}}}";
+    s_client_send_long (v1, 0x1, v1_hello, strlen (v1_hello));
+    //  The read the worker asks for: after 3 in E
+    int64_t end = zclock_mono () + 2000;
+    while (zlistx_size (fake->hists) == 0 && zclock_mono () < end)
+        s_fake_pump (fake, 50);
+    zmsg_t *hist = (zmsg_t *) zlistx_detach (fake->hists, NULL);
+    assert (hist && zmsg_size (hist) == 5);
+    zframe_t *request = zmsg_pop (hist);
+    zframe_t *hist_topic = zmsg_pop (hist);
+    char *hist_epoch = zmsg_popstr (hist);
+    zframe_t *hist_since = zmsg_pop (hist);
+    assert (zframe_size (hist_topic) == 8 && !memcmp (zframe_data (hist_topic), "user:vu", 8));
+    assert (streq (hist_epoch, "E") && wsr_msgs_get_u64 (zframe_data (hist_since)) == 3);
+    wsr_history_entry_t entries [2] = {
+        { 4, (const uint8_t *) "h-4", 3, 0 }, { 5, (const uint8_t *) "live-5", 6, 0 }
+    };
+    wsr_history_result_t result = { 0, "E", 5, true, entries, 2 };
+    zframe_t *result_frame = wsr_envelope_encode_history (&result);
+    assert (zsock_send (fake->router, "fsff", fake->rid, WSR_PROTO_HISTR, request,
+                        result_frame) == 0);
+    //  welcome, then 4 and 5 (5 once), then live 6
+    assert (s_client_recv (v1, payload, &len) == 1);
+    payload [len] = 0;
+    assert (strstr ((char *) payload, "\"type\":\"welcome\"")
+         && strstr ((char *) payload, "\"user:vu\":{\"epoch\":\"E\",\"offset\":5,"
+                                      "\"recovered\":true}"));
+    assert (s_client_recv (v1, payload, &len) == 1);
+    payload [len] = 0;
+    assert (strstr ((char *) payload, "\"offset\":4,\"data\":\"h-4\""));
+    assert (s_client_recv (v1, payload, &len) == 1);
+    payload [len] = 0;
+    assert (strstr ((char *) payload, "\"offset\":5,\"data\":\"live-5\""));
+    zframe_t *key6 = zframe_new ("user:vu", 8);
+    zframe_t *env6 = wsr_envelope_encode_pub ((const uint8_t *) "live-6", 6, 0, 0, 6, 5, "E");
+    assert (zsock_send (fake->router, "fsff", fake->rid, WSR_PROTO_DELIVER, key6, env6) == 0);
+    assert (s_client_recv (v1, payload, &len) == 1);
+    payload [len] = 0;
+    assert (strstr ((char *) payload, "{\"type\":\"pub\",\"topic\":\"user:vu\","
+                                      "\"epoch\":\"E\",\"offset\":6,\"data\":\"live-6\"}"));
+    //  send goes up; garbage gets an error and the session stays
+    const char *send = "{\"type\":\"send\",\"data\":\"up!\"}";
+    s_client_send_long (v1, 0x1, send, strlen (send));
+    env_frame = s_expect_up (fake);
+    assert (wsr_envelope_decode (zframe_data (env_frame), zframe_size (env_frame), &env) == 0);
+    assert (env.size == 3 && !memcmp (env.data, "up!", 3) && env.kind == WSR_KIND_TEXT);
+    zframe_destroy (&env_frame);
+    s_client_send (v1, 0x1, true, "{nope", 5);
+    assert (s_client_recv (v1, payload, &len) == 1);
+    payload [len] = 0;
+    assert (strstr ((char *) payload, "\"type\":\"error\""));
+    s_client_send (v1, 0x2, true, "\x01", 1);
+    assert (s_client_recv (v1, payload, &len) == 1);
+    payload [len] = 0;
+    assert (strstr ((char *) payload, "JSON text"));
+    //  One that never says hello is closed with 1008
+    int mute = s_test_adopt (auth, ++id, 0, "", "mute", "", NULL, 0);
+    s_expect_101 (mute);
+    assert (s_client_recv (mute, payload, &len) == 0x8);
+    assert ((payload [0] << 8 | payload [1]) == 1008 && !memcmp (payload + 2, "hello expected",
+                                                               14));
+    s_test_flags = 0;
+    close (v1);
+    close (mute);
+    zframe_destroy (&request);
+    zframe_destroy (&hist_topic);
+    zframe_destroy (&hist_since);
+    zframe_destroy (&key5);
+    zframe_destroy (&env5);
+    zframe_destroy (&key6);
+    zframe_destroy (&env6);
+    zframe_destroy (&result_frame);
+    zstr_free (&hist_epoch);
+    zmsg_destroy (&hist);
+    wsr_session_destroy (&worker);
+    zsock_destroy (&auth);
+
     //  The fuzz entry point: a message and a close get the close echoed;
     //  garbage gets 1002 with its reason; a cut-off frame gets nothing
     uint8_t hello [] = { 0x81, 0x85, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o',
@@ -2037,6 +2471,7 @@ wsr_session_test (bool verbose)
     zframe_destroy (&fake->rid);
     zlistx_destroy (&fake->subs);
     zlistx_destroy (&fake->ups);
+    zlistx_destroy (&fake->hists);
     zsock_destroy (&fake->router);
     wsr_ipcount_destroy (&ipcount);
     wsr_metrics_destroy (&metrics);

@@ -21,6 +21,7 @@ typedef struct {
     size_t rate_messages;       //  inbound frames per second (0 = no limit)
     size_t rate_bytes;          //  inbound bytes per second
     int write_delay_ms;         //  hold deliveries this long to coalesce writes (0 = off)
+    int hello_timeout_ms;       //  v1: the hello, then the recovery reads, due (0 = 10 s)
     const char *bridge;         //  the bridge's endpoint (borrowed until started)
     const char *curve_secret;   //  this node's secret certificate, or NULL
     const char *curve_server;   //  the bridge's public certificate, or NULL

@@ -10,6 +10,7 @@ extern "C" {
 #define WSR_V1_SUBPROTOCOL      "wsrouter.v1"
 #define WSR_V1_HELLO_MS         10000   //  the client's hello must come this soon
 #define WSR_V1_MAX_RECOVER      (WSR_MAX_CHANNELS + 1)  //  positions in one hello
+#define WSR_V1_MAX_READS        100000  //  history reads a worker waits for at once
 
 //  A topic's position, as in welcome and hello.
 typedef struct {
