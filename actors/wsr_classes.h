@@ -61,6 +61,7 @@
 #include "wsr_nats.h"
 #include "wsr_jetstream.h"
 #include "wsr_hreads.h"
+#include "wsr_presence.h"
 #include "wsr_v1sess.h"
 #include "wsr_peers.h"
 #include "wsr_zap.h"

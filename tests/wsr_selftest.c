@@ -41,6 +41,7 @@ s_tests [] = {
     { "history", wsr_history_test },
     { "recovery", wsr_recovery_test },
     { "hreads", wsr_hreads_test },
+    { "presence", wsr_presence_test },
     { "v1sess", wsr_v1sess_test },
     { "nats", wsr_nats_test },
     { "jetstream", wsr_jetstream_test },
