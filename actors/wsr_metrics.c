@@ -139,6 +139,15 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_V1_ERRORS] =
         { "wsrouter_v1_errors_total", NULL, "counter",
           "wsrouter.v1 client messages answered with an error (malformed, unknown, early)" },
+    [WSR_M_BRIDGE_EVENTS] =
+        { "wsrouter_bridge_events_total", NULL, "counter",
+          "Session connect / disconnect events published" },
+    [WSR_M_BRIDGE_EVENTS_LOST] =
+        { "wsrouter_bridge_events_lost_total", NULL, "counter",
+          "Session events not published: no backplane up" },
+    [WSR_M_BRIDGE_PRESENCE_LOST] =
+        { "wsrouter_bridge_presence_lost_total", NULL, "counter",
+          "Presence updates not written (Redis down or too busy)" },
     [WSR_M_TOKEN_EXPIRED] =
         { "wsrouter_token_expired_total", NULL, "counter",
           "Sessions closed with 1008 when their token ran out" },

@@ -63,6 +63,9 @@ typedef enum {
     WSR_M_BRIDGE_NATS_REFUSED,      //  NATS refused login / permission, or libnats gave up
     WSR_M_BRIDGE_HISTORY_REFUSED,   //  history reads refused: too many waiting
     WSR_M_V1_ERRORS,                //  v1 client messages answered with an error
+    WSR_M_BRIDGE_EVENTS,            //  lifecycle events published
+    WSR_M_BRIDGE_EVENTS_LOST,       //  ... that found no backplane up
+    WSR_M_BRIDGE_PRESENCE_LOST,     //  presence updates not sent (Redis down, full)
     WSR_M_COUNT
 } wsr_metric_t;
 

@@ -81,6 +81,10 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_PUB       "PUB"       //  f topic key, f downstream envelope (API)
 #define WSR_PROTO_HIST      "HIST"      //  N request id, f topic key, s epoch ("" none),
                                         //  N since offset, N max entries
+#define WSR_PROTO_EVENT     "EVENT"     //  s "connect"|"disconnect", N session, s user,
+                                        //  s channels (comma-joined), N since (wall ms),
+                                        //  N close code, s reason, N duration ms
+#define WSR_PROTO_PRESENCE  "PRESENCE"  //  N request id, s "user"|"channel", s id, N limit
 #define WSR_PROTO_PING      "PING"      //  nothing: alive while idle
 #define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
 //  Bridge → peer (N: an 8-byte unsigned number, network byte order)
@@ -90,12 +94,13 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_RESYNC    "RESYNC"    //  nothing: HELLO and SUB everything again
 #define WSR_PROTO_REFUSED   "REFUSED"   //  f topic key, s reason: SUB not taken
 #define WSR_PROTO_HISTR     "HISTR"     //  N request id, f history result envelope
+#define WSR_PROTO_PRESENCER "PRESENCER" //  N request id, N HTTP status, s JSON body
 //  Roles in HELLO
 #define WSR_ROLE_WORKER     "worker"    //  a session worker: SUB, UP; gets D, REPLY
 #define WSR_ROLE_ROUTER     "router"    //  a node's router: PUB; gets HB
 
 #define WSR_PROTO_MAX_TOPICS    64      //  topic frames per SUB / UNSUB message
-#define WSR_PROTO_PING_MS       1000    //  a peer silent this long sends PING
+#define WSR_PROTO_PING_MS       500     //  a peer silent this long sends PING
 #define WSR_PROTO_PEER_TTL_MS   3000    //  a peer silent this long is forgotten
 #define WSR_PROTO_HB_MS         500     //  bridge heartbeat period
 #define WSR_PROTO_HB_DEAD_MS    2000    //  no heartbeat this long: bridge down

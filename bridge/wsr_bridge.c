@@ -76,6 +76,11 @@ typedef struct {
     char js_names [3][512];         //  stream name, user and channel subjects
     char js_endpoint [64];          //  inproc endpoint of js_live
     wsr_hreads_t *hreads;           //  history reads for peers
+    wsr_presence_t *presence;       //  presence in Redis, or NULL
+    bool events;                    //  publish lifecycle events
+    char *redis_events;             //  events channel template (owned)
+    char *nats_events;              //  events subject template (owned)
+    int64_t next_beat;              //  mono ms: presence beat due
     bool redis_was_up;              //  to notice subscriptions lost
     wsr_naming_t *redis_names;      //  topic ⇄ Redis channel
     wsr_naming_t *nats_names;       //  topic ⇄ NATS subject
@@ -103,6 +108,9 @@ wsr_bridge_opts_defaults (wsr_bridge_opts_t *opts)
     opts->nats_user = "world.updates.user.{user_id}";
     opts->nats_channel = "world.updates.channel.{channel}";
     opts->nats_actions = "client.actions.{user_id}";
+    opts->redis_events = "ws:events:{user_id}";
+    opts->nats_events = "client.events.{user_id}";
+    opts->events = true;
     opts->upstream_timeout_ms = 5000;
     opts->upstream_concurrency = 64;
     opts->upstream_queue = 10000;
@@ -568,6 +576,275 @@ s_handle_publish (s_bridge_t *self, zmsg_t *msg)
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_PUBLISH_LOST, 1);
 }
 
+//  --------------------------------------------------------------------------
+//  Session lifecycle: events published, presence kept
+
+//  A template's {user_id} replaced by user (a valid id).
+static void
+s_user_name (const char *template, const char *user, char *out, size_t size)
+{
+    const char *place = strstr (template, "{user_id}");
+    if (!place)
+        snprintf (out, size, "%s", template);
+    else
+        snprintf (out, size, "%.*s%s%s", (int) (place - template), template, user,
+                  place + strlen ("{user_id}"));
+}
+
+//  The event's JSON, published on Redis ws:events:USER, NATS
+//  client.events.USER and POSTed to the HTTP backend.
+static void
+s_publish_event (s_bridge_t *self, const char *type, const char *node, uint64_t session,
+                 const char *user, const char *channels, int64_t since_ms, int code,
+                 const char *reason, int64_t duration_ms)
+{
+    json_t *event = json_object ();
+    json_object_set_new (event, "type", json_string (type));
+    json_object_set_new (event, "user", json_string (user));
+    char id [24];
+    snprintf (id, sizeof id, "%" PRIu64, session);
+    json_object_set_new (event, "session", json_string (id));
+    json_object_set_new (event, "node", json_string (node));
+    json_t *list = json_array ();
+    char copy [WSR_MAX_CHANNELS * (WSR_MAX_ID_LEN + 1) + 1];
+    snprintf (copy, sizeof copy, "%s", channels);
+    char *saveptr = NULL;
+    for (char *c = strtok_r (copy, ",", &saveptr); c; c = strtok_r (NULL, ",", &saveptr))
+        json_array_append_new (list, json_string (c));
+    json_object_set_new (event, "channels", list);
+    json_object_set_new (event, "since", json_integer (since_ms));
+    json_object_set_new (event, "ts", json_integer (wsr_util_now_us () / 1000));
+    if (streq (type, "disconnect")) {
+        json_object_set_new (event, "code", json_integer (code));
+        json_object_set_new (event, "reason", json_string (reason));
+        json_object_set_new (event, "duration_ms", json_integer (duration_ms));
+    }
+    char *text = json_dumps (event, JSON_COMPACT);
+    json_decref (event);
+    char name [WSR_TOPIC_MAX + 256];
+    bool sent = false;
+    if (self->redis) {
+        s_user_name (self->redis_events, user, name, sizeof name);
+        sent |= wsr_redis_publish (self->redis, name, (const uint8_t *) text, strlen (text)) == 0;
+    }
+    if (self->nats) {
+        s_user_name (self->nats_events, user, name, sizeof name);
+        sent |= wsr_nats_publish (self->nats, name, (const uint8_t *) text, strlen (text)) == 0;
+    }
+    if (self->http) {
+        //  POSTed like client messages, told apart by "event"; the answer
+        //  goes nowhere (tag 0, no peer)
+        json_t *body = json_loads (text, 0, NULL);
+        json_object_set (body, "event", json_object_get (body, "type"));
+        json_object_del (body, "type");
+        char *post = json_dumps (body, JSON_COMPACT);
+        json_decref (body);
+        sent |= wsr_upstream_http_submit (self->http, 0, "", "application/json",
+                                          (const uint8_t *) post, strlen (post)) == 0;
+        free (post);
+    }
+    wsr_metrics_add (self->metrics, sent? WSR_M_BRIDGE_EVENTS: WSR_M_BRIDGE_EVENTS_LOST, 1);
+    free (text);
+}
+
+//  EVENT from a worker.
+static void
+s_handle_event (s_bridge_t *self, wsr_peer_t *peer, zmsg_t *msg)
+{
+    char *type = zmsg_popstr (msg);
+    zframe_t *session = zmsg_pop (msg);
+    char *user = zmsg_popstr (msg);
+    char *channels = zmsg_popstr (msg);
+    zframe_t *since = zmsg_pop (msg);
+    zframe_t *code = zmsg_pop (msg);
+    char *reason = zmsg_popstr (msg);
+    zframe_t *duration = zmsg_pop (msg);
+    const char *node = wsr_peer_node (peer);
+    bool connect = type && streq (type, "connect");
+    if (!node || !type || (!connect && !streq (type, "disconnect"))
+    ||  !user || !wsr_util_id_valid (user, strlen (user)) || !channels || !reason
+    ||  strlen (channels) > WSR_MAX_CHANNELS * (WSR_MAX_ID_LEN + 1) || strchr (channels, ' ')
+    ||  zframe_size (session) != 8 || zframe_size (since) != 8 || zframe_size (code) != 8
+    ||  zframe_size (duration) != 8)
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
+    else
+    if (self->events) {
+        uint64_t id = wsr_msgs_get_u64 (zframe_data (session));
+        int64_t since_ms = (int64_t) wsr_msgs_get_u64 (zframe_data (since));
+        if (self->presence) {
+            int rc;
+            if (connect) {
+                char info [1024];
+                snprintf (info, sizeof info, "{\"session\":\"%" PRIu64 "\",\"user\":\"%s\","
+                          "\"node\":\"%s\",\"since\":%" PRId64 ",\"channels\":\"%s\"}",
+                          id, user, node, since_ms, channels);
+                rc = wsr_presence_connect (self->presence, node, id, user, channels, since_ms,
+                                           info);
+            }
+            else
+                rc = wsr_presence_disconnect (self->presence, node, id, user, channels,
+                                              since_ms);
+            if (rc)
+                wsr_metrics_add (self->metrics, WSR_M_BRIDGE_PRESENCE_LOST, 1);
+        }
+        s_publish_event (self, type, node, id, user, channels, since_ms,
+                         (int) wsr_msgs_get_u64 (zframe_data (code)), reason,
+                         (int64_t) wsr_msgs_get_u64 (zframe_data (duration)));
+    }
+    zstr_free (&type);
+    zstr_free (&user);
+    zstr_free (&channels);
+    zstr_free (&reason);
+    zframe_destroy (&session);
+    zframe_destroy (&since);
+    zframe_destroy (&code);
+    zframe_destroy (&duration);
+}
+
+//  A session of a node that stopped without a word: its disconnect event.
+static void
+s_on_lost (void *arg, const char *node, uint64_t session, const char *user, const char *channels,
+           int64_t since_ms)
+{
+    s_bridge_t *self = (s_bridge_t *) arg;
+    int64_t now = wsr_util_now_us () / 1000;
+    s_publish_event (self, "disconnect", node, session, user, channels, since_ms, 1006,
+                     "node lost", now - since_ms);
+}
+
+typedef struct {
+    s_bridge_t *bridge;
+    uint8_t rid [255];
+    size_t rid_size;
+    uint64_t request;
+    bool channel;
+    char id [WSR_MAX_ID_LEN + 1];
+} s_query_t;
+
+//  PRESENCER [request][status][JSON] back to the peer that asked.
+static void
+s_presence_answer (s_bridge_t *self, const uint8_t *rid, size_t rid_size, uint64_t request,
+                   int status, const char *json)
+{
+    wsr_peer_t *peer = wsr_peers_lookup (self->peers, rid, rid_size, false, NULL);
+    if (peer && s_send_head (self, peer, WSR_PROTO_PRESENCER, true)) {
+        uint8_t number [8];
+        wsr_msgs_put_u64 (number, request);
+        zmq_send (zsock_resolve (self->nodes), number, 8, ZMQ_SNDMORE);
+        wsr_msgs_put_u64 (number, (uint64_t) status);
+        zmq_send (zsock_resolve (self->nodes), number, 8, ZMQ_SNDMORE);
+        zmq_send (zsock_resolve (self->nodes), json, strlen (json), 0);
+    }
+}
+
+static void
+s_on_query (void *arg, int status, size_t total, const char *const *infos, size_t count)
+{
+    s_query_t *query = (s_query_t *) arg;
+    if (status) {
+        s_presence_answer (query->bridge, query->rid, query->rid_size, query->request, 503,
+                           "{\"error\":\"presence store unavailable\"}");
+        free (query);
+        return;
+    }
+    json_t *answer = json_object ();
+    json_object_set_new (answer, query->channel? "channel": "user", json_string (query->id));
+    json_t *list = json_array ();
+    for (size_t i = 0; i < count; i++) {
+        json_t *info = json_loads (infos [i], 0, NULL);
+        if (info) {
+            //  Stored as text: the channels back into an array
+            const char *csv = json_string_value (json_object_get (info, "channels"));
+            json_t *channels = json_array ();
+            if (csv) {
+                char copy [WSR_MAX_CHANNELS * (WSR_MAX_ID_LEN + 1) + 1];
+                snprintf (copy, sizeof copy, "%s", csv);
+                char *saveptr = NULL;
+                for (char *c = strtok_r (copy, ",", &saveptr); c;
+                     c = strtok_r (NULL, ",", &saveptr))
+                    json_array_append_new (channels, json_string (c));
+            }
+            json_object_set_new (info, "channels", channels);
+            json_array_append_new (list, info);
+        }
+    }
+    if (query->channel) {
+        json_object_set_new (answer, "count", json_integer ((json_int_t) total));
+        json_object_set_new (answer, "members", list);
+    }
+    else
+        json_object_set_new (answer, "sessions", list);
+    char *text = json_dumps (answer, JSON_COMPACT);
+    json_decref (answer);
+    s_presence_answer (query->bridge, query->rid, query->rid_size, query->request, 200, text);
+    free (text);
+    free (query);
+}
+
+//  PRESENCE [request][kind][id][limit] from a node.
+static void
+s_handle_presence (s_bridge_t *self, wsr_peer_t *peer, zmsg_t *msg)
+{
+    zframe_t *request = zmsg_pop (msg);
+    char *kind = zmsg_popstr (msg);
+    char *id = zmsg_popstr (msg);
+    zframe_t *limit = zmsg_pop (msg);
+    size_t rid_size = 0;
+    const uint8_t *rid = wsr_peer_rid (peer, &rid_size);
+    if (zframe_size (request) != 8 || zframe_size (limit) != 8 || !kind || !id
+    ||  !wsr_util_id_valid (id, strlen (id))
+    ||  (!streq (kind, "user") && !streq (kind, "channel")))
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
+    else {
+        uint64_t number = wsr_msgs_get_u64 (zframe_data (request));
+        s_query_t *query = (s_query_t *) zmalloc (sizeof (s_query_t));
+        query->bridge = self;
+        memcpy (query->rid, rid, rid_size);
+        query->rid_size = rid_size;
+        query->request = number;
+        query->channel = streq (kind, "channel");
+        snprintf (query->id, sizeof query->id, "%s", id);
+        uint64_t max = wsr_msgs_get_u64 (zframe_data (limit));
+        int rc = !self->presence? -1
+               : query->channel
+               ? wsr_presence_channel (self->presence, id, max > 10000? 10000: (size_t) max,
+                                       s_on_query, query)
+               : wsr_presence_user (self->presence, id, s_on_query, query);
+        if (rc) {
+            s_presence_answer (self, rid, rid_size, number, 503, self->presence
+                ? "{\"error\":\"presence store unavailable\"}"
+                : "{\"error\":\"presence needs Redis (WEBSOCKET_REDIS_URL)\"}");
+            free (query);
+        }
+    }
+    zframe_destroy (&request);
+    zstr_free (&kind);
+    zstr_free (&id);
+    zframe_destroy (&limit);
+}
+
+//  Every WSR_PRESENCE_BEAT_MS: the nodes heard from lately are alive.
+static void
+s_presence_beat (s_bridge_t *self)
+{
+    const char *nodes [256];
+    size_t count = 0;
+    int64_t now = wsr_util_mono_ms ();
+    for (wsr_peer_t *peer = wsr_peers_first (self->peers); peer && count < 256;
+         peer = wsr_peers_next (self->peers)) {
+        const char *node = wsr_peer_node (peer);
+        if (!node || now - wsr_peer_last_seen (peer) > 2 * WSR_PROTO_PING_MS)
+            continue;
+        bool known = false;
+        for (size_t i = 0; i < count && !known; i++)
+            known = streq (nodes [i], node);
+        if (!known)
+            nodes [count++] = node;
+    }
+    wsr_presence_beat (self->presence, nodes, count);
+    wsr_presence_reap (self->presence, s_on_lost, self);
+}
+
 static void s_beat (s_bridge_t *self, wsr_peer_t *peer);
 
 //  HISTR to the peer that asked.
@@ -675,6 +952,12 @@ s_handle_peer (s_bridge_t *self)
     else
     if (streq (command, WSR_PROTO_HIST) && zmsg_size (msg) == 5)
         s_handle_hist (self, peer, msg);
+    else
+    if (streq (command, WSR_PROTO_EVENT) && zmsg_size (msg) == 8)
+        s_handle_event (self, peer, msg);
+    else
+    if (streq (command, WSR_PROTO_PRESENCE) && zmsg_size (msg) == 4)
+        s_handle_presence (self, peer, msg);
     else
     if (streq (command, WSR_PROTO_PING))
         ;
@@ -1016,6 +1299,11 @@ s_bridge_actor (zsock_t *pipe, void *args)
     }
     if (self->status == 0 && self->nats && opts->nats_history_stream)
         s_jetstream_start (self, opts, instance);
+    self->events = opts->events;
+    self->redis_events = strdup (opts->redis_events);
+    self->nats_events = strdup (opts->nats_events);
+    if (self->status == 0 && self->redis && self->events)
+        self->presence = wsr_presence_new (self->redis);
     if (self->status == 0)
         self->hreads = wsr_hreads_new (self->history, self->redis_names, !self->firehose,
                                        self->jetstream, self->nats_names, s_on_hist_result,
@@ -1078,6 +1366,8 @@ s_bridge_actor (zsock_t *pipe, void *args)
             count += wsr_upstream_http_pollitems (self->http, items + count, S_MAX_ITEMS - count);
         int64_t now = wsr_util_mono_ms ();
         long timeout = self->next_heartbeat > now? (long) (self->next_heartbeat - now): 0;
+        if (self->presence && self->next_beat - now < timeout)
+            timeout = self->next_beat > now? (long) (self->next_beat - now): 0;
         if (self->redis) {
             long redis_timeout = wsr_redis_timeout (self->redis);
             if (redis_timeout < timeout)
@@ -1123,6 +1413,10 @@ s_bridge_actor (zsock_t *pipe, void *args)
         if (self->http)
             wsr_upstream_http_process (self->http, items + http_at, count - http_at);
         now = wsr_util_mono_ms ();
+        if (self->presence && now >= self->next_beat) {
+            s_presence_beat (self);
+            self->next_beat = now + WSR_PRESENCE_BEAT_MS;
+        }
         if (now >= self->next_heartbeat) {
             s_heartbeat (self);
             self->next_heartbeat = now + WSR_PROTO_HB_MS;
@@ -1134,6 +1428,9 @@ s_bridge_actor (zsock_t *pipe, void *args)
     wsr_jetstream_destroy (&self->jetstream);
     zsock_destroy (&self->js_live);
     wsr_hreads_destroy (&self->hreads);
+    wsr_presence_destroy (&self->presence);
+    free (self->redis_events);
+    free (self->nats_events);
     wsr_nats_destroy (&self->nats);
     wsr_redis_destroy (&self->redis);
     wsr_naming_destroy (&self->redis_names);

@@ -32,6 +32,9 @@ typedef struct {
     const char *nats_user;          //  "world.updates.user.{user_id}"
     const char *nats_channel;       //  "world.updates.channel.{channel}"
     const char *nats_actions;       //  "client.actions.{user_id}"
+    const char *redis_events;       //  "ws:events:{user_id}": session lifecycle
+    const char *nats_events;        //  "client.events.{user_id}"
+    bool events;                    //  publish lifecycle events, keep presence
     const char *upstream_url;       //  WEBSOCKET_UPSTREAM_URL or NULL
     int upstream_timeout_ms;        //  per HTTP request
     int upstream_concurrency;       //  HTTP requests in flight

@@ -397,6 +397,13 @@ wsr_peer_topics (wsr_peer_t *peer)
     return peer->count;
 }
 
+int64_t
+wsr_peer_last_seen (wsr_peer_t *peer)
+{
+    assert (peer);
+    return peer->last_seen;
+}
+
 uint64_t
 wsr_peer_dropped (wsr_peer_t *peer)
 {

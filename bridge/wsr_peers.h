@@ -100,6 +100,10 @@ const char *
 size_t
     wsr_peer_topics (wsr_peer_t *peer);
 
+//  When it was last heard of (mono ms).
+int64_t
+    wsr_peer_last_seen (wsr_peer_t *peer);
+
 //  Count one message dropped for this peer (its queue was full); returns
 //  the new total.
 uint64_t
