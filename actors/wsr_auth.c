@@ -61,10 +61,10 @@ s_handle_auth (s_auth_t *self)
 {
     char *command = NULL, *accept = NULL, *peer = NULL;
     uint64_t id = 0;
-    int fd = -1, ip_slot = -1;
+    int fd = -1, ip_slot = -1, flags = 0;
     zframe_t *token = NULL, *early = NULL;
-    if (zsock_recv (self->in, WSR_PIC_AUTH, &command, &id, &fd, &ip_slot, &accept, &peer,
-                    &token, &early) == -1)
+    if (zsock_recv (self->in, WSR_PIC_AUTH, &command, &id, &fd, &ip_slot, &flags, &accept,
+                    &peer, &token, &early) == -1)
         return;
     assert (streq (command, WSR_MSG_AUTH));
 
@@ -90,10 +90,11 @@ s_handle_auth (s_auth_t *self)
     char response [256];
     snprintf (response, sizeof response, "HTTP/1.1 101 Switching Protocols\r\n"
               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-              "Sec-WebSocket-Accept: %s\r\n\r\n", accept);
+              "Sec-WebSocket-Accept: %s\r\n%s\r\n", accept,
+              (flags & WSR_ADOPT_V1)? "Sec-WebSocket-Protocol: " WSR_V1_SUBPROTOCOL "\r\n": "");
     zsock_t *out = self->out [wsr_msgs_worker_for (id, self->workers)];
     if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, ip_slot,
-                    (uint64_t) (rc == 0? claims.exp: 0), 0, reason, claims.sub, channels,
+                    (uint64_t) (rc == 0? claims.exp: 0), flags, reason, claims.sub, channels,
                     response, early) == -1) {
         //  Worker saturated: shed this connection, keep the node healthy
         close (fd);
@@ -204,20 +205,27 @@ wsr_auth_destroy (wsr_auth_t **self_p)
 //  Selftest: the test plays the listener (AUTH) and two workers (ADOPT).
 
 static void
-s_send_auth (zsock_t *listener, uint64_t id, int fd, const char *token)
+s_send_auth_flags (zsock_t *listener, uint64_t id, int fd, const char *token, int flags)
 {
     zframe_t *tok = zframe_new (token, token? strlen (token): 0);
     zframe_t *early = zframe_new ("E", 1);
-    zsock_send (listener, WSR_PIC_AUTH, WSR_MSG_AUTH, id, fd, 7, "ACCEPT", "127.0.0.1:1", tok,
-                early);
+    zsock_send (listener, WSR_PIC_AUTH, WSR_MSG_AUTH, id, fd, 7, flags, "ACCEPT", "127.0.0.1:1",
+                tok, early);
     zframe_destroy (&tok);
     zframe_destroy (&early);
 }
 
-//  Receive one ADOPT on worker and check the verdict.
 static void
-s_expect_adopt (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
-                const char *want_reason, const char *want_user, const char *want_channels)
+s_send_auth (zsock_t *listener, uint64_t id, int fd, const char *token)
+{
+    s_send_auth_flags (listener, id, fd, token, 0);
+}
+
+//  Receive one ADOPT on worker and check the verdict and the subprotocol.
+static void
+s_expect_adopt_flags (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
+                      const char *want_reason, const char *want_user, const char *want_channels,
+                      int want_flags)
 {
     zpoller_t *poller = zpoller_new (worker, NULL);
     assert (zpoller_wait (poller, 2000) == worker);
@@ -229,7 +237,9 @@ s_expect_adopt (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
     assert (zsock_recv (worker, WSR_PIC_ADOPT, &command, &id, &fd, &code, &ip_slot, &expiry,
                         &flags, &reason, &user, &channels, &response, &early) == 0);
     assert (ip_slot == 7);          //  passed through untouched
-    assert (flags == 0);
+    assert (flags == want_flags);
+    //  The 101 names the subprotocol exactly when the client offered it
+    assert (!strstr (response, "Sec-WebSocket-Protocol: wsrouter.v1\r\n") == !want_flags);
     //  The token's expiry travels with an accepted session only
     assert (code == 0? expiry > (uint64_t) time (NULL): expiry == 0);
     assert (streq (command, WSR_MSG_ADOPT));
@@ -238,7 +248,9 @@ s_expect_adopt (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
     assert (streq (user, want_user));
     assert (streq (channels, want_channels));
     assert (strstr (response, "HTTP/1.1 101 Switching Protocols\r\n") == response);
-    assert (strstr (response, "\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n"));
+    assert (strstr (response, "\r\nSec-WebSocket-Accept: ACCEPT\r\n"));
+    size_t response_len = strlen (response);
+    assert (response_len > 4 && streq (response + response_len - 4, "\r\n\r\n"));
     assert (zframe_size (early) == 1);
     zstr_free (&command);
     zstr_free (&reason);
@@ -246,6 +258,14 @@ s_expect_adopt (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
     zstr_free (&channels);
     zstr_free (&response);
     zframe_destroy (&early);
+}
+
+static void
+s_expect_adopt (zsock_t *worker, uint64_t want_id, int want_fd, int want_code,
+                const char *want_reason, const char *want_user, const char *want_channels)
+{
+    s_expect_adopt_flags (worker, want_id, want_fd, want_code, want_reason, want_user,
+                          want_channels, 0);
 }
 
 void
@@ -281,6 +301,8 @@ wsr_auth_test (bool verbose)
     s_expect_adopt (w0, 10, 100, 0, "", "u1", "room.7,lobby");
     s_send_auth (listener, 11, 101, good);
     s_expect_adopt (w1, 11, 101, 0, "", "u1", "room.7,lobby");
+    s_send_auth_flags (listener, 22, 112, good, WSR_ADOPT_V1);
+    s_expect_adopt_flags (w0, 22, 112, 0, "", "u1", "room.7,lobby", WSR_ADOPT_V1);
     s_send_auth (listener, 12, 102, expired);
     s_expect_adopt (w0, 12, 102, 1008, "token expired", "", "");
     s_send_auth (listener, 14, 104, forged);

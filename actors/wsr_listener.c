@@ -308,6 +308,30 @@ s_route_publish (s_listener_t *self, s_hs_t *hs)
     s_respond_json (hs, 202, reply);
 }
 
+//  True if a Sec-WebSocket-Protocol value (a comma-separated list, headers
+//  already joined by the parser) names wsrouter.v1. Tokens are compared
+//  exactly: subprotocol names are case-sensitive (RFC 6455 §4.1).
+static bool
+s_offers_v1 (const char *offer)
+{
+    const char *want = WSR_V1_SUBPROTOCOL;
+    size_t want_len = strlen (want);
+    while (offer && *offer) {
+        while (*offer == ' ' || *offer == '\t' || *offer == ',')
+            offer++;
+        const char *end = offer;
+        while (*end && *end != ',')
+            end++;
+        const char *last = end;
+        while (last > offer && (last [-1] == ' ' || last [-1] == '\t'))
+            last--;
+        if ((size_t) (last - offer) == want_len && memcmp (offer, want, want_len) == 0)
+            return true;
+        offer = end;
+    }
+    return false;
+}
+
 //  GET /ws: hand the connection to auth. Returns true if handed over.
 static bool
 s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early_size)
@@ -346,8 +370,10 @@ s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early
         sodium_memzero (token, strlen (token));
     free (token);
     zframe_t *early_frame = zframe_new (early, early_size);
+    int flags = s_offers_v1 (wsr_http_header (hs->http, "sec-websocket-protocol"))?
+                WSR_ADOPT_V1: 0;
     int rc = zsock_send (self->auth, WSR_PIC_AUTH, WSR_MSG_AUTH, hs->id, hs->fd, hs->ip_slot,
-                         accept, hs->peer, token_frame, early_frame);
+                         flags, accept, hs->peer, token_frame, early_frame);
     zframe_destroy (&token_frame);
     zframe_destroy (&early_frame);
     if (rc == -1) {
@@ -961,10 +987,11 @@ wsr_listener_test (bool verbose)
     uint64_t id;
     int handed_fd;
     zframe_t *token, *early;
-    int slot;
-    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &slot, &accept, &peer,
-                        &token, &early) == 0);
+    int slot, flags;
+    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &slot, &flags, &accept,
+                        &peer, &token, &early) == 0);
     wsr_ipcount_release (ipcount, slot);
+    assert (flags == 0);            //  no subprotocol offered
     assert (streq (accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
     assert (zframe_size (token) == 11 && !memcmp (zframe_data (token), "abc.def.ghi", 11));
     assert (zframe_size (early) == 6);
@@ -976,6 +1003,34 @@ wsr_listener_test (bool verbose)
     zstr_free (&peer);
     zframe_destroy (&token);
     zframe_destroy (&early);
+
+    //  Subprotocol offers: wsrouter.v1 anywhere in the list sets the flag,
+    //  names are compared exactly (case and prefixes do not match)
+    const char *offers [][2] = {
+        { "wsrouter.v1", "1" }, { "chat, wsrouter.v1", "1" }, { "a,wsrouter.v1 ,b", "1" },
+        { "WSROUTER.V1", "0" }, { "wsrouter.v10", "0" }, { "wsrouter", "0" }, { ",,", "0" }
+    };
+    for (size_t i = 0; i < sizeof offers / sizeof offers [0]; i++) {
+        fd = s_connect (port);
+        char request [512];
+        snprintf (request, sizeof request,
+                  "GET /ws?token=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Protocol: %s\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n", offers [i][0]);
+        assert (send (fd, request, strlen (request), 0) > 0);
+        assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &slot, &flags, &accept,
+                            &peer, &token, &early) == 0);
+        assert (flags == (offers [i][1][0] == '1'? WSR_ADOPT_V1: 0));
+        wsr_ipcount_release (ipcount, slot);
+        close (handed_fd);
+        close (fd);
+        zstr_free (&verb);
+        zstr_free (&accept);
+        zstr_free (&peer);
+        zframe_destroy (&token);
+        zframe_destroy (&early);
+    }
 
     //  Version 8 → 426 with the supported version
     reply = s_http (port, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
@@ -1004,8 +1059,8 @@ wsr_listener_test (bool verbose)
                               "Sec-WebSocket-Version: 13\r\n\r\n";
     assert (send (fd, good_origin, strlen (good_origin), 0) > 0);
     int ip_slot;
-    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &ip_slot, &accept, &peer,
-                        &token, &early) == 0);
+    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &ip_slot, &flags, &accept,
+                        &peer, &token, &early) == 0);
     assert (ip_slot >= 0);
     wsr_ipcount_release (ipcount, ip_slot);     //  as the session would
     close (handed_fd);

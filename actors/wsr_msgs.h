@@ -22,7 +22,7 @@
 //  Pictures
 //  AUTH:  s "AUTH", 8 conn id, i fd, i per-IP slot, s ws-accept, s peer address,
 //         f token, f early bytes
-#define WSR_PIC_AUTH        "s8iissff"
+#define WSR_PIC_AUTH        "s8iiissff"
 //  ADOPT: s "ADOPT", 8 conn id, i fd, i close code (0 = ok), i per-IP slot,
 //         8 token expiry (Unix seconds, 0 = none), i flags (WSR_ADOPT_*; 0: raw protocol),
 //         s reason, s user, s channels (comma-joined), s HTTP response head
