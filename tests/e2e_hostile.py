@@ -1059,7 +1059,8 @@ def start_under_prlimit(nofile, relaxed=True, extra_args=()):
             "--port", "0", "--bind", "127.0.0.1", "--api-key", api_key,
             "--jwt-secret", secret, "--workers", "2"]
     if relaxed:
-        args += ["--rate-messages", "0", "--max-per-ip", "0", "--handshake-rate", "0"]
+        args += ["--rate-messages", "0", "--max-per-ip", "0", "--handshake-rate", "0",
+                 "--max-pending-per-ip", "0"]
     args += list(extra_args)
     srv = e.Server(args, env, secret, api_key, None)
     try:
