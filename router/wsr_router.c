@@ -216,6 +216,8 @@ wsr_router_test (bool verbose)
     zframe_t *topic = zframe_new ("user:u1", 8);
     zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) "hello", 5, 0, 0);
     assert (zsock_send (api, WSR_PIC_PUBLISH, WSR_MSG_PUBLISH, topic, env) == 0);
+    zframe_destroy (&topic);        //  zsock_send copied them
+    zframe_destroy (&env);
     zmsg_t *pub = s_bridge_expect (bridge, WSR_PROTO_PUB);
     assert (pub && zmsg_size (pub) == 4);
     zmsg_first (pub);

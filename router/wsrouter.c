@@ -201,14 +201,14 @@ s_backplane_flag (wsr_bridge_opts_t *bp, int c)
         case 'N': bp->nats_url = optarg; return true;
         case 'H': bp->upstream_url = optarg; return true;
         case 'F': bp->firehose = true; return true;
-        case 1500: bp->nats_creds = optarg; return true;
-        case 1501: bp->nats_nkey_seed = optarg; return true;
-        case 1502: bp->nats_ca_file = optarg; return true;
-        case 1503: bp->nats_cert_file = optarg; return true;
-        case 1504: bp->nats_key_file = optarg; return true;
-        case 1600: s_history_size (bp, optarg); return true;
-        case 1601: s_history_ttl (bp, optarg); return true;
-        case 1602: bp->nats_history_stream = optarg; return true;
+        case 1700: bp->nats_creds = optarg; return true;
+        case 1701: bp->nats_nkey_seed = optarg; return true;
+        case 1702: bp->nats_ca_file = optarg; return true;
+        case 1703: bp->nats_cert_file = optarg; return true;
+        case 1704: bp->nats_key_file = optarg; return true;
+        case 1710: s_history_size (bp, optarg); return true;
+        case 1711: s_history_ttl (bp, optarg); return true;
+        case 1712: bp->nats_history_stream = optarg; return true;
         default: return false;
     }
 }
@@ -216,14 +216,14 @@ s_backplane_flag (wsr_bridge_opts_t *bp, int c)
 #define S_BACKPLANE_OPTIONS \
     { "redis-url", required_argument, 0, 'R' }, { "nats-url", required_argument, 0, 'N' }, \
     { "upstream-url", required_argument, 0, 'H' }, { "firehose", no_argument, 0, 'F' }, \
-    { "nats-creds", required_argument, 0, 1500 }, \
-    { "nats-nkey-seed", required_argument, 0, 1501 }, \
-    { "nats-ca-file", required_argument, 0, 1502 }, \
-    { "nats-cert-file", required_argument, 0, 1503 }, \
-    { "nats-key-file", required_argument, 0, 1504 }, \
-    { "history-size", required_argument, 0, 1600 }, \
-    { "history-ttl", required_argument, 0, 1601 }, \
-    { "nats-history-stream", required_argument, 0, 1602 }
+    { "nats-creds", required_argument, 0, 1700 }, \
+    { "nats-nkey-seed", required_argument, 0, 1701 }, \
+    { "nats-ca-file", required_argument, 0, 1702 }, \
+    { "nats-cert-file", required_argument, 0, 1703 }, \
+    { "nats-key-file", required_argument, 0, 1704 }, \
+    { "history-size", required_argument, 0, 1710 }, \
+    { "history-ttl", required_argument, 0, 1711 }, \
+    { "nats-history-stream", required_argument, 0, 1712 }
 
 #define S_BACKPLANE_HELP \
 "  --redis-url URL       redis://[[user]:password@]host:port[/db], user and password\n" \
