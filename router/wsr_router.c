@@ -8,16 +8,32 @@
 //    backplane, fans it out to the workers that want the topic;
 //  - health: its link hears the bridge's heartbeats; the backplane_up gauge
 //    (and so /readyz) is 1 while they arrive and say every configured
-//    backplane is up.
+//    backplane is up;
+//  - presence queries: the listener hands over the HTTP connection of a
+//    GET /api/presence with the question (QUERY); the router asks the
+//    bridge (PRESENCE), writes the answer (PRESENCER) or a 504 after
+//    S_QUERY_TIMEOUT_MS, and closes the connection.
 //
 //  Sockets (owned):
 //    pipe                        PAIR    commands: START, $TERM
-//    inproc://wsr-pub-NAME       PULL    bind; PUBLISH from the listener(s)
+//    inproc://wsr-pub-NAME       PULL    bind; PUBLISH, QUERY from the listener(s)
 //    the bridge's endpoint       DEALER  (wsr_link, role router) connect
+//  Descriptors (owned): connections of queries waiting for their answer.
 
 #include "wsr_classes.h"
+#include <poll.h>
+#include <sys/socket.h>
 
 #define S_TICK_MS           250     //  readiness check period
+#define S_QUERY_TIMEOUT_MS  2000    //  a presence answer is due
+#define S_QUERY_MAX         1024    //  queries waiting at once (more: 503)
+#define S_WRITE_WAIT_MS     200     //  for a client slow to take an answer
+
+//  A presence query waiting for the bridge.
+typedef struct {
+    int fd;                         //  the HTTP connection (owned)
+    int64_t deadline;               //  mono ms
+} s_query_t;
 
 struct _wsr_router_t {
     zactor_t *actor;                //  the router thread
@@ -35,6 +51,8 @@ typedef struct {
     zsock_t *pipe;                  //  actor pipe (not owned)
     zsock_t *pub_in;                //  PULL from the listener(s)
     wsr_link_t *link;               //  to the bridge
+    zhashx_t *queries;              //  request id → s_query_t (owned)
+    uint64_t next_query;            //  request ids
     bool ready;                     //  as last reported
     wsr_metrics_t *metrics;         //  shared counters
     int status;                     //  init result for START
@@ -60,15 +78,144 @@ s_check_ready (s_router_t *self)
     s_set_ready (self, alive && redis != 0 && nats != 0);
 }
 
+//  Write a whole HTTP answer and close the connection. The socket is
+//  non-blocking; a client that does not take a small answer within
+//  S_WRITE_WAIT_MS loses it.
 static void
-s_handle_publish (s_router_t *self)
+s_answer (int fd, int status, const char *body, size_t body_len)
 {
-    char *verb = NULL;
-    zframe_t *topic = NULL, *body = NULL;
-    if (zsock_recv (self->pub_in, WSR_PIC_PUBLISH, &verb, &topic, &body) == -1)
-        return;
-    assert (streq (verb, WSR_MSG_PUBLISH) && topic && body);
+    const char *text = status == 200? "OK": status == 400? "Bad Request":
+                       status == 404? "Not Found": status == 503? "Service Unavailable":
+                       status == 504? "Gateway Timeout": "Error";
+    char head [256];
+    int n = snprintf (head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n"
+                      "Cache-Control: no-store\r\n\r\n", status, text, body_len);
+    struct iovec iov [2] = { { head, (size_t) n }, { (void *) body, body_len } };
+    size_t left = (size_t) n + body_len;
+    int64_t until = wsr_util_mono_ms () + S_WRITE_WAIT_MS;
+    while (left > 0) {
+        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+        ssize_t sent = sendmsg (fd, &msg, MSG_NOSIGNAL);
+        if (sent > 0) {
+            left -= (size_t) sent;
+            for (int i = 0; i < 2 && sent > 0; i++) {
+                size_t take = (size_t) sent < iov [i].iov_len? (size_t) sent: iov [i].iov_len;
+                iov [i].iov_base = (char *) iov [i].iov_base + take;
+                iov [i].iov_len -= take;
+                sent -= (ssize_t) take;
+            }
+            continue;
+        }
+        int64_t wait = until - wsr_util_mono_ms ();
+        if (sent == -1 && errno == EINTR)
+            continue;
+        if (sent == 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || wait <= 0)
+            break;
+        struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+        poll (&pfd, 1, (int) wait);
+    }
+    shutdown (fd, SHUT_WR);
+    close (fd);
+}
+
+static void
+s_query_free (void **item_p)
+{
+    s_query_t *query = (s_query_t *) *item_p;
+    if (query) {
+        if (query->fd >= 0)
+            close (query->fd);
+        free (query);
+        *item_p = NULL;
+    }
+}
+
+//  QUERY from the listener: ask the bridge, keep the connection until the
+//  answer or the deadline.
+static void
+s_handle_query (s_router_t *self, zmsg_t *msg)
+{
+    char *verb = zmsg_popstr (msg), *fd_text = zmsg_popstr (msg), *kind = zmsg_popstr (msg),
+         *id = zmsg_popstr (msg), *limit = zmsg_popstr (msg);
+    //  Internal message: its shape is a contract, not input
+    assert (verb && fd_text && kind && id && limit && streq (verb, WSR_MSG_QUERY));
+    int fd = atoi (fd_text);
+    assert (fd >= 0);
+    wsr_metrics_add (self->metrics, WSR_M_PRESENCE_QUERIES, 1);
+    if (zhashx_size (self->queries) >= S_QUERY_MAX)
+        s_answer (fd, 503, "{\"error\":\"too many presence queries\"}", 36);
+    else {
+        uint64_t request = ++self->next_query;
+        if (wsr_link_presence (self->link, request, kind, id, (uint64_t) atoi (limit)) == 0) {
+            s_query_t *query = (s_query_t *) zmalloc (sizeof (s_query_t));
+            query->fd = fd;
+            query->deadline = wsr_util_mono_ms () + S_QUERY_TIMEOUT_MS;
+            zhashx_insert (self->queries, (void *) (uintptr_t) request, query);
+        }
+        else
+            s_answer (fd, 503, "{\"error\":\"bridge unavailable\"}", 30);
+    }
     zstr_free (&verb);
+    zstr_free (&fd_text);
+    zstr_free (&kind);
+    zstr_free (&id);
+    zstr_free (&limit);
+}
+
+//  PRESENCER from the bridge: the answer goes to its connection.
+static void
+s_handle_presence (s_router_t *self, wsr_link_msg_t *msg)
+{
+    s_query_t *query = (s_query_t *) zhashx_lookup (self->queries,
+                                                    (void *) (uintptr_t) msg->request);
+    if (!query)
+        return;                         //  answered already (timed out)
+    size_t size = msg->body? zframe_size (msg->body): 0;
+    s_answer (query->fd, msg->status, msg->body? (const char *) zframe_data (msg->body): "",
+              size);
+    query->fd = -1;
+    zhashx_delete (self->queries, (void *) (uintptr_t) msg->request);
+}
+
+//  Queries past their deadline get 504.
+static void
+s_queries_expire (s_router_t *self)
+{
+    if (zhashx_size (self->queries) == 0)
+        return;
+    int64_t now = wsr_util_mono_ms ();
+    zlistx_t *keys = zhashx_keys (self->queries);
+    for (void *key = zlistx_first (keys); key; key = zlistx_next (keys)) {
+        s_query_t *query = (s_query_t *) zhashx_lookup (self->queries, key);
+        if (query && now >= query->deadline) {
+            wsr_metrics_add (self->metrics, WSR_M_PRESENCE_TIMEOUTS, 1);
+            s_answer (query->fd, 504, "{\"error\":\"presence answer late\"}", 32);
+            query->fd = -1;
+            zhashx_delete (self->queries, key);
+        }
+    }
+    zlistx_destroy (&keys);
+}
+
+static void
+s_handle_input (s_router_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->pub_in);
+    if (!msg)
+        return;
+    zframe_t *verb = zmsg_first (msg);
+    if (zframe_streq (verb, WSR_MSG_QUERY)) {
+        s_handle_query (self, msg);
+        zmsg_destroy (&msg);
+        return;
+    }
+    assert (zframe_streq (verb, WSR_MSG_PUBLISH) && zmsg_size (msg) == 3);
+    zframe_t *frame = zmsg_pop (msg);
+    zframe_destroy (&frame);
+    zframe_t *topic = zmsg_pop (msg), *body = zmsg_pop (msg);
+    zmsg_destroy (&msg);
     wsr_metrics_add (self->metrics, WSR_M_PUBLISHED, 1);
     if (wsr_link_publish (self->link, &topic, &body))
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_PUBLISH_LOST, 1);
@@ -95,6 +242,8 @@ s_router_actor (zsock_t *pipe, void *args)
         .curve_secret = a->curve_secret, .curve_server = a->curve_server
     };
     self.link = self.status == 0? wsr_link_new (&link_opts, NULL, NULL): NULL;
+    self.queries = zhashx_new ();
+    zhashx_set_destructor (self.queries, s_query_free);
     if (!self.link)
         self.status = -1;
     wsr_metrics_add (self.metrics, WSR_M_BACKPLANE_UP,
@@ -128,14 +277,19 @@ s_router_actor (zsock_t *pipe, void *args)
             continue;
         for (int budget = WSR_WORKER_BUDGET;
              budget > 0 && (zsock_events (self.pub_in) & ZMQ_POLLIN); budget--)
-            s_handle_publish (&self);
+            s_handle_input (&self);
         wsr_link_msg_t msg;
-        while (wsr_link_recv (self.link, &msg) == 0)
+        while (wsr_link_recv (self.link, &msg) == 0) {
+            if (msg.kind == WSR_LINK_PRESENCE)
+                s_handle_presence (&self, &msg);
             wsr_link_msg_reset (&msg);          //  heartbeats: handled by the link
+        }
+        s_queries_expire (&self);
         wsr_link_flush (self.link);
         s_check_ready (&self);
     }
     zpoller_destroy (&poller);
+    zhashx_destroy (&self.queries);             //  closes waiting connections
     zsock_destroy (&self.pub_in);
     wsr_link_destroy (&self.link);
 }

@@ -159,6 +159,9 @@ s_backplane_env (wsr_bridge_opts_t *bp)
     bp->nats_user = s_env ("NATS_USER_SUBJECT", bp->nats_user);
     bp->nats_channel = s_env ("NATS_CHANNEL_SUBJECT", bp->nats_channel);
     bp->nats_actions = s_env ("NATS_ACTIONS_SUBJECT", bp->nats_actions);
+    bp->redis_events = s_env ("WEBSOCKET_REDIS_EVENTS_CHANNEL", bp->redis_events);
+    bp->nats_events = s_env ("NATS_EVENTS_SUBJECT", bp->nats_events);
+    bp->events = !streq (s_env ("WEBSOCKET_EVENTS", "1"), "0");
     const char *timeout = s_env ("WEBSOCKET_UPSTREAM_TIMEOUT", NULL);
     if (timeout)
         bp->upstream_timeout_ms = atoi (timeout);
