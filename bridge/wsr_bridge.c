@@ -1456,7 +1456,7 @@ s_bridge_actor (zsock_t *pipe, void *args)
         wsr_nats_destroy (&self->nats);
         //  libnats keeps an error stack per thread that used it; this thread
         //  is about to end and nats_CloseAndWait only frees the caller's
-        nats_ReleaseThreadMemory ();
+        wsr_nats_release_thread ();
     }
     wsr_redis_destroy (&self->redis);
     wsr_naming_destroy (&self->redis_names);
