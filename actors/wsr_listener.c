@@ -34,6 +34,7 @@
 #define S_ACCEPT_BATCH      64      //  accepts per wake-up
 #define S_ACCEPT_PAUSE_MS   100     //  after EMFILE / ENFILE
 #define S_READ_CHUNK        16384
+#define S_KEY_ERROR         "{\"error\":\"missing or wrong api key\"}"
 
 typedef struct _s_hs_t s_hs_t;
 struct _s_hs_t {
@@ -203,7 +204,7 @@ s_route_publish (s_listener_t *self, s_hs_t *hs)
     if (!s_api_key_ok (self, wsr_http_header (hs->http, "authorization"))) {
         wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
         s_respond (hs, 401, "application/json", "WWW-Authenticate: apikey\r\n",
-                   "{\"error\":\"missing or wrong api key\"}", 35);
+                   S_KEY_ERROR, sizeof S_KEY_ERROR - 1);
         return;
     }
     size_t size = 0;
@@ -323,7 +324,7 @@ s_route_presence (s_listener_t *self, s_hs_t *hs)
     if (!s_api_key_ok (self, wsr_http_header (hs->http, "authorization"))) {
         wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
         s_respond (hs, 401, "application/json", "WWW-Authenticate: apikey\r\n",
-                   "{\"error\":\"missing or wrong api key\"}", 35);
+                   S_KEY_ERROR, sizeof S_KEY_ERROR - 1);
         return false;
     }
     char *user = wsr_http_query (hs->http, "user");

@@ -120,6 +120,25 @@ s_answer (int fd, int status, const char *body, size_t body_len)
     close (fd);
 }
 
+//  Request ids are the keys themselves (no allocation per query)
+static size_t
+s_id_hash (const void *key)
+{
+    return (size_t) ((uintptr_t) key * 0x9E3779B97F4A7C15ULL);
+}
+
+static int
+s_id_compare (const void *a, const void *b)
+{
+    return (uintptr_t) a < (uintptr_t) b? -1: (uintptr_t) a > (uintptr_t) b;
+}
+
+static void
+s_answer_text (int fd, int status, const char *json)
+{
+    s_answer (fd, status, json, strlen (json));
+}
+
 static void
 s_query_free (void **item_p)
 {
@@ -145,7 +164,7 @@ s_handle_query (s_router_t *self, zmsg_t *msg)
     assert (fd >= 0);
     wsr_metrics_add (self->metrics, WSR_M_PRESENCE_QUERIES, 1);
     if (zhashx_size (self->queries) >= S_QUERY_MAX)
-        s_answer (fd, 503, "{\"error\":\"too many presence queries\"}", 36);
+        s_answer_text (fd, 503, "{\"error\":\"too many presence queries\"}");
     else {
         uint64_t request = ++self->next_query;
         if (wsr_link_presence (self->link, request, kind, id, (uint64_t) atoi (limit)) == 0) {
@@ -155,7 +174,7 @@ s_handle_query (s_router_t *self, zmsg_t *msg)
             zhashx_insert (self->queries, (void *) (uintptr_t) request, query);
         }
         else
-            s_answer (fd, 503, "{\"error\":\"bridge unavailable\"}", 30);
+            s_answer_text (fd, 503, "{\"error\":\"bridge unavailable\"}");
     }
     zstr_free (&verb);
     zstr_free (&fd_text);
@@ -191,7 +210,7 @@ s_queries_expire (s_router_t *self)
         s_query_t *query = (s_query_t *) zhashx_lookup (self->queries, key);
         if (query && now >= query->deadline) {
             wsr_metrics_add (self->metrics, WSR_M_PRESENCE_TIMEOUTS, 1);
-            s_answer (query->fd, 504, "{\"error\":\"presence answer late\"}", 32);
+            s_answer_text (query->fd, 504, "{\"error\":\"presence answer late\"}");
             query->fd = -1;
             zhashx_delete (self->queries, key);
         }
@@ -243,6 +262,10 @@ s_router_actor (zsock_t *pipe, void *args)
     };
     self.link = self.status == 0? wsr_link_new (&link_opts, NULL, NULL): NULL;
     self.queries = zhashx_new ();
+    zhashx_set_key_hasher (self.queries, s_id_hash);
+    zhashx_set_key_comparator (self.queries, s_id_compare);
+    zhashx_set_key_destructor (self.queries, NULL);
+    zhashx_set_key_duplicator (self.queries, NULL);
     zhashx_set_destructor (self.queries, s_query_free);
     if (!self.link)
         self.status = -1;
@@ -384,6 +407,49 @@ wsr_router_test (bool verbose)
     assert (decoded.size == 5 && !memcmp (decoded.data, "hello", 5));
     zmsg_destroy (&pub);
     assert (wsr_metrics_get (metrics, WSR_M_PUBLISHED) == 1);
+
+    //  Presence: the connection is handed over with the question; the
+    //  bridge's answer is written to it whole and it is closed; a question
+    //  left unanswered gets 504 after 2 s
+    int pair [2];
+    assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+    assert (zsock_send (api, WSR_PIC_QUERY, WSR_MSG_QUERY, pair [1], "channel", "hall", 5) == 0);
+    zmsg_t *ask = s_bridge_expect (bridge, WSR_PROTO_PRESENCE);
+    assert (ask && zmsg_size (ask) == 6);
+    zmsg_first (ask);
+    zmsg_next (ask);
+    zframe_t *request = zframe_dup (zmsg_next (ask));
+    assert (zframe_streq (zmsg_next (ask), "channel") && zframe_streq (zmsg_next (ask), "hall"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (ask))) == 5);
+    zmsg_destroy (&ask);
+    uint8_t status [8];
+    wsr_msgs_put_u64 (status, 200);
+    const char *answer = "{\"channel\":\"hall\",\"count\":0,\"members\":[]}";
+    zsock_send (bridge, "fsfbs", rid, WSR_PROTO_PRESENCER, request, status, (size_t) 8, answer);
+    zframe_destroy (&request);
+    char reply [512];
+    size_t got = 0;
+    ssize_t n;
+    while ((n = read (pair [0], reply + got, sizeof reply - 1 - got)) > 0)
+        got += (size_t) n;                      //  until the router closes its end
+    reply [got] = 0;
+    assert (strncmp (reply, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert (strstr (reply, "\r\n\r\n") && streq (strstr (reply, "\r\n\r\n") + 4, answer));
+    close (pair [0]);
+    assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+    assert (zsock_send (api, WSR_PIC_QUERY, WSR_MSG_QUERY, pair [1], "user", "u9", 1) == 0);
+    ask = s_bridge_expect (bridge, WSR_PROTO_PRESENCE);
+    zmsg_destroy (&ask);
+    int64_t asked = zclock_mono ();
+    got = 0;
+    while ((n = read (pair [0], reply + got, sizeof reply - 1 - got)) > 0)
+        got += (size_t) n;
+    reply [got] = 0;
+    assert (strncmp (reply, "HTTP/1.1 504", 12) == 0);
+    assert (zclock_mono () - asked >= S_QUERY_TIMEOUT_MS - 100);
+    assert (wsr_metrics_get (metrics, WSR_M_PRESENCE_QUERIES) == 2);
+    assert (wsr_metrics_get (metrics, WSR_M_PRESENCE_TIMEOUTS) == 1);
+    close (pair [0]);
 
     //  Heartbeats: ready while they say the backplanes are up
     uint8_t epoch [8];
