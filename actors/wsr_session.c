@@ -30,6 +30,7 @@
 
 #include "wsr_classes.h"
 #include <malloc.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <wslay/wslay.h>
@@ -1704,9 +1705,38 @@ s_worker_init (s_worker_t *self, s_args_t *a)
     s_worker = self;
 }
 
+//  ADOPTs still queued when the worker stops: their descriptors are closed
+//  and their per-address slots given back (destroying the socket would free
+//  the messages and leak the descriptors).
+static void
+s_adopt_discard (s_worker_t *self)
+{
+    if (!self->adopt)
+        return;
+    zsock_set_rcvtimeo (self->adopt, 0);
+    char *verb = NULL, *reason = NULL, *user = NULL, *channels = NULL, *response = NULL;
+    uint64_t id = 0, expiry = 0;
+    int fd = -1, code = 0, ip_slot = -1, flags = 0;
+    zframe_t *early = NULL;
+    while (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
+                       &flags, &reason, &user, &channels, &response, &early) == 0) {
+        close (fd);
+        if (ip_slot >= 0)
+            wsr_ipcount_release (self->ipcount, ip_slot);
+        wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+        zstr_free (&verb);
+        zstr_free (&reason);
+        zstr_free (&user);
+        zstr_free (&channels);
+        zstr_free (&response);
+        zframe_destroy (&early);
+    }
+}
+
 static void
 s_worker_fini (s_worker_t *self)
 {
+    s_adopt_discard (self);
     while (self->all)
         s_conn_kill (self, self->all);
     s_after_batch (self);
@@ -2552,6 +2582,28 @@ wsr_session_test (bool verbose)
     zmsg_destroy (&hist);
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);
+
+    //  A worker stopped with ADOPTs still queued closes their descriptors
+    //  too: every peer reads EOF (none leaks)
+    worker = wsr_session_new ("sdrop", 0, &opts, metrics, ipcount);
+    assert (worker);
+    auth = zsock_new_push ("inproc://wsr-adopt-sdrop-0");
+    zsock_set_sndhwm (auth, 0);
+    int peers [400];
+    for (int i = 0; i < 400; i++)
+        peers [i] = s_test_adopt (auth, 1000 + (uint64_t) i, 0, "", "u1", "", NULL, 0);
+    wsr_session_destroy (&worker);
+    zsock_destroy (&auth);
+    for (int i = 0; i < 400; i++) {
+        char sink [512];
+        ssize_t n;
+        struct pollfd pfd = { .fd = peers [i], .events = POLLIN };
+        do
+            n = poll (&pfd, 1, 2000) == 1? read (peers [i], sink, sizeof sink): -1;
+        while (n > 0);
+        assert (n == 0);                //  EOF, not a timeout
+        close (peers [i]);
+    }
 
     //  The fuzz entry point: a message and a close get the close echoed;
     //  garbage gets 1002 with its reason; a cut-off frame gets nothing
