@@ -165,10 +165,9 @@ s_send_resync (s_bridge_t *self, wsr_peer_t *peer)
 //  [D][topic][envelope] to every peer that wants the topic. Returns how
 //  many got it.
 static size_t
-s_fan_out (s_bridge_t *self, const char *key, size_t key_size, zframe_t *envelope)
+s_fan_out_to (s_bridge_t *self, wsr_peer_t **peers, size_t count, const char *key,
+              size_t key_size, zframe_t *envelope)
 {
-    wsr_peer_t **peers = NULL;
-    size_t count = wsr_peers_recipients (self->peers, key, &peers);
     zframe_t *topic = count? zframe_new (key, key_size): NULL;
     size_t sent = 0;
     for (size_t i = 0; i < count; i++)
@@ -177,6 +176,17 @@ s_fan_out (s_bridge_t *self, const char *key, size_t key_size, zframe_t *envelop
             s_send_frame (self, envelope, false);
             sent++;
         }
+    zframe_destroy (&topic);
+    return sent;
+}
+
+static size_t
+s_fan_out (s_bridge_t *self, const char *key, size_t key_size, zframe_t *envelope)
+{
+    wsr_peer_t **peers = NULL;
+    size_t count = wsr_peers_recipients (self->peers, key, &peers);
+    return s_fan_out_to (self, peers, count, key, key_size, envelope);
+}
     zframe_destroy (&topic);
     return sent;
 }
@@ -227,7 +237,8 @@ s_deliver_at (s_bridge_t *self, wsr_naming_t *names, const char *kind, const cha
         return;
     }
     wsr_peer_t **peers = NULL;
-    if (wsr_peers_recipients (self->peers, key, &peers) == 0) {
+    size_t count = wsr_peers_recipients (self->peers, key, &peers);
+    if (count == 0) {
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_UNMATCHED, 1);
         return;                 //  firehose, or a topic just left: nobody wants it
     }
@@ -235,7 +246,7 @@ s_deliver_at (s_bridge_t *self, wsr_naming_t *names, const char *kind, const cha
     zframe_t *envelope = offset
         ? wsr_envelope_encode_pub (data, size, 0, wsr_util_now_us (), offset, prev, epoch)
         : wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
-    s_fan_out (self, key, (size_t) key_size, envelope);
+    s_fan_out_to (self, peers, count, key, (size_t) key_size, envelope);
     zframe_destroy (&envelope);
 }
 
