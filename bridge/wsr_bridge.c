@@ -187,9 +187,6 @@ s_fan_out (s_bridge_t *self, const char *key, size_t key_size, zframe_t *envelop
     size_t count = wsr_peers_recipients (self->peers, key, &peers);
     return s_fan_out_to (self, peers, count, key, key_size, envelope);
 }
-    zframe_destroy (&topic);
-    return sent;
-}
 
 //  A message for one session: REPLY [session][envelope] to the peer (by
 //  routing id in hex) that sent the client message.
