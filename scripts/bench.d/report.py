@@ -970,6 +970,20 @@ def doc(docs, elapsed):
               "≤ 1.3× the floor).\n")
         w("")
 
+    # --- reconnect storm
+    st_path = os.path.join(res, "recover-storm.json")
+    if os.path.exists(st_path):
+        st = json.load(open(st_path))
+        w("## 9. Reconnect storm with recovery (wsrouter.v1, Redis history)\n")
+        w(st.get("method", "") + "\n")
+        w(table(["sessions", "missed each", "recovered", "not recovered", "all recovered after",
+                 "per session p50 / p99", "Redis commands (phase 3)", "Redis commands/s"],
+                [[fnum(st.get("sessions")), fnum(st.get("missed_each")), fnum(st.get("recovered")),
+                  fnum(st.get("not_recovered")), f"{st.get('all_recovered_s')} s",
+                  f"{st.get('recovery_s_p50')} s / {st.get('recovery_s_p99')} s",
+                  fnum(st.get("redis_commands")), fnum(st.get("redis_commands_per_s"))]]))
+        w("")
+
     # --- limits
     w("## What limits us here\n")
     lim = []
