@@ -984,6 +984,29 @@ def doc(docs, elapsed):
                   fnum(st.get("redis_commands")), fnum(st.get("redis_commands_per_s"))]]))
         w("")
 
+    # --- history on vs off
+    h_off, h_on = (os.path.join(res, "push-history-%d.json" % h) for h in (0, 100))
+    if os.path.exists(h_off) and os.path.exists(h_on):
+        w("## 10. Per-user push with history on vs off\n")
+        w("`scripts/bench.d/push_floor.py --via http`: the same node and load, publications "
+          "through the HTTP API; with history (size 100) each goes through `publish.lua` "
+          "(INCR, XADD, PUBLISH in one script) and carries its offset. Server CPU per "
+          "delivery counts the node only (Redis' own CPU is not in it).\n")
+        rows = []
+        for path, label in ((h_off, "history off"), (h_on, "history on (100)")):
+            pf = json.load(open(path))
+            for mode in ("paced", "max"):
+                r = get(pf, f"this.{mode}")
+                if r:
+                    rows.append([label, "10,000 msg/s" if mode == "paced" else "closed loop",
+                                 fnum(r.get("delivered_per_s")),
+                                 fnum(r.get("server_cpu_us_per_delivery"), 2),
+                                 fms(r.get("latency_p99_ms")),
+                                 f"{r.get('loss')}/{r.get('duplicates')}/{r.get('reordered')}"])
+        w(table(["", "offered", "delivered/s", "server CPU µs / delivery", "p99",
+                 "loss/dup/reordered"], rows))
+        w("")
+
     # --- limits
     w("## What limits us here\n")
     lim = []
