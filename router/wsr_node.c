@@ -116,6 +116,7 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .jwt_alg = opts->jwt_alg,
         .jwt_key = streq (opts->jwt_alg, "EdDSA")? opts->jwt_public_key: opts->jwt_secret,
         .jwt_key_len = streq (opts->jwt_alg, "EdDSA")? 32: opts->jwt_secret_len,
+        .jwt_leeway = opts->jwt_leeway, .require_exp = opts->require_exp,
         .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key
     };
     self->ipcount = wsr_ipcount_new (opts->max_per_ip);
