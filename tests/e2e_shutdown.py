@@ -153,7 +153,8 @@ async def readyz_during_drain():
                  % ready[:200])
         e.expect(upgrade.startswith(b"HTTP/1.1 503"),
                  "upgrade on a keep-alive connection during the drain: %r" % upgrade[:200])
-        await wait_exit(srv, t0, "SIGTERM with 2 peers that never answer the close")
+        elapsed = await wait_exit(srv, t0, "SIGTERM with 2 peers that never answer the close")
+        print("  info: exited %.2f s after SIGTERM" % elapsed, flush=True)
     finally:
         for raw in raws:
             raw.close()
