@@ -20,6 +20,11 @@
 //    (to check limits and version before any body byte) and when the message
 //    completes, so *consumed stops right after the request: what follows is
 //    the next pipelined request or, after an upgrade, WebSocket frames.
+//  - Stop at headers (optional). feed returns HEADERS once per request when
+//    the header section is complete, before any body byte is taken, so the
+//    listener can refuse a request (wrong API key, unwanted body) without
+//    buffering its body; feeding the rest goes on to DONE with the same
+//    results and byte counts as without the mode.
 //  - Strictness. Only HTTP/1.0 and 1.1 (505). Debian builds the parser with
 //    HTTP_PARSER_STRICT=0, so a raw scan of the header bytes adds the checks
 //    it skips: obs-fold (400, RFC 7230 §3.2.4) and whitespace in a field name
