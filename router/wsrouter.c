@@ -829,7 +829,8 @@ s_token (int argc, char *argv [])
                 printf ("usage: wsrouter token --sub USER [--ttl SECONDS] [--channels a,b]\n"
                         "         [--jwt-secret S | --alg EdDSA --jwt-private-key B64]\n"
                         "Mints a token (HS256 with JWT_SECRET_KEY by default; ttl 3600,\n"
-                        "0 = no exp) and prints it.\n");
+                        "0 = no exp, which serve refuses unless --require-exp 0) and\n"
+                        "prints it.\n");
                 return 0;
             default: return 2;
         }
