@@ -1647,19 +1647,6 @@ s_after_batch (s_worker_t *self)
     }
 }
 
-//  Session ids as zhashx keys (stored in the pointer itself).
-static size_t
-s_id_hash (const void *key)
-{
-    return (size_t) ((uintptr_t) key * 0x9E3779B97F4A7C15ULL);
-}
-
-static int
-s_id_compare (const void *a, const void *b)
-{
-    return (uintptr_t) a < (uintptr_t) b? -1: (uintptr_t) a > (uintptr_t) b;
-}
-
 static int
 s_epoll_add_zmq (s_worker_t *self, zsock_t *sock, uint64_t tag)
 {
@@ -1682,14 +1669,14 @@ s_worker_init (s_worker_t *self, s_args_t *a)
     self->ping = wsr_outframe_new_raw ((const uint8_t *) "\x89\x00", 2);
     self->ipcount = a->ipcount;
     self->by_id = zhashx_new ();
-    zhashx_set_key_hasher (self->by_id, s_id_hash);
-    zhashx_set_key_comparator (self->by_id, s_id_compare);
+    zhashx_set_key_hasher (self->by_id, wsr_util_id_hash);
+    zhashx_set_key_comparator (self->by_id, wsr_util_id_compare);
     zhashx_set_key_destructor (self->by_id, NULL);
     zhashx_set_key_duplicator (self->by_id, NULL);
     self->opening = zlistx_new ();
     self->reads = zhashx_new ();
-    zhashx_set_key_hasher (self->reads, s_id_hash);
-    zhashx_set_key_comparator (self->reads, s_id_compare);
+    zhashx_set_key_hasher (self->reads, wsr_util_id_hash);
+    zhashx_set_key_comparator (self->reads, wsr_util_id_compare);
     zhashx_set_key_destructor (self->reads, NULL);
     zhashx_set_key_duplicator (self->reads, NULL);
     zhashx_set_destructor (self->reads, s_read_free);
