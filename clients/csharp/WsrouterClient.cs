@@ -280,14 +280,16 @@ namespace Wsrouter
             while (!ct.IsCancellationRequested) {
                 if (tokenReason != null) {
                     string fresh = await FetchTokenAsync(tokenReason).ConfigureAwait(false);
-                    tokenReason = null;
                     if (ct.IsCancellationRequested)
                         return;
                     if (fresh == null) {
+                        //  Asked again after the backoff, for the same reason
+                        Attempts++;
                         if (!await BackoffAsync(1006, "no token", ct).ConfigureAwait(false))
                             return;
                         continue;
                     }
+                    tokenReason = null;
                 }
                 bool hasPositions;
                 lock (gate)

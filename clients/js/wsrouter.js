@@ -51,8 +51,9 @@
 //               lost (history lost, trimmed, or off)
 //   'reply'     {data, binary}: the HTTP backend's answer to a send (v1)
 //   'refreshed' {expires}
-//   'error'     {message, code, reason, fatal}: code/reason of the close
-//               when a close caused it; fatal means the client stopped
+//   'error'     {message, code, reason, fatal, server}: code/reason of the
+//               close when a close caused it; fatal means the client
+//               stopped; server: a v1 {"type":"error"} (the session goes on)
 //   'close'     {code, reason, reconnectIn}: a connection ended;
 //               reconnectIn is the delay in ms, or null when it stops
 
@@ -141,6 +142,7 @@ export class WsrouterClient {
     this._refreshTimer = null;
     this._tokenUnproven = false;    // this.token came from getToken and no connection took it yet
     this._refreshing = false;
+    this._needToken = null;         // why the next connection needs a new token first
     this._lastRefresh = -Infinity;
     this._onOnline = () => { if (this._reconnectTimer) this._reconnectNow(); };
   }
@@ -249,8 +251,9 @@ export class WsrouterClient {
     const gen = ++this._gen;
     this._setState(this._positions.size && this.options.protocol === 'v1'
       ? 'recovering' : 'connecting');
-    if (!this.token && this.options.getToken) {
-      if (!(await this._fetchToken('initial', gen))) return;
+    if (this.options.getToken && (this._needToken || !this.token)) {
+      if (!(await this._fetchToken(this._needToken || 'initial', gen))) return;
+      this._needToken = null;
     }
     if (gen !== this._gen) return;
     let url = this.url;
@@ -467,7 +470,10 @@ export class WsrouterClient {
       token = await this.options.getToken({ reason });
     } catch (err) {
       this._error('getToken failed: ' + (err && err.message ? err.message : err));
-      if (gen === this._gen && reason !== 'refresh') this._retry(null, '');
+      if (gen === this._gen && reason !== 'refresh') {
+        this.attempts++;
+        this._retry(null, '');
+      }
       return false;
     }
     if (gen !== this._gen) return false;
@@ -504,10 +510,8 @@ export class WsrouterClient {
       //  One new token, then a new connection at once
       this._emit('close', { code, reason, reconnectIn: 0 });
       this._setState('disconnected');
-      const gen = ++this._gen;
-      this._fetchToken(reason === 'token expired' ? 'expired' : 'rejected', gen).then((ok) => {
-        if (ok && gen === this._gen) this._open();
-      });
+      this._needToken = reason === 'token expired' ? 'expired' : 'rejected';
+      this._open();
       return;
     }
     if (!conn || !conn.good) this.attempts++;
