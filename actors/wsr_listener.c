@@ -21,8 +21,8 @@
 //  request cap. The per-address cap on sessions (ipcount) is taken only when
 //  an upgrade is handed over. Accept errors (EMFILE, ENFILE) close a spare
 //  descriptor to shed the connection and pause accepting for a moment
-//  instead of spinning; handshakes have a deadline (FIFO list). After a last
-//  answer a connection lingers (write side shut, input read and dropped
+//  instead of spinning; handshakes have a deadline (FIFO list; 408 and
+//  closed at once). After any other last answer a connection lingers (write side shut, input read and dropped
 //  until EOF, 2 s or S_LINGER_BYTES) so the client gets the answer, not a RST.
 //
 //  Sockets (owned):
@@ -1010,10 +1010,10 @@ s_listener_actor (zsock_t *pipe, void *args)
                 wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_TIMEOUT, 1);
                 hs->keep_alive = false;
                 s_respond (hs, 408, "text/plain", NULL, "request timeout\n", 16);
-                s_hs_finish (self, hs);
             }
-            else
-                s_hs_end (self, hs, true);  //  idle keep-alive: just close
+            //  No lingering here: the client had its whole deadline, and a
+            //  slow one must not hold its place two seconds longer
+            s_hs_end (self, hs, true);
         }
         while (self->linger_head && self->linger_head->deadline <= now)
             s_hs_end (self, self->linger_head, true);
