@@ -27,6 +27,8 @@ s_tests [] = {
     { "jwt", wsr_jwt_test },
     { "http", wsr_http_test },
     { "outframe", wsr_outframe_test },
+    { "passfd", wsr_passfd_test },
+    { "handover", wsr_handover_test },
     { "ipcount", wsr_ipcount_test },
     { "curve", wsr_curve_test },
     { "link", wsr_link_test },
