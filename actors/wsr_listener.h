@@ -22,6 +22,8 @@ typedef struct {
     const char *allowed_origins;    //  comma-separated Origin allow-list, NULL = any
     size_t handshake_rate;          //  new connections per second, 0 = no cap
     wsr_ipcount_t *ipcount;         //  per-IP counters (not owned), NULL = none
+    int inherit_fd;                 //  > 0: a listening socket handed over by the
+                                    //  process this one replaces (taken); 0: bind
 } wsr_listener_opts_t;
 
 //  Start the listener of node `name`: binds the TCP port and connects to the
@@ -41,6 +43,15 @@ int
 //  Stop accepting and report not ready (graceful drain). Waits for the ack.
 void
     wsr_listener_drain (wsr_listener_t *self);
+
+//  Handover: stop accepting (the listening socket stays open) and return a
+//  duplicate of it for the process taking over (the caller owns it), or -1.
+int
+    wsr_listener_pause (wsr_listener_t *self);
+
+//  Handover failed: accept again.
+void
+    wsr_listener_resume (wsr_listener_t *self);
 
 //  Self test
 void

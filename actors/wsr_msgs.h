@@ -17,6 +17,8 @@
 //  i fd]*; IMPORT [f SESSION frame, i fd]* → "i" sessions taken; RESTART → "i"
 //  sessions closed with 1012
 #define WSR_CMD_EXPORT      "EXPORT"
+#define WSR_CMD_PAUSE       "PAUSE"     //  → "i" dup of the listening fd (listener)
+#define WSR_CMD_RESUME      "RESUME"    //  → "i" 0; accept again (listener)
 #define WSR_CMD_IMPORT      "IMPORT"
 #define WSR_CMD_RESTART     "RESTART"
 
