@@ -69,5 +69,6 @@
 #include "wsr_zap.h"
 #include "wsr_bridge.h"
 #include "wsr_node.h"
+#include "wsr_upgrade.h"
 
 #endif

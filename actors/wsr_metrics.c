@@ -172,6 +172,16 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_NATS_REFUSED] =
         { "wsrouter_bridge_nats_refused_total", NULL, "counter",
           "NATS login or permission refusals, and connections libnats gave up on" },
+    [WSR_M_HANDOVERS] =
+        { "wsrouter_handovers_total", NULL, "counter",
+          "Upgrades (SIGUSR2) that handed every session to a new process" },
+    [WSR_M_HANDOVER_FAILURES] =
+        { "wsrouter_handover_failures_total", NULL, "counter",
+          "Upgrades that failed: the new process crashed, refused or timed out; "
+          "this one kept its sessions" },
+    [WSR_M_HANDOVER_SESSIONS] =
+        { "wsrouter_handover_sessions_total", NULL, "counter",
+          "Sessions handed over to a new process (with their descriptors and state)" },
 };
 
 //  --------------------------------------------------------------------------

@@ -70,6 +70,9 @@ typedef enum {
     WSR_M_PRESENCE_TIMEOUTS,        //  ... answered 504: no answer from the bridge in time
     WSR_M_V1_REFRESHED,             //  v1 token refreshes taken
     WSR_M_V1_REFRESH_REFUSED,       //  ... refused (bad token, other sub): 1008
+    WSR_M_HANDOVERS,                //  upgrades this process handed its sessions over in
+    WSR_M_HANDOVER_FAILURES,        //  ... that failed (the process kept its sessions)
+    WSR_M_HANDOVER_SESSIONS,        //  sessions handed over to a new process
     WSR_M_COUNT
 } wsr_metric_t;
 

@@ -37,6 +37,7 @@ s_tests [] = {
     { "session", wsr_session_test },
     { "listener", wsr_listener_test },
     { "node", wsr_node_test },
+    { "upgrade", wsr_upgrade_test },
     { "naming", wsr_naming_test },
     { "redis", wsr_redis_test },
     { "rcluster", wsr_rcluster_test },
