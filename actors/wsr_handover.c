@@ -393,6 +393,7 @@ wsr_handover_test (bool verbose)
                                       size - WSR_HANDOVER_HEADER, &d);
     assert (rc == 0 && d.id == 7 && d.channel_count == 0 && !d.output && !d.input);
     wsr_handover_session_clear (&d);
+    wsr_handover_session_clear (&m);
 
     //  Over a socketpair with a descriptor, then a HELLO, then a frame of
     //  another version: refused with EPROTONOSUPPORT

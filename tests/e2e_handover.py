@@ -12,10 +12,8 @@ user each, asyncio sockets) and 40 wsrouter.v1 sessions (Python websockets
      nothing is doubled or reordered; messages published before SIGUSR2 and
      after the handover all arrive; the window's losses are reported (see
      ARCHITECTURE.md, "Zero-disconnect upgrade": the known gap); a raw
-     client frame half-sent before the upgrade and completed after it
-     reaches the backend whole (through Redis: ws:up upstream channel is
-     not used; the session's echo comes back as an error-free UP count in
-     /metrics messages_in).
+     client frame half-sent before SIGUSR2 and completed after it is
+     processed by the new process (its messages_in counter).
   2  rollback: WSROUTER_HANDOVER_REFUSE makes the new process refuse →
      the old process keeps every session, answers, counts the failure, and
      nothing published meanwhile is lost.
@@ -362,7 +360,8 @@ async def body(suite):
             lost = check_sessions(everyone, pub, pub.marks["usr2"], pub.marks["done"])
             window = sum(pub.marks["done"][u] - pub.marks["usr2"][u] for u in pub.sent)
             print("handover: %d sessions in %.2f s; %d of %d messages published during "
-                  "it were lost (none doubled or reordered); sessions moved %s"
+                  "it were lost (none doubled or reordered); connections open in the new "
+                  "process: %s"
                   % (len(everyone), took, lost, window,
                      m.get("wsrouter_connections_open")), flush=True)
         await suite.case("upgrade: sessions survive, new pid and build", upgrade, timeout=180)
