@@ -52,6 +52,8 @@
 #include "wsr_jwt.h"
 #include "wsr_http.h"
 #include "wsr_outframe.h"
+#include "wsr_passfd.h"
+#include "wsr_handover.h"
 #include "wsr_ipcount.h"
 #include "wsr_curve.h"
 #include "wsr_link.h"
@@ -71,5 +73,6 @@
 #include "wsr_zap.h"
 #include "wsr_bridge.h"
 #include "wsr_node.h"
+#include "wsr_upgrade.h"
 
 #endif

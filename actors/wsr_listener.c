@@ -534,8 +534,13 @@ s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
     bool get = streq (method, "GET") || hs->head;
     if (!self->opts.status_only && path && (streq (path, "/ws") || strncmp (path, "/ws/", 4) == 0))
         return s_route_upgrade (self, hs, rest, rest_size);
-    if (s_path_is (path, "/healthz") && get)
-        s_respond (hs, 200, "text/plain", NULL, "ok\n", 3);
+    if (s_path_is (path, "/healthz") && get) {
+        //  A deploy checks which binary answers and since when
+        char body [160];
+        int len = snprintf (body, sizeof body, "ok\nbuild %s\nstarted %" PRId64 "\npid %d\n",
+                            wsr_util_build_id (), wsr_util_start_ms (), (int) getpid ());
+        s_respond (hs, 200, "text/plain", NULL, body, (size_t) len);
+    }
     else
     if (s_path_is (path, "/readyz") && get) {
         //  Ready: accepting, and the backplane (bridge, Redis, NATS) reachable
@@ -857,7 +862,16 @@ s_listen (s_listener_t *self, const char *bind_addr, int port)
         zsys_error ("listener: bad bind address '%s'", bind_addr);
         return -1;
     }
-    int fd = socket (addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = self->opts.inherit_fd;
+    if (fd > 0) {
+        //  Handed over by the process this one replaces: bound and listening
+        int flags = fcntl (fd, F_GETFL);
+        if (flags < 0 || fcntl (fd, F_SETFL, flags | O_NONBLOCK)
+        ||  fcntl (fd, F_SETFD, FD_CLOEXEC))
+            return -1;
+        goto bound;
+    }
+    fd = socket (addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     int one = 1;
@@ -877,6 +891,7 @@ s_listen (s_listener_t *self, const char *bind_addr, int port)
         close (fd);
         return -1;
     }
+bound:;
     struct sockaddr_storage bound;
     socklen_t bound_len = sizeof bound;
     getsockname (fd, (struct sockaddr *) &bound, &bound_len);
@@ -917,6 +932,27 @@ s_handle_pipe (s_listener_t *self)
     if (streq (command, WSR_CMD_DRAIN)) {
         s_stop_accepting (self);
         self->draining = true;
+        zsock_send (self->pipe, "i", 0);
+    }
+    else
+    if (streq (command, WSR_CMD_PAUSE)) {
+        //  Handover: the new process accepts from now on; ours stays open
+        //  in case it fails
+        int fd = self->listen_fd >= 0? fcntl (self->listen_fd, F_DUPFD_CLOEXEC, 0): -1;
+        if (self->listen_fd >= 0 && !self->accept_paused)
+            epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, self->listen_fd, NULL);
+        self->accept_paused = true;
+        self->accept_resume = INT64_MAX;
+        zsock_send (self->pipe, "i", fd);
+    }
+    else
+    if (streq (command, WSR_CMD_RESUME)) {
+        if (self->listen_fd >= 0 && self->accept_paused) {
+            struct epoll_event event = { .events = EPOLLIN };
+            event.data.u64 = S_TAG_LISTEN;
+            epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->listen_fd, &event);
+        }
+        self->accept_paused = false;
         zsock_send (self->pipe, "i", 0);
     }
     else
@@ -1092,6 +1128,28 @@ wsr_listener_drain (wsr_listener_t *self)
     int rc;
     zsock_send (self->actor, "s", WSR_CMD_DRAIN);
     zsock_recv (self->actor, "i", &rc);
+}
+
+//  --------------------------------------------------------------------------
+//  Handover: stop accepting, get a duplicate of the listening socket.
+int
+wsr_listener_pause (wsr_listener_t *self)
+{
+    assert (self);
+    int fd = -1;
+    if (zsock_send (self->actor, "s", WSR_CMD_PAUSE) || zsock_recv (self->actor, "i", &fd))
+        return -1;
+    return fd;
+}
+
+//  Handover failed: accept again.
+void
+wsr_listener_resume (wsr_listener_t *self)
+{
+    assert (self);
+    int rc;
+    if (zsock_send (self->actor, "s", WSR_CMD_RESUME) == 0)
+        zsock_recv (self->actor, "i", &rc);
 }
 
 //  --------------------------------------------------------------------------
@@ -1384,8 +1442,8 @@ wsr_listener_test (bool verbose)
 
     //  HEAD: GET's headers, Content-Length included, no body
     fd = s_connect (port);
-    reply = s_exchange (fd, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n", true);
-    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "Content-Length: 3\r\n"));
+    reply = s_exchange (fd, "HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n", true);
+    assert (strncmp (reply, "HTTP/1.1 404", 12) == 0 && strstr (reply, "Content-Length: 10\r\n"));
     free (reply);
     //  Nothing follows the headers: the next answer starts right away
     reply = s_exchange (fd, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", false);

@@ -26,6 +26,8 @@ typedef struct {
     size_t max_pending_per_ip;      //  pending connections per address, 0 = no cap
     int keepalive_lifetime_ms;      //  keep-alive connection's lifetime, 0 = no cap
     size_t keepalive_requests;      //  requests per keep-alive connection, 0 = no cap
+    int inherit_fd;                 //  > 0: a listening socket handed over by the
+                                    //  process this one replaces (taken); 0: bind
 } wsr_listener_opts_t;
 
 //  Start the listener of node `name`: binds the TCP port and connects to the
@@ -47,6 +49,15 @@ int
 //  with the next answer. Waits for the ack.
 void
     wsr_listener_drain (wsr_listener_t *self);
+
+//  Handover: stop accepting (the listening socket stays open) and return a
+//  duplicate of it for the process taking over (the caller owns it), or -1.
+int
+    wsr_listener_pause (wsr_listener_t *self);
+
+//  Handover failed: accept again.
+void
+    wsr_listener_resume (wsr_listener_t *self);
 
 //  Self test
 void

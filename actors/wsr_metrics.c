@@ -181,6 +181,16 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_KEEPALIVE_CLOSED] =
         { "wsrouter_keepalive_closed_total", NULL, "counter",
           "Keep-alive connections ended by their lifetime or request cap (Connection: close)" },
+    [WSR_M_HANDOVERS] =
+        { "wsrouter_handovers_total", NULL, "counter",
+          "Upgrades (SIGUSR2) that handed every session to a new process" },
+    [WSR_M_HANDOVER_FAILURES] =
+        { "wsrouter_handover_failures_total", NULL, "counter",
+          "Upgrades that failed: the new process crashed, refused or timed out; "
+          "this one kept its sessions" },
+    [WSR_M_HANDOVER_SESSIONS] =
+        { "wsrouter_handover_sessions_total", NULL, "counter",
+          "Sessions handed over to a new process (with their descriptors and state)" },
 };
 
 //  --------------------------------------------------------------------------

@@ -73,6 +73,9 @@ typedef enum {
     WSR_M_PENDING_REFUSED_PER_IP,   //  connections refused: address at its pending cap
     WSR_M_PENDING_CONNECTIONS,      //  gauge: connections in handshake, keep-alive or closing
     WSR_M_KEEPALIVE_CLOSED,         //  keep-alive ended by its lifetime or request cap
+    WSR_M_HANDOVERS,                //  upgrades this process handed its sessions over in
+    WSR_M_HANDOVER_FAILURES,        //  ... that failed (the process kept its sessions)
+    WSR_M_HANDOVER_SESSIONS,        //  sessions handed over to a new process
     WSR_M_COUNT
 } wsr_metric_t;
 

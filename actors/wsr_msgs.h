@@ -13,6 +13,14 @@
 #define WSR_CMD_PORT        "PORT"      //  → "i" bound TCP port (listener)
 #define WSR_CMD_RELOAD      "RELOAD"    //  → "i" certificates allowed (bridge, SIGHUP)
 #define WSR_CMD_PEERS       "PEERS"     //  → "88" peers, topics (bridge)
+//  Handover (session worker): EXPORT "si" max → [8 still open][f SESSION frame,
+//  i fd]*; IMPORT [f SESSION frame, i fd]* → "i" sessions taken; RESTART → "i"
+//  sessions closed with 1012
+#define WSR_CMD_EXPORT      "EXPORT"
+#define WSR_CMD_PAUSE       "PAUSE"     //  → "i" dup of the listening fd (listener)
+#define WSR_CMD_RESUME      "RESUME"    //  → "i" 0; accept again (listener)
+#define WSR_CMD_IMPORT      "IMPORT"
+#define WSR_CMD_RESTART     "RESTART"
 
 //  Data messages between actors of one node (see ARCHITECTURE.md)
 #define WSR_MSG_AUTH        "AUTH"      //  listener → auth
@@ -140,6 +148,7 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 
 //  Close codes wslay has no name for
 #define WSR_CLOSE_TRY_AGAIN_LATER   1013    //  node full
+#define WSR_CLOSE_SERVICE_RESTART   1012    //  not handed over at an upgrade
 
 //  WebSocket opcodes used in envelopes ("k")
 #define WSR_KIND_TEXT       1

@@ -44,6 +44,9 @@
 #define S_READ_BUDGET       (64 * 1024)     //  bytes per session per turn
 #define S_FRAME_BUDGET      64              //  frames per session per turn
 #define S_TRIM_BYTES        (4 * 1024 * 1024)   //  freed output before malloc_trim
+#define S_REPLAY_MAX        (64 * 1024)     //  unparsed bytes a session keeps for a
+                                            //  handover (beyond: not transferable)
+#define S_SCRATCH_SIZE      (2 * S_READ_BUDGET) //  bytes fed to wslay in one read
 
 //  Close reason for slow consumers; compared by address to tell it apart
 static const char s_slow [] = "slow consumer: output queue full";
@@ -120,6 +123,12 @@ struct _s_conn_t {
     void *opening_handle;           //  its entry in the worker's opening list
     uint32_t expiry_slot;           //  its index in the worker's expiry heap + 1, 0 = none
     int64_t since_ms;               //  wall-clock ms when it opened (lifecycle events)
+    //  Handover: the bytes fed to wslay that a new context would need again
+    uint8_t *replay;                //  bytes from replay_base up to fed (owned)
+    size_t replay_size, replay_cap;
+    uint64_t replay_base;           //  offset (in fed) of replay [0]
+    uint64_t keep_from;             //  offset where the incomplete message starts
+    bool replay_lost;               //  over S_REPLAY_MAX: not exportable yet
 };
 
 struct _wsr_session_t {
@@ -177,10 +186,15 @@ typedef struct {
     bool draining;                  //  DRAIN received
     bool terminated;                //  $TERM received
     int status;                     //  init result for START
+    uint8_t *scratch;               //  bytes fed to wslay in this read (owned, lazy)
+    size_t scratch_size;
+    bool scratch_over;              //  more than S_SCRATCH_SIZE: not kept
 } s_worker_t;
 
 static void s_conn_flush (s_worker_t *self, s_conn_t *conn);
 static void s_conn_kill (s_worker_t *self, s_conn_t *conn);
+static void s_conn_unlink (s_worker_t *self, s_conn_t *conn);
+static void s_conn_read (s_worker_t *self, s_conn_t *conn);
 
 //  --------------------------------------------------------------------------
 //  Output queue
@@ -719,6 +733,84 @@ s_openings_expire (s_worker_t *self, int64_t now)
 }
 
 //  --------------------------------------------------------------------------
+//  Replay bytes (handover). wslay's parser state cannot leave the process,
+//  so a session keeps a copy of what it fed to wslay since the start of the
+//  message (or frame header) not yet complete; a new process replays them
+//  into a fresh context. What one read feeds goes to the worker's scratch
+//  first; only the incomplete tail is copied into the session afterwards,
+//  so a read that ends on a message boundary allocates nothing.
+
+static void
+s_replay_add (s_worker_t *self, const uint8_t *data, size_t size)
+{
+    if (!self->scratch) {
+        self->scratch = (uint8_t *) malloc (S_SCRATCH_SIZE);
+        assert (self->scratch);
+    }
+    if (self->scratch_over || self->scratch_size + size > S_SCRATCH_SIZE) {
+        self->scratch_over = true;
+        return;
+    }
+    memcpy (self->scratch + self->scratch_size, data, size);
+    self->scratch_size += size;
+}
+
+//  Where the bytes a new context needs start: the incomplete message (or
+//  frame), else the partial header after the last complete frame.
+static uint64_t
+s_replay_start (s_conn_t *conn)
+{
+    return conn->in_msg || conn->in_frame? conn->keep_from: conn->framed;
+}
+
+static void
+s_replay_drop (s_conn_t *conn)
+{
+    free (conn->replay);
+    conn->replay = NULL;
+    conn->replay_size = 0;
+    conn->replay_base = conn->fed;
+}
+
+//  After a read that fed bytes from fed_before on: keep what a fresh context
+//  would need, from the session's copy and the scratch.
+static void
+s_replay_keep (s_worker_t *self, s_conn_t *conn, uint64_t fed_before)
+{
+    uint64_t start = s_replay_start (conn);
+    if (start >= conn->fed) {
+        s_replay_drop (conn);               //  the usual case: nothing pending
+        conn->replay_lost = false;
+        return;
+    }
+    if (start >= fed_before)
+        conn->replay_lost = false;          //  all it needs came in this read
+    if (conn->replay_lost || self->scratch_over || conn->fed - start > S_REPLAY_MAX
+    ||  start < conn->replay_base) {
+        s_replay_drop (conn);
+        conn->replay_lost = true;
+        return;
+    }
+    size_t size = (size_t) (conn->fed - start);
+    uint8_t *kept = (uint8_t *) malloc (size);
+    assert (kept);
+    size_t used = 0;
+    if (start < fed_before) {
+        size_t skip = (size_t) (start - conn->replay_base);
+        used = (size_t) (fed_before - start);
+        assert (skip + used <= conn->replay_size);
+        memcpy (kept, conn->replay + skip, used);
+    }
+    size_t from = start > fed_before? (size_t) (start - fed_before): 0;
+    assert (from + size - used == self->scratch_size);
+    memcpy (kept + used, self->scratch + from, size - used);
+    free (conn->replay);
+    conn->replay = kept;
+    conn->replay_size = conn->replay_cap = size;
+    conn->replay_base = start;
+}
+
+//  --------------------------------------------------------------------------
 //  wslay callbacks; user_data is the worker, self->current the session.
 
 static ssize_t
@@ -738,6 +830,7 @@ s_recv_cb (wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, voi
             conn->early = NULL;
         }
         conn->fed += n;
+        s_replay_add (self, buf, n);
         return (ssize_t) n;
     }
     if (self->read_budget == 0) {
@@ -753,6 +846,7 @@ s_recv_cb (wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, voi
     if (n > 0) {
         conn->fed += (size_t) n;
         self->read_budget -= (size_t) n;
+        s_replay_add (self, buf, (size_t) n);
         return n;
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -787,6 +881,8 @@ s_frame_start_cb (wslay_event_context_ptr ctx,
     s_conn_t *conn = self->current;
     uint64_t len = arg->payload_length;
     uint64_t header = 2 + 4 + (len < 126? 0: len <= 0xFFFF? 2: 8);
+    if (!conn->in_msg)
+        conn->keep_from = conn->framed;     //  an incomplete message starts here
     conn->framed += header + len;
     conn->in_frame = true;
     //  Fairness: a flood of small frames (pings) yields the worker after a
@@ -889,6 +985,9 @@ s_conn_ws (s_worker_t *self, s_conn_t *conn)
         assert (rc == 0);
         wslay_event_config_set_max_recv_msg_length (conn->ws, self->opts.max_message);
         conn->fed = conn->framed = 0;
+        s_replay_drop (conn);
+        conn->keep_from = 0;
+        conn->replay_lost = false;
     }
 }
 
@@ -905,6 +1004,7 @@ s_conn_trim (s_conn_t *conn)
     &&  wslay_event_get_read_enabled (conn->ws)) {
         wslay_event_context_free (conn->ws);
         conn->ws = NULL;
+        s_replay_drop (conn);
     }
 }
 
@@ -1053,11 +1153,19 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
         wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
         self->open--;
     }
+    epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
+    close (conn->fd);
+    s_conn_unlink (self, conn);
+}
+
+//  The worker lets go of a connection whose fd is closed or handed over;
+//  memory is freed at the end of the turn.
+static void
+s_conn_unlink (s_worker_t *self, s_conn_t *conn)
+{
     conn->state = S_DEAD;
     s_expiry_clear (self, conn);
     s_opening_end (self, conn);
-    epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
-    close (conn->fd);
     conn->fd = -1;
     wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
     s_timer_clear (conn);
@@ -1084,6 +1192,7 @@ s_conn_free (s_conn_t *conn)
     free (conn->channels);
     free (conn->user);
     free (conn->early);
+    free (conn->replay);
     free (conn);
 }
 
@@ -1190,7 +1299,10 @@ s_conn_read (s_worker_t *self, s_conn_t *conn)
     self->read_budget = S_READ_BUDGET;
     self->frame_budget = S_FRAME_BUDGET;
     uint64_t fed = conn->fed;
+    self->scratch_size = 0;
+    self->scratch_over = false;
     int rc = wslay_event_recv (conn->ws);
+    s_replay_keep (self, conn, fed);
     if (conn->fed > fed)
         s_touch (self, conn);
     if (rc != 0) {
@@ -1515,6 +1627,247 @@ s_drain_all (s_worker_t *self)
             s_doom (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
 }
 
+//  --------------------------------------------------------------------------
+//  Handover (zero-disconnect upgrade): EXPORT lets sessions go with their
+//  state and descriptor, IMPORT takes them in. The order across processes
+//  is the node's business (ARCHITECTURE.md, "Zero-disconnect upgrade");
+//  here a session leaves between two turns of the loop: it stops being read,
+//  what is queued is written as far as the socket takes, and the rest (and
+//  the bytes read but not parsed to a whole message) travel in the record.
+//  No lifecycle event is sent: for the client nothing happened.
+
+//  A session can leave when it is open and not in a state only this
+//  process' wslay or opening understands.
+static bool
+s_exportable (s_conn_t *conn)
+{
+    return conn->state == S_OPEN && conn->user && !conn->doomed && !conn->opening
+        && !conn->replay_lost && !conn->close_echo && !conn->read_off
+        && (!conn->ws || (!wslay_event_get_close_received (conn->ws)
+                          && !wslay_event_get_close_sent (conn->ws)
+                          && !wslay_event_want_write (conn->ws)));
+}
+
+//  Write what the socket takes, then take the session out of this worker.
+//  Returns its SESSION frame (the caller owns it and *fd_p), or NULL if the
+//  connection failed meanwhile (then it is closed as usual).
+static zframe_t *
+s_export_one (s_worker_t *self, s_conn_t *conn, int *fd_p)
+{
+    s_conn_flush (self, conn);
+    if (conn->state != S_OPEN)
+        return NULL;
+    epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
+    int64_t now = wsr_util_mono_ms ();
+    wsr_handover_session_t rec = {
+        .id = conn->id, .expiry = conn->expiry, .since_ms = conn->since_ms,
+        .flags = (conn->v1? WSR_HANDOVER_V1: 0) | (conn->hs_pending? WSR_HANDOVER_HS_PENDING: 0),
+        .timer = conn->tlist == &self->pinged? WSR_HANDOVER_TIMER_PINGED
+                                             : WSR_HANDOVER_TIMER_ACTIVE,
+        .timer_ms = conn->tlist? conn->deadline - now: self->opts.ping_interval_ms,
+        .msg_tokens = conn->msg_tokens, .byte_tokens = conn->byte_tokens,
+        .rate_age_ms = now - conn->rate_last, .user = conn->user
+    };
+    size_t prefix = strlen (WSR_TOPIC_CHANNEL);
+    for (size_t i = 0; i < conn->channel_count; i++)
+        if (conn->channels [i])
+            rec.channels [rec.channel_count++] =
+                (char *) wsr_topic_member_key (conn->channels [i]) + prefix;
+    //  Output not yet written, from the head's offset on
+    rec.output = conn->qbytes? (uint8_t *) malloc (conn->qbytes): NULL;
+    size_t offset = conn->qoffset;
+    for (s_qnode_t *node = conn->qhead; node; node = node->next) {
+        struct iovec iov [2];
+        int count = wsr_outframe_iov (node->frame, offset, iov);
+        for (int i = 0; i < count; i++) {
+            assert (rec.output_size + iov [i].iov_len <= conn->qbytes);
+            memcpy (rec.output + rec.output_size, iov [i].iov_base, iov [i].iov_len);
+            rec.output_size += iov [i].iov_len;
+        }
+        offset = 0;
+    }
+    //  Input: the incomplete message fed to wslay, then early bytes not fed
+    size_t replay = 0, start = 0;
+    if (conn->ws) {
+        start = (size_t) (s_replay_start (conn) - conn->replay_base);
+        replay = start < conn->replay_size? conn->replay_size - start: 0;
+    }
+    size_t early = conn->early? conn->early_size - conn->early_used: 0;
+    rec.input_size = replay + early;
+    rec.input = rec.input_size? (uint8_t *) malloc (rec.input_size): NULL;
+    if (replay)
+        memcpy (rec.input, conn->replay + start, replay);
+    if (early)
+        memcpy (rec.input + replay, conn->early + conn->early_used, early);
+    size_t size = 0;
+    uint8_t *data = wsr_handover_session_encode (&rec, &size);
+    free (rec.output);
+    free (rec.input);
+    if (!data)
+        return NULL;                //  ids come checked: cannot happen
+    zframe_t *frame = zframe_new (data, size);
+    free (data);
+    //  Gone from here: the new owner subscribes, so the last member leaving
+    //  unsubscribes at this process' bridge; deliveries for it now drop
+    s_conn_leave_topics (self, conn);
+    wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
+    self->open--;
+    *fd_p = conn->fd;
+    self->freed_output += conn->qbytes;
+    s_queue_clear (conn, false);
+    s_conn_unlink (self, conn);
+    return frame;
+}
+
+//  EXPORT: up to max sessions leave; the reply says how many open sessions
+//  remain (some may not be exportable yet: a v1 opening, a close under way).
+static void
+s_handle_export (s_worker_t *self, int max)
+{
+    zmsg_t *reply = zmsg_new ();
+    int exported = 0;
+    s_conn_t *conn = self->all;
+    while (conn && exported < max) {
+        s_conn_t *next = conn->next;
+        int fd = -1;
+        zframe_t *frame = s_exportable (conn)? s_export_one (self, conn, &fd): NULL;
+        if (frame) {
+            zmsg_append (reply, &frame);
+            frame = zframe_new (&fd, sizeof fd);
+            zmsg_append (reply, &frame);
+            exported++;
+        }
+        conn = next;
+    }
+    uint64_t remaining = self->open;
+    zframe_t *count = zframe_new (&remaining, sizeof remaining);
+    zmsg_prepend (reply, &count);
+    if (zmsg_send (&reply, self->pipe)) {
+        //  The pipe is ours and blocking: only $TERM under way gets here
+        zmsg_destroy (&reply);
+    }
+}
+
+//  Take one session in from its record; the fd is ours from here on.
+static int
+s_import_one (s_worker_t *self, const uint8_t *data, size_t size, int fd)
+{
+    wsr_handover_type_t type;
+    wsr_handover_session_t rec;
+    int64_t body = size >= WSR_HANDOVER_HEADER? wsr_handover_header (data, &type): -1;
+    if (body < 0 || type != WSR_HANDOVER_SESSION
+    ||  (size_t) body != size - WSR_HANDOVER_HEADER
+    ||  wsr_handover_session_decode (data + WSR_HANDOVER_HEADER, (size_t) body, &rec)) {
+        zsys_warning ("session-%d: handover: malformed session record", self->index);
+        close (fd);
+        return -1;
+    }
+    int64_t now = wsr_util_mono_ms ();
+    s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
+    conn->id = rec.id;
+    conn->fd = fd;
+    conn->state = S_OPEN;
+    conn->ip_slot = -1;
+    struct sockaddr_storage addr;
+    socklen_t addr_len = sizeof addr;
+    if (getpeername (fd, (struct sockaddr *) &addr, &addr_len) == 0)
+        conn->ip_slot = wsr_ipcount_acquire (self->ipcount, (struct sockaddr *) &addr);
+    conn->msg_tokens = rec.msg_tokens;
+    conn->byte_tokens = rec.byte_tokens;
+    conn->rate_last = now - rec.rate_age_ms;
+    conn->since_ms = rec.since_ms;
+    conn->v1 = rec.flags & WSR_HANDOVER_V1;
+    conn->next = self->all;
+    if (self->all)
+        self->all->prev = conn;
+    self->all = conn;
+    self->count++;
+    wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, 1);
+    zhashx_insert (self->by_id, (void *) (uintptr_t) conn->id, conn);
+    struct epoll_event event = { .events = EPOLLIN };
+    event.data.ptr = conn;
+    conn->events = EPOLLIN;
+    if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &event)) {
+        zsys_error ("session-%d: conn %" PRIu64 ": epoll: %s", self->index, conn->id,
+                    strerror (errno));
+        conn->state = S_CLOSING;
+        s_conn_kill (self, conn);
+        wsr_handover_session_clear (&rec);
+        return -1;
+    }
+    if (rec.output_size) {
+        wsr_outframe_t *frame = wsr_outframe_new_raw (rec.output, rec.output_size);
+        s_queue_push (conn, &frame);
+        conn->hs_pending = rec.flags & WSR_HANDOVER_HS_PENDING;
+    }
+    if (rec.input_size) {
+        conn->early = rec.input;            //  replayed into a fresh wslay context
+        conn->early_size = rec.input_size;
+        rec.input = NULL;
+    }
+    //  Sessions already admitted are not refused for capacity: the old
+    //  process held them within the same limit
+    wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, 1);
+    self->open++;
+    conn->user = rec.user;
+    rec.user = NULL;
+    bool joined = s_conn_join (self, conn, WSR_TOPIC_USER, conn->user, &conn->member);
+    if (rec.channel_count) {
+        conn->channels = (wsr_topic_member_t **) zmalloc (
+            rec.channel_count * sizeof (wsr_topic_member_t *));
+        for (size_t i = 0; i < rec.channel_count && joined; i++)
+            joined = s_conn_join (self, conn, WSR_TOPIC_CHANNEL, rec.channels [i],
+                                  &conn->channels [conn->channel_count++]);
+    }
+    s_expiry_set (self, conn, rec.expiry);
+    if (self->opts.ping_interval_ms > 0)
+        s_timer_set (conn, rec.timer == WSR_HANDOVER_TIMER_PINGED? &self->pinged: &self->active,
+                     now + rec.timer_ms);
+    wsr_handover_session_clear (&rec);
+    if (!joined)
+        s_doom (self, conn, WSR_CLOSE_TRY_AGAIN_LATER, "node full");
+    else
+    if (conn->early)
+        s_conn_read (self, conn);
+    s_mark_dirty (self, conn);
+    return 0;
+}
+
+//  IMPORT: [record][fd] pairs; answers how many sessions were taken.
+static void
+s_handle_import (s_worker_t *self, zmsg_t *msg)
+{
+    int taken = 0;
+    zframe_t *record = zmsg_pop (msg);
+    while (record) {
+        zframe_t *fd_frame = zmsg_pop (msg);
+        assert (fd_frame && zframe_size (fd_frame) == sizeof (int));
+        int fd;
+        memcpy (&fd, zframe_data (fd_frame), sizeof fd);
+        if (s_import_one (self, zframe_data (record), zframe_size (record), fd) == 0)
+            taken++;
+        zframe_destroy (&fd_frame);
+        zframe_destroy (&record);
+        record = zmsg_pop (msg);
+    }
+    int sent = zsock_send (self->pipe, "i", taken);
+    assert (sent == 0);
+}
+
+//  RESTART: sessions that could not be handed over are closed with 1012.
+static void
+s_handle_restart (s_worker_t *self)
+{
+    int closed = 0;
+    for (s_conn_t *conn = self->all; conn; conn = conn->next)
+        if (conn->state == S_OPEN && !conn->doomed) {
+            s_doom (self, conn, WSR_CLOSE_SERVICE_RESTART, "service restart");
+            closed++;
+        }
+    int sent = zsock_send (self->pipe, "i", closed);
+    assert (sent == 0);
+}
+
 static bool
 s_handle_pipe (s_worker_t *self)
 {
@@ -1541,6 +1894,19 @@ s_handle_pipe (s_worker_t *self)
         int sent = zsock_send (self->pipe, "8", (uint64_t) self->count);
         assert (sent == 0);
     }
+    else
+    if (streq (command, WSR_CMD_EXPORT)) {
+        char *max = zmsg_popstr (msg);
+        assert (max);
+        s_handle_export (self, atoi (max));
+        zstr_free (&max);
+    }
+    else
+    if (streq (command, WSR_CMD_IMPORT))
+        s_handle_import (self, msg);
+    else
+    if (streq (command, WSR_CMD_RESTART))
+        s_handle_restart (self);
     else
         assert (false);
     zstr_free (&command);
@@ -1734,6 +2100,8 @@ s_worker_fini (s_worker_t *self)
     while (self->all)
         s_conn_kill (self, self->all);
     s_after_batch (self);
+    free (self->scratch);
+    self->scratch = NULL;
     s_delayed_release (self);       //  only dead sessions are left on it
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
@@ -1892,6 +2260,63 @@ wsr_session_count (wsr_session_t *self)
     assert (sent == 0);          //  a pipe is in-process: only ETERM fails
     zsock_recv (self->actor, "8", &count);
     return (int64_t) count;
+}
+
+//  --------------------------------------------------------------------------
+//  Handover: export up to max sessions.
+zmsg_t *
+wsr_session_export (wsr_session_t *self, int max, uint64_t *open_p)
+{
+    assert (self && open_p);
+    char count [16];
+    snprintf (count, sizeof count, "%d", max);
+    if (zstr_sendx (self->actor, WSR_CMD_EXPORT, count, NULL))
+        return NULL;
+    zmsg_t *reply = zmsg_recv (self->actor);
+    zframe_t *open = reply? zmsg_pop (reply): NULL;
+    assert (!reply || (open && zframe_size (open) == sizeof (uint64_t)));
+    if (open)
+        memcpy (open_p, zframe_data (open), sizeof (uint64_t));
+    zframe_destroy (&open);
+    return reply;
+}
+
+//  Handover: import sessions.
+int
+wsr_session_import (wsr_session_t *self, zmsg_t **msg_p)
+{
+    assert (self && msg_p && *msg_p);
+    zmsg_t *msg = *msg_p;
+    *msg_p = NULL;
+    if (zmsg_pushstr (msg, WSR_CMD_IMPORT) || zmsg_send (&msg, self->actor)) {
+        //  Not sent: the descriptors are ours to close
+        zframe_t *frame = zmsg_first (msg);
+        if (frame && zframe_streq (frame, WSR_CMD_IMPORT))
+            frame = zmsg_next (msg);
+        while (frame && (frame = zmsg_next (msg))) {
+            int value;
+            memcpy (&value, zframe_data (frame), sizeof value);
+            close (value);
+            frame = zmsg_next (msg);
+        }
+        zmsg_destroy (&msg);
+        return 0;
+    }
+    int taken = 0;
+    if (zsock_recv (self->actor, "i", &taken))
+        return 0;
+    return taken;
+}
+
+//  Handover: close what is left with 1012.
+int
+wsr_session_restart (wsr_session_t *self)
+{
+    assert (self);
+    int closed = 0;
+    if (zstr_send (self->actor, WSR_CMD_RESTART) || zsock_recv (self->actor, "i", &closed))
+        return -1;
+    return closed;
 }
 
 //  --------------------------------------------------------------------------
@@ -2193,6 +2618,36 @@ s_publish (s_fake_t *fake, const char *topic, const char *text)
     zframe_destroy (&env);
 }
 
+//  Wait for one subscription change ('+' or '-') of topic, skipping others.
+static void
+s_wait_change (s_fake_t *fake, char kind, const char *topic)
+{
+    int64_t end = zclock_mono () + 2000;
+    bool seen = false;
+    while (!seen && zclock_mono () < end) {
+        char *change;
+        while (!seen && (change = (char *) zlistx_detach (fake->subs, NULL))) {
+            seen = change [0] == kind && streq (change + 1, topic);
+            zstr_free (&change);
+        }
+        if (!seen)
+            s_fake_pump (fake, 20);
+    }
+    assert (seen);
+}
+
+//  A delivery to one worker, by its routing id.
+static void
+s_publish_to (s_fake_t *fake, zframe_t *rid, const char *topic, const char *text)
+{
+    zframe_t *key = zframe_new (topic, strlen (topic) + 1);
+    zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) text, strlen (text), 0, 0);
+    int rc = zsock_send (fake->router, "fsff", rid, WSR_PROTO_DELIVER, key, env);
+    assert (rc == 0);
+    zframe_destroy (&key);
+    zframe_destroy (&env);
+}
+
 //  The next subscription change must be kind (1 on, 0 off) for topic.
 static void
 s_expect_sub (s_fake_t *fake, int kind, const char *topic)
@@ -2233,6 +2688,130 @@ s_expect_up (s_fake_t *fake)
     zframe_t *up = (zframe_t *) zlistx_detach (fake->ups, NULL);
     assert (up);
     return up;
+}
+
+//  Handover between two workers of this process: a session with a
+//  half-received client frame and output its socket did not take leaves
+//  worker "hoa" and lives on in "hob"; the client sees no close, gets every
+//  message once and in order, and its frame, completed after the move, goes
+//  upstream whole.
+static void
+s_handover_test (s_fake_t *fake, const wsr_session_opts_t *opts, wsr_metrics_t *metrics,
+                 wsr_ipcount_t *ipcount)
+{
+    wsr_session_opts_t small = *opts;
+    small.max_queue = 1024 * 1024;
+    //  b starts once the session has left a: the fake bridge delivers to
+    //  the worker that spoke last
+    wsr_session_t *a = wsr_session_new ("hoa", 0, &small, metrics, ipcount);
+    assert (a);
+    zsock_t *auth = zsock_new_push ("inproc://wsr-adopt-hoa-0");
+    //  A small send buffer on the server's end keeps output queued
+    int pair [2];
+    assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+    int sndbuf = 4096;
+    assert (setsockopt (pair [0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) == 0);
+    fcntl (pair [0], F_SETFL, fcntl (pair [0], F_GETFL) | O_NONBLOCK);
+    int c = pair [1];
+    const char *response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
+    zframe_t *none = zframe_new (NULL, 0);
+    int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, (uint64_t) 500, pair [0], 0, -1,
+                         (uint64_t) 0, 0, "", "hu", "hch", response, none);
+    assert (rc == 0);
+    zframe_destroy (&none);
+    s_expect_101 (c);
+    s_wait_sub (fake, "user:hu");
+    zframe_t *a_rid = zframe_dup (fake->rid);   //  the SUB came from a
+    s_wait_sub (fake, "channel:hch");
+
+    //  A ping and the first 7 of 17 bytes of a text frame, in one write:
+    //  the pong proves the worker read both
+    const char *text = "hello world";
+    uint8_t frame [6 + 6 + 11];
+    uint8_t mask [4] = { 9, 8, 7, 6 };
+    frame [0] = 0x89; frame [1] = 0x80;
+    memcpy (frame + 2, mask, 4);
+    frame [6] = 0x81; frame [7] = 0x80 | 11;
+    memcpy (frame + 8, mask, 4);
+    for (int i = 0; i < 11; i++)
+        frame [12 + i] = (uint8_t) text [i] ^ mask [i % 4];
+    assert (send (c, frame, 6 + 7, 0) == 13);
+    uint8_t payload [70000];
+    size_t len;
+    assert (s_client_recv (c, payload, &len) == 0xA && len == 0);
+
+    //  60 numbered messages of 1 KB and a marker, not read yet: most stay
+    //  queued. The worker counts them once they are queued.
+    int64_t before = wsr_metrics_get (metrics, WSR_M_MESSAGES_OUT);
+    char message [1024];
+    for (int i = 0; i < 60; i++) {
+        memset (message, 'x', sizeof message - 1);
+        message [sizeof message - 1] = 0;
+        snprintf (message, 8, "%04d", i);
+        message [4] = '-';
+        s_publish_to (fake, a_rid, "user:hu", message);
+    }
+    s_publish_to (fake, a_rid, "channel:hch", "marker");
+    zframe_destroy (&a_rid);
+    int64_t end = zclock_mono () + 2000;
+    while (wsr_metrics_get (metrics, WSR_M_MESSAGES_OUT) < before + 61
+    &&     zclock_mono () < end)
+        s_fake_pump (fake, 10);
+    assert (wsr_metrics_get (metrics, WSR_M_MESSAGES_OUT) == before + 61);
+    uint64_t open = 1;
+    zmsg_t *moved = wsr_session_export (a, 100, &open);
+    assert (moved);
+    assert (zmsg_size (moved) == 2 && open == 0);
+    zframe_t *record = zmsg_first (moved);
+    wsr_handover_type_t type;
+    int64_t body = wsr_handover_header (zframe_data (record), &type);
+    wsr_handover_session_t rec;
+    assert (body > 0 && type == WSR_HANDOVER_SESSION);
+    assert (wsr_handover_session_decode (zframe_data (record) + WSR_HANDOVER_HEADER,
+                                         (size_t) body, &rec) == 0);
+    assert (rec.id == 500 && streq (rec.user, "hu") && rec.channel_count == 1);
+    assert (streq (rec.channels [0], "hch"));
+    assert (rec.input_size == 7 && !memcmp (rec.input, frame + 6, 7));
+    assert (rec.output_size > 0);           //  the socket took only part
+    wsr_handover_session_clear (&rec);
+    //  Gone from a: its subscriptions end there
+    s_wait_change (fake, '-', "user:hu");
+    s_wait_change (fake, '-', "channel:hch");
+    wsr_session_t *b = wsr_session_new ("hob", 0, &small, metrics, ipcount);
+    assert (b);
+    assert (wsr_session_import (b, &moved) == 1 && moved == NULL);
+    s_wait_change (fake, '+', "user:hu");
+    zframe_t *b_rid = zframe_dup (fake->rid);   //  the SUB came from b
+    s_wait_change (fake, '+', "channel:hch");
+
+    //  The rest of the frame goes to b, which replays the first part
+    assert (send (c, frame + 13, sizeof frame - 13, 0) == (ssize_t) (sizeof frame - 13));
+    zframe_t *up = s_expect_up (fake);
+    wsr_envelope_t env;
+    assert (wsr_envelope_decode (zframe_data (up), zframe_size (up), &env) == 0);
+    assert (env.session == 500 && env.size == 11 && !memcmp (env.data, text, 11));
+    zframe_destroy (&up);
+    //  Deliveries now come from b
+    s_publish_to (fake, b_rid, "user:hu", "after");
+    zframe_destroy (&b_rid);
+    for (int i = 0; i < 60; i++) {
+        assert (s_client_recv (c, payload, &len) == 1 && len == sizeof message - 1);
+        char number [5];
+        snprintf (number, sizeof number, "%04d", i);
+        assert (!memcmp (payload, number, 4));
+    }
+    assert (s_client_recv (c, payload, &len) == 1 && len == 6 && !memcmp (payload, "marker", 6));
+    assert (s_client_recv (c, payload, &len) == 1 && len == 5 && !memcmp (payload, "after", 5));
+    //  Nothing was left in a; b closes what it holds with 1012
+    assert (wsr_session_restart (a) == 0);
+    assert (wsr_session_restart (b) == 1);
+    assert (s_client_recv (c, payload, &len) == 0x8);
+    assert (len >= 2 && (payload [0] << 8 | payload [1]) == WSR_CLOSE_SERVICE_RESTART);
+    close (c);
+    zsock_destroy (&auth);
+    wsr_session_destroy (&a);
+    wsr_session_destroy (&b);
 }
 
 void
@@ -2627,6 +3206,7 @@ wsr_session_test (bool verbose)
             == 4 + strlen ("protocol error"));
     assert (wsr_session_fuzz (hello, 5) == 0);
     wsr_session_fuzz (NULL, 0);
+    s_handover_test (fake, &opts, metrics, ipcount);
     zframe_destroy (&fake->rid);
     zlistx_destroy (&fake->subs);
     zlistx_destroy (&fake->ups);

@@ -54,6 +54,24 @@ void
 int64_t
     wsr_session_count (wsr_session_t *self);
 
+//  Handover: let up to max open sessions go, each after writing what its
+//  socket takes. Returns [SESSION frame (wsr_handover)][fd as int] pairs;
+//  the caller owns the message and every fd in it. *open_p gets the open
+//  sessions still in the worker (v1 openings and closes under way wait).
+zmsg_t *
+    wsr_session_export (wsr_session_t *self, int max, uint64_t *open_p);
+
+//  Handover: take in sessions from [SESSION frame][fd] pairs; takes *msg_p
+//  (nulled) and every fd in it, also those it refuses (closed). Returns the
+//  sessions taken.
+int
+    wsr_session_import (wsr_session_t *self, zmsg_t **msg_p);
+
+//  Handover: close every open session with 1012 "service restart" (those
+//  that could not be handed over). Returns how many.
+int
+    wsr_session_restart (wsr_session_t *self);
+
 //  Fuzzing entry: run bytes from a peer through one session's input path,
 //  synchronously, in this thread. Returns the bytes the session wrote back.
 //  Not for use beside running actors (it keeps its own worker state);

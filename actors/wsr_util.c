@@ -486,6 +486,59 @@ wsr_util_test_skipped (void)
 }
 
 //  --------------------------------------------------------------------------
+//  Who this process is (set once in main, read by any thread after)
+
+static char s_build_id [17] = "unknown";
+static char s_exe_path [PATH_MAX];
+static int64_t s_start_ms = 0;
+
+void
+wsr_util_identify (void)
+{
+    s_start_ms = wsr_util_now_us () / 1000;
+    ssize_t n = readlink ("/proc/self/exe", s_exe_path, sizeof s_exe_path - 1);
+    if (n <= 0) {
+        s_exe_path [0] = 0;
+        return;
+    }
+    s_exe_path [n] = 0;
+    FILE *file = fopen (s_exe_path, "rb");
+    if (!file)
+        return;
+    crypto_hash_sha256_state state;
+    crypto_hash_sha256_init (&state);
+    uint8_t buf [65536];
+    size_t got;
+    while ((got = fread (buf, 1, sizeof buf, file)) > 0)
+        crypto_hash_sha256_update (&state, buf, got);
+    bool failed = ferror (file);
+    fclose (file);
+    if (failed)
+        return;
+    uint8_t hash [crypto_hash_sha256_BYTES];
+    crypto_hash_sha256_final (&state, hash);
+    sodium_bin2hex (s_build_id, sizeof s_build_id, hash, 8);
+}
+
+const char *
+wsr_util_build_id (void)
+{
+    return s_build_id;
+}
+
+int64_t
+wsr_util_start_ms (void)
+{
+    return s_start_ms;
+}
+
+const char *
+wsr_util_exe_path (void)
+{
+    return s_exe_path [0]? s_exe_path: NULL;
+}
+
+//  --------------------------------------------------------------------------
 //  Selftest
 
 static bool
@@ -506,6 +559,9 @@ s_utf8_split_ok (const char *text, size_t len)
 void
 wsr_util_test (bool verbose)
 {
+    wsr_util_identify ();
+    assert (wsr_util_exe_path () && wsr_util_start_ms () > 0);
+    assert (strlen (wsr_util_build_id ()) == 16 && !streq (wsr_util_build_id (), "unknown"));
     (void) verbose;
     assert (wsr_util_id_valid ("u1", 2));
     assert (wsr_util_id_valid ("alice@example.com", 17));

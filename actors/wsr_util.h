@@ -120,6 +120,25 @@ void
 const char *
     wsr_util_test_skipped (void);
 
+//  Note who this process is, once, in main before any thread: the start
+//  time, the binary's path (/proc/self/exe resolved now: a file renamed
+//  over it later is what an upgrade starts) and its build id (the first 16
+//  hex digits of the SHA-256 of that file as it is now).
+void
+    wsr_util_identify (void);
+
+//  Build id ("unknown" if the binary could not be read or not identified).
+const char *
+    wsr_util_build_id (void);
+
+//  Start time, Unix ms (0 if not identified).
+int64_t
+    wsr_util_start_ms (void);
+
+//  The binary's path as resolved at start, or NULL.
+const char *
+    wsr_util_exe_path (void);
+
 //  Self test
 void
     wsr_util_test (bool verbose);

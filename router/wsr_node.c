@@ -138,7 +138,7 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .allowed_origins = opts->allowed_origins, .handshake_rate = opts->handshake_rate,
         .ipcount = self->ipcount, .max_pending_per_ip = opts->max_pending_per_ip,
         .keepalive_lifetime_ms = opts->keepalive_lifetime_ms,
-        .keepalive_requests = opts->keepalive_requests
+        .keepalive_requests = opts->keepalive_requests, .inherit_fd = opts->inherit_fd
     };
     self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);
     if (!self->listener)
@@ -187,6 +187,86 @@ wsr_node_metrics (wsr_node_t *self)
 {
     assert (self);
     return self->metrics;
+}
+
+//  --------------------------------------------------------------------------
+//  Handover: the listener.
+int
+wsr_node_pause (wsr_node_t *self)
+{
+    assert (self);
+    return wsr_listener_pause (self->listener);
+}
+
+void
+wsr_node_resume (wsr_node_t *self)
+{
+    assert (self);
+    wsr_listener_resume (self->listener);
+}
+
+//  Handover: sessions out of every worker, up to max in all.
+zmsg_t *
+wsr_node_export (wsr_node_t *self, int max, uint64_t *open_p)
+{
+    assert (self && open_p);
+    zmsg_t *all = zmsg_new ();
+    *open_p = 0;
+    for (int i = 0; i < self->worker_count; i++) {
+        uint64_t open = 0;
+        int left = max - (int) zmsg_size (all) / 2;
+        zmsg_t *some = wsr_session_export (self->workers [i], left > 0? left: 0, &open);
+        *open_p += open;
+        if (!some)
+            continue;
+        zframe_t *frame;
+        while ((frame = zmsg_pop (some)))
+            zmsg_append (all, &frame);
+        zmsg_destroy (&some);
+    }
+    return all;
+}
+
+//  Handover: sessions in, each to the worker its id maps to.
+int
+wsr_node_import (wsr_node_t *self, zmsg_t **msg_p)
+{
+    assert (self && msg_p && *msg_p);
+    zmsg_t *msg = *msg_p;
+    *msg_p = NULL;
+    zmsg_t *per [WSR_MAX_WORKERS] = { NULL };
+    zframe_t *record;
+    while ((record = zmsg_pop (msg))) {
+        zframe_t *fd = zmsg_pop (msg);
+        assert (fd && zframe_size (record) >= WSR_HANDOVER_HEADER + 8);
+        uint64_t id = 0;
+        for (int i = 0; i < 8; i++)
+            id = id << 8 | zframe_data (record) [WSR_HANDOVER_HEADER + i];
+        int index = wsr_msgs_worker_for (id, self->worker_count);
+        if (!per [index])
+            per [index] = zmsg_new ();
+        zmsg_append (per [index], &record);
+        zmsg_append (per [index], &fd);
+    }
+    zmsg_destroy (&msg);
+    int taken = 0;
+    for (int i = 0; i < self->worker_count; i++)
+        if (per [i])
+            taken += wsr_session_import (self->workers [i], &per [i]);
+    return taken;
+}
+
+//  Handover: what could not go is closed with 1012.
+int
+wsr_node_restart (wsr_node_t *self)
+{
+    assert (self);
+    int closed = 0;
+    for (int i = 0; i < self->worker_count; i++) {
+        int n = wsr_session_restart (self->workers [i]);
+        closed += n > 0? n: 0;
+    }
+    return closed;
 }
 
 //  --------------------------------------------------------------------------

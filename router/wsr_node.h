@@ -45,6 +45,7 @@ typedef struct {
     size_t keepalive_requests;      //  WEBSOCKET_KEEPALIVE_REQUESTS (0 = no cap)
     int jwt_leeway;                 //  WEBSOCKET_JWT_LEEWAY, seconds
     bool require_exp;               //  WEBSOCKET_REQUIRE_EXP
+    int inherit_fd;                 //  > 0: listening socket handed over (taken); 0: bind
 } wsr_node_opts_t;
 
 //  Fill opts with the defaults (port 8080, one worker per core, ...).
@@ -71,6 +72,30 @@ wsr_metrics_t *
 //  1001 and wait up to timeout_ms for them to go. Returns sessions left.
 int64_t
     wsr_node_drain (wsr_node_t *self, int timeout_ms);
+
+//  Handover: stop accepting; returns a duplicate of the listening socket
+//  (the caller owns it) or -1.
+int
+    wsr_node_pause (wsr_node_t *self);
+
+//  Handover failed: accept again.
+void
+    wsr_node_resume (wsr_node_t *self);
+
+//  Handover: up to max sessions leave the workers (wsr_session_export).
+//  Returns [SESSION frame][fd] pairs (caller owns the message and the fds),
+//  *open_p the open sessions left in the node.
+zmsg_t *
+    wsr_node_export (wsr_node_t *self, int max, uint64_t *open_p);
+
+//  Handover: take [SESSION frame][fd] pairs in (*msg_p taken and nulled,
+//  every fd with it), each to the worker its id maps to. Returns sessions taken.
+int
+    wsr_node_import (wsr_node_t *self, zmsg_t **msg_p);
+
+//  Handover: close every open session with 1012. Returns how many.
+int
+    wsr_node_restart (wsr_node_t *self);
 
 //  Self test
 void

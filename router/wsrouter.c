@@ -91,20 +91,31 @@ s_base64_decode (const char *text, uint8_t *out, size_t out_size)
 //  --------------------------------------------------------------------------
 //  Signals: blocked in every thread, taken synchronously by main
 
+static char **s_argv = NULL;        //  main's argv, for an upgrade's exec
+
+//  upgrade: SIGUSR2 is taken too (a node; the bridge leaves it pending)
 static int
-s_wait_signal (void)
+s_wait_signal_for (bool upgrade)
 {
     sigset_t signals;
     sigemptyset (&signals);
     sigaddset (&signals, SIGINT);
     sigaddset (&signals, SIGTERM);
     sigaddset (&signals, SIGHUP);
+    if (upgrade)
+        sigaddset (&signals, SIGUSR2);
     int sig = 0;
     while (sig <= 0) {
         struct timespec wait = { 1, 0 };
         sig = sigtimedwait (&signals, NULL, &wait);
     }
     return sig;
+}
+
+static int
+s_wait_signal (void)
+{
+    return s_wait_signal_for (false);
 }
 
 static void
@@ -115,6 +126,7 @@ s_block_signals (void)
     sigaddset (&signals, SIGINT);
     sigaddset (&signals, SIGTERM);
     sigaddset (&signals, SIGHUP);
+    sigaddset (&signals, SIGUSR2);
     pthread_sigmask (SIG_BLOCK, &signals, NULL);        //  inherited by every actor
     signal (SIGPIPE, SIG_IGN);
 }
@@ -596,8 +608,17 @@ s_serve (int argc, char *argv [])
     s_block_signals ();
     zsys_set_io_threads (1);
 
+    //  Started by an upgrade: the old process' listening socket first
+    int handover = wsr_upgrade_begin (&opts->inherit_fd);
+    if (handover == -2) {
+        free (serve.secret);
+        free (serve.api_key);
+        return 1;
+    }
     wsr_node_t *node = wsr_node_new (opts);
     if (!node) {
+        if (handover >= 0)
+            close (handover);           //  the old process keeps serving
         fprintf (stderr, "wsrouter: could not start (see log above)\n");
         free (serve.secret);
         free (serve.api_key);
@@ -641,10 +662,25 @@ s_serve (int argc, char *argv [])
         free (token);
     }
     fflush (stdout);
+    if (handover >= 0)
+        wsr_upgrade_take (handover, node);
+    wsr_upgrade_notify_ready ();
 
     int sig;
-    while ((sig = s_wait_signal ()) == SIGHUP)
-        ;                               //  nothing to reload in a node yet
+    while ((sig = s_wait_signal_for (true)) == SIGHUP || sig == SIGUSR2) {
+        if (sig == SIGHUP)
+            continue;                   //  nothing to reload in a node yet
+        zsys_info ("wsrouter: SIGUSR2 received, upgrading");
+        if (wsr_upgrade_give (node, s_argv) == 0) {
+            //  Every session lives on in the new process: no drain
+            wsr_node_destroy (&node);
+            free (serve.secret);
+            free (serve.api_key);
+            wsr_nats_shutdown ();
+            printf ("wsrouter: handed over, stopped\n");
+            return 0;
+        }
+    }
     zsys_info ("wsrouter: %s received, draining", sig == SIGTERM? "SIGTERM": "SIGINT");
     int64_t left = wsr_node_drain (node, serve.drain_ms);
     if (left)
@@ -1022,6 +1058,58 @@ s_publish (int argc, char *argv [])
 }
 
 //  --------------------------------------------------------------------------
+//  upgrade: SIGUSR2 to a node, then wait until that process has gone (every
+//  session handed over) or give up (it failed and kept serving: see its log)
+
+static int
+s_upgrade (int argc, char *argv [])
+{
+    static struct option options [] = {
+        { "pid", required_argument, 0, 1600 },
+        { "timeout", required_argument, 0, 1601 },
+        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    long pid = 0, timeout_s = 120;
+    int c;
+    while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        if (c == 1600)
+            pid = strtol (optarg, NULL, 10);
+        else
+        if (c == 1601)
+            timeout_s = strtol (optarg, NULL, 10);
+        else {
+            printf ("usage: wsrouter upgrade --pid PID [--timeout S]\n\n"
+                    "Send SIGUSR2 to the node PID: it starts its binary again (the path\n"
+                    "it was started from) and hands it the listening socket and every\n"
+                    "session. Exits 0 once PID has gone, 1 if it is still there after\n"
+                    "the timeout (120 s: the upgrade failed; the node logged why).\n");
+            return c == 'h'? 0: 2;
+        }
+    }
+    if (pid <= 1 || timeout_s <= 0) {
+        fprintf (stderr, "wsrouter upgrade: --pid PID is required\n");
+        return 2;
+    }
+    if (kill ((pid_t) pid, SIGUSR2)) {
+        fprintf (stderr, "wsrouter upgrade: %ld: %s\n", pid, strerror (errno));
+        return 1;
+    }
+    char proc [64];
+    snprintf (proc, sizeof proc, "/proc/%ld", pid);
+    int64_t end = wsr_util_mono_ms () + timeout_s * 1000;
+    while (wsr_util_mono_ms () < end) {
+        if (access (proc, F_OK) != 0) {
+            printf ("wsrouter upgrade: %ld handed over and exited\n", pid);
+            return 0;
+        }
+        usleep (50000);
+    }
+    fprintf (stderr, "wsrouter upgrade: %ld still running: the upgrade failed (see its log)\n",
+             pid);
+    return 1;
+}
+
+//  --------------------------------------------------------------------------
 
 static void
 s_usage (void)
@@ -1033,6 +1121,7 @@ s_usage (void)
             "  token     mint a development or test token\n"
             "  keygen    make an Ed25519 key pair for EdDSA tokens\n"
             "  publish   publish a message through a node's HTTP API\n"
+            "  upgrade   hand a running node's sessions to its binary, started anew\n"
             "  bench     load generator: sessions, publishing, latency, memory\n\n"
             "'wsrouter COMMAND --help' describes each.\n");
 }
@@ -1064,6 +1153,13 @@ main (int argc, char *argv [])
     }
     int sub_argc = argc - shift;
     char **sub_argv = argv + shift;
+    //  As started (getopt reorders argv): an upgrade execs the same
+    s_argv = (char **) calloc ((size_t) argc + 1, sizeof (char *));
+    assert (s_argv);
+    memcpy (s_argv, argv, (size_t) argc * sizeof (char *));
+    wsr_util_identify ();
+    if (streq (command, "upgrade"))
+        return s_upgrade (sub_argc, sub_argv);
     if (streq (command, "serve"))
         return s_serve (sub_argc, sub_argv);
     if (streq (command, "bridge"))

@@ -251,13 +251,13 @@ async def case_head_and_keepalive():
 
         def run():
             s = raw_connect(srv.port)
-            s.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            s.sendall(b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n"
                       b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
-                      b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                      b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
             first = read_response(s, head_only=True)
             s.settimeout(3.0)
             rest = first[3]
-            while rest.count(b"HTTP/1.1") < 2 or not rest.endswith(b"ok\n"):
+            while rest.count(b"HTTP/1.1") < 2 or not rest.endswith(b"ready\n"):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
@@ -267,11 +267,11 @@ async def case_head_and_keepalive():
             return first, rest, tail
 
         first, rest, tail = await loop.run_in_executor(None, run)
-        e.expect_eq(first[0], 200, "HEAD /healthz status")
-        e.expect_eq(first[1].get("content-length"), "3", "HEAD Content-Length")
+        e.expect_eq(first[0], 404, "HEAD /nope status")
+        e.expect_eq(first[1].get("content-length"), "10", "HEAD Content-Length (GET's)")
         e.expect(rest.startswith(b"HTTP/1.1 404"),
                  "after HEAD's headers the next answer follows at once: %r" % rest[:40])
-        e.expect(b"Connection: close" in rest.split(b"HTTP/1.1 200")[-1],
+        e.expect(b"Connection: close" in rest.split(b"HTTP/1.1 ")[-1],
                  "third answer on a keep-alive connection capped at 3 says close")
         e.expect_eq(tail, b"", "connection closed after the capped answer")
         m = srv.metrics()
