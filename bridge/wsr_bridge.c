@@ -1273,6 +1273,11 @@ s_bridge_actor (zsock_t *pipe, void *args)
             self->status = -1;
         }
     }
+    if (self->status == 0 && self->redis && self->firehose && wsr_redis_sharded (self->redis)) {
+        zsys_error ("bridge: firehose mode needs pattern subscriptions, which a Redis "
+                    "Cluster's sharded Pub/Sub does not have: use per-topic mode");
+        self->status = -1;
+    }
     if (self->status == 0 && opts->nats_url) {
         wsr_nats_opts_t nats_opts = {
             .url = opts->nats_url, .creds = opts->nats_creds, .nkey_seed = opts->nats_nkey_seed,
@@ -1295,7 +1300,8 @@ s_bridge_actor (zsock_t *pipe, void *args)
         wsr_redis_set_subscribed_fn (self->redis, s_on_redis_subscribed, self);
         if (opts->history_size > 0)
             self->history = wsr_history_new (self->redis, opts->history_size,
-                                             opts->history_ttl_s, false);
+                                             opts->history_ttl_s,
+                                             wsr_redis_sharded (self->redis));
     }
     if (self->status == 0 && self->nats && opts->nats_history_stream)
         s_jetstream_start (self, opts, instance);

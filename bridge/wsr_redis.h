@@ -16,7 +16,9 @@ typedef void (wsr_redis_message_fn) (void *arg, const char *pattern, const char 
                                      size_t channel_len, const uint8_t *data, size_t size);
 
 //  Create a link for redis://[[user]:password@]host[:port][/db] (user and
-//  password percent-decoded; with a user, Redis 6 ACL "AUTH user password").
+//  password percent-decoded; with a user, Redis 6 ACL "AUTH user password"),
+//  or for redis+cluster://[user:pass@]host:port[,host:port...]: a Redis
+//  Cluster with sharded Pub/Sub (wsr_rcluster; see wsr_redis.c).
 //  Connecting starts on the first wsr_redis_process call and is retried with
 //  backoff forever. Returns NULL if the URL is invalid (logged with the
 //  reason, the password hidden).
@@ -106,6 +108,10 @@ void
 //  scripts must be loaded again).
 uint64_t
     wsr_redis_generation (wsr_redis_t *self);
+
+//  True for a redis+cluster:// link (SSUBSCRIBE / SPUBLISH at the owner).
+bool
+    wsr_redis_sharded (wsr_redis_t *self);
 
 //  Called when Redis confirms a SUBSCRIBE of channel (channel_len bytes),
 //  including the re-subscriptions after a reconnect: from then on every
