@@ -226,6 +226,50 @@ wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char
 }
 
 //  --------------------------------------------------------------------------
+//  A lifecycle event.
+int
+wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event)
+{
+    assert (self && event && event->user && event->channels && event->reason);
+    s_batch_send (self);                //  a connect follows the session's SUBs
+    uint8_t number [8];
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, WSR_PROTO_EVENT);
+    zmsg_addstr (msg, event->connect? "connect": "disconnect");
+    wsr_msgs_put_u64 (number, event->session);
+    zmsg_addmem (msg, number, 8);
+    zmsg_addstr (msg, event->user);
+    zmsg_addstr (msg, event->channels);
+    wsr_msgs_put_u64 (number, (uint64_t) event->since_ms);
+    zmsg_addmem (msg, number, 8);
+    wsr_msgs_put_u64 (number, (uint64_t) event->code);
+    zmsg_addmem (msg, number, 8);
+    zmsg_addstr (msg, event->reason);
+    wsr_msgs_put_u64 (number, (uint64_t) event->duration_ms);
+    zmsg_addmem (msg, number, 8);
+    return s_send (self, &msg);
+}
+
+//  --------------------------------------------------------------------------
+//  A presence query.
+int
+wsr_link_presence (wsr_link_t *self, uint64_t request, const char *kind, const char *id,
+                   uint64_t limit)
+{
+    assert (self && kind && id);
+    uint8_t number [8];
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, WSR_PROTO_PRESENCE);
+    wsr_msgs_put_u64 (number, request);
+    zmsg_addmem (msg, number, 8);
+    zmsg_addstr (msg, kind);
+    zmsg_addstr (msg, id);
+    wsr_msgs_put_u64 (number, limit);
+    zmsg_addmem (msg, number, 8);
+    return s_send (self, &msg);
+}
+
+//  --------------------------------------------------------------------------
 //  One message from the bridge. The bridge is trusted (authenticated), but
 //  a malformed message is still dropped, not asserted on: versions can differ.
 int
@@ -289,6 +333,21 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
             msg->kind = WSR_LINK_HISTORY;
         }
         zframe_destroy (&frame);
+    }
+    else
+    if (zframe_streq (command, WSR_PROTO_PRESENCER) && size == 4) {
+        zframe_t *frame = zmsg_pop (in);
+        zframe_destroy (&frame);
+        zframe_t *request = zmsg_pop (in);
+        zframe_t *status = zmsg_pop (in);
+        if (zframe_size (request) == 8 && zframe_size (status) == 8) {
+            msg->request = wsr_msgs_get_u64 (zframe_data (request));
+            msg->status = (int) wsr_msgs_get_u64 (zframe_data (status));
+            msg->body = zmsg_pop (in);
+            msg->kind = WSR_LINK_PRESENCE;
+        }
+        zframe_destroy (&request);
+        zframe_destroy (&status);
     }
     else
     if (zframe_streq (command, WSR_PROTO_RESYNC) && size == 1)
@@ -542,6 +601,50 @@ wsr_link_test (bool verbose)
     wsr_link_msg_reset (&in);
     zsock_send (router, "fss", rid, "BOGUS", "x");
     assert (s_link_wait (link, &in, WSR_LINK_REFUSED, 200) == -1);
+
+    //  Lifecycle events go up with every field; a pending SUB goes first
+    wsr_link_subscribe (link, "user:ev", 8, true);
+    wsr_link_event_t event = {
+        .connect = false, .session = 42, .user = "ev", .channels = "a,b",
+        .since_ms = 1700000000123, .code = 1001, .reason = "going away", .duration_ms = 4567
+    };
+    assert (wsr_link_event (link, &event) == 0);
+    msg = s_expect (router, WSR_PROTO_SUB, 1);
+    zmsg_destroy (&msg);
+    msg = s_expect (router, WSR_PROTO_EVENT, 8);
+    zmsg_first (msg);
+    zmsg_next (msg);
+    assert (zframe_streq (zmsg_next (msg), "disconnect"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 42);
+    assert (zframe_streq (zmsg_next (msg), "ev"));
+    assert (zframe_streq (zmsg_next (msg), "a,b"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 1700000000123);
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 1001);
+    assert (zframe_streq (zmsg_next (msg), "going away"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 4567);
+    zmsg_destroy (&msg);
+
+    //  Presence queries go up; answers come back with request and status;
+    //  an answer with a short number frame is dropped
+    assert (wsr_link_presence (link, 9, "channel", "lobby", 100) == 0);
+    msg = s_expect (router, WSR_PROTO_PRESENCE, 4);
+    zmsg_first (msg);
+    zmsg_next (msg);
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 9);
+    assert (zframe_streq (zmsg_next (msg), "channel"));
+    assert (zframe_streq (zmsg_next (msg), "lobby"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 100);
+    zmsg_destroy (&msg);
+    uint8_t status [8];
+    wsr_msgs_put_u64 (number, 9);
+    wsr_msgs_put_u64 (status, 200);
+    zsock_send (router, "fsbbs", rid, WSR_PROTO_PRESENCER, number, (size_t) 4, status,
+                (size_t) 8, "{}");
+    zsock_send (router, "fsbbs", rid, WSR_PROTO_PRESENCER, number, (size_t) 8, status,
+                (size_t) 8, "{\"sessions\":[]}");
+    assert (s_link_wait (link, &in, WSR_LINK_PRESENCE, 2000) == 0);
+    assert (in.request == 9 && in.status == 200 && zframe_streq (in.body, "{\"sessions\":[]}"));
+    wsr_link_msg_reset (&in);
 
     //  Destroy says BYE
     wsr_link_destroy (&link);

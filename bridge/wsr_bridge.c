@@ -1260,6 +1260,27 @@ s_bridge_actor (zsock_t *pipe, void *args)
         zsys_error ("bridge: NATS subjects: %s", overlap);
         self->status = -1;
     }
+    //  Lifecycle events must not land on a name a client subscribes or
+    //  publishes to (a user "events.bob" reading bob's connects)
+    const char *templates [2][4] = {
+        { opts->redis_events, opts->redis_user, opts->redis_channel, opts->redis_actions },
+        { opts->nats_events, opts->nats_user, opts->nats_channel, opts->nats_actions }
+    };
+    for (int k = 0; k < 2 && self->status == 0 && opts->events; k++) {
+        if (!(k == 0? opts->redis_url: opts->nats_url))
+            continue;
+        if (!strstr (templates [k][0], "{user_id}")) {
+            zsys_error ("bridge: the events name %s lacks {user_id}", templates [k][0]);
+            self->status = -1;
+        }
+        for (int i = 1; i < 4 && self->status == 0; i++)
+            if (wsr_naming_overlap (templates [k][0], templates [k][i], overlap,
+                                    sizeof overlap)) {
+                zsys_error ("bridge: the events name %s overlaps %s (e.g. %s)",
+                            templates [k][0], templates [k][i], overlap);
+                self->status = -1;
+            }
+    }
     char redis_shown [WSR_URL_MAX], nats_shown [WSR_URL_MAX], http_shown [WSR_URL_MAX];
     wsr_util_redact_url (opts->redis_url? opts->redis_url: "off", redis_shown,
                          sizeof redis_shown);
@@ -1437,7 +1458,12 @@ s_bridge_actor (zsock_t *pipe, void *args)
     wsr_presence_destroy (&self->presence);
     free (self->redis_events);
     free (self->nats_events);
-    wsr_nats_destroy (&self->nats);
+    if (self->nats) {
+        wsr_nats_destroy (&self->nats);
+        //  libnats keeps an error stack per thread that used it; this thread
+        //  is about to end and nats_CloseAndWait only frees the caller's
+        wsr_nats_release_thread ();
+    }
     wsr_redis_destroy (&self->redis);
     wsr_naming_destroy (&self->redis_names);
     wsr_naming_destroy (&self->nats_names);

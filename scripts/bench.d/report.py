@@ -936,6 +936,40 @@ def doc(docs, elapsed):
          f"({get(s1['r'], 'sessions_target'):,}), not by a limit we hit."
          if s1 and s1.get("r") else "") + "\n")
 
+    # --- against the floor
+    pf_path = os.path.join(res, "push-floor.json")
+    if os.path.exists(pf_path):
+        pf = json.load(open(pf_path))
+        floor_us = get(pf, "floor.writer_cpu_us_per_delivery")
+        w("## 8. Per-user push against the physical floor\n")
+        w("Measured in one run by `scripts/bench.d/push_floor.py`: one node "
+          "(`--workers 2`, in-process bridge), a fresh Redis, "
+          f"{pf.get('sessions', 0):,} sessions of distinct users, Redis `PUBLISH ws:{{user}}` "
+          "round robin by the same load generator for both builds; server CPU per delivery "
+          "is the node's CPU (all threads) over its deliveries between 10 % and 90 % of the "
+          "run. The floor is `floor.c` (one `write()` of a pre-framed 40-byte frame per "
+          f"delivery) in the same run: **{fnum(floor_us, 2)} µs** per delivery. Load average "
+          f"at start {' '.join(pf.get('loadavg_start', []))}.\n")
+        rows = []
+        for key, label in (("this", "this build"), ("baseline", "baseline (before the spine)")):
+            for mode in ("paced", "max"):
+                r = get(pf, f"{key}.{mode}")
+                if not r:
+                    continue
+                rows.append([label, "20,000 msg/s" if mode == "paced" else "closed loop (max)",
+                             fnum(r.get("delivered_per_s")),
+                             fnum(r.get("server_cpu_us_per_delivery"), 2),
+                             f"{r.get('x_floor')}×" if r.get("x_floor") else "—",
+                             fms(r.get("latency_p99_ms")),
+                             f"{r.get('loss')}/{r.get('duplicates')}/{r.get('reordered')}"])
+        w(table(["build", "offered", "delivered/s", "server CPU µs / delivery", "× floor",
+                 "p99", "loss/dup/reordered"], rows))
+        if pf.get("max_delivered_vs_baseline"):
+            w(f"\nClosed-loop delivered/s, this build over the baseline: "
+              f"**{pf['max_delivered_vs_baseline']}×** (target 1.5×; per-delivery target "
+              "≤ 1.3× the floor).\n")
+        w("")
+
     # --- limits
     w("## What limits us here\n")
     lim = []
