@@ -544,6 +544,16 @@ s_handle_up (s_bridge_t *self, wsr_peer_t *peer, zframe_t *body)
                          strlen (WSR_ERROR_BACKPLANE_DOWN));
 }
 
+//  A history append Redis did not confirm: the message may be lost.
+static void
+s_on_appended (void *arg, int status, uint64_t offset, const char *epoch)
+{
+    (void) offset;
+    (void) epoch;
+    if (status)
+        wsr_metrics_add (((s_bridge_t *) arg)->metrics, WSR_M_BRIDGE_PUBLISH_LOST, 1);
+}
+
 //  PUB [topic][downstream envelope], deferred to the end of the batch so a
 //  subscription that arrived in the same batch is in place first.
 static void
@@ -562,7 +572,8 @@ s_handle_publish (s_bridge_t *self, zmsg_t *msg)
     int rc = 0;
     if (self->history && wsr_naming_to_backplane (self->redis_names, key, name, sizeof name) > 0)
         //  Through the history: stored with an offset, then published framed
-        rc = wsr_history_append (self->history, name, env.data, env.size, NULL, NULL);
+        rc = wsr_history_append (self->history, name, env.data, env.size, s_on_appended,
+                                 self);
     else
     if (self->redis && wsr_naming_to_backplane (self->redis_names, key, name, sizeof name) > 0)
         rc = wsr_redis_publish (self->redis, name, env.data, env.size);

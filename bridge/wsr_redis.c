@@ -585,7 +585,7 @@ wsr_redis_take_refusals (wsr_redis_t *self)
 {
     assert (self);
     if (self->cluster)
-        return 0;
+        return wsr_rcluster_take_failed (self->cluster);
     uint64_t refused = self->refused;
     self->refused = 0;
     return refused;

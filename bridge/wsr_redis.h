@@ -58,7 +58,8 @@ uint64_t
 
 //  Commands Redis refused since the last call: AUTH (wrong password), any
 //  command without one (NOAUTH), SUBSCRIBE or PUBLISH outside an ACL
-//  (NOPERM), SELECT. Each refused AUTH is retried with backoff.
+//  (NOPERM), SELECT. Each refused AUTH is retried with backoff. On a cluster:
+//  publishes lost after they were queued (node lost, no owner, redirections).
 uint64_t
     wsr_redis_take_refusals (wsr_redis_t *self);
 

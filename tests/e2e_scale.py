@@ -153,6 +153,7 @@ async def case_failover(rc, srv, users):
     clients = [await Client.connect(srv, u) for u in users]
     try:
         await wait_subscribed(rc, ["ws:" + u for u in users])
+        lost_before = srv.metrics().get("wsrouter_bridge_publish_lost_total", 0)
         victim = users[0]
         accepted = collections.defaultdict(list)        # user → [(seq, time)]
         stop = asyncio.Event()
@@ -216,6 +217,9 @@ async def case_failover(rc, srv, users):
                     if missing else ""))
             if u != victim:
                 e.expect(lost <= 0, "%s (another shard) lost %d messages" % (u, lost))
+        lost_counted = srv.metrics().get("wsrouter_bridge_publish_lost_total", 0) - lost_before
+        note("bridge counted %d publishes lost" % lost_counted)
+        e.expect(lost_counted > 0, "publishes lost during the failover were not counted")
         e.expect(resumed <= RESUME_LIMIT_S, "delivery resumed %.2f s after the promotion, "
                  "limit %.1f s" % (resumed, RESUME_LIMIT_S))
     finally:
