@@ -24,6 +24,13 @@ Cases:
      (measured 5-8 s: libnats recreates a lost ordered consumer only after
      missed heartbeats and a stream leader election); no client
      disconnected, loss printed, none duplicated.
+  4  two bridges: two `wsrouter bridge` processes (127.0.0.2, 127.0.0.3) on
+     one Redis, two nodes with WEBSOCKET_BRIDGE listing both, 24 users. Each
+     topic is subscribed on exactly one bridge (PUBSUB NUMSUB 1), both have a
+     share. Under load, bridge 1 is SIGKILLed: its topics move to bridge 2
+     and delivery to every user resumes within 2 s of the kill, no client
+     disconnected, none duplicated; bridge 1 restarted takes its share back
+     (NUMSUB still 1 for every topic) with no duplicates; loss printed.
 """
 
 import os
@@ -43,7 +50,8 @@ import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-from wsr_procs import start_node, stop_everything, nats_ping, NATS_SERVER  # noqa: E402
+from wsr_procs import (start_node, stop_everything, nats_ping, NATS_SERVER,  # noqa: E402
+                       RedisProc, BridgeProc)
 from e2e_bridge import Nats as _Nats  # noqa: E402
 
 
@@ -402,6 +410,130 @@ async def case_nats_cluster(ncl):
         srv_j.stop()
 
 
+# --------------------------------------------------------------------------
+#  Case 4: two bridges
+
+BRIDGE_USERS = 24
+
+
+def numsub(redis_port, channels):
+    c = redis_cluster.Conn(redis_port)
+    try:
+        r = c.call("PUBSUB", "NUMSUB", *channels)
+        return {r[i].decode(): r[i + 1] for i in range(0, len(r), 2)}
+    finally:
+        c.close()
+
+
+async def wait_numsub_one(redis_port, channels, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = numsub(redis_port, channels)
+        if all(v == 1 for v in counts.values()):
+            return counts
+        if time.monotonic() > deadline:
+            bad = {k: v for k, v in counts.items() if v != 1}
+            raise e.E2EError("%s: channels not subscribed exactly once within %.0f s: %s"
+                             % (what, timeout, bad))
+        await asyncio.sleep(0.05)
+
+
+async def case_two_bridges():
+    redis = RedisProc().start()
+    b1 = BridgeProc(e.free_port(), redis_url=redis.url, bind="127.0.0.2").start()
+    b2 = BridgeProc(e.free_port(), redis_url=redis.url, bind="127.0.0.3").start()
+    endpoints = "%s,%s" % (b1.endpoint, b2.endpoint)
+    nodes = [start_node(workers=2, extra_args=["--bridge", endpoints]) for _ in range(2)]
+    users = ["m%d" % i for i in range(BRIDGE_USERS)]
+    channels = ["ws:" + u for u in users]
+    clients = [await Client.connect(nodes[i % 2], u) for i, u in enumerate(users)]
+    pub = redis_cluster.Conn(redis.port)
+    try:
+        await wait_numsub_one(redis.port, channels, 8.0, "two bridges")
+        await asyncio.sleep(1.0)                        # gauges refresh every 500 ms
+        t1 = b1.metrics().get("wsrouter_bridge_topics", 0)
+        t2 = b2.metrics().get("wsrouter_bridge_topics", 0)
+        note("topics: bridge 1 %d, bridge 2 %d" % (t1, t2))
+        e.expect(t1 > 0 and t2 > 0 and t1 + t2 == BRIDGE_USERS,
+                 "topics not shared out: bridge 1 %d, bridge 2 %d of %d" % (t1, t2,
+                                                                          BRIDGE_USERS))
+        sent = collections.defaultdict(list)
+        stop = asyncio.Event()
+
+        async def publisher():
+            seq = 0
+            while not stop.is_set():
+                for u in users:
+                    pub.send("PUBLISH", "ws:" + u, "B%s:%d" % (u, seq))
+                t = time.monotonic()
+                for u in users:
+                    pub.read()
+                    sent[u].append((seq, t))
+                seq += 1
+                await asyncio.sleep(0.05)
+
+        def check_resumed(t0, limit, what):
+            worst = 0.0
+            for u, c in zip(users, clients):
+                c.expect_open(what)
+                after = {s for s, t in sent[u] if t > t0 + 0.05}
+                first = next((t for t, m in c.with_prefix("B%s:" % u)
+                              if int(m.split(":")[1]) in after), None)
+                e.expect(first is not None, "%s: nothing published after it reached %s"
+                         % (what, u))
+                worst = max(worst, first - t0)
+            note("%s: delivery to all %d users resumed within %.2f s" % (what, len(users),
+                                                                         worst))
+            e.expect(worst <= limit, "%s: delivery resumed %.2f s after, limit %.1f s"
+                     % (what, worst, limit))
+
+        task = asyncio.ensure_future(publisher())
+        await asyncio.sleep(1.0)
+        b1.kill()
+        t_kill = time.monotonic()
+        await asyncio.sleep(3.0)
+        check_resumed(t_kill, RESUME_LIMIT_S, "bridge 1 killed")
+        counts = numsub(redis.port, channels)
+        e.expect(all(v == 1 for v in counts.values()),
+                 "after the kill, channels not subscribed once: %s" % counts)
+        b1.start()
+        t_back = time.monotonic()
+        await asyncio.sleep(3.0)
+        check_resumed(t_back, RESUME_LIMIT_S, "bridge 1 restarted")
+        await wait_numsub_one(redis.port, channels, 3.0, "bridge 1 back")
+        await asyncio.sleep(1.0)
+        t1 = b1.metrics().get("wsrouter_bridge_topics", 0)
+        e.expect(t1 > 0, "bridge 1 restarted took no topics back")
+        stop.set()
+        await task
+        await asyncio.sleep(0.5)
+        total_lost = 0
+        for u, c in zip(users, clients):
+            c.expect_open("two bridges")
+            seqs = [int(m.split(":")[1]) for _, m in c.with_prefix("B%s:" % u)]
+            dups = [s for s, n in collections.Counter(seqs).items() if n > 1]
+            e.expect(not dups, "%s received %s more than once" % (u, dups))
+            e.expect(seqs == sorted(seqs), "%s received out of order" % u)
+            total_lost += len(sent[u]) - len(set(seqs))
+        note("two bridges: %d messages sent, %d lost over a kill and a restart"
+             % (sum(len(v) for v in sent.values()), total_lost))
+    except BaseException:
+        if VERBOSE:
+            for srv in nodes:
+                print("\n".join(line for line in (srv.stdout_text() + srv.stderr_text())
+                                .splitlines() if "link" in line)[-2000:])
+        raise
+    finally:
+        pub.close()
+        for c in clients:
+            await c.close()
+        for n in nodes:
+            n.stop()
+        b1.stop()
+        b2.stop()
+        redis.stop()
+
+
 async def body(suite):
     if not redis_cluster.available():
         e.skip_suite("redis-server / redis-cli not installed")
@@ -421,6 +553,8 @@ async def body(suite):
                          case_failover, rc, srv, users, timeout=60)
         srv.stop()
         rc.stop()
+        await suite.case("bridges: two, topics shared, one killed and restarted",
+                         case_two_bridges, timeout=60)
         if shutil.which(NATS_SERVER) or os.path.exists(NATS_SERVER):
             ncl = NatsCluster(3).start()
             try:
