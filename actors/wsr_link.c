@@ -88,6 +88,7 @@ struct _wsr_link_t {
     uint64_t drops;                 //  messages that could not be sent
     uint64_t moves;                 //  topics moved to another bridge
     uint64_t stale;                 //  deliveries dropped: not from the topic's owner
+    wsr_metrics_t *metrics;         //  shared counters, or NULL (not owned)
 };
 
 //  FNV-1a over the endpoint then the key: the rendezvous weight.
@@ -274,6 +275,7 @@ wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg
     self->topics = topics;
     self->arg = arg;
     self->curve_secret = opts->curve_secret? strdup (opts->curve_secret): NULL;
+    self->metrics = opts->metrics;
     self->started = wsr_util_mono_ms ();
     char *endpoints [WSR_LINK_MAX_BRIDGES] = { NULL };
     char *keys [WSR_LINK_MAX_BRIDGES] = { NULL };
@@ -382,6 +384,8 @@ wsr_link_subscribe (wsr_link_t *self, const char *key, size_t key_size, bool on)
         bool revived = self->revived & (1u << owner);
         if (before != owner) {
             self->moves++;
+            if (self->metrics)
+                wsr_metrics_add (self->metrics, WSR_M_LINK_MOVES, 1);
             //  Still live and not told BYE: it holds the topic for us
             if ((self->live & (1u << before)) && !(self->revived & (1u << before)))
                 s_batch_add (self, before, key, key_size, false);
@@ -526,6 +530,8 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
         &&  s_owner (self, (const char *) zframe_data (msg->topic), zframe_size (msg->topic),
                      self->live) != b) {
             self->stale++;                  //  a move's overlap: the new owner delivers
+            if (self->metrics)
+                wsr_metrics_add (self->metrics, WSR_M_LINK_STALE, 1);
             wsr_link_msg_reset (msg);
         }
     }
@@ -798,6 +804,159 @@ s_link_wait (wsr_link_t *link, wsr_link_msg_t *msg, wsr_link_kind_t kind, int ms
     return -1;
 }
 
+//  Several bridges: the owner's topics for the enumerator.
+#define S_TEST_TOPICS 20
+
+static void
+s_topics_many (void *arg, wsr_link_t *link)
+{
+    (void) arg;
+    for (int i = 0; i < S_TEST_TOPICS; i++) {
+        char key [16];
+        int n = snprintf (key, sizeof key, "user:t%d", i);
+        wsr_link_subscribe (link, key, (size_t) n + 1, true);
+    }
+}
+
+//  Drain what a test bridge received: SUB topics set in subs (1), UNSUB
+//  topics in unsubs, HELLO / BYE counted. Returns messages read.
+static int
+s_drain (zsock_t *router, bool subs [], bool unsubs [], int *hellos, int *byes, zframe_t **rid)
+{
+    int count = 0;
+    zpoller_t *poller = zpoller_new (router, NULL);
+    while (zpoller_wait (poller, 100) == router) {
+        zmsg_t *msg = zmsg_recv (router);
+        zframe_t *id = zmsg_pop (msg);
+        if (rid) {
+            zframe_destroy (rid);
+            *rid = id;
+        }
+        else
+            zframe_destroy (&id);
+        char *command = zmsg_popstr (msg);
+        bool sub = streq (command, WSR_PROTO_SUB), unsub = streq (command, WSR_PROTO_UNSUB);
+        if (streq (command, WSR_PROTO_HELLO) && hellos)
+            (*hellos)++;
+        if (streq (command, WSR_PROTO_BYE) && byes)
+            (*byes)++;
+        for (zframe_t *f = zmsg_first (msg); f && (sub || unsub); f = zmsg_next (msg)) {
+            int i = atoi ((const char *) zframe_data (f) + 6);
+            assert (i >= 0 && i < S_TEST_TOPICS);
+            if (sub)
+                subs [i] = true;
+            else
+                unsubs [i] = true;
+        }
+        zstr_free (&command);
+        zmsg_destroy (&msg);
+        count++;
+    }
+    zpoller_destroy (&poller);
+    return count;
+}
+
+static void
+s_beat (zsock_t *router, zframe_t *rid, uint64_t epoch)
+{
+    uint8_t number [8];
+    wsr_msgs_put_u64 (number, epoch);
+    zframe_t *beat = wsr_envelope_encode_heartbeat (1, -1);
+    zsock_send (router, "fsbf", rid, WSR_PROTO_HB, number, (size_t) 8, beat);
+    zframe_destroy (&beat);
+}
+
+static void
+s_test_many (void)
+{
+    zsock_t *a = zsock_new_router ("inproc://wsr-link-test-a");
+    zsock_t *b = zsock_new_router ("inproc://wsr-link-test-b");
+    assert (a && b);
+    wsr_link_opts_t opts = {
+        .endpoint = "inproc://wsr-link-test-a,inproc://wsr-link-test-b", .node = "n2",
+        .role = WSR_ROLE_WORKER
+    };
+    wsr_link_t *link = wsr_link_new (&opts, s_topics_many, NULL);
+    assert (link);
+    s_topics_many (NULL, link);
+    wsr_link_flush (link);
+    //  Each topic at exactly one bridge, both have a share
+    bool sub_a [S_TEST_TOPICS] = { false }, sub_b [S_TEST_TOPICS] = { false };
+    bool unsub_a [S_TEST_TOPICS] = { false }, unsub_b [S_TEST_TOPICS] = { false };
+    int hellos = 0, byes = 0;
+    zframe_t *rid_a = NULL, *rid_b = NULL;
+    s_drain (a, sub_a, unsub_a, &hellos, NULL, &rid_a);
+    s_drain (b, sub_b, unsub_b, &hellos, NULL, &rid_b);
+    assert (hellos == 2 && rid_a && rid_b);
+    int share_a = 0, share_b = 0;
+    for (int i = 0; i < S_TEST_TOPICS; i++) {
+        assert (sub_a [i] != sub_b [i]);
+        share_a += sub_a [i];
+        share_b += sub_b [i];
+        char key [16];
+        int n = snprintf (key, sizeof key, "user:t%d", i);
+        assert (wsr_link_owner (link, key, (size_t) n + 1) == (sub_a [i]? 0: 1));
+    }
+    assert (share_a > 0 && share_b > 0);
+    //  Only A beats: after WSR_LINK_OWNER_DEAD_MS, B's topics move to A
+    memset (sub_a, 0, sizeof sub_a);
+    int64_t until = wsr_util_mono_ms () + WSR_LINK_OWNER_DEAD_MS + 300;
+    wsr_link_msg_t in;
+    while (wsr_util_mono_ms () < until) {
+        s_beat (a, rid_a, 1);
+        zclock_sleep (100);
+        while (wsr_link_recv (link, &in) == 0)
+            wsr_link_msg_reset (&in);
+        wsr_link_flush (link);
+    }
+    s_drain (a, sub_a, unsub_a, NULL, NULL, NULL);
+    for (int i = 0; i < S_TEST_TOPICS; i++)
+        assert (sub_a [i] == sub_b [i]);        //  exactly B's share moved
+    assert (wsr_link_moves (link) == (uint64_t) share_b);
+    //  A delivery from B (no longer owner) is dropped
+    int moved = 0;
+    while (!sub_b [moved])
+        moved++;
+    char key [16];
+    int n = snprintf (key, sizeof key, "user:t%d", moved);
+    zframe_t *body = wsr_envelope_encode_down ((const uint8_t *) "x", 1, 0, 0);
+    zmsg_t *deliver = zmsg_new ();
+    zframe_t *copy = zframe_dup (rid_b);
+    zmsg_append (deliver, &copy);
+    zmsg_addstr (deliver, WSR_PROTO_DELIVER);
+    zmsg_addmem (deliver, key, (size_t) n + 1);
+    copy = zframe_dup (body);
+    zmsg_append (deliver, &copy);
+    zmsg_send (&deliver, b);
+    assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 300) == -1);
+    assert (wsr_link_stale (link) == 1);
+    //  B beats again: BYE, HELLO and its share; A lets go of it
+    memset (sub_b, 0, sizeof sub_b);
+    memset (unsub_a, 0, sizeof unsub_a);
+    hellos = 0;
+    s_beat (b, rid_b, 2);
+    s_beat (a, rid_a, 1);
+    zclock_sleep (50);
+    while (wsr_link_recv (link, &in) == 0)
+        wsr_link_msg_reset (&in);
+    wsr_link_flush (link);
+    s_drain (b, sub_b, unsub_b, &hellos, &byes, NULL);
+    s_drain (a, sub_a, unsub_a, NULL, NULL, NULL);
+    assert (hellos == 1 && byes == 1);
+    for (int i = 0; i < S_TEST_TOPICS; i++)
+        assert (sub_b [i] == unsub_a [i]);
+    int back = 0;
+    for (int i = 0; i < S_TEST_TOPICS; i++)
+        back += sub_b [i];
+    assert (back == share_b);
+    wsr_link_destroy (&link);
+    zframe_destroy (&body);
+    zframe_destroy (&rid_a);
+    zframe_destroy (&rid_b);
+    zsock_destroy (&a);
+    zsock_destroy (&b);
+}
+
 void
 wsr_link_test (bool verbose)
 {
@@ -973,4 +1132,7 @@ wsr_link_test (bool verbose)
     zframe_destroy (&body);
     zframe_destroy (&rid);
     zsock_destroy (&router);
+
+    //  Several bridges: shares, a move, a stale delivery, a return
+    s_test_many ();
 }

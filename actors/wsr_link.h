@@ -55,6 +55,7 @@ typedef struct {
     const char *curve_secret;   //  our secret certificate file, NULL = plaintext
     const char *curve_server;   //  the bridge's public certificate file (one for all
                                 //  bridges, or one per endpoint, comma-separated)
+    wsr_metrics_t *metrics;     //  moves and stale deliveries counted here, or NULL
 } wsr_link_opts_t;
 
 //  The owner's topics, asked for when the bridge has to learn them again

@@ -172,6 +172,12 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_NATS_REFUSED] =
         { "wsrouter_bridge_nats_refused_total", NULL, "counter",
           "NATS login or permission refusals, and connections libnats gave up on" },
+    [WSR_M_LINK_MOVES] =
+        { "wsrouter_link_topic_moves_total", NULL, "counter",
+          "Topics a worker moved to another bridge (a bridge died or came back)" },
+    [WSR_M_LINK_STALE] =
+        { "wsrouter_link_stale_deliveries_total", NULL, "counter",
+          "Deliveries dropped because they came from a bridge that no longer owns the topic" },
 };
 
 //  --------------------------------------------------------------------------

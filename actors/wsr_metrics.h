@@ -70,6 +70,8 @@ typedef enum {
     WSR_M_PRESENCE_TIMEOUTS,        //  ... answered 504: no answer from the bridge in time
     WSR_M_V1_REFRESHED,             //  v1 token refreshes taken
     WSR_M_V1_REFRESH_REFUSED,       //  ... refused (bad token, other sub): 1008
+    WSR_M_LINK_MOVES,               //  topics moved to another bridge (several bridges)
+    WSR_M_LINK_STALE,               //  deliveries dropped: from a bridge no longer owner
     WSR_M_COUNT
 } wsr_metric_t;
 

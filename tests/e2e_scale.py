@@ -454,6 +454,7 @@ async def case_two_bridges():
         t1 = b1.metrics().get("wsrouter_bridge_topics", 0)
         t2 = b2.metrics().get("wsrouter_bridge_topics", 0)
         note("topics: bridge 1 %d, bridge 2 %d" % (t1, t2))
+        share1 = t1
         e.expect(t1 > 0 and t2 > 0 and t1 + t2 == BRIDGE_USERS,
                  "topics not shared out: bridge 1 %d, bridge 2 %d of %d" % (t1, t2,
                                                                           BRIDGE_USERS))
@@ -515,8 +516,13 @@ async def case_two_bridges():
             e.expect(not dups, "%s received %s more than once" % (u, dups))
             e.expect(seqs == sorted(seqs), "%s received out of order" % u)
             total_lost += len(sent[u]) - len(set(seqs))
-        note("two bridges: %d messages sent, %d lost over a kill and a restart"
-             % (sum(len(v) for v in sent.values()), total_lost))
+        moves = sum(n.metrics().get("wsrouter_link_topic_moves_total", 0) for n in nodes)
+        stale = sum(n.metrics().get("wsrouter_link_stale_deliveries_total", 0) for n in nodes)
+        note("two bridges: %d messages sent, %d lost over a kill and a restart; "
+             "%d topic moves, %d stale deliveries dropped"
+             % (sum(len(v) for v in sent.values()), total_lost, moves, stale))
+        e.expect(moves >= 2 * share1, "nodes counted %d topic moves, expected at least %d "
+                 "(bridge 1's share away and back)" % (moves, 2 * share1))
     except BaseException:
         if VERBOSE:
             for srv in nodes:
