@@ -41,6 +41,8 @@
 #include "wsr_classes.h"
 
 #define S_ALIAS_MAX     24
+#define S_RECV_FRAMES_MAX   9       //  routing id + frames of the longest bridge → peer
+                                    //  message, with room
 
 typedef enum {
     S_OP_NONE,
@@ -89,6 +91,9 @@ struct _wsr_link_t {
     uint64_t moves;                 //  topics moved to another bridge
     uint64_t stale;                 //  deliveries dropped: not from the topic's owner
     wsr_metrics_t *metrics;         //  shared counters, or NULL (not owned)
+    zframe_t *deliveries;           //  DS being handed out one by one, or NULL
+    size_t delivery_at;             //  offset of its next record
+    int delivery_from;              //  the bridge that sent it
 };
 
 //  FNV-1a over the endpoint then the key: the rendezvous weight.
@@ -130,6 +135,55 @@ s_owner (wsr_link_t *self, const char *key, size_t key_size, uint32_t mask)
             }
         }
     return best;
+}
+
+//  A delivery from a bridge that no longer owns its topic: dropped, counted.
+static void
+s_stale (wsr_link_t *self)
+{
+    self->stale++;                      //  a move's overlap: the new owner delivers
+    if (self->metrics)
+        wsr_metrics_add (self->metrics, WSR_M_LINK_STALE, 1);
+}
+
+//  The next delivery of the DS being handed out into msg (key, data and
+//  size borrowed from it until the next wsr_link_recv). Returns 0, or -1 at
+//  its end (or at a malformed record: the rest is dropped).
+static int
+s_next_delivery (wsr_link_t *self, wsr_link_msg_t *msg)
+{
+    const uint8_t *data = zframe_data (self->deliveries);
+    size_t size = zframe_size (self->deliveries);
+    size_t at = self->delivery_at;
+    if (at == size)
+        return -1;
+    if (size - at < 2)
+        goto malformed;
+    size_t key_size = (size_t) data [at] << 8 | data [at + 1];
+    at += 2;
+    if (key_size == 0 || size - at < key_size + 4 || data [at + key_size - 1] != 0)
+        goto malformed;
+    const char *key = (const char *) data + at;
+    at += key_size;
+    size_t env_size = (size_t) data [at] << 24 | (size_t) data [at + 1] << 16
+                    | (size_t) data [at + 2] << 8 | data [at + 3];
+    at += 4;
+    if (size - at < env_size)
+        goto malformed;
+    self->delivery_at = at + env_size;
+    if (self->count > 1 && s_owner (self, key, key_size, self->live) != self->delivery_from) {
+        s_stale (self);
+        return s_next_delivery (self, msg);
+    }
+    msg->kind = WSR_LINK_DELIVER;
+    msg->key = key;
+    msg->data = data + at;
+    msg->size = env_size;
+    return 0;
+malformed:
+    zsys_warning ("link: malformed deliveries from the bridge dropped");
+    self->delivery_at = size;
+    return -1;
 }
 
 //  The first live bridge: client messages, publishes, events, queries.
@@ -336,6 +390,7 @@ wsr_link_destroy (wsr_link_t **self_p)
         wsr_link_t *self = *self_p;
         for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++)
             zmsg_destroy (&self->bridges [b].batch);
+        zframe_destroy (&self->deliveries);
         if (self->sock) {
             for (int b = 0; b < self->count; b++)
                 s_bye (self, b);
@@ -507,50 +562,84 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
 {
     assert (self && msg);
     memset (msg, 0, sizeof *msg);
-    zmsg_t *in = zmsg_recv (self->sock);    //  non-blocking (receive timeout 0)
-    if (!in)
-        return -1;
-    zframe_t *alias = zmsg_pop (in);
-    int b = s_bridge_of (self, alias);
-    zframe_destroy (&alias);
-    if (b < 0) {
-        zmsg_destroy (&in);                 //  an old connection's leftovers
-        return 0;
+    if (self->deliveries) {
+        if (s_next_delivery (self, msg) == 0)
+            return 0;
+        zframe_destroy (&self->deliveries);
     }
+    //  Frames straight into an array: no zmsg and list per message on the
+    //  hot path. Non-blocking (receive timeout 0); a message's frames arrive
+    //  together, so only the first receive can find nothing.
+    zframe_t *f [S_RECV_FRAMES_MAX] = { NULL };
+    size_t size = 0;
+    bool more = true;
+    while (more) {
+        zframe_t *frame = zframe_recv (self->sock);
+        if (!frame)
+            break;
+        more = zframe_more (frame);
+        if (size < S_RECV_FRAMES_MAX)
+            f [size++] = frame;
+        else {
+            zframe_destroy (&frame);        //  too many frames: malformed
+            size = S_RECV_FRAMES_MAX + 1;
+        }
+    }
+    if (size == 0)
+        return -1;
+    //  The routing id names the bridge (current connection only)
+    int b = size <= S_RECV_FRAMES_MAX? s_bridge_of (self, f [0]): -1;
+    zframe_destroy (&f [0]);
+    if (b < 0) {
+        for (size_t i = 1; i < size && i < S_RECV_FRAMES_MAX; i++)
+            zframe_destroy (&f [i]);
+        return 0;                           //  an old connection's leftovers, or too long
+    }
+    memmove (f, f + 1, (size - 1) * sizeof f [0]);
+    f [--size] = NULL;
+    if (size == 0)
+        return 0;
     s_bridge_t *bridge = &self->bridges [b];
-    zframe_t *command = zmsg_first (in);
-    size_t size = zmsg_size (in);
+    zframe_t *command = f [0];
+    if (size > S_RECV_FRAMES_MAX)
+        zsys_warning ("link: malformed message from the bridge dropped");
+    else
     if (zframe_streq (command, WSR_PROTO_DELIVER) && size == 3) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        msg->topic = zmsg_pop (in);
-        msg->body = zmsg_pop (in);
+        msg->topic = f [1];
+        msg->body = f [2];
+        f [1] = f [2] = NULL;
         msg->kind = WSR_LINK_DELIVER;
+        msg->key = (const char *) zframe_data (msg->topic);
+        msg->data = zframe_data (msg->body);
+        msg->size = zframe_size (msg->body);
         if (self->count > 1 && zframe_size (msg->topic) > 0
-        &&  s_owner (self, (const char *) zframe_data (msg->topic), zframe_size (msg->topic),
-                     self->live) != b) {
-            self->stale++;                  //  a move's overlap: the new owner delivers
-            if (self->metrics)
-                wsr_metrics_add (self->metrics, WSR_M_LINK_STALE, 1);
+        &&  s_owner (self, msg->key, zframe_size (msg->topic), self->live) != b) {
+            s_stale (self);
             wsr_link_msg_reset (msg);
         }
     }
     else
+    if (zframe_streq (command, WSR_PROTO_DELIVERS) && size == 2) {
+        self->deliveries = f [1];
+        self->delivery_at = 0;
+        self->delivery_from = b;
+        f [1] = NULL;
+        if (s_next_delivery (self, msg))
+            zframe_destroy (&self->deliveries);      //  empty or malformed: nothing
+    }
+    else
     if (zframe_streq (command, WSR_PROTO_REPLY) && size == 3) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        frame = zmsg_pop (in);
-        if (zframe_size (frame) == 8) {
-            msg->session = wsr_msgs_get_u64 (zframe_data (frame));
-            msg->body = zmsg_pop (in);
+        if (zframe_size (f [1]) == 8) {
+            msg->session = wsr_msgs_get_u64 (zframe_data (f [1]));
+            msg->body = f [2];
+            f [2] = NULL;
             msg->kind = WSR_LINK_REPLY;
         }
-        zframe_destroy (&frame);
     }
     else
     if (zframe_streq (command, WSR_PROTO_HB) && size == 3) {
-        zframe_t *epoch = zmsg_next (in);
-        zframe_t *beat = zmsg_next (in);
+        zframe_t *epoch = f [1];
+        zframe_t *beat = f [2];
         int redis = -1, nats = -1;
         if (zframe_size (epoch) == 8
         &&  wsr_envelope_decode_heartbeat (zframe_data (beat), zframe_size (beat),
@@ -571,30 +660,22 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
     }
     else
     if (zframe_streq (command, WSR_PROTO_HISTR) && size == 3) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        frame = zmsg_pop (in);
-        if (zframe_size (frame) == 8) {
-            msg->request = wsr_msgs_get_u64 (zframe_data (frame));
-            msg->body = zmsg_pop (in);
+        if (zframe_size (f [1]) == 8) {
+            msg->request = wsr_msgs_get_u64 (zframe_data (f [1]));
+            msg->body = f [2];
+            f [2] = NULL;
             msg->kind = WSR_LINK_HISTORY;
         }
-        zframe_destroy (&frame);
     }
     else
     if (zframe_streq (command, WSR_PROTO_PRESENCER) && size == 4) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        zframe_t *request = zmsg_pop (in);
-        zframe_t *status = zmsg_pop (in);
-        if (zframe_size (request) == 8 && zframe_size (status) == 8) {
-            msg->request = wsr_msgs_get_u64 (zframe_data (request));
-            msg->status = (int) wsr_msgs_get_u64 (zframe_data (status));
-            msg->body = zmsg_pop (in);
+        if (zframe_size (f [1]) == 8 && zframe_size (f [2]) == 8) {
+            msg->request = wsr_msgs_get_u64 (zframe_data (f [1]));
+            msg->status = (int) wsr_msgs_get_u64 (zframe_data (f [2]));
+            msg->body = f [3];
+            f [3] = NULL;
             msg->kind = WSR_LINK_PRESENCE;
         }
-        zframe_destroy (&request);
-        zframe_destroy (&status);
     }
     else
     if (zframe_streq (command, WSR_PROTO_RESYNC) && size == 1) {
@@ -603,14 +684,18 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
     }
     else
     if (zframe_streq (command, WSR_PROTO_REFUSED) && size == 3) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        msg->topic = zmsg_pop (in);
+        msg->topic = f [1];
+        f [1] = NULL;
         msg->kind = WSR_LINK_REFUSED;
     }
     else
         zsys_warning ("link: malformed message from the bridge dropped");
-    zmsg_destroy (&in);
+    for (size_t i = 0; i < size && i < S_RECV_FRAMES_MAX; i++)
+        zframe_destroy (&f [i]);
+    if (msg->body && !msg->data) {
+        msg->data = zframe_data (msg->body);
+        msg->size = zframe_size (msg->body);
+    }
     if (msg->topic && (zframe_size (msg->topic) == 0
                     || zframe_data (msg->topic) [zframe_size (msg->topic) - 1] != 0))
         wsr_link_msg_reset (msg);       //  a key always ends with its NUL
@@ -1040,7 +1125,8 @@ wsr_link_test (bool verbose)
     wsr_link_msg_t in;
     assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 2000) == 0);
     assert (zframe_size (in.topic) == 8 && !memcmp (zframe_data (in.topic), "user:u2", 8));
-    assert (wsr_envelope_decode (zframe_data (in.body), zframe_size (in.body), &decoded) == 0);
+    assert (streq (in.key, "user:u2") && in.data == zframe_data (in.body));
+    assert (wsr_envelope_decode (in.data, in.size, &decoded) == 0);
     wsr_link_msg_reset (&in);
     assert (s_link_wait (link, &in, WSR_LINK_REPLY, 2000) == 0 && in.session == 77 && in.body);
     wsr_link_msg_reset (&in);
@@ -1078,6 +1164,42 @@ wsr_link_test (bool verbose)
     wsr_link_msg_reset (&in);
     zsock_send (router, "fss", rid, "BOGUS", "x");
     assert (s_link_wait (link, &in, WSR_LINK_REFUSED, 200) == -1);
+    //  A batch of deliveries is handed out one by one, in order, with keys
+    //  and envelopes borrowed from it; a malformed record ends the batch
+    uint8_t batch [256];
+    size_t used = 0;
+    const char *keys [3] = { "user:b1", "channel:b2", "user:b3" };
+    for (int i = 0; i < 3; i++) {
+        size_t key_size = strlen (keys [i]) + 1;
+        batch [used++] = 0;
+        batch [used++] = (uint8_t) key_size;
+        memcpy (batch + used, keys [i], key_size);
+        used += key_size;
+        uint8_t env_size [4] = { 0, 0, 0, (uint8_t) (i + 1) };
+        memcpy (batch + used, env_size, 4);
+        used += 4;
+        memset (batch + used, 'a' + i, (size_t) i + 1);
+        used += (size_t) i + 1;
+    }
+    batch [used++] = 0;                 //  a record cut short
+    zsock_send (router, "fsb", rid, WSR_PROTO_DELIVERS, batch, used);
+    for (int i = 0; i < 3; i++) {
+        assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 2000) == 0);
+        assert (streq (in.key, keys [i]) && in.size == (size_t) i + 1 && in.body == NULL);
+        assert (in.data [0] == 'a' + i);
+        wsr_link_msg_reset (&in);
+    }
+    assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 200) == -1);
+
+    //  A message with more frames than any command has is dropped whole,
+    //  and the next one is read from its first frame
+    zsock_send (router, "fssssssssss", rid, WSR_PROTO_REFUSED, "1", "2", "3", "4", "5", "6",
+                "7", "8", "9");
+    zsock_send (router, "fsbs", rid, WSR_PROTO_REFUSED, "user:yy", (size_t) 8, "too many");
+    assert (s_link_wait (link, &in, WSR_LINK_REFUSED, 2000) == 0);
+    assert (zframe_size (in.topic) == 8 && !memcmp (zframe_data (in.topic), "user:yy", 8));
+    wsr_link_msg_reset (&in);
+
 
     //  Lifecycle events go up with every field; a pending SUB goes first
     wsr_link_subscribe (link, "user:ev", 8, true);

@@ -1394,15 +1394,14 @@ done:
 
 //  DELIVER: [topic key][envelope]. Frame once, link to every member.
 static void
-s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
+s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t size,
+                  zframe_t **body_p)
 {
     wsr_envelope_t env;
-    zframe_t *body = *body_p;
-    if (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env)) {
+    if (wsr_envelope_decode (data, size, &env)) {
         zsys_warning ("session-%d: malformed DELIVER dropped", self->index);
         return;
     }
-    const char *key = (const char *) zframe_data (topic);
     wsr_topic_member_t *member = wsr_topic_first (self->topics, key);
     if (!member) {
         wsr_metrics_add (self->metrics, WSR_M_DELIVER_NO_SESSION, 1);
@@ -1438,8 +1437,10 @@ s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
         v1_frame = wsr_outframe_new (WSR_KIND_TEXT, (const uint8_t *) text, len, NULL);
         free (text);
     }
-    //  Last: the raw frame may take the received frame (and its bytes)
-    wsr_outframe_t *frame = raw_count? wsr_outframe_new (env.kind, env.data, env.size, body_p)
+    //  Last: the raw frame may take the received frame (and its bytes);
+    //  a delivery out of a batch has none (its bytes are copied: small)
+    wsr_outframe_t *frame = raw_count? wsr_outframe_new (env.kind, env.data, env.size,
+                                                         body_p && *body_p? body_p: NULL)
                                      : NULL;
     int64_t recipients = 0;
     for (; member && (raw_count || v1_count); member = wsr_topic_next (member)) {
@@ -1481,7 +1482,7 @@ s_handle_link (s_worker_t *self)
     if (wsr_link_recv (self->link, &msg))
         return false;
     if (msg.kind == WSR_LINK_DELIVER)
-        s_handle_deliver (self, msg.topic, &msg.body);
+        s_handle_deliver (self, msg.key, msg.data, msg.size, &msg.body);
     else
     if (msg.kind == WSR_LINK_REPLY)
         s_handle_reply (self, msg.session, &msg.body);

@@ -4,6 +4,7 @@ the physical floor, measured in one run (issue 9's method).
 
 usage: push_floor.py --wsrouter BIN [--baseline BIN] [--floor FLOOR_BIN]
                      [--sessions N] [--rate R] [--duration S] [--json OUT]
+                     [--via redis|http] [--history-size N]
 
 For each server binary (this build, and optionally a baseline built from an
 earlier commit in a git worktree), in turn, on free loopback ports:
@@ -39,6 +40,7 @@ import time
 import urllib.request
 
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+API_KEY = "bench-api-key-0123456789"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -110,9 +112,10 @@ def run_server(procs, binary, bench, args, label):
         except OSError:
             time.sleep(0.05)
     log = tempfile.TemporaryFile()
+    history = ["--history-size", str(args.history_size)] if args.history_size else []
     node = procs.start([binary, "serve", "--port", "0", "--bind", "127.0.0.1",
                         "--jwt-secret", SECRET, "--redis-url", "redis://127.0.0.1:%d" % rport,
-                        "--workers", "2"] + serve_flags(binary),
+                        "--workers", "2", "--api-key", API_KEY] + history + serve_flags(binary),
                        stdout=subprocess.PIPE, stderr=log, text=True)
     port = None
     deadline = time.monotonic() + 15
@@ -142,7 +145,9 @@ def run_server(procs, binary, bench, args, label):
         b = subprocess.run([bench, "bench", "--url", "ws://127.0.0.1:%d/ws" % port,
                             "--sessions", str(args.sessions), "--jwt-secret", SECRET,
                             "--user-prefix", "%s%s" % (label, mode),
-                            "--publish", "redis://127.0.0.1:%d" % rport, "--rate", rate,
+                            "--publish", ("redis://127.0.0.1:%d" % rport) if args.via == "redis"
+                            else ("http://127.0.0.1:%d" % port), "--api-key", API_KEY,
+                            "--rate", rate,
                             "--duration", str(args.duration), "--size", "64", "--quiet",
                             "--ramp", "20000", "--inflight", "2000"],
                            capture_output=True, text=True, timeout=args.duration + 120)
@@ -179,9 +184,12 @@ def main():
     ap.add_argument("--rate", type=int, default=20000)
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--json")
+    ap.add_argument("--via", choices=("redis", "http"), default="redis")
+    ap.add_argument("--history-size", type=int, default=0)
     args = ap.parse_args()
     procs = Procs()
     out = {"method": __doc__.split("\n\n")[2].strip(), "sessions": args.sessions,
+           "via": args.via, "history_size": args.history_size,
            "loadavg_start": open("/proc/loadavg").read().split()[:3]}
     try:
         out["this"] = run_server(procs, args.wsrouter, args.wsrouter, args, "t")
