@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,8 +72,8 @@ def bench(urls, publish, secret, api_key, args):
 
 
 def pick(report):
-    keys = ("messages_published", "delivered_per_s", "messages_delivered", "sessions_open",
-            "latency_ms")
+    keys = ("messages_published", "publish_per_s", "messages_received", "delivered_per_s",
+            "loss", "duplicates", "latency_ms")
     return {k: report.get(k) for k in keys if k in report}
 
 
@@ -120,15 +121,19 @@ def run_bridges(args):
                 time.sleep(0.5)
                 pids = [b.proc.pid for b in bridges]
                 c0 = cpu_of(pids)
+                topics = []
+                sampler = threading.Timer(args.duration / 2 + 2, lambda: topics.extend(
+                    b.metrics().get("wsrouter_bridge_topics", 0) for b in bridges))
+                sampler.start()
                 rep = bench([n.url for n in nodes], redis.url, SECRET, API_KEY, args)
                 c1 = cpu_of(pids)
-                delivered = rep.get("messages_delivered") or 0
+                sampler.join()
+                delivered = rep.get("messages_received") or 0
                 row = pick(rep)
                 row["bridges_cpu_s"] = round(c1 - c0, 3)
                 row["bridges_cpu_us_per_delivered"] = (
                     round((c1 - c0) * 1e6 / delivered, 2) if delivered else None)
-                row["topics_per_bridge"] = [b.metrics().get("wsrouter_bridge_topics", 0)
-                                            for b in bridges]
+                row["topics_per_bridge_mid_run"] = topics
                 out["bridges_%d" % count] = row
             finally:
                 for n in nodes:
