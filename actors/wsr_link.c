@@ -344,8 +344,8 @@ wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg
     for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++) {
         s_bridge_t *bridge = &self->bridges [b];
         bridge->endpoint = endpoints [b];
-        bridge->server_key = key_count > 1? keys [b]
-                           : key_count == 1 && opts->curve_server? strdup (keys [0]): NULL;
+        const char *key = key_count > 1? keys [b]: key_count == 1? keys [0]: NULL;
+        bridge->server_key = key && b < self->count? strdup (key): NULL;
         bridge->redis = bridge->nats = -1;
     }
     for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++)

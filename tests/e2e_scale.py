@@ -31,6 +31,9 @@ Cases:
      and delivery to every user resumes within 2 s of the kill, no client
      disconnected, none duplicated; bridge 1 restarted takes its share back
      (NUMSUB still 1 for every topic) with no duplicates; loss printed.
+  5  two bridges with CURVE: each bridge its own certificate, the node
+     --bridge-key b1,b2 (one per endpoint): both admit the node (each gets a
+     share of the topics) and every user receives what Redis publishes.
 """
 
 import os
@@ -540,6 +543,51 @@ async def case_two_bridges():
         redis.stop()
 
 
+# --------------------------------------------------------------------------
+#  Case 5: two bridges, CURVE, one certificate each
+
+async def case_two_bridges_curve():
+    tmp = tempfile.mkdtemp(prefix="wsr-scale-curve-")
+    redis = RedisProc().start()
+    keys, clients = os.path.join(tmp, "keys"), os.path.join(tmp, "clients")
+    os.makedirs(keys)
+    os.makedirs(clients)
+    for name in ("b1", "b2", "node"):
+        r = e.run_cli(["keygen", "--curve", "--out", os.path.join(keys, name)])
+        e.expect(r.returncode == 0, "keygen --curve failed: %s" % r.stderr)
+    shutil.copy(os.path.join(keys, "node"), clients)
+    bridges = [BridgeProc(e.free_port(), redis_url=redis.url, bind="127.0.0.%d" % (2 + i),
+                          extra_args=["--cert", os.path.join(keys, "b%d_secret" % (i + 1)),
+                                      "--clients", clients]).start() for i in range(2)]
+    srv = start_node(workers=2, extra_args=[
+        "--bridge", ",".join(b.endpoint for b in bridges),
+        "--cert", os.path.join(keys, "node_secret"),
+        "--bridge-key", "%s,%s" % (os.path.join(keys, "b1"), os.path.join(keys, "b2"))])
+    users = ["k%d" % i for i in range(12)]
+    clients_ws = [await Client.connect(srv, u) for u in users]
+    try:
+        await wait_numsub_one(redis.port, ["ws:" + u for u in users], 10.0, "CURVE bridges")
+        await asyncio.sleep(1.0)
+        topics = [b.metrics().get("wsrouter_bridge_topics", 0) for b in bridges]
+        e.expect(all(t > 0 for t in topics) and sum(topics) == len(users),
+                 "topics per CURVE bridge: %s" % topics)
+        pub = redis_cluster.Conn(redis.port)
+        for u in users:
+            pub.call("PUBLISH", "ws:" + u, "curve-" + u)
+        pub.close()
+        for u, c in zip(users, clients_ws):
+            await c.wait_for("curve-" + u, 3.0)
+        note("CURVE, two bridges with their own certificates: topics %s" % topics)
+    finally:
+        for c in clients_ws:
+            await c.close()
+        srv.stop()
+        for b in bridges:
+            b.stop()
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 async def body(suite):
     if not redis_cluster.available():
         e.skip_suite("redis-server / redis-cli not installed")
@@ -561,6 +609,8 @@ async def body(suite):
         rc.stop()
         await suite.case("bridges: two, topics shared, one killed and restarted",
                          case_two_bridges, timeout=60)
+        await suite.case("bridges: two with CURVE, one certificate each",
+                         case_two_bridges_curve, timeout=40)
         if shutil.which(NATS_SERVER) or os.path.exists(NATS_SERVER):
             ncl = NatsCluster(3).start()
             try:
