@@ -82,6 +82,7 @@ typedef struct {
     wsr_jetstream_t *jetstream;     //  NATS JetStream history or NULL
     zsock_t *js_live;               //  PULL: the history stream's messages, or NULL
     void *js_conn;                  //  the NATS connection jetstream was made on
+    uint64_t js_connects;           //  wsr_nats_connects when jetstream was made
     wsr_jetstream_config_t js_config;   //  to make it again (strings in js_names)
     char js_names [3][512];         //  stream name, user and channel subjects
     char js_endpoint [64];          //  inproc endpoint of js_live
@@ -1129,8 +1130,16 @@ static void
 s_jetstream_follow (s_bridge_t *self)
 {
     void *conn = wsr_nats_connection (self->nats);
-    if (conn == self->js_conn)
+    //  A reconnect (in a cluster: maybe to another server, the live
+    //  consumers lost with the old one) makes them again too: libnats'
+    //  ordered consumers may take long to notice, or never
+    uint64_t connects = wsr_nats_connects (self->nats);
+    bool moved = self->jetstream && connects != self->js_connects;
+    if (conn == self->js_conn && !moved)
         return;
+    if (moved)
+        zsys_info ("bridge: NATS reconnected: JetStream live consumers made again");
+    self->js_connects = connects;
     if (self->hreads)
         wsr_hreads_set_stores (self->hreads, self->history, NULL);
     wsr_jetstream_destroy (&self->jetstream);
