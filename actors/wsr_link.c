@@ -1,23 +1,48 @@
-//  wsr_link — a node actor's link to the bridge: one DEALER speaking WBP/1
+//  wsr_link — a node actor's link to its bridges: one ROUTER speaking WBP/1 to each
 //
 //  Session workers (role "worker") and the node's router (role "router") each
 //  own one link. The link is the node's half of the node ⇄ bridge protocol
 //  (wsr_msgs.h): it says HELLO when created, batches SUB/UNSUB so a burst of
 //  new sessions costs one message per WSR_PROTO_MAX_TOPICS topics, sends
 //  client messages (UP) and API publishes (PUB), PINGs when it has been
-//  silent, and watches the bridge's heartbeats. When the bridge has lost our
+//  silent, and watches the bridges' heartbeats. When a bridge has lost our
 //  subscriptions (RESYNC: it restarted, or forgot us after a silence; or its
 //  heartbeat carries a new epoch), the link says HELLO again and asks its
 //  owner, through a callback, to subscribe every topic again: topics are
 //  stored once, in the owner's table.
 //
-//  Socket (owned): DEALER connected to the bridge's ROUTER (inproc, or tcp
-//  with CURVE when certificates are given). Sends never block: a full queue
-//  or an unreachable bridge makes the send fail, and it is counted.
+//  Several bridges (endpoint "tcp://b1:7000,tcp://b2:7000", at most
+//  WSR_LINK_MAX_BRIDGES). Topics are partitioned over the live bridges by
+//  rendezvous hashing: a topic's owner is the live bridge whose endpoint
+//  (as written, so every node must list the same endpoints) hashes highest
+//  with the topic key. Each topic is subscribed at its owner only, so each
+//  bridge's Redis / NATS subscriptions are its share. A bridge is live while
+//  its heartbeats arrive (one within WSR_LINK_OWNER_DEAD_MS; at start every
+//  bridge counts as live for that long). When the live set changes, the
+//  owner's topics are enumerated once: those whose owner changed are
+//  UNSUBscribed at the old owner (if it is still live) and SUBscribed at the
+//  new one; a bridge coming back is first told BYE (forget what you held
+//  for us) and HELLO, then gets its whole share. A delivery (D) from a bridge
+//  that is not the topic's current owner is dropped (counted in
+//  wsr_link_stale), so a move never doubles a message; what is published
+//  during a move can be lost (counted as moves; history recovery fills it).
+//  UP, PUB, EVENT and PRESENCE go to the first live bridge (one bridge, so
+//  a session's messages stay in order), HIST to the topic's owner.
+//  With one bridge all of this reduces to the single-bridge protocol.
+//
+//  Socket (owned): one ROUTER connected to every bridge's ROUTER (inproc, or
+//  tcp with CURVE when certificates are given), each connection named with
+//  ZMQ_CONNECT_ROUTING_ID ("b<index>.<generation>", new on every reconnect)
+//  so the link addresses a bridge and knows which one spoke. The pipe exists
+//  from connect on, so messages queue before the handshake as on a DEALER.
+//  Sends never block: a full queue or an unreachable bridge makes the send
+//  fail, and it is counted.
 
 #include "wsr_classes.h"
 
-#define S_RECV_FRAMES_MAX   8       //  frames of the longest bridge → peer message, with room
+#define S_ALIAS_MAX     24
+#define S_RECV_FRAMES_MAX   9       //  routing id + frames of the longest bridge → peer
+                                    //  message, with room
 
 typedef enum {
     S_OP_NONE,
@@ -25,26 +50,101 @@ typedef enum {
     S_OP_UNSUB
 } s_op_t;
 
-struct _wsr_link_t {
-    zsock_t *sock;                  //  DEALER to the bridge (owned)
-    char *node;                     //  node id (owned)
-    char *role;                     //  WSR_ROLE_* (owned)
-    int index;                      //  worker index
-    wsr_link_topics_fn *topics;     //  owner's topic enumerator, or NULL
-    void *arg;                      //  its argument
+typedef enum {
+    S_MODE_NORMAL,                  //  owner's own (un)subscriptions
+    S_MODE_RESYNC,                  //  enumerating for one bridge's resync
+    S_MODE_MOVE                     //  enumerating after the live set changed
+} s_mode_t;
+
+//  One bridge.
+typedef struct {
+    char *endpoint;                 //  as configured (owned; also the hash seed)
+    char *server_key;               //  its public certificate file, or NULL (owned)
+    char alias [S_ALIAS_MAX];       //  routing id of our connection to it
+    int generation;                 //  reconnects so far (part of the alias)
     zmsg_t *batch;                  //  SUB or UNSUB being filled, or NULL
     s_op_t batch_op;                //  which
     uint64_t epoch;                 //  bridge epoch from the last heartbeat
     int64_t last_hb;                //  mono ms of the last heartbeat, 0 = none
     int redis, nats;                //  backplane states from the last heartbeat
-    int64_t last_send;              //  mono ms of our last message
-    char *endpoint;                 //  the bridge's endpoint (owned)
+    int64_t last_send;              //  mono ms of our last message to it
     int64_t connected;              //  mono ms of the last (re)connect
     bool silent;                    //  reconnecting for lack of heartbeats (logged)
+} s_bridge_t;
+
+struct _wsr_link_t {
+    zsock_t *sock;                  //  ROUTER to the bridges (owned)
+    char *node;                     //  node id (owned)
+    char *role;                     //  WSR_ROLE_* (owned)
+    int index;                      //  worker index
+    char *curve_secret;             //  our secret certificate file, or NULL (owned)
+    wsr_link_topics_fn *topics;     //  owner's topic enumerator, or NULL
+    void *arg;                      //  its argument
+    s_bridge_t bridges [WSR_LINK_MAX_BRIDGES];
+    int count;                      //  bridges configured
+    uint32_t live;                  //  bit i: bridge i owns its share now
+    int64_t started;                //  mono ms the link was made
+    s_mode_t mode;                  //  what wsr_link_subscribe is called for
+    int resync_bridge;              //  S_MODE_RESYNC: which
+    uint32_t old_live, revived;     //  S_MODE_MOVE: the live set before; bridges resynced
     uint64_t drops;                 //  messages that could not be sent
+    uint64_t moves;                 //  topics moved to another bridge
+    uint64_t stale;                 //  deliveries dropped: not from the topic's owner
+    wsr_metrics_t *metrics;         //  shared counters, or NULL (not owned)
     zframe_t *deliveries;           //  DS being handed out one by one, or NULL
     size_t delivery_at;             //  offset of its next record
+    int delivery_from;              //  the bridge that sent it
 };
+
+//  FNV-1a over the endpoint then the key: the rendezvous weight.
+static uint64_t
+s_weight (const char *endpoint, const char *key, size_t key_size)
+{
+    uint64_t hash = 14695981039346656037ULL;
+    for (const char *p = endpoint; *p; p++)
+        hash = (hash ^ (uint8_t) *p) * 1099511628211ULL;
+    hash = (hash ^ 0xff) * 1099511628211ULL;
+    for (size_t i = 0; i < key_size; i++)
+        hash = (hash ^ (uint8_t) key [i]) * 1099511628211ULL;
+    //  Finalize (splitmix64) so endpoints differing in one byte spread well
+    hash ^= hash >> 30;
+    hash *= 0xbf58476d1ce4e5b9ULL;
+    hash ^= hash >> 27;
+    hash *= 0x94d049bb133111ebULL;
+    return hash ^ (hash >> 31);
+}
+
+//  The owner of a topic among the bridges of mask (all if mask is empty).
+static int
+s_owner (wsr_link_t *self, const char *key, size_t key_size, uint32_t mask)
+{
+    if (self->count == 1)
+        return 0;
+    if (!mask)
+        mask = (1u << self->count) - 1;
+    int best = 0;
+    uint64_t best_weight = 0;
+    bool found = false;
+    for (int i = 0; i < self->count; i++)
+        if (mask & (1u << i)) {
+            uint64_t weight = s_weight (self->bridges [i].endpoint, key, key_size);
+            if (!found || weight > best_weight) {
+                best = i;
+                best_weight = weight;
+                found = true;
+            }
+        }
+    return best;
+}
+
+//  A delivery from a bridge that no longer owns its topic: dropped, counted.
+static void
+s_stale (wsr_link_t *self)
+{
+    self->stale++;                      //  a move's overlap: the new owner delivers
+    if (self->metrics)
+        wsr_metrics_add (self->metrics, WSR_M_LINK_STALE, 1);
+}
 
 //  The next delivery of the DS being handed out into msg (key, data and
 //  size borrowed from it until the next wsr_link_recv). Returns 0, or -1 at
@@ -70,11 +170,15 @@ s_next_delivery (wsr_link_t *self, wsr_link_msg_t *msg)
     at += 4;
     if (size - at < env_size)
         goto malformed;
+    self->delivery_at = at + env_size;
+    if (self->count > 1 && s_owner (self, key, key_size, self->live) != self->delivery_from) {
+        s_stale (self);
+        return s_next_delivery (self, msg);
+    }
     msg->kind = WSR_LINK_DELIVER;
     msg->key = key;
     msg->data = data + at;
     msg->size = env_size;
-    self->delivery_at = at + env_size;
     return 0;
 malformed:
     zsys_warning ("link: malformed deliveries from the bridge dropped");
@@ -82,21 +186,33 @@ malformed:
     return -1;
 }
 
-//  Send a message; never blocks. Returns 0, or -1 (destroyed, counted).
+//  The first live bridge: client messages, publishes, events, queries.
 static int
-s_send (wsr_link_t *self, zmsg_t **msg_p)
+s_primary (wsr_link_t *self)
 {
+    for (int i = 0; i < self->count; i++)
+        if (self->live & (1u << i))
+            return i;
+    return 0;
+}
+
+//  Send a message to bridge b; never blocks. Returns 0, or -1 (destroyed, counted).
+static int
+s_send (wsr_link_t *self, int b, zmsg_t **msg_p)
+{
+    s_bridge_t *bridge = &self->bridges [b];
+    zmsg_pushstr (*msg_p, bridge->alias);
     if (zmsg_send (msg_p, self->sock)) {
         zmsg_destroy (msg_p);
         self->drops++;
         return -1;
     }
-    self->last_send = wsr_util_mono_ms ();
+    bridge->last_send = wsr_util_mono_ms ();
     return 0;
 }
 
 static void
-s_hello (wsr_link_t *self)
+s_hello (wsr_link_t *self, int b)
 {
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, WSR_PROTO_HELLO);
@@ -104,27 +220,100 @@ s_hello (wsr_link_t *self)
     zmsg_addstr (msg, self->node);
     zmsg_addstr (msg, self->role);
     zmsg_addstrf (msg, "%d", self->index);
-    s_send (self, &msg);
+    s_send (self, b, &msg);
 }
 
 static void
-s_batch_send (wsr_link_t *self)
+s_bye (wsr_link_t *self, int b)
 {
-    if (self->batch)
-        s_send (self, &self->batch);
-    self->batch_op = S_OP_NONE;
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, WSR_PROTO_BYE);
+    s_send (self, b, &msg);
 }
 
-//  The bridge lost our state: tell it again who we are and what we want.
 static void
-s_resync (wsr_link_t *self)
+s_batch_send (wsr_link_t *self, int b)
 {
-    zmsg_destroy (&self->batch);        //  superseded by the full list
-    self->batch_op = S_OP_NONE;
-    s_hello (self);
-    if (self->topics)
+    s_bridge_t *bridge = &self->bridges [b];
+    if (bridge->batch)
+        s_send (self, b, &bridge->batch);
+    bridge->batch_op = S_OP_NONE;
+}
+
+static void
+s_batch_send_all (wsr_link_t *self)
+{
+    for (int b = 0; b < self->count; b++)
+        s_batch_send (self, b);
+}
+
+//  Add a topic to bridge b's batch.
+static void
+s_batch_add (wsr_link_t *self, int b, const char *key, size_t key_size, bool on)
+{
+    s_bridge_t *bridge = &self->bridges [b];
+    s_op_t op = on? S_OP_SUB: S_OP_UNSUB;
+    if (bridge->batch && (bridge->batch_op != op
+                       || zmsg_size (bridge->batch) == 1 + WSR_PROTO_MAX_TOPICS))
+        s_batch_send (self, b);
+    if (!bridge->batch) {
+        bridge->batch = zmsg_new ();
+        zmsg_addstr (bridge->batch, on? WSR_PROTO_SUB: WSR_PROTO_UNSUB);
+        bridge->batch_op = op;
+    }
+    zmsg_addmem (bridge->batch, key, key_size);
+}
+
+//  Bridge b lost our state: tell it again who we are and its share.
+static void
+s_resync (wsr_link_t *self, int b)
+{
+    s_bridge_t *bridge = &self->bridges [b];
+    zmsg_destroy (&bridge->batch);      //  superseded by the full list
+    bridge->batch_op = S_OP_NONE;
+    s_hello (self, b);
+    if (self->topics) {
+        self->mode = S_MODE_RESYNC;
+        self->resync_bridge = b;
         self->topics (self->arg, self);
-    s_batch_send (self);
+        self->mode = S_MODE_NORMAL;
+    }
+    s_batch_send (self, b);
+}
+
+//  (Re)connect to bridge b under a new routing id, with its certificate.
+static int
+s_connect (wsr_link_t *self, int b)
+{
+    s_bridge_t *bridge = &self->bridges [b];
+    snprintf (bridge->alias, sizeof bridge->alias, "b%d.%d", b, bridge->generation++);
+    if (wsr_curve_client (self->sock, self->curve_secret, bridge->server_key))
+        return -1;
+    zmq_setsockopt (zsock_resolve (self->sock), ZMQ_CONNECT_ROUTING_ID, bridge->alias,
+                    strlen (bridge->alias));
+    if (zsock_connect (self->sock, "%s", bridge->endpoint) == -1) {
+        zsys_error ("link: cannot connect to the bridge at %s: %s", bridge->endpoint,
+                    zmq_strerror (zmq_errno ()));
+        return -1;
+    }
+    bridge->connected = wsr_util_mono_ms ();
+    return 0;
+}
+
+//  Split a comma-separated list into at most max owned strings; returns the count.
+static int
+s_split (const char *list, char **out, int max)
+{
+    int count = 0;
+    const char *p = list;
+    while (p && *p && count < max) {
+        const char *comma = strchr (p, ',');
+        size_t len = comma? (size_t) (comma - p): strlen (p);
+        if (len)
+            out [count++] = strndup (p, len);
+        p = comma? comma + 1: NULL;
+    }
+    return p && *p? -1: count;
 }
 
 //  --------------------------------------------------------------------------
@@ -139,9 +328,38 @@ wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg
     self->index = opts->index;
     self->topics = topics;
     self->arg = arg;
-    self->redis = self->nats = -1;
-    self->sock = zsock_new (ZMQ_DEALER);
+    self->curve_secret = opts->curve_secret? strdup (opts->curve_secret): NULL;
+    self->metrics = opts->metrics;
+    self->started = wsr_util_mono_ms ();
+    char *endpoints [WSR_LINK_MAX_BRIDGES] = { NULL };
+    char *keys [WSR_LINK_MAX_BRIDGES] = { NULL };
+    self->count = s_split (opts->endpoint, endpoints, WSR_LINK_MAX_BRIDGES);
+    int key_count = opts->curve_server? s_split (opts->curve_server, keys,
+                                                 WSR_LINK_MAX_BRIDGES): 0;
+    bool ok = self->count > 0 && key_count >= 0
+           && (key_count <= 1 || key_count == self->count);
+    if (!ok)
+        zsys_error ("link: give 1..%d bridge endpoints, and one bridge certificate or one "
+                    "per endpoint", WSR_LINK_MAX_BRIDGES);
+    for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++) {
+        s_bridge_t *bridge = &self->bridges [b];
+        bridge->endpoint = endpoints [b];
+        const char *key = key_count > 1? keys [b]: key_count == 1? keys [0]: NULL;
+        bridge->server_key = key && b < self->count? strdup (key): NULL;
+        bridge->redis = bridge->nats = -1;
+    }
+    for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++)
+        free (keys [b]);
+    if (!ok) {
+        if (self->count < 0)
+            self->count = 0;
+        wsr_link_destroy (&self);
+        return NULL;
+    }
+    self->live = (1u << self->count) - 1;
+    self->sock = zsock_new (ZMQ_ROUTER);
     assert (self->sock);
+    zsock_set_router_mandatory (self->sock, 1);
     zsock_set_sndhwm (self->sock, WSR_HWM);
     zsock_set_rcvhwm (self->sock, WSR_HWM);
     zsock_set_sndtimeo (self->sock, 0);
@@ -152,16 +370,13 @@ wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg
     zsock_set_heartbeat_timeout (self->sock, 3000);
     zsock_set_reconnect_ivl (self->sock, 100);
     zsock_set_reconnect_ivl_max (self->sock, 1000);
-    if (wsr_curve_client (self->sock, opts->curve_secret, opts->curve_server)
-    ||  zsock_connect (self->sock, "%s", opts->endpoint) == -1) {
-        zsys_error ("link: cannot connect to the bridge at %s: %s", opts->endpoint,
-                    zmq_strerror (zmq_errno ()));
-        wsr_link_destroy (&self);
-        return NULL;
-    }
-    self->endpoint = strdup (opts->endpoint);
-    self->connected = wsr_util_mono_ms ();
-    s_hello (self);
+    for (int b = 0; b < self->count; b++)
+        if (s_connect (self, b)) {
+            wsr_link_destroy (&self);
+            return NULL;
+        }
+    for (int b = 0; b < self->count; b++)
+        s_hello (self, b);
     return self;
 }
 
@@ -173,18 +388,21 @@ wsr_link_destroy (wsr_link_t **self_p)
     assert (self_p);
     if (*self_p) {
         wsr_link_t *self = *self_p;
-        zmsg_destroy (&self->batch);
+        for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++)
+            zmsg_destroy (&self->bridges [b].batch);
         zframe_destroy (&self->deliveries);
         if (self->sock) {
-            zmsg_t *bye = zmsg_new ();
-            zmsg_addstr (bye, WSR_PROTO_BYE);
-            if (zmsg_send (&bye, self->sock))
-                zmsg_destroy (&bye);
+            for (int b = 0; b < self->count; b++)
+                s_bye (self, b);
             zsock_destroy (&self->sock);
+        }
+        for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++) {
+            free (self->bridges [b].endpoint);
+            free (self->bridges [b].server_key);
         }
         free (self->node);
         free (self->role);
-        free (self->endpoint);
+        free (self->curve_secret);
         free (self);
         *self_p = NULL;
     }
@@ -200,22 +418,36 @@ wsr_link_socket (wsr_link_t *self)
 }
 
 //  --------------------------------------------------------------------------
-//  Batch a subscription change; runs of the same operation share a message,
-//  and the order of operations is kept.
+//  Batch a subscription change at the topic's owner; runs of the same
+//  operation share a message, and the order of operations is kept. During an
+//  enumeration (resync, move) only what changes is sent.
 void
 wsr_link_subscribe (wsr_link_t *self, const char *key, size_t key_size, bool on)
 {
     assert (self && key && key_size > 0 && key [key_size - 1] == 0);
-    s_op_t op = on? S_OP_SUB: S_OP_UNSUB;
-    if (self->batch && (self->batch_op != op
-                     || zmsg_size (self->batch) == 1 + WSR_PROTO_MAX_TOPICS))
-        s_batch_send (self);
-    if (!self->batch) {
-        self->batch = zmsg_new ();
-        zmsg_addstr (self->batch, on? WSR_PROTO_SUB: WSR_PROTO_UNSUB);
-        self->batch_op = op;
+    int owner = s_owner (self, key, key_size, self->live);
+    if (self->mode == S_MODE_NORMAL)
+        s_batch_add (self, owner, key, key_size, on);
+    else
+    if (self->mode == S_MODE_RESYNC) {
+        if (on && owner == self->resync_bridge)
+            s_batch_add (self, owner, key, key_size, true);
     }
-    zmsg_addmem (self->batch, key, key_size);
+    else
+    if (on) {
+        int before = s_owner (self, key, key_size, self->old_live);
+        bool revived = self->revived & (1u << owner);
+        if (before != owner) {
+            self->moves++;
+            if (self->metrics)
+                wsr_metrics_add (self->metrics, WSR_M_LINK_MOVES, 1);
+            //  Still live and not told BYE: it holds the topic for us
+            if ((self->live & (1u << before)) && !(self->revived & (1u << before)))
+                s_batch_add (self, before, key, key_size, false);
+        }
+        if (before != owner || revived)
+            s_batch_add (self, owner, key, key_size, true);
+    }
 }
 
 //  --------------------------------------------------------------------------
@@ -224,11 +456,12 @@ int
 wsr_link_send_up (wsr_link_t *self, zframe_t **envelope_p)
 {
     assert (self && envelope_p && *envelope_p);
-    s_batch_send (self);                //  a subscription sent first stays first
+    int b = s_primary (self);
+    s_batch_send (self, b);             //  a subscription sent first stays first
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, WSR_PROTO_UP);
     zmsg_append (msg, envelope_p);
-    return s_send (self, &msg);
+    return s_send (self, b, &msg);
 }
 
 //  --------------------------------------------------------------------------
@@ -241,17 +474,18 @@ wsr_link_publish (wsr_link_t *self, zframe_t **topic_p, zframe_t **envelope_p)
     zmsg_addstr (msg, WSR_PROTO_PUB);
     zmsg_append (msg, topic_p);
     zmsg_append (msg, envelope_p);
-    return s_send (self, &msg);
+    return s_send (self, s_primary (self), &msg);
 }
 
 //  --------------------------------------------------------------------------
-//  A history read.
+//  A history read, at the topic's owner.
 int
 wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char *epoch,
                uint64_t since, uint64_t max)
 {
     assert (self && topic);
-    s_batch_send (self);                //  its SUB goes first
+    int b = s_owner (self, topic, strlen (topic) + 1, self->live);
+    s_batch_send (self, b);             //  its SUB goes first
     uint8_t number [8];
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, WSR_PROTO_HIST);
@@ -263,7 +497,7 @@ wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char
     zmsg_addmem (msg, number, 8);
     wsr_msgs_put_u64 (number, max);
     zmsg_addmem (msg, number, 8);
-    return s_send (self, &msg);
+    return s_send (self, b, &msg);
 }
 
 //  --------------------------------------------------------------------------
@@ -272,7 +506,7 @@ int
 wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event)
 {
     assert (self && event && event->user && event->channels && event->reason);
-    s_batch_send (self);                //  a connect follows the session's SUBs
+    s_batch_send_all (self);            //  a connect follows the session's SUBs
     uint8_t number [8];
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, WSR_PROTO_EVENT);
@@ -288,7 +522,7 @@ wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event)
     zmsg_addstr (msg, event->reason);
     wsr_msgs_put_u64 (number, (uint64_t) event->duration_ms);
     zmsg_addmem (msg, number, 8);
-    return s_send (self, &msg);
+    return s_send (self, s_primary (self), &msg);
 }
 
 //  --------------------------------------------------------------------------
@@ -307,11 +541,21 @@ wsr_link_presence (wsr_link_t *self, uint64_t request, const char *kind, const c
     zmsg_addstr (msg, id);
     wsr_msgs_put_u64 (number, limit);
     zmsg_addmem (msg, number, 8);
-    return s_send (self, &msg);
+    return s_send (self, s_primary (self), &msg);
+}
+
+//  Which bridge a routing id names ("b<index>.<generation>", current only).
+static int
+s_bridge_of (wsr_link_t *self, zframe_t *alias)
+{
+    for (int b = 0; b < self->count; b++)
+        if (zframe_streq (alias, self->bridges [b].alias))
+            return b;
+    return -1;
 }
 
 //  --------------------------------------------------------------------------
-//  One message from the bridge. The bridge is trusted (authenticated), but
+//  One message from a bridge. The bridge is trusted (authenticated), but
 //  a malformed message is still dropped, not asserted on: versions can differ.
 int
 wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
@@ -343,6 +587,19 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
     }
     if (size == 0)
         return -1;
+    //  The routing id names the bridge (current connection only)
+    int b = size <= S_RECV_FRAMES_MAX? s_bridge_of (self, f [0]): -1;
+    zframe_destroy (&f [0]);
+    if (b < 0) {
+        for (size_t i = 1; i < size && i < S_RECV_FRAMES_MAX; i++)
+            zframe_destroy (&f [i]);
+        return 0;                           //  an old connection's leftovers, or too long
+    }
+    memmove (f, f + 1, (size - 1) * sizeof f [0]);
+    f [--size] = NULL;
+    if (size == 0)
+        return 0;
+    s_bridge_t *bridge = &self->bridges [b];
     zframe_t *command = f [0];
     if (size > S_RECV_FRAMES_MAX)
         zsys_warning ("link: malformed message from the bridge dropped");
@@ -355,11 +612,17 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
         msg->key = (const char *) zframe_data (msg->topic);
         msg->data = zframe_data (msg->body);
         msg->size = zframe_size (msg->body);
+        if (self->count > 1 && zframe_size (msg->topic) > 0
+        &&  s_owner (self, msg->key, zframe_size (msg->topic), self->live) != b) {
+            s_stale (self);
+            wsr_link_msg_reset (msg);
+        }
     }
     else
     if (zframe_streq (command, WSR_PROTO_DELIVERS) && size == 2) {
         self->deliveries = f [1];
         self->delivery_at = 0;
+        self->delivery_from = b;
         f [1] = NULL;
         if (s_next_delivery (self, msg))
             zframe_destroy (&self->deliveries);      //  empty or malformed: nothing
@@ -382,16 +645,17 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
         &&  wsr_envelope_decode_heartbeat (zframe_data (beat), zframe_size (beat),
                                            &redis, &nats) == 0) {
             uint64_t value = wsr_msgs_get_u64 (zframe_data (epoch));
-            bool restarted = self->last_hb && value != self->epoch;
-            if (self->silent)
-                zsys_info ("link: the bridge at %s answers again", self->endpoint);
-            self->silent = false;
-            self->epoch = value;
-            self->last_hb = wsr_util_mono_ms ();
-            self->redis = redis;
-            self->nats = nats;
-            if (restarted)
-                s_resync (self);
+            bool restarted = bridge->last_hb && value != bridge->epoch;
+            if (bridge->silent)
+                zsys_info ("link: the bridge at %s answers again", bridge->endpoint);
+            bridge->silent = false;
+            bridge->epoch = value;
+            bridge->last_hb = wsr_util_mono_ms ();
+            bridge->redis = redis;
+            bridge->nats = nats;
+            //  A bridge out of the live set gets its share back in flush
+            if (restarted && (self->live & (1u << b)))
+                s_resync (self, b);
         }
     }
     else
@@ -414,8 +678,10 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
         }
     }
     else
-    if (zframe_streq (command, WSR_PROTO_RESYNC) && size == 1)
-        s_resync (self);
+    if (zframe_streq (command, WSR_PROTO_RESYNC) && size == 1) {
+        if (self->live & (1u << b))
+            s_resync (self, b);
+    }
     else
     if (zframe_streq (command, WSR_PROTO_REFUSED) && size == 3) {
         msg->topic = f [1];
@@ -447,47 +713,95 @@ wsr_link_msg_reset (wsr_link_msg_t *msg)
     memset (msg, 0, sizeof *msg);
 }
 
+//  Several bridges: recompute the live set; when it changed, move the topics
+//  whose owner changed, and give bridges that came back their share.
+static void
+s_follow_live (wsr_link_t *self, int64_t now)
+{
+    uint32_t live = 0;
+    for (int b = 0; b < self->count; b++) {
+        int64_t seen = self->bridges [b].last_hb? self->bridges [b].last_hb: self->started;
+        if (now - seen <= WSR_LINK_OWNER_DEAD_MS)
+            live |= 1u << b;
+    }
+    if (live == 0 || live == self->live)
+        return;                         //  none live: keep the shares where they are
+    for (int b = 0; b < self->count; b++)
+        if ((live ^ self->live) & (1u << b))
+            zsys_info ("link: the bridge at %s %s", self->bridges [b].endpoint,
+                       (live & (1u << b))? "is back: it takes its topics again"
+                                        : "is silent: its topics move");
+    s_batch_send_all (self);            //  what was batched goes where it was meant
+    self->old_live = self->live;
+    self->revived = live & ~self->live;
+    self->live = live;
+    for (int b = 0; b < self->count; b++)
+        if (self->revived & (1u << b)) {
+            s_bye (self, b);            //  whatever it still holds for us is stale
+            s_hello (self, b);
+        }
+    if (self->topics) {
+        self->mode = S_MODE_MOVE;
+        self->topics (self->arg, self);
+        self->mode = S_MODE_NORMAL;
+    }
+    self->revived = 0;
+    s_batch_send_all (self);
+}
+
 //  --------------------------------------------------------------------------
 //  End of the owner's turn.
 void
 wsr_link_flush (wsr_link_t *self)
 {
     assert (self);
-    //  No heartbeat for long: the connection may be dead for good (ZeroMQ
-    //  does not retry after a refused CURVE handshake, e.g. before our
-    //  certificate was added to the bridge's directory): connect afresh.
-    //  The socket (and so its ZMQ_FD in the owner's poll set) stays.
     int64_t now = wsr_util_mono_ms ();
-    if (now - self->connected >= WSR_PROTO_RECONNECT_MS
-    &&  (!self->last_hb || now - self->last_hb >= WSR_PROTO_RECONNECT_MS)) {
-        if (!self->silent)
-            zsys_warning ("link: no heartbeat from the bridge at %s for %d s; reconnecting",
-                          self->endpoint, WSR_PROTO_RECONNECT_MS / 1000);
-        self->silent = true;
-        zsock_disconnect (self->sock, "%s", self->endpoint);
-        if (zsock_connect (self->sock, "%s", self->endpoint) == 0)
-            s_resync (self);
-        self->connected = now;
-    }
-    s_batch_send (self);
-    if (wsr_util_mono_ms () - self->last_send >= WSR_PROTO_PING_MS) {
-        zmsg_t *ping = zmsg_new ();
-        zmsg_addstr (ping, WSR_PROTO_PING);
-        s_send (self, &ping);
+    if (self->count > 1)
+        s_follow_live (self, now);
+    for (int b = 0; b < self->count; b++) {
+        s_bridge_t *bridge = &self->bridges [b];
+        //  No heartbeat for long: the connection may be dead for good (ZeroMQ
+        //  does not retry after a refused CURVE handshake, e.g. before our
+        //  certificate was added to the bridge's directory): connect afresh,
+        //  under a new routing id. The socket (and its ZMQ_FD) stays.
+        if (now - bridge->connected >= WSR_PROTO_RECONNECT_MS
+        &&  (!bridge->last_hb || now - bridge->last_hb >= WSR_PROTO_RECONNECT_MS)) {
+            if (!bridge->silent)
+                zsys_warning ("link: no heartbeat from the bridge at %s for %d s; "
+                              "reconnecting", bridge->endpoint, WSR_PROTO_RECONNECT_MS / 1000);
+            bridge->silent = true;
+            zsock_disconnect (self->sock, "%s", bridge->endpoint);
+            if (s_connect (self, b) == 0 && (self->live & (1u << b)))
+                s_resync (self, b);
+            bridge->connected = now;
+        }
+        s_batch_send (self, b);
+        if (now - bridge->last_send >= WSR_PROTO_PING_MS) {
+            zmsg_t *ping = zmsg_new ();
+            zmsg_addstr (ping, WSR_PROTO_PING);
+            s_send (self, b, &ping);
+        }
     }
 }
 
 //  --------------------------------------------------------------------------
-//  Bridge liveness from heartbeats.
+//  Bridge liveness from heartbeats: any bridge; states from the first live.
 bool
 wsr_link_bridge_up (wsr_link_t *self, int *redis, int *nats)
 {
     assert (self);
+    int64_t now = wsr_util_mono_ms ();
+    int up = -1;
+    for (int b = 0; b < self->count && up < 0; b++)
+        if (self->bridges [b].last_hb
+        &&  now - self->bridges [b].last_hb <= WSR_PROTO_HB_DEAD_MS)
+            up = b;
+    s_bridge_t *bridge = &self->bridges [up < 0? 0: up];
     if (redis)
-        *redis = self->redis;
+        *redis = bridge->redis;
     if (nats)
-        *nats = self->nats;
-    return self->last_hb && wsr_util_mono_ms () - self->last_hb <= WSR_PROTO_HB_DEAD_MS;
+        *nats = bridge->nats;
+    return up >= 0;
 }
 
 //  --------------------------------------------------------------------------
@@ -497,6 +811,33 @@ wsr_link_drops (wsr_link_t *self)
 {
     assert (self);
     return self->drops;
+}
+
+//  --------------------------------------------------------------------------
+//  Topics moved between bridges.
+uint64_t
+wsr_link_moves (wsr_link_t *self)
+{
+    assert (self);
+    return self->moves;
+}
+
+//  --------------------------------------------------------------------------
+//  Deliveries dropped because another bridge owns the topic now.
+uint64_t
+wsr_link_stale (wsr_link_t *self)
+{
+    assert (self);
+    return self->stale;
+}
+
+//  --------------------------------------------------------------------------
+//  The bridge owning a topic now (index in the endpoint list).
+int
+wsr_link_owner (wsr_link_t *self, const char *key, size_t key_size)
+{
+    assert (self && key);
+    return s_owner (self, key, key_size, self->live);
 }
 
 //  --------------------------------------------------------------------------
@@ -546,6 +887,159 @@ s_link_wait (wsr_link_t *link, wsr_link_msg_t *msg, wsr_link_kind_t kind, int ms
         zclock_sleep (1);
     }
     return -1;
+}
+
+//  Several bridges: the owner's topics for the enumerator.
+#define S_TEST_TOPICS 20
+
+static void
+s_topics_many (void *arg, wsr_link_t *link)
+{
+    (void) arg;
+    for (int i = 0; i < S_TEST_TOPICS; i++) {
+        char key [16];
+        int n = snprintf (key, sizeof key, "user:t%d", i);
+        wsr_link_subscribe (link, key, (size_t) n + 1, true);
+    }
+}
+
+//  Drain what a test bridge received: SUB topics set in subs (1), UNSUB
+//  topics in unsubs, HELLO / BYE counted. Returns messages read.
+static int
+s_drain (zsock_t *router, bool subs [], bool unsubs [], int *hellos, int *byes, zframe_t **rid)
+{
+    int count = 0;
+    zpoller_t *poller = zpoller_new (router, NULL);
+    while (zpoller_wait (poller, 100) == router) {
+        zmsg_t *msg = zmsg_recv (router);
+        zframe_t *id = zmsg_pop (msg);
+        if (rid) {
+            zframe_destroy (rid);
+            *rid = id;
+        }
+        else
+            zframe_destroy (&id);
+        char *command = zmsg_popstr (msg);
+        bool sub = streq (command, WSR_PROTO_SUB), unsub = streq (command, WSR_PROTO_UNSUB);
+        if (streq (command, WSR_PROTO_HELLO) && hellos)
+            (*hellos)++;
+        if (streq (command, WSR_PROTO_BYE) && byes)
+            (*byes)++;
+        for (zframe_t *f = zmsg_first (msg); f && (sub || unsub); f = zmsg_next (msg)) {
+            int i = atoi ((const char *) zframe_data (f) + 6);
+            assert (i >= 0 && i < S_TEST_TOPICS);
+            if (sub)
+                subs [i] = true;
+            else
+                unsubs [i] = true;
+        }
+        zstr_free (&command);
+        zmsg_destroy (&msg);
+        count++;
+    }
+    zpoller_destroy (&poller);
+    return count;
+}
+
+static void
+s_beat (zsock_t *router, zframe_t *rid, uint64_t epoch)
+{
+    uint8_t number [8];
+    wsr_msgs_put_u64 (number, epoch);
+    zframe_t *beat = wsr_envelope_encode_heartbeat (1, -1);
+    zsock_send (router, "fsbf", rid, WSR_PROTO_HB, number, (size_t) 8, beat);
+    zframe_destroy (&beat);
+}
+
+static void
+s_test_many (void)
+{
+    zsock_t *a = zsock_new_router ("inproc://wsr-link-test-a");
+    zsock_t *b = zsock_new_router ("inproc://wsr-link-test-b");
+    assert (a && b);
+    wsr_link_opts_t opts = {
+        .endpoint = "inproc://wsr-link-test-a,inproc://wsr-link-test-b", .node = "n2",
+        .role = WSR_ROLE_WORKER
+    };
+    wsr_link_t *link = wsr_link_new (&opts, s_topics_many, NULL);
+    assert (link);
+    s_topics_many (NULL, link);
+    wsr_link_flush (link);
+    //  Each topic at exactly one bridge, both have a share
+    bool sub_a [S_TEST_TOPICS] = { false }, sub_b [S_TEST_TOPICS] = { false };
+    bool unsub_a [S_TEST_TOPICS] = { false }, unsub_b [S_TEST_TOPICS] = { false };
+    int hellos = 0, byes = 0;
+    zframe_t *rid_a = NULL, *rid_b = NULL;
+    s_drain (a, sub_a, unsub_a, &hellos, NULL, &rid_a);
+    s_drain (b, sub_b, unsub_b, &hellos, NULL, &rid_b);
+    assert (hellos == 2 && rid_a && rid_b);
+    int share_a = 0, share_b = 0;
+    for (int i = 0; i < S_TEST_TOPICS; i++) {
+        assert (sub_a [i] != sub_b [i]);
+        share_a += sub_a [i];
+        share_b += sub_b [i];
+        char key [16];
+        int n = snprintf (key, sizeof key, "user:t%d", i);
+        assert (wsr_link_owner (link, key, (size_t) n + 1) == (sub_a [i]? 0: 1));
+    }
+    assert (share_a > 0 && share_b > 0);
+    //  Only A beats: after WSR_LINK_OWNER_DEAD_MS, B's topics move to A
+    memset (sub_a, 0, sizeof sub_a);
+    int64_t until = wsr_util_mono_ms () + WSR_LINK_OWNER_DEAD_MS + 300;
+    wsr_link_msg_t in;
+    while (wsr_util_mono_ms () < until) {
+        s_beat (a, rid_a, 1);
+        zclock_sleep (100);
+        while (wsr_link_recv (link, &in) == 0)
+            wsr_link_msg_reset (&in);
+        wsr_link_flush (link);
+    }
+    s_drain (a, sub_a, unsub_a, NULL, NULL, NULL);
+    for (int i = 0; i < S_TEST_TOPICS; i++)
+        assert (sub_a [i] == sub_b [i]);        //  exactly B's share moved
+    assert (wsr_link_moves (link) == (uint64_t) share_b);
+    //  A delivery from B (no longer owner) is dropped
+    int moved = 0;
+    while (!sub_b [moved])
+        moved++;
+    char key [16];
+    int n = snprintf (key, sizeof key, "user:t%d", moved);
+    zframe_t *body = wsr_envelope_encode_down ((const uint8_t *) "x", 1, 0, 0);
+    zmsg_t *deliver = zmsg_new ();
+    zframe_t *copy = zframe_dup (rid_b);
+    zmsg_append (deliver, &copy);
+    zmsg_addstr (deliver, WSR_PROTO_DELIVER);
+    zmsg_addmem (deliver, key, (size_t) n + 1);
+    copy = zframe_dup (body);
+    zmsg_append (deliver, &copy);
+    zmsg_send (&deliver, b);
+    assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 300) == -1);
+    assert (wsr_link_stale (link) == 1);
+    //  B beats again: BYE, HELLO and its share; A lets go of it
+    memset (sub_b, 0, sizeof sub_b);
+    memset (unsub_a, 0, sizeof unsub_a);
+    hellos = 0;
+    s_beat (b, rid_b, 2);
+    s_beat (a, rid_a, 1);
+    zclock_sleep (50);
+    while (wsr_link_recv (link, &in) == 0)
+        wsr_link_msg_reset (&in);
+    wsr_link_flush (link);
+    s_drain (b, sub_b, unsub_b, &hellos, &byes, NULL);
+    s_drain (a, sub_a, unsub_a, NULL, NULL, NULL);
+    assert (hellos == 1 && byes == 1);
+    for (int i = 0; i < S_TEST_TOPICS; i++)
+        assert (sub_b [i] == unsub_a [i]);
+    int back = 0;
+    for (int i = 0; i < S_TEST_TOPICS; i++)
+        back += sub_b [i];
+    assert (back == share_b);
+    wsr_link_destroy (&link);
+    zframe_destroy (&body);
+    zframe_destroy (&rid_a);
+    zframe_destroy (&rid_b);
+    zsock_destroy (&a);
+    zsock_destroy (&b);
 }
 
 void
@@ -706,6 +1200,7 @@ wsr_link_test (bool verbose)
     assert (zframe_size (in.topic) == 8 && !memcmp (zframe_data (in.topic), "user:yy", 8));
     wsr_link_msg_reset (&in);
 
+
     //  Lifecycle events go up with every field; a pending SUB goes first
     wsr_link_subscribe (link, "user:ev", 8, true);
     wsr_link_event_t event = {
@@ -759,4 +1254,7 @@ wsr_link_test (bool verbose)
     zframe_destroy (&body);
     zframe_destroy (&rid);
     zsock_destroy (&router);
+
+    //  Several bridges: shares, a move, a stale delivery, a return
+    s_test_many ();
 }

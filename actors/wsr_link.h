@@ -1,4 +1,4 @@
-//  wsr_link — a node actor's link to the bridge: one DEALER speaking WBP/1
+//  wsr_link — a node actor's link to its bridges: one ROUTER speaking WBP/1 to each
 
 #ifndef WSR_LINK_H_INCLUDED
 #define WSR_LINK_H_INCLUDED
@@ -8,6 +8,9 @@ extern "C" {
 #endif
 
 typedef struct _wsr_link_t wsr_link_t;
+
+#define WSR_LINK_MAX_BRIDGES    8       //  bridges a node connects to
+#define WSR_LINK_OWNER_DEAD_MS  1500    //  a bridge silent this long loses its topics
 
 //  What wsr_link_recv hands to the owner.
 typedef enum {
@@ -49,12 +52,15 @@ typedef struct {
 
 //  How a link is set up (strings borrowed for wsr_link_new).
 typedef struct {
-    const char *endpoint;       //  the bridge: inproc://NAME or tcp://HOST:PORT
+    const char *endpoint;       //  the bridge: inproc://NAME or tcp://HOST:PORT, or
+                                //  several, comma-separated (topics shared out)
     const char *node;           //  this node's id (HELLO)
     const char *role;           //  WSR_ROLE_WORKER or WSR_ROLE_ROUTER
     int index;                  //  worker index (0 for the router)
     const char *curve_secret;   //  our secret certificate file, NULL = plaintext
-    const char *curve_server;   //  the bridge's public certificate file
+    const char *curve_server;   //  the bridge's public certificate file (one for all
+                                //  bridges, or one per endpoint, comma-separated)
+    wsr_metrics_t *metrics;     //  moves and stale deliveries counted here, or NULL
 } wsr_link_opts_t;
 
 //  The owner's topics, asked for when the bridge has to learn them again
@@ -134,6 +140,19 @@ bool
 //  bridge unreachable): subscriptions, client messages, publishes.
 uint64_t
     wsr_link_drops (wsr_link_t *self);
+
+//  Topics moved from one bridge to another since the link was created.
+uint64_t
+    wsr_link_moves (wsr_link_t *self);
+
+//  Deliveries dropped because they came from a bridge that no longer owns
+//  the topic (a move's overlap).
+uint64_t
+    wsr_link_stale (wsr_link_t *self);
+
+//  The bridge owning topic key (with its NUL) now: its index in the list.
+int
+    wsr_link_owner (wsr_link_t *self, const char *key, size_t key_size);
 
 //  Self test
 void

@@ -191,6 +191,12 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_HANDOVER_SESSIONS] =
         { "wsrouter_handover_sessions_total", NULL, "counter",
           "Sessions handed over to a new process (with their descriptors and state)" },
+    [WSR_M_LINK_MOVES] =
+        { "wsrouter_link_topic_moves_total", NULL, "counter",
+          "Topics a worker moved to another bridge (a bridge died or came back)" },
+    [WSR_M_LINK_STALE] =
+        { "wsrouter_link_stale_deliveries_total", NULL, "counter",
+          "Deliveries dropped because they came from a bridge that no longer owns the topic" },
 };
 
 //  --------------------------------------------------------------------------

@@ -76,6 +76,8 @@ typedef enum {
     WSR_M_HANDOVERS,                //  upgrades this process handed its sessions over in
     WSR_M_HANDOVER_FAILURES,        //  ... that failed (the process kept its sessions)
     WSR_M_HANDOVER_SESSIONS,        //  sessions handed over to a new process
+    WSR_M_LINK_MOVES,               //  topics moved to another bridge (several bridges)
+    WSR_M_LINK_STALE,               //  deliveries dropped: from a bridge no longer owner
     WSR_M_COUNT
 } wsr_metric_t;
 

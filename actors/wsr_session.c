@@ -2139,7 +2139,7 @@ s_session_actor (zsock_t *pipe, void *args)
     wsr_link_opts_t link_opts = {
         .endpoint = a->opts.bridge, .node = a->name, .role = WSR_ROLE_WORKER,
         .index = a->index, .curve_secret = a->opts.curve_secret,
-        .curve_server = a->opts.curve_server
+        .curve_server = a->opts.curve_server, .metrics = a->metrics
     };
     self->link = wsr_link_new (&link_opts, s_resubscribe, self);
     self->status = 0;

@@ -82,6 +82,7 @@ typedef struct {
     wsr_jetstream_t *jetstream;     //  NATS JetStream history or NULL
     zsock_t *js_live;               //  PULL: the history stream's messages, or NULL
     void *js_conn;                  //  the NATS connection jetstream was made on
+    uint64_t js_connects;           //  wsr_nats_connects when jetstream was made
     wsr_jetstream_config_t js_config;   //  to make it again (strings in js_names)
     char js_names [3][512];         //  stream name, user and channel subjects
     char js_endpoint [64];          //  inproc endpoint of js_live
@@ -649,6 +650,16 @@ s_handle_up (s_bridge_t *self, wsr_peer_t *peer, zframe_t *body)
                          strlen (WSR_ERROR_BACKPLANE_DOWN));
 }
 
+//  A history append Redis did not confirm: the message may be lost.
+static void
+s_on_appended (void *arg, int status, uint64_t offset, const char *epoch)
+{
+    (void) offset;
+    (void) epoch;
+    if (status)
+        wsr_metrics_add (((s_bridge_t *) arg)->metrics, WSR_M_BRIDGE_PUBLISH_LOST, 1);
+}
+
 //  PUB [topic][downstream envelope], deferred to the end of the batch so a
 //  subscription that arrived in the same batch is in place first.
 static void
@@ -667,7 +678,8 @@ s_handle_publish (s_bridge_t *self, zmsg_t *msg)
     int rc = 0;
     if (self->history && wsr_naming_to_backplane (self->redis_names, key, name, sizeof name) > 0)
         //  Through the history: stored with an offset, then published framed
-        rc = wsr_history_append (self->history, name, env.data, env.size, NULL, NULL);
+        rc = wsr_history_append (self->history, name, env.data, env.size, s_on_appended,
+                                 self);
     else
     if (self->redis && wsr_naming_to_backplane (self->redis_names, key, name, sizeof name) > 0)
         rc = wsr_redis_publish (self->redis, name, env.data, env.size);
@@ -1118,8 +1130,16 @@ static void
 s_jetstream_follow (s_bridge_t *self)
 {
     void *conn = wsr_nats_connection (self->nats);
-    if (conn == self->js_conn)
+    //  A reconnect (in a cluster: maybe to another server, the live
+    //  consumers lost with the old one) makes them again too: libnats'
+    //  ordered consumers may take long to notice, or never
+    uint64_t connects = wsr_nats_connects (self->nats);
+    bool moved = self->jetstream && connects != self->js_connects;
+    if (conn == self->js_conn && !moved)
         return;
+    if (moved)
+        zsys_info ("bridge: NATS reconnected: JetStream live consumers made again");
+    self->js_connects = connects;
     if (self->hreads)
         wsr_hreads_set_stores (self->hreads, self->history, NULL);
     wsr_jetstream_destroy (&self->jetstream);
@@ -1399,6 +1419,11 @@ s_bridge_actor (zsock_t *pipe, void *args)
             self->status = -1;
         }
     }
+    if (self->status == 0 && self->redis && self->firehose && wsr_redis_sharded (self->redis)) {
+        zsys_error ("bridge: firehose mode needs pattern subscriptions, which a Redis "
+                    "Cluster's sharded Pub/Sub does not have: use per-topic mode");
+        self->status = -1;
+    }
     if (self->status == 0 && opts->nats_url) {
         wsr_nats_opts_t nats_opts = {
             .url = opts->nats_url, .creds = opts->nats_creds, .nkey_seed = opts->nats_nkey_seed,
@@ -1421,7 +1446,8 @@ s_bridge_actor (zsock_t *pipe, void *args)
         wsr_redis_set_subscribed_fn (self->redis, s_on_redis_subscribed, self);
         if (opts->history_size > 0)
             self->history = wsr_history_new (self->redis, opts->history_size,
-                                             opts->history_ttl_s, false);
+                                             opts->history_ttl_s,
+                                             wsr_redis_sharded (self->redis));
     }
     if (self->status == 0 && self->nats && opts->nats_history_stream)
         s_jetstream_start (self, opts, instance);

@@ -63,6 +63,7 @@ struct _wsr_nats_t {
     unsigned char *nkey_secret;     //  ed25519 secret key (sodium_malloc, read-only) or NULL
     char nkey_public [S_NKEY_PUBLIC_LEN + 1];   //  its public nkey (U...)
     int64_t restart_at;             //  mono ms to start over, 0 = not scheduled
+    uint64_t connects;              //  connects and reconnects so far (atomic)
     int restart_backoff;            //  ms, doubles per restart, reset once connected
     int64_t refusal_logged_at;      //  mono ms of the last refusal report (under lock)
     uint64_t refusal_unlogged;      //  refusals since that report (under lock)
@@ -169,6 +170,16 @@ s_on_connected (natsConnection *nc, void *closure)
     if (natsConnection_GetConnectedUrl (nc, url, sizeof url) != NATS_OK)
         snprintf (url, sizeof url, "%s", ((wsr_nats_t *) closure)->shown);
     zsys_info ("nats: connected to %s", wsr_util_redact_url (url, shown, sizeof shown));
+    __atomic_add_fetch (&((wsr_nats_t *) closure)->connects, 1, __ATOMIC_RELAXED);
+}
+
+//  --------------------------------------------------------------------------
+//  Connects and reconnects (libnats' callbacks) so far.
+uint64_t
+wsr_nats_connects (wsr_nats_t *self)
+{
+    assert (self);
+    return __atomic_load_n (&self->connects, __ATOMIC_RELAXED);
 }
 
 static void

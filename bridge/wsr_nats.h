@@ -77,6 +77,11 @@ size_t
 void
     wsr_nats_shutdown (void);
 
+//  Connects and reconnects so far (a change: the connection moved to a
+//  server, maybe another one of a cluster). Thread-safe.
+uint64_t
+    wsr_nats_connects (wsr_nats_t *self);
+
 //  The libnats connection, for JetStream (wsr_jetstream); owned by the link.
 typedef struct __natsConnection natsConnection;
 natsConnection *

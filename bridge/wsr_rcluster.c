@@ -74,6 +74,7 @@
 #define S_WRITE_BUDGET          16      //  writevs per connection per turn
 #define S_REQ_OVERHEAD          96      //  bytes counted per queued command besides its text
 #define S_MAX_TIMEOUT_MS        500
+#define S_MAPPED_FAILURES       3       //  map reads failed in a row before "not mapped"
 
 typedef enum { S_IDLE, S_DOWN, S_CONNECTING, S_UP } s_state_t;
 
@@ -171,6 +172,8 @@ struct _wsr_rcluster_t {
     bool closing;                   //  in destroy: no new calls
     wsr_rcluster_message_fn *on_message;    //  delivery
     void *arg;                      //  for on_message
+    wsr_rcluster_subscribed_fn *on_subscribed;  //  confirmations, or NULL
+    void *subscribed_arg;           //  for on_subscribed
     char inbuf [S_READ_CHUNK];      //  read buffer
     uint64_t lost;                  //  established connections lost (taken)
     uint64_t resets;                //  connections reset by the output/input bounds (taken)
@@ -990,6 +993,8 @@ s_sub_array (s_conn_t *conn, const redisReply *reply)
         if (chan && chan->node == node && !chan->confirmed) {
             chan->confirmed = true;
             self->confirmed++;
+            if (self->on_subscribed)
+                self->on_subscribed (self->subscribed_arg, chan->name, strlen (chan->name));
         }
     }
     else
@@ -1345,6 +1350,25 @@ wsr_rcluster_connected (wsr_rcluster_t *self)
     assert (self);
     return self->map_known && self->refresh_failures == 0
         && self->confirmed == zhashx_size (self->wanted);
+}
+
+//  --------------------------------------------------------------------------
+//  Slot map known and read without failure since.
+bool
+wsr_rcluster_mapped (wsr_rcluster_t *self)
+{
+    assert (self);
+    return self->map_known && self->refresh_failures < S_MAPPED_FAILURES;
+}
+
+//  --------------------------------------------------------------------------
+//  Subscription confirmations.
+void
+wsr_rcluster_set_subscribed_fn (wsr_rcluster_t *self, wsr_rcluster_subscribed_fn *fn, void *arg)
+{
+    assert (self);
+    self->on_subscribed = fn;
+    self->subscribed_arg = arg;
 }
 
 uint64_t

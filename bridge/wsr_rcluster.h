@@ -76,6 +76,20 @@ int
 bool
     wsr_rcluster_connected (wsr_rcluster_t *self);
 
+//  True while the slot map is known and fewer than 3 reads in a row failed: keyed
+//  commands and publishes can be routed (subscriptions may still be moving).
+bool
+    wsr_rcluster_mapped (wsr_rcluster_t *self);
+
+//  Called when a master confirms an SSUBSCRIBE of channel (channel_len
+//  bytes), including re-subscriptions after a reshard or failover.
+typedef void (wsr_rcluster_subscribed_fn) (void *arg, const char *channel, size_t channel_len);
+
+//  Set (or clear, with NULL) the subscription confirmation callback.
+void
+    wsr_rcluster_set_subscribed_fn (wsr_rcluster_t *self, wsr_rcluster_subscribed_fn *fn,
+                                    void *arg);
+
 //  Established connections lost since the last call (each is re-made).
 uint64_t
     wsr_rcluster_take_reconnects (wsr_rcluster_t *self);

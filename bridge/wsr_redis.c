@@ -19,6 +19,15 @@
 //  and reconnected with backoff (100 ms doubling to 1 s), so delivery resumes
 //  within about a second of Redis being back.
 //
+//  With a redis+cluster:// URL the link is a facade over wsr_rcluster
+//  (sharded Pub/Sub on a Redis Cluster): SUBSCRIBE becomes SSUBSCRIBE at the
+//  channel's shard, PUBLISH becomes SPUBLISH routed to the owner, commands
+//  go to the master owning their key (EVAL / EVALSHA: the first key; other
+//  commands: the first argument; SCRIPT LOAD: any master, NOSCRIPT elsewhere
+//  is answered by the callers' EVAL retry). Patterns have no sharded form
+//  and are refused. Callers (bridge, history, presence) are the same code
+//  for both.
+//
 //  hiredis frees a context after its disconnect callback; every callback
 //  checks that the context is still the link's current one, so a context we
 //  freed ourselves can call back harmlessly.
@@ -76,7 +85,11 @@ struct _wsr_redis_t {
     uint64_t generation;            //  publish connection's connects so far
     wsr_redis_subscribed_fn *on_subscribed;     //  SUBSCRIBE confirmations, or NULL
     void *subscribed_arg;
+    wsr_rcluster_t *cluster;        //  redis+cluster://: the cluster link, else NULL
 };
+
+#define S_CLUSTER_SCHEME    "redis+cluster://"
+
 
 //  --------------------------------------------------------------------------
 //  Event hooks: just remember what hiredis wants
@@ -424,6 +437,16 @@ wsr_redis_new (const char *url, wsr_redis_message_fn *on_message, void *arg)
     self->sub.owner = self->pub.owner = self;
     self->sub.subscriber = true;
     self->sub.backoff = self->pub.backoff = S_BACKOFF_MIN_MS;
+    if (strncmp (url, S_CLUSTER_SCHEME, strlen (S_CLUSTER_SCHEME)) == 0) {
+        self->cluster = wsr_rcluster_new (url + strlen (S_CLUSTER_SCHEME), on_message, arg);
+        if (!self->cluster) {
+            char shown [WSR_URL_MAX];
+            zsys_error ("redis: bad cluster URL %s",
+                        wsr_util_redact_url (url, shown, sizeof shown));
+            wsr_redis_destroy (&self);
+        }
+        return self;
+    }
     const char *error = NULL;
     if (s_parse_url (self, url, &error)) {
         char shown [WSR_URL_MAX];
@@ -442,6 +465,7 @@ wsr_redis_destroy (wsr_redis_t **self_p)
     assert (self_p);
     if (*self_p) {
         wsr_redis_t *self = *self_p;
+        wsr_rcluster_destroy (&self->cluster);
         s_reset (&self->sub);
         s_reset (&self->pub);
         zhashx_destroy (&self->channels);
@@ -464,6 +488,10 @@ void
 wsr_redis_subscribe (wsr_redis_t *self, const char *channel)
 {
     assert (self && channel);
+    if (self->cluster) {
+        wsr_rcluster_subscribe (self->cluster, channel);
+        return;
+    }
     if (zhashx_lookup (self->channels, channel))
         return;
     zhashx_insert (self->channels, channel, (void *) 1);
@@ -477,6 +505,10 @@ void
 wsr_redis_unsubscribe (wsr_redis_t *self, const char *channel)
 {
     assert (self && channel);
+    if (self->cluster) {
+        wsr_rcluster_unsubscribe (self->cluster, channel);
+        return;
+    }
     if (!zhashx_lookup (self->channels, channel))
         return;
     zhashx_delete (self->channels, channel);
@@ -493,6 +525,11 @@ void
 wsr_redis_psubscribe (wsr_redis_t *self, const char *pattern)
 {
     assert (self && pattern);
+    if (self->cluster) {
+        zsys_error ("redis: a cluster has no sharded pattern subscription; %s ignored",
+                    pattern);
+        return;
+    }
     if (zhashx_lookup (self->patterns, pattern))
         return;
     zhashx_insert (self->patterns, pattern, (void *) 1);
@@ -506,6 +543,8 @@ int
 wsr_redis_publish (wsr_redis_t *self, const char *channel, const uint8_t *data, size_t size)
 {
     assert (self && channel);
+    if (self->cluster)
+        return wsr_rcluster_publish (self->cluster, channel, data, size);
     if (self->pub.state != S_UP)
         return -1;
     const char *argv [3] = { "PUBLISH", channel, (const char *) data };
@@ -520,6 +559,8 @@ bool
 wsr_redis_connected (wsr_redis_t *self)
 {
     assert (self);
+    if (self->cluster)
+        return wsr_rcluster_mapped (self->cluster);
     return self->sub.state == S_UP && self->pub.state == S_UP;
 }
 
@@ -529,6 +570,9 @@ uint64_t
 wsr_redis_take_reconnects (wsr_redis_t *self)
 {
     assert (self);
+    if (self->cluster)
+        return wsr_rcluster_take_reconnects (self->cluster)
+             + wsr_rcluster_take_resets (self->cluster);
     uint64_t lost = self->lost;
     self->lost = 0;
     return lost;
@@ -540,6 +584,8 @@ uint64_t
 wsr_redis_take_refusals (wsr_redis_t *self)
 {
     assert (self);
+    if (self->cluster)
+        return wsr_rcluster_take_failed (self->cluster);
     uint64_t refused = self->refused;
     self->refused = 0;
     return refused;
@@ -551,6 +597,8 @@ size_t
 wsr_redis_wanted (wsr_redis_t *self)
 {
     assert (self);
+    if (self->cluster)
+        return wsr_rcluster_wanted (self->cluster);
     return zhashx_size (self->channels) + zhashx_size (self->patterns);
 }
 
@@ -573,6 +621,8 @@ int
 wsr_redis_pollitems (wsr_redis_t *self, zmq_pollitem_t *items, int max)
 {
     assert (self);
+    if (self->cluster)
+        return wsr_rcluster_pollitems (self->cluster, items, max);
     int count = 0;
     if (count < max)
         count += s_item (&self->sub, items + count);
@@ -587,6 +637,8 @@ long
 wsr_redis_timeout (wsr_redis_t *self)
 {
     assert (self);
+    if (self->cluster)
+        return wsr_rcluster_timeout (self->cluster);
     int64_t now = wsr_util_mono_ms ();
     long timeout = 500;
     s_conn_t *conns [2] = { &self->sub, &self->pub };
@@ -620,6 +672,10 @@ void
 wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
 {
     assert (self);
+    if (self->cluster) {
+        wsr_rcluster_process (self->cluster, items, count);
+        return;
+    }
     s_handle (&self->sub, items, count);
     s_handle (&self->pub, items, count);
     int64_t now = wsr_util_mono_ms ();
@@ -674,6 +730,34 @@ s_on_command_reply (redisAsyncContext *ac, void *reply, void *privdata)
     free (command);
 }
 
+static void
+s_on_cluster_reply (void *arg, const redisReply *reply)
+{
+    s_command_t *command = (s_command_t *) arg;
+    command->cb (command->arg, (redisReply *) reply);
+    free (command);
+}
+
+//  The key a command is routed by on a cluster (see the header comment).
+static const char *
+s_cluster_key (int argc, const char **argv, const size_t *argvlen, char *buf, size_t size)
+{
+    size_t len0 = argvlen? argvlen [0]: strlen (argv [0]);
+    bool eval = (len0 == 4 && strncasecmp (argv [0], "EVAL", 4) == 0)
+             || (len0 == 7 && strncasecmp (argv [0], "EVALSHA", 7) == 0);
+    int at = eval? 3: 1;
+    if (eval && (argc < 4 || argv [2][0] == '0'))
+        return "";
+    if ((len0 == 6 && strncasecmp (argv [0], "SCRIPT", 6) == 0) || argc <= at)
+        return "";
+    size_t len = argvlen? argvlen [at]: strlen (argv [at]);
+    if (len >= size)
+        return NULL;
+    memcpy (buf, argv [at], len);
+    buf [len] = 0;
+    return buf;
+}
+
 //  --------------------------------------------------------------------------
 //  Send a command on the publish connection.
 int
@@ -681,6 +765,21 @@ wsr_redis_command (wsr_redis_t *self, int argc, const char **argv, const size_t 
                    wsr_redis_reply_fn *cb, void *arg)
 {
     assert (self && argc > 0 && argv && cb);
+    if (self->cluster) {
+        char buf [1024];
+        const char *key = s_cluster_key (argc, argv, argvlen, buf, sizeof buf);
+        if (!key)
+            return -1;
+        s_command_t *command = (s_command_t *) zmalloc (sizeof (s_command_t));
+        command->cb = cb;
+        command->arg = arg;
+        if (wsr_rcluster_command (self->cluster, key, argc, argv, argvlen, s_on_cluster_reply,
+                                  command)) {
+            free (command);
+            return -1;
+        }
+        return 0;
+    }
     if (self->pub.state != S_UP)
         return -1;
     s_command_t *command = (s_command_t *) zmalloc (sizeof (s_command_t));
@@ -709,7 +808,16 @@ uint64_t
 wsr_redis_generation (wsr_redis_t *self)
 {
     assert (self);
-    return self->generation;
+    return self->cluster? 1: self->generation;
+}
+
+//  --------------------------------------------------------------------------
+//  Sharded Pub/Sub (a cluster).
+bool
+wsr_redis_sharded (wsr_redis_t *self)
+{
+    assert (self);
+    return self->cluster != NULL;
 }
 
 //  --------------------------------------------------------------------------
@@ -720,6 +828,8 @@ wsr_redis_set_subscribed_fn (wsr_redis_t *self, wsr_redis_subscribed_fn *fn, voi
     assert (self);
     self->on_subscribed = fn;
     self->subscribed_arg = arg;
+    if (self->cluster)
+        wsr_rcluster_set_subscribed_fn (self->cluster, fn, arg);
 }
 
 //  --------------------------------------------------------------------------

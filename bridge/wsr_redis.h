@@ -16,7 +16,9 @@ typedef void (wsr_redis_message_fn) (void *arg, const char *pattern, const char 
                                      size_t channel_len, const uint8_t *data, size_t size);
 
 //  Create a link for redis://[[user]:password@]host[:port][/db] (user and
-//  password percent-decoded; with a user, Redis 6 ACL "AUTH user password").
+//  password percent-decoded; with a user, Redis 6 ACL "AUTH user password"),
+//  or for redis+cluster://[user:pass@]host:port[,host:port...]: a Redis
+//  Cluster with sharded Pub/Sub (wsr_rcluster; see wsr_redis.c).
 //  Connecting starts on the first wsr_redis_process call and is retried with
 //  backoff forever. Returns NULL if the URL is invalid (logged with the
 //  reason, the password hidden).
@@ -56,7 +58,8 @@ uint64_t
 
 //  Commands Redis refused since the last call: AUTH (wrong password), any
 //  command without one (NOAUTH), SUBSCRIBE or PUBLISH outside an ACL
-//  (NOPERM), SELECT. Each refused AUTH is retried with backoff.
+//  (NOPERM), SELECT. Each refused AUTH is retried with backoff. On a cluster:
+//  publishes lost after they were queued (node lost, no owner, redirections).
 uint64_t
     wsr_redis_take_refusals (wsr_redis_t *self);
 
@@ -106,6 +109,10 @@ void
 //  scripts must be loaded again).
 uint64_t
     wsr_redis_generation (wsr_redis_t *self);
+
+//  True for a redis+cluster:// link (SSUBSCRIBE / SPUBLISH at the owner).
+bool
+    wsr_redis_sharded (wsr_redis_t *self);
 
 //  Called when Redis confirms a SUBSCRIBE of channel (channel_len bytes),
 //  including the re-subscriptions after a reconnect: from then on every

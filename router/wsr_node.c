@@ -84,9 +84,17 @@ wsr_node_new (const wsr_node_opts_t *opts)
                         "--bridge is used");
             goto failed;
         }
-        if (wsr_curve_check ("node", bridge, opts->cert || opts->bridge_key,
-                             opts->insecure_plaintext))
-            goto failed;
+        //  Several bridges: comma-separated, each judged
+        char one [256];
+        for (const char *p = bridge; p && *p; ) {
+            const char *comma = strchr (p, ',');
+            size_t len = comma? (size_t) (comma - p): strlen (p);
+            snprintf (one, sizeof one, "%.*s", (int) (len < sizeof one? len: sizeof one - 1), p);
+            if (wsr_curve_check ("node", one, opts->cert || opts->bridge_key,
+                                 opts->insecure_plaintext))
+                goto failed;
+            p = comma? comma + 1: NULL;
+        }
     }
     else {
         snprintf (local, sizeof local, WSR_EP_BRIDGE, opts->name);

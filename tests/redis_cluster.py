@@ -191,7 +191,11 @@ class Conn:
 class RedisCluster:
     """masters x (1 + replicas) redis-server processes forming one cluster."""
 
-    def __init__(self, masters=3, replicas=1, password=None, node_timeout=NODE_TIMEOUT_MS):
+    def __init__(self, masters=3, replicas=1, password=None, node_timeout=NODE_TIMEOUT_MS,
+                 config=()):
+        """config: extra redis-server arguments, e.g. ("--cluster-require-full-coverage",
+        "no") so that the other shards keep serving while a slot has no master."""
+        self.config = list(config)
         self.masters_wanted = masters
         self.replicas = replicas
         self.password = password
@@ -238,6 +242,7 @@ class RedisCluster:
                 "--save", "", "--appendonly", "no",
                 #  Replicas sync at once, and may always take over
                 "--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"]
+        args += self.config
         if self.password:
             #  Through the config on stdin, so the password is not in ps output
             args.insert(1, "-")

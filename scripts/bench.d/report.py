@@ -1028,6 +1028,36 @@ def doc(docs, elapsed):
                  "p99", "loss"], rows))
         w("")
 
+    # --- scale-out
+    sc_path = os.path.join(res, "scale.json")
+    if os.path.exists(sc_path):
+        sc = json.load(open(sc_path))
+        w("## 12. Scale-out: Redis Cluster sharded Pub/Sub, several bridges\n")
+        w(f"`scripts/bench.d/scale.py`, {fnum(sc.get('sessions'))} sessions of as many users, "
+          f"closed loop for {sc.get('duration_s')} s per row, every process on this machine. "
+          "Cluster rows: 3 masters + 3 replicas, one node publishing through its API (the "
+          "bridge sends SPUBLISH to the owner, or PUBLISH to one node that the cluster bus "
+          "copies to all); Redis CPU summed over the 6 redis-server processes. Bridge rows: "
+          "one Redis, 1 or 2 `wsrouter bridge` processes, two nodes listing them all, "
+          "`PUBLISH` straight to Redis; CPU summed over the bridges.\n")
+        rows = []
+        for key, label in (("sharded", "cluster, sharded (SPUBLISH)"),
+                           ("classic", "cluster, classic (PUBLISH)")):
+            r = get(sc, f"cluster.{key}")
+            if r:
+                rows.append([label, fnum(r.get("delivered_per_s")),
+                             f"{r.get('redis_cpu_us_per_published')} µs / published", "",
+                             f"{r.get('loss')}/{r.get('duplicates')}"])
+        for key, label in (("bridges_1", "1 bridge"), ("bridges_2", "2 bridges")):
+            r = get(sc, f"bridges.{key}")
+            if r:
+                rows.append([label, fnum(r.get("delivered_per_s")), "",
+                             f"{r.get('bridges_cpu_us_per_delivered')} µs / delivered "
+                             f"(topics {r.get('topics_per_bridge_mid_run')})",
+                             f"{r.get('loss')}/{r.get('duplicates')}"])
+        w(table(["", "delivered/s", "Redis CPU", "bridges' CPU", "loss/dup"], rows))
+        w("")
+
     # --- limits
     w("## What limits us here\n")
     lim = []
