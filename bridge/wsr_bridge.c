@@ -579,6 +579,13 @@ s_on_http_done (void *arg, uint64_t session, const char *reply_to, int status,
                 const char *error, const uint8_t *body, size_t body_size)
 {
     s_bridge_t *self = (s_bridge_t *) arg;
+    if (!reply_to || !*reply_to) {
+        //  A lifecycle event's POST: no session waits for its answer, and it
+        //  is not a client message's reply or error
+        if (status < 200 || status >= 300)
+            wsr_metrics_add (self->metrics, WSR_M_BRIDGE_EVENTS_LOST, 1);
+        return;
+    }
     if (status >= 200 && status < 300) {
         if (body_size > 0) {
             s_reply_to_peer (self, reply_to, session, body, body_size);
