@@ -48,6 +48,7 @@
 #include "wsr_jwt.h"
 #include "wsr_http.h"
 #include "wsr_outframe.h"
+#include "wsr_tls.h"
 #include "wsr_ipcount.h"
 #include "wsr_curve.h"
 #include "wsr_link.h"

@@ -27,6 +27,7 @@ s_tests [] = {
     { "jwt", wsr_jwt_test },
     { "http", wsr_http_test },
     { "outframe", wsr_outframe_test },
+    { "tls", wsr_tls_test },
     { "ipcount", wsr_ipcount_test },
     { "curve", wsr_curve_test },
     { "link", wsr_link_test },
