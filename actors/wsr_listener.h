@@ -22,7 +22,14 @@ typedef struct {
     const char *allowed_origins;    //  comma-separated Origin allow-list, NULL = any
     size_t handshake_rate;          //  new connections per second, 0 = no cap
     wsr_ipcount_t *ipcount;         //  per-IP counters (not owned), NULL = none
+    const char *tls_cert;           //  PEM certificate chain: TLS on, NULL = plain only
+    const char *tls_key;            //  PEM private key
+    int tls_port;                   //  0: the main port speaks TLS; > 0: a second port for
+                                    //  TLS beside the plain one; WSR_LISTENER_ANY_PORT: any
+    bool deflate;                   //  accept permessage-deflate offers
 } wsr_listener_opts_t;
+
+#define WSR_LISTENER_ANY_PORT   (-1)    //  tls_port: any free port (tests)
 
 //  Start the listener of node `name`: binds the TCP port and connects to the
 //  node's auth and router endpoints. Returns NULL if the port cannot be bound.
@@ -37,6 +44,16 @@ void
 //  The TCP port actually bound.
 int
     wsr_listener_port (wsr_listener_t *self);
+
+//  The TLS port actually bound, the main port if it speaks TLS, -1 without TLS.
+int
+    wsr_listener_tls_port (wsr_listener_t *self);
+
+//  Read the TLS certificate and key again (SIGHUP) for new connections;
+//  established ones are untouched. Returns 0, or -1 (no TLS, or the files
+//  failed to load: the old certificate stays).
+int
+    wsr_listener_reload (wsr_listener_t *self);
 
 //  Stop accepting and report not ready (graceful drain). Waits for the ack.
 void

@@ -66,6 +66,13 @@ typedef enum {
     WSR_M_BRIDGE_EVENTS,            //  lifecycle events published
     WSR_M_BRIDGE_EVENTS_LOST,       //  ... that found no backplane up
     WSR_M_BRIDGE_PRESENCE_LOST,     //  presence updates not sent (Redis down, full)
+    WSR_M_TLS_HANDSHAKES,           //  TLS handshakes completed
+    WSR_M_TLS_HANDSHAKE_FAILED,     //  TLS handshakes failed (bad client, old protocol)
+    WSR_M_TLS_RELOADS,              //  certificate reloads that succeeded (SIGHUP)
+    WSR_M_DEFLATE_SESSIONS,         //  sessions that negotiated permessage-deflate
+    WSR_M_DEFLATE_COMPRESSED,       //  messages compressed (once per worker, not per recipient)
+    WSR_M_DEFLATE_BYTES_IN,         //  payload bytes before compression
+    WSR_M_DEFLATE_BYTES_OUT,        //  ... and after
     WSR_M_COUNT
 } wsr_metric_t;
 

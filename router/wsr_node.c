@@ -42,6 +42,9 @@ wsr_node_opts_defaults (wsr_node_opts_t *opts)
     opts->rate_bytes = WSR_DEFAULT_RATE_BYTES;
     opts->handshake_rate = WSR_DEFAULT_HANDSHAKE_RATE;
     opts->handshake_timeout_ms = WSR_HANDSHAKE_TIMEOUT_MS;
+    opts->deflate = true;
+    opts->deflate_level = WSR_DEFAULT_DEFLATE_LEVEL;
+    opts->deflate_threshold = WSR_DEFAULT_DEFLATE_THRESHOLD;
     wsr_bridge_opts_defaults (&opts->backplane);
 }
 
@@ -105,7 +108,8 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .ping_interval_ms = opts->ping_interval_ms, .ping_timeout_ms = opts->ping_timeout_ms,
         .rate_messages = opts->rate_messages, .rate_bytes = opts->rate_bytes,
         .write_delay_ms = opts->write_delay_ms,
-        .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key
+        .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key,
+        .deflate_level = opts->deflate_level, .deflate_threshold = opts->deflate_threshold
     };
     self->ipcount = wsr_ipcount_new (opts->max_per_ip);
     for (int i = 0; i < opts->workers; i++) {
@@ -124,7 +128,8 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .reuseport = opts->reuseport, .max_pending = WSR_MAX_PENDING_HANDSHAKES,
         .handshake_timeout_ms = opts->handshake_timeout_ms, .max_message = opts->max_message,
         .allowed_origins = opts->allowed_origins, .handshake_rate = opts->handshake_rate,
-        .ipcount = self->ipcount
+        .ipcount = self->ipcount, .tls_cert = opts->tls_cert, .tls_key = opts->tls_key,
+        .tls_port = opts->tls_port, .deflate = opts->deflate
     };
     self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);
     if (!self->listener)
@@ -164,6 +169,24 @@ wsr_node_port (wsr_node_t *self)
 {
     assert (self);
     return wsr_listener_port (self->listener);
+}
+
+//  --------------------------------------------------------------------------
+//  TLS port.
+int
+wsr_node_tls_port (wsr_node_t *self)
+{
+    assert (self);
+    return wsr_listener_tls_port (self->listener);
+}
+
+//  --------------------------------------------------------------------------
+//  Reload the TLS certificate.
+int
+wsr_node_reload (wsr_node_t *self)
+{
+    assert (self);
+    return wsr_listener_reload (self->listener);
 }
 
 //  --------------------------------------------------------------------------

@@ -39,6 +39,12 @@ typedef struct {
     const char *bridge_key;         //  the bridge's public certificate or NULL
     bool insecure_plaintext;        //  allow a plaintext link to a non-loopback bridge
     wsr_bridge_opts_t backplane;    //  the in-process bridge, used when bridge is NULL
+    const char *tls_cert;           //  WEBSOCKET_TLS_CERT (PEM chain), NULL = no TLS
+    const char *tls_key;            //  WEBSOCKET_TLS_KEY (PEM private key)
+    int tls_port;                   //  WEBSOCKET_TLS_PORT: 0 = the main port speaks TLS
+    bool deflate;                   //  WEBSOCKET_DEFLATE: accept permessage-deflate
+    int deflate_level;              //  WEBSOCKET_DEFLATE_LEVEL (zlib 1-9)
+    size_t deflate_threshold;       //  WEBSOCKET_DEFLATE_THRESHOLD bytes
 } wsr_node_opts_t;
 
 //  Fill opts with the defaults (port 8080, one worker per core, ...).
@@ -56,6 +62,15 @@ void
 //  The port the node listens on.
 int
     wsr_node_port (wsr_node_t *self);
+
+//  The TLS port (the main port if it speaks TLS), -1 without TLS.
+int
+    wsr_node_tls_port (wsr_node_t *self);
+
+//  SIGHUP: reload the TLS certificate for new connections. Returns 0, or -1
+//  (no TLS, or the files did not load: the old certificate stays).
+int
+    wsr_node_reload (wsr_node_t *self);
 
 //  The node's counters (owned by the node).
 wsr_metrics_t *

@@ -28,6 +28,7 @@ s_tests [] = {
     { "http", wsr_http_test },
     { "outframe", wsr_outframe_test },
     { "tls", wsr_tls_test },
+    { "deflate", wsr_deflate_test },
     { "ipcount", wsr_ipcount_test },
     { "curve", wsr_curve_test },
     { "link", wsr_link_test },
