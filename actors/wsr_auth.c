@@ -168,7 +168,25 @@ s_auth_actor (zsock_t *pipe, void *args)
         }
     }
     zpoller_destroy (&poller);
-    //  Connections still queued to us are closed with the socket's messages
+    //  Connections still queued to us: destroying the socket would free the
+    //  messages but leak the descriptors they carry
+    zsock_set_rcvtimeo (self.in, 0);
+    char *command = NULL, *accept = NULL, *peer = NULL;
+    uint64_t id = 0;
+    int fd = -1, ip_slot = -1, flags = 0;
+    zframe_t *token = NULL, *early = NULL;
+    while (zsock_recv (self.in, WSR_PIC_AUTH, &command, &id, &fd, &ip_slot, &flags, &accept,
+                       &peer, &token, &early) == 0) {
+        close (fd);
+        if (ip_slot >= 0)
+            wsr_ipcount_release (self.ipcount, ip_slot);
+        wsr_metrics_add (self.metrics, WSR_M_CONNECTIONS_OPEN, -1);
+        zstr_free (&command);
+        zstr_free (&accept);
+        zstr_free (&peer);
+        zframe_destroy (&token);
+        zframe_destroy (&early);
+    }
     zsock_destroy (&self.in);
     for (int i = 0; i < self.workers; i++)
         zsock_destroy (&self.out [i]);

@@ -17,6 +17,8 @@
 
 #include "wsr_classes.h"
 
+#define S_RECV_FRAMES_MAX   8       //  frames of the longest bridge → peer message, with room
+
 typedef enum {
     S_OP_NONE,
     S_OP_SUB,
@@ -226,6 +228,50 @@ wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char
 }
 
 //  --------------------------------------------------------------------------
+//  A lifecycle event.
+int
+wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event)
+{
+    assert (self && event && event->user && event->channels && event->reason);
+    s_batch_send (self);                //  a connect follows the session's SUBs
+    uint8_t number [8];
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, WSR_PROTO_EVENT);
+    zmsg_addstr (msg, event->connect? "connect": "disconnect");
+    wsr_msgs_put_u64 (number, event->session);
+    zmsg_addmem (msg, number, 8);
+    zmsg_addstr (msg, event->user);
+    zmsg_addstr (msg, event->channels);
+    wsr_msgs_put_u64 (number, (uint64_t) event->since_ms);
+    zmsg_addmem (msg, number, 8);
+    wsr_msgs_put_u64 (number, (uint64_t) event->code);
+    zmsg_addmem (msg, number, 8);
+    zmsg_addstr (msg, event->reason);
+    wsr_msgs_put_u64 (number, (uint64_t) event->duration_ms);
+    zmsg_addmem (msg, number, 8);
+    return s_send (self, &msg);
+}
+
+//  --------------------------------------------------------------------------
+//  A presence query.
+int
+wsr_link_presence (wsr_link_t *self, uint64_t request, const char *kind, const char *id,
+                   uint64_t limit)
+{
+    assert (self && kind && id);
+    uint8_t number [8];
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, WSR_PROTO_PRESENCE);
+    wsr_msgs_put_u64 (number, request);
+    zmsg_addmem (msg, number, 8);
+    zmsg_addstr (msg, kind);
+    zmsg_addstr (msg, id);
+    wsr_msgs_put_u64 (number, limit);
+    zmsg_addmem (msg, number, 8);
+    return s_send (self, &msg);
+}
+
+//  --------------------------------------------------------------------------
 //  One message from the bridge. The bridge is trusted (authenticated), but
 //  a malformed message is still dropped, not asserted on: versions can differ.
 int
@@ -233,34 +279,49 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
 {
     assert (self && msg);
     memset (msg, 0, sizeof *msg);
-    zmsg_t *in = zmsg_recv (self->sock);    //  non-blocking (receive timeout 0)
-    if (!in)
+    //  Frames straight into an array: no zmsg and list per message on the
+    //  hot path. Non-blocking (receive timeout 0); a message's frames arrive
+    //  together, so only the first receive can find nothing.
+    zframe_t *f [S_RECV_FRAMES_MAX] = { NULL };
+    size_t size = 0;
+    bool more = true;
+    while (more) {
+        zframe_t *frame = zframe_recv (self->sock);
+        if (!frame)
+            break;
+        more = zframe_more (frame);
+        if (size < S_RECV_FRAMES_MAX)
+            f [size++] = frame;
+        else {
+            zframe_destroy (&frame);        //  too many frames: malformed
+            size = S_RECV_FRAMES_MAX + 1;
+        }
+    }
+    if (size == 0)
         return -1;
-    zframe_t *command = zmsg_first (in);
-    size_t size = zmsg_size (in);
+    zframe_t *command = f [0];
+    if (size > S_RECV_FRAMES_MAX)
+        zsys_warning ("link: malformed message from the bridge dropped");
+    else
     if (zframe_streq (command, WSR_PROTO_DELIVER) && size == 3) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        msg->topic = zmsg_pop (in);
-        msg->body = zmsg_pop (in);
+        msg->topic = f [1];
+        msg->body = f [2];
+        f [1] = f [2] = NULL;
         msg->kind = WSR_LINK_DELIVER;
     }
     else
     if (zframe_streq (command, WSR_PROTO_REPLY) && size == 3) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        frame = zmsg_pop (in);
-        if (zframe_size (frame) == 8) {
-            msg->session = wsr_msgs_get_u64 (zframe_data (frame));
-            msg->body = zmsg_pop (in);
+        if (zframe_size (f [1]) == 8) {
+            msg->session = wsr_msgs_get_u64 (zframe_data (f [1]));
+            msg->body = f [2];
+            f [2] = NULL;
             msg->kind = WSR_LINK_REPLY;
         }
-        zframe_destroy (&frame);
     }
     else
     if (zframe_streq (command, WSR_PROTO_HB) && size == 3) {
-        zframe_t *epoch = zmsg_next (in);
-        zframe_t *beat = zmsg_next (in);
+        zframe_t *epoch = f [1];
+        zframe_t *beat = f [2];
         int redis = -1, nats = -1;
         if (zframe_size (epoch) == 8
         &&  wsr_envelope_decode_heartbeat (zframe_data (beat), zframe_size (beat),
@@ -280,29 +341,36 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
     }
     else
     if (zframe_streq (command, WSR_PROTO_HISTR) && size == 3) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        frame = zmsg_pop (in);
-        if (zframe_size (frame) == 8) {
-            msg->request = wsr_msgs_get_u64 (zframe_data (frame));
-            msg->body = zmsg_pop (in);
+        if (zframe_size (f [1]) == 8) {
+            msg->request = wsr_msgs_get_u64 (zframe_data (f [1]));
+            msg->body = f [2];
+            f [2] = NULL;
             msg->kind = WSR_LINK_HISTORY;
         }
-        zframe_destroy (&frame);
+    }
+    else
+    if (zframe_streq (command, WSR_PROTO_PRESENCER) && size == 4) {
+        if (zframe_size (f [1]) == 8 && zframe_size (f [2]) == 8) {
+            msg->request = wsr_msgs_get_u64 (zframe_data (f [1]));
+            msg->status = (int) wsr_msgs_get_u64 (zframe_data (f [2]));
+            msg->body = f [3];
+            f [3] = NULL;
+            msg->kind = WSR_LINK_PRESENCE;
+        }
     }
     else
     if (zframe_streq (command, WSR_PROTO_RESYNC) && size == 1)
         s_resync (self);
     else
     if (zframe_streq (command, WSR_PROTO_REFUSED) && size == 3) {
-        zframe_t *frame = zmsg_pop (in);
-        zframe_destroy (&frame);
-        msg->topic = zmsg_pop (in);
+        msg->topic = f [1];
+        f [1] = NULL;
         msg->kind = WSR_LINK_REFUSED;
     }
     else
         zsys_warning ("link: malformed message from the bridge dropped");
-    zmsg_destroy (&in);
+    for (size_t i = 0; i < size && i < S_RECV_FRAMES_MAX; i++)
+        zframe_destroy (&f [i]);
     if (msg->topic && (zframe_size (msg->topic) == 0
                     || zframe_data (msg->topic) [zframe_size (msg->topic) - 1] != 0))
         wsr_link_msg_reset (msg);       //  a key always ends with its NUL
@@ -542,6 +610,58 @@ wsr_link_test (bool verbose)
     wsr_link_msg_reset (&in);
     zsock_send (router, "fss", rid, "BOGUS", "x");
     assert (s_link_wait (link, &in, WSR_LINK_REFUSED, 200) == -1);
+    //  A message with more frames than any command has is dropped whole,
+    //  and the next one is read from its first frame
+    zsock_send (router, "fssssssssss", rid, WSR_PROTO_REFUSED, "1", "2", "3", "4", "5", "6",
+                "7", "8", "9");
+    zsock_send (router, "fsbs", rid, WSR_PROTO_REFUSED, "user:yy", (size_t) 8, "too many");
+    assert (s_link_wait (link, &in, WSR_LINK_REFUSED, 2000) == 0);
+    assert (zframe_size (in.topic) == 8 && !memcmp (zframe_data (in.topic), "user:yy", 8));
+    wsr_link_msg_reset (&in);
+
+    //  Lifecycle events go up with every field; a pending SUB goes first
+    wsr_link_subscribe (link, "user:ev", 8, true);
+    wsr_link_event_t event = {
+        .connect = false, .session = 42, .user = "ev", .channels = "a,b",
+        .since_ms = 1700000000123, .code = 1001, .reason = "going away", .duration_ms = 4567
+    };
+    assert (wsr_link_event (link, &event) == 0);
+    msg = s_expect (router, WSR_PROTO_SUB, 1);
+    zmsg_destroy (&msg);
+    msg = s_expect (router, WSR_PROTO_EVENT, 8);
+    zmsg_first (msg);
+    zmsg_next (msg);
+    assert (zframe_streq (zmsg_next (msg), "disconnect"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 42);
+    assert (zframe_streq (zmsg_next (msg), "ev"));
+    assert (zframe_streq (zmsg_next (msg), "a,b"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 1700000000123);
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 1001);
+    assert (zframe_streq (zmsg_next (msg), "going away"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 4567);
+    zmsg_destroy (&msg);
+
+    //  Presence queries go up; answers come back with request and status;
+    //  an answer with a short number frame is dropped
+    assert (wsr_link_presence (link, 9, "channel", "lobby", 100) == 0);
+    msg = s_expect (router, WSR_PROTO_PRESENCE, 4);
+    zmsg_first (msg);
+    zmsg_next (msg);
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 9);
+    assert (zframe_streq (zmsg_next (msg), "channel"));
+    assert (zframe_streq (zmsg_next (msg), "lobby"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 100);
+    zmsg_destroy (&msg);
+    uint8_t status [8];
+    wsr_msgs_put_u64 (number, 9);
+    wsr_msgs_put_u64 (status, 200);
+    zsock_send (router, "fsbbs", rid, WSR_PROTO_PRESENCER, number, (size_t) 4, status,
+                (size_t) 8, "{}");
+    zsock_send (router, "fsbbs", rid, WSR_PROTO_PRESENCER, number, (size_t) 8, status,
+                (size_t) 8, "{\"sessions\":[]}");
+    assert (s_link_wait (link, &in, WSR_LINK_PRESENCE, 2000) == 0);
+    assert (in.request == 9 && in.status == 200 && zframe_streq (in.body, "{\"sessions\":[]}"));
+    wsr_link_msg_reset (&in);
 
     //  Destroy says BYE
     wsr_link_destroy (&link);

@@ -15,7 +15,8 @@ typedef enum {
     WSR_LINK_DELIVER,           //  topic, body: a message for a topic's sessions
     WSR_LINK_REPLY,             //  session, body: a message for one session
     WSR_LINK_REFUSED,           //  topic: the bridge did not take this subscription
-    WSR_LINK_HISTORY            //  request, body: a history read's result
+    WSR_LINK_HISTORY,           //  request, body: a history read's result
+    WSR_LINK_PRESENCE           //  request, status, body: a presence query's JSON answer
 } wsr_link_kind_t;
 
 //  One received message. Frames are owned by the struct until the owner
@@ -25,8 +26,21 @@ typedef struct {
     zframe_t *topic;            //  DELIVER, REFUSED: topic key with its NUL
     zframe_t *body;             //  DELIVER, REPLY: downstream envelope
     uint64_t session;           //  REPLY: session id
-    uint64_t request;           //  HISTORY: the request id given to wsr_link_read
+    uint64_t request;           //  HISTORY, PRESENCE: the request id given
+    int status;                 //  PRESENCE: HTTP status of the answer
 } wsr_link_msg_t;
+
+//  A session's lifecycle event (strings borrowed).
+typedef struct {
+    bool connect;               //  true: connect, false: disconnect
+    uint64_t session;           //  session id
+    const char *user;           //  the token's sub
+    const char *channels;       //  comma-joined channels ("" none)
+    int64_t since_ms;           //  wall-clock ms when the session opened
+    int code;                   //  disconnect: close code (1006 when none was exchanged)
+    const char *reason;         //  disconnect: close reason ("" none)
+    int64_t duration_ms;        //  disconnect: how long the session lived
+} wsr_link_event_t;
 
 //  How a link is set up (strings borrowed for wsr_link_new).
 typedef struct {
@@ -72,6 +86,18 @@ int
 //  on every path. Returns 0 or -1 as wsr_link_send_up.
 int
     wsr_link_publish (wsr_link_t *self, zframe_t **topic_p, zframe_t **envelope_p);
+
+//  Report a session's connect or disconnect (presence and lifecycle events).
+//  Returns 0 or -1 (not sent: queue full, counted in wsr_link_drops).
+int
+    wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event);
+
+//  Ask who is present: kind "user" or "channel", id, at most limit sessions;
+//  the answer comes back as a PRESENCE message with this request id.
+//  Returns 0 or -1 (not sent).
+int
+    wsr_link_presence (wsr_link_t *self, uint64_t request, const char *kind, const char *id,
+                       uint64_t limit);
 
 //  Ask the bridge for topic's history (key with its NUL) after since, in
 //  epoch (NULL or "": none known), at most max entries; the result comes

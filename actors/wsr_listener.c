@@ -40,6 +40,7 @@
 #define S_ACCEPT_BATCH      64      //  accepts per wake-up
 #define S_ACCEPT_PAUSE_MS   100     //  after EMFILE / ENFILE
 #define S_READ_CHUNK        16384
+#define S_KEY_ERROR         "{\"error\":\"missing or wrong api key\"}"
 
 typedef struct _s_hs_t s_hs_t;
 struct _s_hs_t {
@@ -235,7 +236,7 @@ s_route_publish (s_listener_t *self, s_hs_t *hs)
     if (!s_api_key_ok (self, wsr_http_header (hs->http, "authorization"))) {
         wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
         s_respond (hs, 401, "application/json", "WWW-Authenticate: apikey\r\n",
-                   "{\"error\":\"missing or wrong api key\"}", 35);
+                   S_KEY_ERROR, sizeof S_KEY_ERROR - 1);
         return;
     }
     size_t size = 0;
@@ -338,6 +339,67 @@ s_route_publish (s_listener_t *self, s_hs_t *hs)
     char reply [WSR_TOPIC_MAX + 48];
     snprintf (reply, sizeof reply, "{\"status\":\"accepted\",\"topic\":\"%s\"}", key);
     s_respond_json (hs, 202, reply);
+}
+
+//  GET /api/presence?user=U | ?channel=C [&limit=N]: checked here, handed
+//  to the router with the connection (QUERY), which answers and closes it.
+//  Returns true if handed over.
+#define S_PRESENCE_LIMIT_DEFAULT    100
+#define S_PRESENCE_LIMIT_MAX        1000
+static bool
+s_route_presence (s_listener_t *self, s_hs_t *hs)
+{
+    if (!self->api_key) {
+        s_respond_json (hs, 403, "{\"error\":\"API disabled: set WEBSOCKET_API_KEY\"}");
+        return false;
+    }
+    if (!s_api_key_ok (self, wsr_http_header (hs->http, "authorization"))) {
+        wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
+        s_respond (hs, 401, "application/json", "WWW-Authenticate: apikey\r\n",
+                   S_KEY_ERROR, sizeof S_KEY_ERROR - 1);
+        return false;
+    }
+    char *user = wsr_http_query (hs->http, "user");
+    char *channel = wsr_http_query (hs->http, "channel");
+    char *limit_text = wsr_http_query (hs->http, "limit");
+    const char *problem = NULL;
+    long limit = S_PRESENCE_LIMIT_DEFAULT;
+    const char *id = user? user: channel;
+    if (!user == !channel)
+        problem = "give exactly one of user, channel";
+    else
+    if (!wsr_util_id_valid (id, strlen (id)))
+        problem = "invalid user / channel id";
+    else
+    if (limit_text) {
+        char *end = NULL;
+        limit = strtol (limit_text, &end, 10);
+        if (!*limit_text || *end || limit < 1 || limit > S_PRESENCE_LIMIT_MAX)
+            problem = "limit must be 1..1000";
+    }
+    bool handed = false;
+    if (problem) {
+        char body [128];
+        snprintf (body, sizeof body, "{\"error\":\"%s\"}", problem);
+        s_respond_json (hs, 400, body);
+    }
+    else
+    if (zsock_send (self->publish, WSR_PIC_QUERY, WSR_MSG_QUERY, hs->fd, user? "user": "channel",
+                    id, (int) limit) == 0)
+        handed = true;
+    else
+        s_respond_json (hs, 503, "{\"error\":\"overloaded\"}");
+    free (user);
+    free (channel);
+    free (limit_text);
+    if (handed) {
+        //  The router owns the connection now; it is no longer counted here
+        wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+        if (hs->ip_slot >= 0)
+            wsr_ipcount_release (self->opts.ipcount, hs->ip_slot);
+        hs->ip_slot = -1;
+    }
+    return handed;
 }
 
 //  True if a Sec-WebSocket-Protocol value (a comma-separated list, headers
@@ -458,8 +520,12 @@ s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
     if (!self->opts.status_only && s_path_is (path, "/api/publish") && streq (method, "POST"))
         s_route_publish (self, hs);
     else
+    if (!self->opts.status_only && s_path_is (path, "/api/presence") && streq (method, "GET"))
+        return s_route_presence (self, hs);
+    else
     if (s_path_is (path, "/healthz") || s_path_is (path, "/readyz")
-    ||  s_path_is (path, "/metrics") || s_path_is (path, "/api/publish"))
+    ||  s_path_is (path, "/metrics") || s_path_is (path, "/api/publish")
+    ||  s_path_is (path, "/api/presence"))
         s_respond (hs, 405, "text/plain", NULL, "method not allowed\n", 19);
     else
         s_respond (hs, 404, "text/plain", NULL, "not found\n", 10);

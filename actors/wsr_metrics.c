@@ -148,6 +148,18 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_PRESENCE_LOST] =
         { "wsrouter_bridge_presence_lost_total", NULL, "counter",
           "Presence updates not written (Redis down or too busy)" },
+    [WSR_M_PRESENCE_QUERIES] =
+        { "wsrouter_presence_queries_total", NULL, "counter",
+          "GET /api/presence queries asked of the bridge" },
+    [WSR_M_PRESENCE_TIMEOUTS] =
+        { "wsrouter_presence_timeouts_total", NULL, "counter",
+          "Presence queries answered 504: the bridge did not answer within 2 s" },
+    [WSR_M_V1_REFRESHED] =
+        { "wsrouter_v1_refreshed_total", NULL, "counter",
+          "wsrouter.v1 token refreshes taken (the session's expiry moved)" },
+    [WSR_M_V1_REFRESH_REFUSED] =
+        { "wsrouter_v1_refresh_refused_total", NULL, "counter",
+          "wsrouter.v1 refreshes refused (bad token, another sub): closed with 1008" },
     [WSR_M_TOKEN_EXPIRED] =
         { "wsrouter_token_expired_total", NULL, "counter",
           "Sessions closed with 1008 when their token ran out" },

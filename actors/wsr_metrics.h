@@ -66,6 +66,10 @@ typedef enum {
     WSR_M_BRIDGE_EVENTS,            //  lifecycle events published
     WSR_M_BRIDGE_EVENTS_LOST,       //  ... that found no backplane up
     WSR_M_BRIDGE_PRESENCE_LOST,     //  presence updates not sent (Redis down, full)
+    WSR_M_PRESENCE_QUERIES,         //  GET /api/presence handed to the router
+    WSR_M_PRESENCE_TIMEOUTS,        //  ... answered 504: no answer from the bridge in time
+    WSR_M_V1_REFRESHED,             //  v1 token refreshes taken
+    WSR_M_V1_REFRESH_REFUSED,       //  ... refused (bad token, other sub): 1008
     WSR_M_TLS_HANDSHAKES,           //  TLS handshakes completed
     WSR_M_TLS_HANDSHAKE_FAILED,     //  TLS handshakes failed (bad client, old protocol)
     WSR_M_TLS_RELOADS,              //  certificate reloads that succeeded (SIGHUP)

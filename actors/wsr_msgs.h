@@ -20,6 +20,7 @@
 #define WSR_MSG_AUTH        "AUTH"      //  listener → auth
 #define WSR_MSG_ADOPT       "ADOPT"     //  auth → session worker N
 #define WSR_MSG_PUBLISH     "PUBLISH"   //  listener (HTTP API) → router
+#define WSR_MSG_QUERY       "QUERY"     //  listener (GET /api/presence) → router
 
 //  Pictures
 //  AUTH:  s "AUTH", 8 conn id, i fd, i per-IP slot, i flags (WSR_ADOPT_*),
@@ -45,6 +46,9 @@
     "client_no_context_takeover\r\n"
 //  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
 #define WSR_PIC_PUBLISH     "sff"
+//  QUERY: s "QUERY", i fd (the HTTP connection, handed over: the router
+//         answers and closes it), s kind ("user"|"channel"), s id, i limit
+#define WSR_PIC_QUERY       "sissi"
 
 //  N frames: numbers travel as 8 bytes, never as text.
 static inline void

@@ -30,6 +30,7 @@
 
 #include "wsr_classes.h"
 #include <malloc.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <wslay/wslay.h>
@@ -118,6 +119,7 @@ struct _s_conn_t {
     wsr_v1sess_t *opening;          //  v1: hello, recovery, welcome; NULL once live
     void *opening_handle;           //  its entry in the worker's opening list
     uint32_t expiry_slot;           //  its index in the worker's expiry heap + 1, 0 = none
+    int64_t since_ms;               //  wall-clock ms when it opened (lifecycle events)
     SSL *ssl;                       //  TLS session (owned with fd), NULL on plain TCP
     uint32_t tls_retry;             //  bytes of a TLS write OpenSSL must finish (wsr_tls)
     bool deflate;                   //  permessage-deflate negotiated
@@ -174,6 +176,7 @@ typedef struct {
     int64_t count_in, bytes_in;     //  per-message counters, added to the shared
     int64_t count_out, bytes_out;   //  metrics once per turn (s_after_batch), not
     int64_t count_up;               //  once per message
+    wsr_jwt_t *verifier;            //  v1 refresh tokens (owned), NULL: none configured
     bool draining;                  //  DRAIN received
     bool terminated;                //  $TERM received
     int status;                     //  init result for START
@@ -501,9 +504,34 @@ static void s_v1_error (s_worker_t *self, s_conn_t *conn, const char *error);
 static void
 s_v1_refresh (s_worker_t *self, s_conn_t *conn, const char *token)
 {
-    (void) token;
-    //  Verification lands with the per-worker verifier
-    s_v1_error (self, conn, "refresh is not available");
+    if (!self->verifier) {
+        s_v1_error (self, conn, "refresh is not available");
+        return;
+    }
+    wsr_claims_t claims;
+    const char *reason = NULL;
+    int rc = wsr_jwt_verify (self->verifier, token, strnlen (token, WSR_MAX_TOKEN_LEN + 1),
+                             wsr_util_now_us () / 1000000, &claims, &reason);
+    if (rc == 0 && !streq (claims.sub, conn->user)) {
+        rc = -1;
+        reason = "refresh for another user";
+    }
+    if (rc) {
+        //  The session's identity is in doubt: it ends (the spec's 1008)
+        wsr_metrics_add (self->metrics, WSR_M_V1_REFRESH_REFUSED, 1);
+        s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, reason? reason: "token invalid");
+    }
+    else {
+        //  Channels stay those of the connecting token: a refresh moves the
+        //  expiry only (docs/PROTOCOL.md)
+        s_expiry_set (self, conn, claims.exp);
+        size_t len = 0;
+        char *text = wsr_v1_refreshed (claims.exp, &len);
+        s_queue_text (self, conn, text, len);
+        free (text);
+        wsr_metrics_add (self->metrics, WSR_M_V1_REFRESHED, 1);
+    }
+    sodium_memzero (&claims, sizeof claims);
 }
 
 //  --------------------------------------------------------------------------
@@ -977,6 +1005,60 @@ s_conn_join (s_worker_t *self, s_conn_t *conn, const char *kind, const char *id,
     return true;
 }
 
+//  Report a session's connect or disconnect to the bridge, which publishes
+//  it and keeps presence. Only sessions that were admitted (have a user)
+//  have a lifecycle; a refused handshake has none.
+static void
+s_event (s_worker_t *self, s_conn_t *conn, bool connect, int code, const char *reason)
+{
+    if (!self->opts.events || !conn->user)
+        return;
+    char channels [WSR_MAX_CHANNELS * (WSR_MAX_ID_LEN + 1) + 1] = "";
+    size_t used = 0;
+    size_t prefix = strlen (WSR_TOPIC_CHANNEL);
+    for (size_t i = 0; i < conn->channel_count; i++)
+        if (conn->channels [i] && used < sizeof channels)
+            used += (size_t) snprintf (channels + used, sizeof channels - used, "%s%s",
+                                       used? ",": "",
+                                       wsr_topic_member_key (conn->channels [i]) + prefix);
+    int64_t now_ms = wsr_util_now_us () / 1000;
+    wsr_link_event_t event = {
+        .connect = connect, .session = conn->id, .user = conn->user, .channels = channels,
+        .since_ms = conn->since_ms, .code = code, .reason = reason? reason: "",
+        .duration_ms = connect? 0: now_ms - conn->since_ms
+    };
+    wsr_link_event (self->link, &event);
+}
+
+//  The code and reason a session ended with, once wslay has exchanged or
+//  failed its close: what the peer said (it closed first), else what we
+//  sent (we failed the connection), else 1005 (a close without a code).
+static uint16_t
+s_conn_end_code (s_conn_t *conn)
+{
+    if (!conn->ws)
+        return 1006;
+    if (wslay_event_get_close_received (conn->ws))
+        return wslay_event_get_status_code_received (conn->ws);
+    if (wslay_event_get_close_sent (conn->ws))
+        return wslay_event_get_status_code_sent (conn->ws);
+    return 1006;
+}
+
+//  Why a session ended when wslay closed it (code from s_conn_end_code).
+static const char *
+s_end_reason (s_conn_t *conn, uint16_t code)
+{
+    if (conn->ws && wslay_event_get_close_received (conn->ws))
+        return "closed by the client";
+    switch (code) {
+        case WSLAY_CODE_PROTOCOL_ERROR: return "protocol error";
+        case WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA: return "invalid payload";
+        case WSLAY_CODE_MESSAGE_TOO_BIG: return "message too big";
+        default: return "closed by the client";     //  our echo of the client's close
+    }
+}
+
 //  Start the closing handshake: queue our close frame behind what is being
 //  written, stop deliveries, wait for the peer's close until the deadline.
 static void
@@ -985,6 +1067,9 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
     if (conn->state != S_OPEN)
         return;
     if (conn->user) {
+        //  code 0: wslay has already answered or failed the close
+        uint16_t end = code? code: s_conn_end_code (conn);
+        s_event (self, conn, false, end, code? reason: s_end_reason (conn, end));
         s_conn_leave_topics (self, conn);
         wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
         self->open--;
@@ -1022,6 +1107,7 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
     if (conn->state == S_DEAD)
         return;
     if (conn->state == S_OPEN && conn->user) {
+        s_event (self, conn, false, 1006, self->terminated? "node stopped": "connection lost");
         s_conn_leave_topics (self, conn);
         wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
         self->open--;
@@ -1343,6 +1429,8 @@ s_handle_adopt (s_worker_t *self)
     }
     if (code == 0) {
         self->open++;
+        conn->since_ms = wsr_util_now_us () / 1000;
+        s_event (self, conn, true, 0, "");
         s_expiry_set (self, conn, (int64_t) expiry);
         wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
         s_touch (self, conn);
@@ -1690,12 +1778,48 @@ s_worker_init (s_worker_t *self, s_args_t *a)
     self->entries = (wsr_history_entry_t *) malloc (WSR_HISTORY_MAX_READ
                                                     * sizeof (wsr_history_entry_t));
     assert (self->entries);
+    const wsr_session_opts_t *o = &self->opts;
+    if (o->jwt_alg && o->jwt_key && streq (o->jwt_alg, "HS256") && o->jwt_key_len)
+        self->verifier = wsr_jwt_new_hs256 (o->jwt_key, o->jwt_key_len);
+    else
+    if (o->jwt_alg && o->jwt_key && streq (o->jwt_alg, "EdDSA") && o->jwt_key_len == 32)
+        self->verifier = wsr_jwt_new_eddsa (o->jwt_key);
+    self->opts.jwt_key = NULL;          //  borrowed only until now
     s_worker = self;
+}
+
+//  ADOPTs still queued when the worker stops: their descriptors are closed
+//  and their per-address slots given back (destroying the socket would free
+//  the messages and leak the descriptors).
+static void
+s_adopt_discard (s_worker_t *self)
+{
+    if (!self->adopt)
+        return;
+    zsock_set_rcvtimeo (self->adopt, 0);
+    char *verb = NULL, *reason = NULL, *user = NULL, *channels = NULL, *response = NULL;
+    uint64_t id = 0, expiry = 0;
+    int fd = -1, code = 0, ip_slot = -1, flags = 0;
+    zframe_t *early = NULL;
+    while (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
+                       &flags, &reason, &user, &channels, &response, &early) == 0) {
+        close (fd);
+        if (ip_slot >= 0)
+            wsr_ipcount_release (self->ipcount, ip_slot);
+        wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+        zstr_free (&verb);
+        zstr_free (&reason);
+        zstr_free (&user);
+        zstr_free (&channels);
+        zstr_free (&response);
+        zframe_destroy (&early);
+    }
 }
 
 static void
 s_worker_fini (s_worker_t *self)
 {
+    s_adopt_discard (self);
     while (self->all)
         s_conn_kill (self, self->all);
     s_after_batch (self);
@@ -1709,6 +1833,7 @@ s_worker_fini (s_worker_t *self)
     zlistx_destroy (&self->opening);        //  emptied by the kills above
     zhashx_destroy (&self->reads);
     free (self->entries);
+    wsr_jwt_destroy (&self->verifier);
     zhashx_destroy (&self->by_id);
     wsr_deflate_destroy (&self->deflate);
     wsr_outframe_unlink (&self->ping);
@@ -2541,6 +2666,28 @@ wsr_session_test (bool verbose)
     zmsg_destroy (&hist);
     wsr_session_destroy (&worker);
     zsock_destroy (&auth);
+
+    //  A worker stopped with ADOPTs still queued closes their descriptors
+    //  too: every peer reads EOF (none leaks)
+    worker = wsr_session_new ("sdrop", 0, &opts, metrics, ipcount);
+    assert (worker);
+    auth = zsock_new_push ("inproc://wsr-adopt-sdrop-0");
+    zsock_set_sndhwm (auth, 0);
+    int peers [400];
+    for (int i = 0; i < 400; i++)
+        peers [i] = s_test_adopt (auth, 1000 + (uint64_t) i, 0, "", "u1", "", NULL, 0);
+    wsr_session_destroy (&worker);
+    zsock_destroy (&auth);
+    for (int i = 0; i < 400; i++) {
+        char sink [512];
+        ssize_t n;
+        struct pollfd pfd = { .fd = peers [i], .events = POLLIN };
+        do
+            n = poll (&pfd, 1, 2000) == 1? read (peers [i], sink, sizeof sink): -1;
+        while (n > 0);
+        assert (n == 0);                //  EOF, not a timeout
+        close (peers [i]);
+    }
 
     //  The fuzz entry point: a message and a close get the close echoed;
     //  garbage gets 1002 with its reason; a cut-off frame gets nothing

@@ -22,6 +22,10 @@ typedef struct {
     size_t rate_bytes;          //  inbound bytes per second
     int write_delay_ms;         //  hold deliveries this long to coalesce writes (0 = off)
     int hello_timeout_ms;       //  v1: the hello, then the recovery reads, due (0 = 10 s)
+    bool events;                //  report connects and disconnects to the bridge (EVENT)
+    const char *jwt_alg;        //  v1 refresh: "HS256" or "EdDSA" (NULL: refresh refused)
+    const uint8_t *jwt_key;     //  its secret or 32-byte public key (borrowed until started;
+    size_t jwt_key_len;         //  the worker keeps its own verifier)
     const char *bridge;         //  the bridge's endpoint (borrowed until started)
     const char *curve_secret;   //  this node's secret certificate, or NULL
     const char *curve_server;   //  the bridge's public certificate, or NULL

@@ -165,10 +165,9 @@ s_send_resync (s_bridge_t *self, wsr_peer_t *peer)
 //  [D][topic][envelope] to every peer that wants the topic. Returns how
 //  many got it.
 static size_t
-s_fan_out (s_bridge_t *self, const char *key, size_t key_size, zframe_t *envelope)
+s_fan_out_to (s_bridge_t *self, wsr_peer_t **peers, size_t count, const char *key,
+              size_t key_size, zframe_t *envelope)
 {
-    wsr_peer_t **peers = NULL;
-    size_t count = wsr_peers_recipients (self->peers, key, &peers);
     zframe_t *topic = count? zframe_new (key, key_size): NULL;
     size_t sent = 0;
     for (size_t i = 0; i < count; i++)
@@ -179,6 +178,14 @@ s_fan_out (s_bridge_t *self, const char *key, size_t key_size, zframe_t *envelop
         }
     zframe_destroy (&topic);
     return sent;
+}
+
+static size_t
+s_fan_out (s_bridge_t *self, const char *key, size_t key_size, zframe_t *envelope)
+{
+    wsr_peer_t **peers = NULL;
+    size_t count = wsr_peers_recipients (self->peers, key, &peers);
+    return s_fan_out_to (self, peers, count, key, key_size, envelope);
 }
 
 //  A message for one session: REPLY [session][envelope] to the peer (by
@@ -227,7 +234,8 @@ s_deliver_at (s_bridge_t *self, wsr_naming_t *names, const char *kind, const cha
         return;
     }
     wsr_peer_t **peers = NULL;
-    if (wsr_peers_recipients (self->peers, key, &peers) == 0) {
+    size_t count = wsr_peers_recipients (self->peers, key, &peers);
+    if (count == 0) {
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_UNMATCHED, 1);
         return;                 //  firehose, or a topic just left: nobody wants it
     }
@@ -235,7 +243,7 @@ s_deliver_at (s_bridge_t *self, wsr_naming_t *names, const char *kind, const cha
     zframe_t *envelope = offset
         ? wsr_envelope_encode_pub (data, size, 0, wsr_util_now_us (), offset, prev, epoch)
         : wsr_envelope_encode_down (data, size, 0, wsr_util_now_us ());
-    s_fan_out (self, key, (size_t) key_size, envelope);
+    s_fan_out_to (self, peers, count, key, (size_t) key_size, envelope);
     zframe_destroy (&envelope);
 }
 
@@ -1260,6 +1268,27 @@ s_bridge_actor (zsock_t *pipe, void *args)
         zsys_error ("bridge: NATS subjects: %s", overlap);
         self->status = -1;
     }
+    //  Lifecycle events must not land on a name a client subscribes or
+    //  publishes to (a user "events.bob" reading bob's connects)
+    const char *templates [2][4] = {
+        { opts->redis_events, opts->redis_user, opts->redis_channel, opts->redis_actions },
+        { opts->nats_events, opts->nats_user, opts->nats_channel, opts->nats_actions }
+    };
+    for (int k = 0; k < 2 && self->status == 0 && opts->events; k++) {
+        if (!(k == 0? opts->redis_url: opts->nats_url))
+            continue;
+        if (!strstr (templates [k][0], "{user_id}")) {
+            zsys_error ("bridge: the events name %s lacks {user_id}", templates [k][0]);
+            self->status = -1;
+        }
+        for (int i = 1; i < 4 && self->status == 0; i++)
+            if (wsr_naming_overlap (templates [k][0], templates [k][i], overlap,
+                                    sizeof overlap)) {
+                zsys_error ("bridge: the events name %s overlaps %s (e.g. %s)",
+                            templates [k][0], templates [k][i], overlap);
+                self->status = -1;
+            }
+    }
     char redis_shown [WSR_URL_MAX], nats_shown [WSR_URL_MAX], http_shown [WSR_URL_MAX];
     wsr_util_redact_url (opts->redis_url? opts->redis_url: "off", redis_shown,
                          sizeof redis_shown);
@@ -1431,7 +1460,12 @@ s_bridge_actor (zsock_t *pipe, void *args)
     wsr_presence_destroy (&self->presence);
     free (self->redis_events);
     free (self->nats_events);
-    wsr_nats_destroy (&self->nats);
+    if (self->nats) {
+        wsr_nats_destroy (&self->nats);
+        //  libnats keeps an error stack per thread that used it; this thread
+        //  is about to end and nats_CloseAndWait only frees the caller's
+        wsr_nats_release_thread ();
+    }
     wsr_redis_destroy (&self->redis);
     wsr_naming_destroy (&self->redis_names);
     wsr_naming_destroy (&self->nats_names);

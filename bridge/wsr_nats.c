@@ -832,6 +832,14 @@ wsr_nats_wanted (wsr_nats_t *self)
 }
 
 //  --------------------------------------------------------------------------
+//  The calling thread's libnats memory.
+void
+wsr_nats_release_thread (void)
+{
+    nats_ReleaseThreadMemory ();
+}
+
+//  --------------------------------------------------------------------------
 //  Tear libnats down and wait for its threads.
 void
 wsr_nats_shutdown (void)

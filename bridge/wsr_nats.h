@@ -82,6 +82,11 @@ typedef struct __natsConnection natsConnection;
 natsConnection *
     wsr_nats_connection (wsr_nats_t *self);
 
+//  Free what libnats keeps for the calling thread (its error stack); call
+//  from a thread that used libnats before it ends.
+void
+    wsr_nats_release_thread (void);
+
 //  Self test
 void
     wsr_nats_test (bool verbose);

@@ -107,7 +107,11 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .close_timeout_ms = WSR_CLOSE_TIMEOUT_MS,
         .ping_interval_ms = opts->ping_interval_ms, .ping_timeout_ms = opts->ping_timeout_ms,
         .rate_messages = opts->rate_messages, .rate_bytes = opts->rate_bytes,
-        .write_delay_ms = opts->write_delay_ms,
+        .write_delay_ms = opts->write_delay_ms, .events = opts->backplane.events,
+        .hello_timeout_ms = opts->hello_timeout_ms,
+        .jwt_alg = opts->jwt_alg,
+        .jwt_key = streq (opts->jwt_alg, "EdDSA")? opts->jwt_public_key: opts->jwt_secret,
+        .jwt_key_len = streq (opts->jwt_alg, "EdDSA")? 32: opts->jwt_secret_len,
         .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key,
         .deflate_level = opts->deflate_level, .deflate_threshold = opts->deflate_threshold
     };

@@ -33,6 +33,7 @@ typedef struct {
     size_t handshake_rate;          //  WEBSOCKET_HANDSHAKE_RATE per s per node (0 = off)
     int handshake_timeout_ms;       //  WEBSOCKET_HANDSHAKE_TIMEOUT
     int write_delay_ms;             //  WEBSOCKET_WRITE_DELAY (0 = off)
+    int hello_timeout_ms;           //  WEBSOCKET_HELLO_TIMEOUT: v1 hello due (0 = 10 s)
     const char *allowed_origins;    //  WEBSOCKET_ALLOWED_ORIGINS, comma list, NULL = any
     const char *bridge;             //  remote bridge endpoint (tcp://H:P) or NULL
     const char *cert;               //  this node's secret certificate (CURVE) or NULL

@@ -8,16 +8,32 @@
 //    backplane, fans it out to the workers that want the topic;
 //  - health: its link hears the bridge's heartbeats; the backplane_up gauge
 //    (and so /readyz) is 1 while they arrive and say every configured
-//    backplane is up.
+//    backplane is up;
+//  - presence queries: the listener hands over the HTTP connection of a
+//    GET /api/presence with the question (QUERY); the router asks the
+//    bridge (PRESENCE), writes the answer (PRESENCER) or a 504 after
+//    S_QUERY_TIMEOUT_MS, and closes the connection.
 //
 //  Sockets (owned):
 //    pipe                        PAIR    commands: START, $TERM
-//    inproc://wsr-pub-NAME       PULL    bind; PUBLISH from the listener(s)
+//    inproc://wsr-pub-NAME       PULL    bind; PUBLISH, QUERY from the listener(s)
 //    the bridge's endpoint       DEALER  (wsr_link, role router) connect
+//  Descriptors (owned): connections of queries waiting for their answer.
 
 #include "wsr_classes.h"
+#include <poll.h>
+#include <sys/socket.h>
 
 #define S_TICK_MS           250     //  readiness check period
+#define S_QUERY_TIMEOUT_MS  2000    //  a presence answer is due
+#define S_QUERY_MAX         1024    //  queries waiting at once (more: 503)
+#define S_WRITE_WAIT_MS     200     //  for a client slow to take an answer
+
+//  A presence query waiting for the bridge.
+typedef struct {
+    int fd;                         //  the HTTP connection (owned)
+    int64_t deadline;               //  mono ms
+} s_query_t;
 
 struct _wsr_router_t {
     zactor_t *actor;                //  the router thread
@@ -35,6 +51,8 @@ typedef struct {
     zsock_t *pipe;                  //  actor pipe (not owned)
     zsock_t *pub_in;                //  PULL from the listener(s)
     wsr_link_t *link;               //  to the bridge
+    zhashx_t *queries;              //  request id → s_query_t (owned)
+    uint64_t next_query;            //  request ids
     bool ready;                     //  as last reported
     wsr_metrics_t *metrics;         //  shared counters
     int status;                     //  init result for START
@@ -60,15 +78,163 @@ s_check_ready (s_router_t *self)
     s_set_ready (self, alive && redis != 0 && nats != 0);
 }
 
+//  Write a whole HTTP answer and close the connection. The socket is
+//  non-blocking; a client that does not take a small answer within
+//  S_WRITE_WAIT_MS loses it.
 static void
-s_handle_publish (s_router_t *self)
+s_answer (int fd, int status, const char *body, size_t body_len)
 {
-    char *verb = NULL;
-    zframe_t *topic = NULL, *body = NULL;
-    if (zsock_recv (self->pub_in, WSR_PIC_PUBLISH, &verb, &topic, &body) == -1)
-        return;
-    assert (streq (verb, WSR_MSG_PUBLISH) && topic && body);
+    const char *text = status == 200? "OK": status == 400? "Bad Request":
+                       status == 404? "Not Found": status == 503? "Service Unavailable":
+                       status == 504? "Gateway Timeout": "Error";
+    char head [256];
+    int n = snprintf (head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n"
+                      "Cache-Control: no-store\r\n\r\n", status, text, body_len);
+    struct iovec iov [2] = { { head, (size_t) n }, { (void *) body, body_len } };
+    size_t left = (size_t) n + body_len;
+    int64_t until = wsr_util_mono_ms () + S_WRITE_WAIT_MS;
+    while (left > 0) {
+        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+        ssize_t sent = sendmsg (fd, &msg, MSG_NOSIGNAL);
+        if (sent > 0) {
+            left -= (size_t) sent;
+            for (int i = 0; i < 2 && sent > 0; i++) {
+                size_t take = (size_t) sent < iov [i].iov_len? (size_t) sent: iov [i].iov_len;
+                iov [i].iov_base = (char *) iov [i].iov_base + take;
+                iov [i].iov_len -= take;
+                sent -= (ssize_t) take;
+            }
+            continue;
+        }
+        int64_t wait = until - wsr_util_mono_ms ();
+        if (sent == -1 && errno == EINTR)
+            continue;
+        if (sent == 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || wait <= 0)
+            break;
+        struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+        poll (&pfd, 1, (int) wait);
+    }
+    shutdown (fd, SHUT_WR);
+    close (fd);
+}
+
+//  Request ids are the keys themselves (no allocation per query)
+static size_t
+s_id_hash (const void *key)
+{
+    return (size_t) ((uintptr_t) key * 0x9E3779B97F4A7C15ULL);
+}
+
+static int
+s_id_compare (const void *a, const void *b)
+{
+    return (uintptr_t) a < (uintptr_t) b? -1: (uintptr_t) a > (uintptr_t) b;
+}
+
+static void
+s_answer_text (int fd, int status, const char *json)
+{
+    s_answer (fd, status, json, strlen (json));
+}
+
+static void
+s_query_free (void **item_p)
+{
+    s_query_t *query = (s_query_t *) *item_p;
+    if (query) {
+        if (query->fd >= 0)
+            close (query->fd);
+        free (query);
+        *item_p = NULL;
+    }
+}
+
+//  QUERY from the listener: ask the bridge, keep the connection until the
+//  answer or the deadline.
+static void
+s_handle_query (s_router_t *self, zmsg_t *msg)
+{
+    char *verb = zmsg_popstr (msg), *fd_text = zmsg_popstr (msg), *kind = zmsg_popstr (msg),
+         *id = zmsg_popstr (msg), *limit = zmsg_popstr (msg);
+    //  Internal message: its shape is a contract, not input
+    assert (verb && fd_text && kind && id && limit && streq (verb, WSR_MSG_QUERY));
+    int fd = atoi (fd_text);
+    assert (fd >= 0);
+    wsr_metrics_add (self->metrics, WSR_M_PRESENCE_QUERIES, 1);
+    if (zhashx_size (self->queries) >= S_QUERY_MAX)
+        s_answer_text (fd, 503, "{\"error\":\"too many presence queries\"}");
+    else {
+        uint64_t request = ++self->next_query;
+        if (wsr_link_presence (self->link, request, kind, id, (uint64_t) atoi (limit)) == 0) {
+            s_query_t *query = (s_query_t *) zmalloc (sizeof (s_query_t));
+            query->fd = fd;
+            query->deadline = wsr_util_mono_ms () + S_QUERY_TIMEOUT_MS;
+            zhashx_insert (self->queries, (void *) (uintptr_t) request, query);
+        }
+        else
+            s_answer_text (fd, 503, "{\"error\":\"bridge unavailable\"}");
+    }
     zstr_free (&verb);
+    zstr_free (&fd_text);
+    zstr_free (&kind);
+    zstr_free (&id);
+    zstr_free (&limit);
+}
+
+//  PRESENCER from the bridge: the answer goes to its connection.
+static void
+s_handle_presence (s_router_t *self, wsr_link_msg_t *msg)
+{
+    s_query_t *query = (s_query_t *) zhashx_lookup (self->queries,
+                                                    (void *) (uintptr_t) msg->request);
+    if (!query)
+        return;                         //  answered already (timed out)
+    size_t size = msg->body? zframe_size (msg->body): 0;
+    s_answer (query->fd, msg->status, msg->body? (const char *) zframe_data (msg->body): "",
+              size);
+    query->fd = -1;
+    zhashx_delete (self->queries, (void *) (uintptr_t) msg->request);
+}
+
+//  Queries past their deadline get 504.
+static void
+s_queries_expire (s_router_t *self)
+{
+    if (zhashx_size (self->queries) == 0)
+        return;
+    int64_t now = wsr_util_mono_ms ();
+    zlistx_t *keys = zhashx_keys (self->queries);
+    for (void *key = zlistx_first (keys); key; key = zlistx_next (keys)) {
+        s_query_t *query = (s_query_t *) zhashx_lookup (self->queries, key);
+        if (query && now >= query->deadline) {
+            wsr_metrics_add (self->metrics, WSR_M_PRESENCE_TIMEOUTS, 1);
+            s_answer_text (query->fd, 504, "{\"error\":\"presence answer late\"}");
+            query->fd = -1;
+            zhashx_delete (self->queries, key);
+        }
+    }
+    zlistx_destroy (&keys);
+}
+
+static void
+s_handle_input (s_router_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->pub_in);
+    if (!msg)
+        return;
+    zframe_t *verb = zmsg_first (msg);
+    if (zframe_streq (verb, WSR_MSG_QUERY)) {
+        s_handle_query (self, msg);
+        zmsg_destroy (&msg);
+        return;
+    }
+    assert (zframe_streq (verb, WSR_MSG_PUBLISH) && zmsg_size (msg) == 3);
+    zframe_t *frame = zmsg_pop (msg);
+    zframe_destroy (&frame);
+    zframe_t *topic = zmsg_pop (msg), *body = zmsg_pop (msg);
+    zmsg_destroy (&msg);
     wsr_metrics_add (self->metrics, WSR_M_PUBLISHED, 1);
     if (wsr_link_publish (self->link, &topic, &body))
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_PUBLISH_LOST, 1);
@@ -95,6 +261,12 @@ s_router_actor (zsock_t *pipe, void *args)
         .curve_secret = a->curve_secret, .curve_server = a->curve_server
     };
     self.link = self.status == 0? wsr_link_new (&link_opts, NULL, NULL): NULL;
+    self.queries = zhashx_new ();
+    zhashx_set_key_hasher (self.queries, s_id_hash);
+    zhashx_set_key_comparator (self.queries, s_id_compare);
+    zhashx_set_key_destructor (self.queries, NULL);
+    zhashx_set_key_duplicator (self.queries, NULL);
+    zhashx_set_destructor (self.queries, s_query_free);
     if (!self.link)
         self.status = -1;
     wsr_metrics_add (self.metrics, WSR_M_BACKPLANE_UP,
@@ -128,14 +300,19 @@ s_router_actor (zsock_t *pipe, void *args)
             continue;
         for (int budget = WSR_WORKER_BUDGET;
              budget > 0 && (zsock_events (self.pub_in) & ZMQ_POLLIN); budget--)
-            s_handle_publish (&self);
+            s_handle_input (&self);
         wsr_link_msg_t msg;
-        while (wsr_link_recv (self.link, &msg) == 0)
+        while (wsr_link_recv (self.link, &msg) == 0) {
+            if (msg.kind == WSR_LINK_PRESENCE)
+                s_handle_presence (&self, &msg);
             wsr_link_msg_reset (&msg);          //  heartbeats: handled by the link
+        }
+        s_queries_expire (&self);
         wsr_link_flush (self.link);
         s_check_ready (&self);
     }
     zpoller_destroy (&poller);
+    zhashx_destroy (&self.queries);             //  closes waiting connections
     zsock_destroy (&self.pub_in);
     wsr_link_destroy (&self.link);
 }
@@ -216,6 +393,8 @@ wsr_router_test (bool verbose)
     zframe_t *topic = zframe_new ("user:u1", 8);
     zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) "hello", 5, 0, 0);
     assert (zsock_send (api, WSR_PIC_PUBLISH, WSR_MSG_PUBLISH, topic, env) == 0);
+    zframe_destroy (&topic);        //  zsock_send copied them
+    zframe_destroy (&env);
     zmsg_t *pub = s_bridge_expect (bridge, WSR_PROTO_PUB);
     assert (pub && zmsg_size (pub) == 4);
     zmsg_first (pub);
@@ -228,6 +407,49 @@ wsr_router_test (bool verbose)
     assert (decoded.size == 5 && !memcmp (decoded.data, "hello", 5));
     zmsg_destroy (&pub);
     assert (wsr_metrics_get (metrics, WSR_M_PUBLISHED) == 1);
+
+    //  Presence: the connection is handed over with the question; the
+    //  bridge's answer is written to it whole and it is closed; a question
+    //  left unanswered gets 504 after 2 s
+    int pair [2];
+    assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+    assert (zsock_send (api, WSR_PIC_QUERY, WSR_MSG_QUERY, pair [1], "channel", "hall", 5) == 0);
+    zmsg_t *ask = s_bridge_expect (bridge, WSR_PROTO_PRESENCE);
+    assert (ask && zmsg_size (ask) == 6);
+    zmsg_first (ask);
+    zmsg_next (ask);
+    zframe_t *request = zframe_dup (zmsg_next (ask));
+    assert (zframe_streq (zmsg_next (ask), "channel") && zframe_streq (zmsg_next (ask), "hall"));
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (ask))) == 5);
+    zmsg_destroy (&ask);
+    uint8_t status [8];
+    wsr_msgs_put_u64 (status, 200);
+    const char *answer = "{\"channel\":\"hall\",\"count\":0,\"members\":[]}";
+    zsock_send (bridge, "fsfbs", rid, WSR_PROTO_PRESENCER, request, status, (size_t) 8, answer);
+    zframe_destroy (&request);
+    char reply [512];
+    size_t got = 0;
+    ssize_t n;
+    while ((n = read (pair [0], reply + got, sizeof reply - 1 - got)) > 0)
+        got += (size_t) n;                      //  until the router closes its end
+    reply [got] = 0;
+    assert (strncmp (reply, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert (strstr (reply, "\r\n\r\n") && streq (strstr (reply, "\r\n\r\n") + 4, answer));
+    close (pair [0]);
+    assert (socketpair (AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+    assert (zsock_send (api, WSR_PIC_QUERY, WSR_MSG_QUERY, pair [1], "user", "u9", 1) == 0);
+    ask = s_bridge_expect (bridge, WSR_PROTO_PRESENCE);
+    zmsg_destroy (&ask);
+    int64_t asked = zclock_mono ();
+    got = 0;
+    while ((n = read (pair [0], reply + got, sizeof reply - 1 - got)) > 0)
+        got += (size_t) n;
+    reply [got] = 0;
+    assert (strncmp (reply, "HTTP/1.1 504", 12) == 0);
+    assert (zclock_mono () - asked >= S_QUERY_TIMEOUT_MS - 100);
+    assert (wsr_metrics_get (metrics, WSR_M_PRESENCE_QUERIES) == 2);
+    assert (wsr_metrics_get (metrics, WSR_M_PRESENCE_TIMEOUTS) == 1);
+    close (pair [0]);
 
     //  Heartbeats: ready while they say the backplanes are up
     uint8_t epoch [8];

@@ -159,6 +159,9 @@ s_backplane_env (wsr_bridge_opts_t *bp)
     bp->nats_user = s_env ("NATS_USER_SUBJECT", bp->nats_user);
     bp->nats_channel = s_env ("NATS_CHANNEL_SUBJECT", bp->nats_channel);
     bp->nats_actions = s_env ("NATS_ACTIONS_SUBJECT", bp->nats_actions);
+    bp->redis_events = s_env ("WEBSOCKET_REDIS_EVENTS_CHANNEL", bp->redis_events);
+    bp->nats_events = s_env ("NATS_EVENTS_SUBJECT", bp->nats_events);
+    bp->events = !streq (s_env ("WEBSOCKET_EVENTS", "1"), "0");
     const char *timeout = s_env ("WEBSOCKET_UPSTREAM_TIMEOUT", NULL);
     if (timeout)
         bp->upstream_timeout_ms = atoi (timeout);
@@ -201,14 +204,14 @@ s_backplane_flag (wsr_bridge_opts_t *bp, int c)
         case 'N': bp->nats_url = optarg; return true;
         case 'H': bp->upstream_url = optarg; return true;
         case 'F': bp->firehose = true; return true;
-        case 1500: bp->nats_creds = optarg; return true;
-        case 1501: bp->nats_nkey_seed = optarg; return true;
-        case 1502: bp->nats_ca_file = optarg; return true;
-        case 1503: bp->nats_cert_file = optarg; return true;
-        case 1504: bp->nats_key_file = optarg; return true;
-        case 1600: s_history_size (bp, optarg); return true;
-        case 1601: s_history_ttl (bp, optarg); return true;
-        case 1602: bp->nats_history_stream = optarg; return true;
+        case 1700: bp->nats_creds = optarg; return true;
+        case 1701: bp->nats_nkey_seed = optarg; return true;
+        case 1702: bp->nats_ca_file = optarg; return true;
+        case 1703: bp->nats_cert_file = optarg; return true;
+        case 1704: bp->nats_key_file = optarg; return true;
+        case 1710: s_history_size (bp, optarg); return true;
+        case 1711: s_history_ttl (bp, optarg); return true;
+        case 1712: bp->nats_history_stream = optarg; return true;
         default: return false;
     }
 }
@@ -216,14 +219,14 @@ s_backplane_flag (wsr_bridge_opts_t *bp, int c)
 #define S_BACKPLANE_OPTIONS \
     { "redis-url", required_argument, 0, 'R' }, { "nats-url", required_argument, 0, 'N' }, \
     { "upstream-url", required_argument, 0, 'H' }, { "firehose", no_argument, 0, 'F' }, \
-    { "nats-creds", required_argument, 0, 1500 }, \
-    { "nats-nkey-seed", required_argument, 0, 1501 }, \
-    { "nats-ca-file", required_argument, 0, 1502 }, \
-    { "nats-cert-file", required_argument, 0, 1503 }, \
-    { "nats-key-file", required_argument, 0, 1504 }, \
-    { "history-size", required_argument, 0, 1600 }, \
-    { "history-ttl", required_argument, 0, 1601 }, \
-    { "nats-history-stream", required_argument, 0, 1602 }
+    { "nats-creds", required_argument, 0, 1700 }, \
+    { "nats-nkey-seed", required_argument, 0, 1701 }, \
+    { "nats-ca-file", required_argument, 0, 1702 }, \
+    { "nats-cert-file", required_argument, 0, 1703 }, \
+    { "nats-key-file", required_argument, 0, 1704 }, \
+    { "history-size", required_argument, 0, 1710 }, \
+    { "history-ttl", required_argument, 0, 1711 }, \
+    { "nats-history-stream", required_argument, 0, 1712 }
 
 #define S_BACKPLANE_HELP \
 "  --redis-url URL       redis://[[user]:password@]host:port[/db], user and password\n" \
@@ -284,6 +287,8 @@ s_serve_usage (void)
 "  --handshake-timeout T request must arrive within T [WEBSOCKET_HANDSHAKE_TIMEOUT, 10s]\n"
 "  --write-delay T       hold deliveries up to T so a session's messages leave in one\n"
 "                        write [WEBSOCKET_WRITE_DELAY, 0 = off; e.g. 5ms]\n"
+"  --hello-timeout T     a wsrouter.v1 client's hello is due within T (1008 after)\n"
+"                        [WEBSOCKET_HELLO_TIMEOUT, 10s]\n"
 "  --max-per-ip N        connections per client address [WEBSOCKET_MAX_PER_IP, 10000; 0 off]\n"
 "  --rate-messages N     inbound frames per session per second [WEBSOCKET_RATE_MESSAGES, 100]\n"
 "  --rate-bytes N        inbound bytes per session per second [WEBSOCKET_RATE_BYTES, 1M]\n"
@@ -345,9 +350,10 @@ s_serve (int argc, char *argv [])
     const char *drain = s_env ("WEBSOCKET_DRAIN_TIMEOUT", "5");
     const char *durations [][3] = {             //  env, value, flag index below
         { "WEBSOCKET_PING_INTERVAL", NULL, NULL }, { "WEBSOCKET_PING_TIMEOUT", NULL, NULL },
-        { "WEBSOCKET_HANDSHAKE_TIMEOUT", NULL, NULL }, { "WEBSOCKET_WRITE_DELAY", NULL, NULL }
+        { "WEBSOCKET_HANDSHAKE_TIMEOUT", NULL, NULL }, { "WEBSOCKET_WRITE_DELAY", NULL, NULL },
+        { "WEBSOCKET_HELLO_TIMEOUT", NULL, NULL }
     };
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         durations [i][1] = s_env (durations [i][0], NULL);
     const char *counts [][2] = {
         { "WEBSOCKET_MAX_PER_IP", NULL }, { "WEBSOCKET_RATE_MESSAGES", NULL },
@@ -389,6 +395,7 @@ s_serve (int argc, char *argv [])
         { "ping-timeout", required_argument, 0, 1001 },
         { "handshake-timeout", required_argument, 0, 1002 },
         { "write-delay", required_argument, 0, 1003 },
+        { "hello-timeout", required_argument, 0, 1004 },
         { "max-per-ip", required_argument, 0, 1100 },
         { "rate-messages", required_argument, 0, 1101 },
         { "rate-bytes", required_argument, 0, 1102 },
@@ -416,7 +423,7 @@ s_serve (int argc, char *argv [])
             *tls_values [c - 1400] = optarg;
             continue;
         }
-        if (c >= 1000 && c < 1004) {
+        if (c >= 1000 && c < 1005) {
             durations [c - 1000][1] = optarg;
             continue;
         }
@@ -491,15 +498,15 @@ s_serve (int argc, char *argv [])
         fprintf (stderr, "wsrouter: bad drain timeout '%s'\n", drain);
         return 2;
     }
-    int *duration_fields [4] = {
+    int *duration_fields [5] = {
         &opts->ping_interval_ms, &opts->ping_timeout_ms, &opts->handshake_timeout_ms,
-        &opts->write_delay_ms
+        &opts->write_delay_ms, &opts->hello_timeout_ms
     };
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         if (durations [i][1]) {
             long long ms = s_parse_duration (durations [i][1]);
             //  0 turns pings and the write delay off; the timeouts need a value
-            if (ms < 0 || ms > INT32_MAX || ((i == 1 || i == 2) && ms == 0)) {
+            if (ms < 0 || ms > INT32_MAX || ((i == 1 || i == 2 || i == 4) && ms == 0)) {
                 fprintf (stderr, "wsrouter: bad %s '%s'\n", durations [i][0], durations [i][1]);
                 return 2;
             }

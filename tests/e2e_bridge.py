@@ -748,6 +748,7 @@ class Backend:
     def __init__(self):
         self.mode = "echo"
         self.requests = []
+        self.events = []
         self.lock = threading.Lock()
         backend = self
 
@@ -769,6 +770,16 @@ class Backend:
 
             def do_POST(self):
                 body = self._body()
+                try:
+                    event = json.loads(body).get("event")
+                except Exception:
+                    event = None
+                if event:
+                    #  Session lifecycle events share the URL: kept apart
+                    with backend.lock:
+                        backend.events.append(json.loads(body))
+                    self._answer(200, b"{}")
+                    return
                 with backend.lock:
                     backend.requests.append((self.path, dict(self.headers), body))
                     mode = backend.mode
@@ -872,6 +883,12 @@ async def case_http_upstream(suite):
                         "a's: %r)" % b.data())
             reqs = backend.take()
             e.expect_eq(len(reqs), 3, "backend: requests received")
+            with backend.lock:
+                connects = [ev for ev in backend.events
+                            if ev.get("event") == "connect" and ev.get("user") == "u1"]
+            e.expect(len(connects) >= 2 and all(ev.get("node") == node_id for ev in connects),
+                     "backend: lifecycle connect events of u1's two sessions POSTed with "
+                     "\"event\": %r" % connects)
             bodies = []
             for path, headers, body in reqs:
                 e.expect_eq(path, "/hook", "backend: request path")

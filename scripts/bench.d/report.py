@@ -936,6 +936,77 @@ def doc(docs, elapsed):
          f"({get(s1['r'], 'sessions_target'):,}), not by a limit we hit."
          if s1 and s1.get("r") else "") + "\n")
 
+    # --- against the floor
+    pf_path = os.path.join(res, "push-floor.json")
+    if os.path.exists(pf_path):
+        pf = json.load(open(pf_path))
+        floor_us = get(pf, "floor.writer_cpu_us_per_delivery")
+        w("## 8. Per-user push against the physical floor\n")
+        w("Measured in one run by `scripts/bench.d/push_floor.py`: one node "
+          "(`--workers 2`, in-process bridge), a fresh Redis, "
+          f"{pf.get('sessions', 0):,} sessions of distinct users, Redis `PUBLISH ws:{{user}}` "
+          "round robin by the same load generator for both builds; server CPU per delivery "
+          "is the node's CPU (all threads) over its deliveries between 10 % and 90 % of the "
+          "run. The floor is `floor.c` (one `write()` of a pre-framed 40-byte frame per "
+          f"delivery) in the same run: **{fnum(floor_us, 2)} µs** per delivery. Load average "
+          f"at start {' '.join(pf.get('loadavg_start', []))}.\n")
+        rows = []
+        for key, label in (("this", "this build"), ("baseline", "baseline (before the spine)")):
+            for mode in ("paced", "max"):
+                r = get(pf, f"{key}.{mode}")
+                if not r:
+                    continue
+                rows.append([label, "20,000 msg/s" if mode == "paced" else "closed loop (max)",
+                             fnum(r.get("delivered_per_s")),
+                             fnum(r.get("server_cpu_us_per_delivery"), 2),
+                             f"{r.get('x_floor')}×" if r.get("x_floor") else "—",
+                             fms(r.get("latency_p99_ms")),
+                             f"{r.get('loss')}/{r.get('duplicates')}/{r.get('reordered')}"])
+        w(table(["build", "offered", "delivered/s", "server CPU µs / delivery", "× floor",
+                 "p99", "loss/dup/reordered"], rows))
+        if pf.get("max_delivered_vs_baseline"):
+            w(f"\nClosed-loop delivered/s, this build over the baseline: "
+              f"**{pf['max_delivered_vs_baseline']}×** (target 1.5×; per-delivery target "
+              "≤ 1.3× the floor).\n")
+        w("")
+
+    # --- reconnect storm
+    st_path = os.path.join(res, "recover-storm.json")
+    if os.path.exists(st_path):
+        st = json.load(open(st_path))
+        w("## 9. Reconnect storm with recovery (wsrouter.v1, Redis history)\n")
+        w(st.get("method", "") + "\n")
+        w(table(["sessions", "missed each", "recovered", "not recovered", "all recovered after",
+                 "per session p50 / p99", "Redis commands (phase 3)", "Redis commands/s"],
+                [[fnum(st.get("sessions")), fnum(st.get("missed_each")), fnum(st.get("recovered")),
+                  fnum(st.get("not_recovered")), f"{st.get('all_recovered_s')} s",
+                  f"{st.get('recovery_s_p50')} s / {st.get('recovery_s_p99')} s",
+                  fnum(st.get("redis_commands")), fnum(st.get("redis_commands_per_s"))]]))
+        w("")
+
+    # --- history on vs off
+    h_off, h_on = (os.path.join(res, "push-history-%d.json" % h) for h in (0, 100))
+    if os.path.exists(h_off) and os.path.exists(h_on):
+        w("## 10. Per-user push with history on vs off\n")
+        w("`scripts/bench.d/push_floor.py --via http`: the same node and load, publications "
+          "through the HTTP API; with history (size 100) each goes through `publish.lua` "
+          "(INCR, XADD, PUBLISH in one script) and carries its offset. Server CPU per "
+          "delivery counts the node only (Redis' own CPU is not in it).\n")
+        rows = []
+        for path, label in ((h_off, "history off"), (h_on, "history on (100)")):
+            pf = json.load(open(path))
+            for mode in ("paced", "max"):
+                r = get(pf, f"this.{mode}")
+                if r:
+                    rows.append([label, "10,000 msg/s" if mode == "paced" else "closed loop",
+                                 fnum(r.get("delivered_per_s")),
+                                 fnum(r.get("server_cpu_us_per_delivery"), 2),
+                                 fms(r.get("latency_p99_ms")),
+                                 f"{r.get('loss')}/{r.get('duplicates')}/{r.get('reordered')}"])
+        w(table(["", "offered", "delivered/s", "server CPU µs / delivery", "p99",
+                 "loss/dup/reordered"], rows))
+        w("")
+
     # --- limits
     w("## What limits us here\n")
     lim = []
