@@ -42,7 +42,45 @@ struct _wsr_link_t {
     int64_t connected;              //  mono ms of the last (re)connect
     bool silent;                    //  reconnecting for lack of heartbeats (logged)
     uint64_t drops;                 //  messages that could not be sent
+    zframe_t *deliveries;           //  DS being handed out one by one, or NULL
+    size_t delivery_at;             //  offset of its next record
 };
+
+//  The next delivery of the DS being handed out into msg (key, data and
+//  size borrowed from it until the next wsr_link_recv). Returns 0, or -1 at
+//  its end (or at a malformed record: the rest is dropped).
+static int
+s_next_delivery (wsr_link_t *self, wsr_link_msg_t *msg)
+{
+    const uint8_t *data = zframe_data (self->deliveries);
+    size_t size = zframe_size (self->deliveries);
+    size_t at = self->delivery_at;
+    if (at == size)
+        return -1;
+    if (size - at < 2)
+        goto malformed;
+    size_t key_size = (size_t) data [at] << 8 | data [at + 1];
+    at += 2;
+    if (key_size == 0 || size - at < key_size + 4 || data [at + key_size - 1] != 0)
+        goto malformed;
+    const char *key = (const char *) data + at;
+    at += key_size;
+    size_t env_size = (size_t) data [at] << 24 | (size_t) data [at + 1] << 16
+                    | (size_t) data [at + 2] << 8 | data [at + 3];
+    at += 4;
+    if (size - at < env_size)
+        goto malformed;
+    msg->kind = WSR_LINK_DELIVER;
+    msg->key = key;
+    msg->data = data + at;
+    msg->size = env_size;
+    self->delivery_at = at + env_size;
+    return 0;
+malformed:
+    zsys_warning ("link: malformed deliveries from the bridge dropped");
+    self->delivery_at = size;
+    return -1;
+}
 
 //  Send a message; never blocks. Returns 0, or -1 (destroyed, counted).
 static int
@@ -136,6 +174,7 @@ wsr_link_destroy (wsr_link_t **self_p)
     if (*self_p) {
         wsr_link_t *self = *self_p;
         zmsg_destroy (&self->batch);
+        zframe_destroy (&self->deliveries);
         if (self->sock) {
             zmsg_t *bye = zmsg_new ();
             zmsg_addstr (bye, WSR_PROTO_BYE);
@@ -279,6 +318,11 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
 {
     assert (self && msg);
     memset (msg, 0, sizeof *msg);
+    if (self->deliveries) {
+        if (s_next_delivery (self, msg) == 0)
+            return 0;
+        zframe_destroy (&self->deliveries);
+    }
     //  Frames straight into an array: no zmsg and list per message on the
     //  hot path. Non-blocking (receive timeout 0); a message's frames arrive
     //  together, so only the first receive can find nothing.
@@ -308,6 +352,17 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
         msg->body = f [2];
         f [1] = f [2] = NULL;
         msg->kind = WSR_LINK_DELIVER;
+        msg->key = (const char *) zframe_data (msg->topic);
+        msg->data = zframe_data (msg->body);
+        msg->size = zframe_size (msg->body);
+    }
+    else
+    if (zframe_streq (command, WSR_PROTO_DELIVERS) && size == 2) {
+        self->deliveries = f [1];
+        self->delivery_at = 0;
+        f [1] = NULL;
+        if (s_next_delivery (self, msg))
+            zframe_destroy (&self->deliveries);      //  empty or malformed: nothing
     }
     else
     if (zframe_streq (command, WSR_PROTO_REPLY) && size == 3) {
@@ -371,6 +426,10 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
         zsys_warning ("link: malformed message from the bridge dropped");
     for (size_t i = 0; i < size && i < S_RECV_FRAMES_MAX; i++)
         zframe_destroy (&f [i]);
+    if (msg->body && !msg->data) {
+        msg->data = zframe_data (msg->body);
+        msg->size = zframe_size (msg->body);
+    }
     if (msg->topic && (zframe_size (msg->topic) == 0
                     || zframe_data (msg->topic) [zframe_size (msg->topic) - 1] != 0))
         wsr_link_msg_reset (msg);       //  a key always ends with its NUL
@@ -572,7 +631,8 @@ wsr_link_test (bool verbose)
     wsr_link_msg_t in;
     assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 2000) == 0);
     assert (zframe_size (in.topic) == 8 && !memcmp (zframe_data (in.topic), "user:u2", 8));
-    assert (wsr_envelope_decode (zframe_data (in.body), zframe_size (in.body), &decoded) == 0);
+    assert (streq (in.key, "user:u2") && in.data == zframe_data (in.body));
+    assert (wsr_envelope_decode (in.data, in.size, &decoded) == 0);
     wsr_link_msg_reset (&in);
     assert (s_link_wait (link, &in, WSR_LINK_REPLY, 2000) == 0 && in.session == 77 && in.body);
     wsr_link_msg_reset (&in);
@@ -610,6 +670,33 @@ wsr_link_test (bool verbose)
     wsr_link_msg_reset (&in);
     zsock_send (router, "fss", rid, "BOGUS", "x");
     assert (s_link_wait (link, &in, WSR_LINK_REFUSED, 200) == -1);
+    //  A batch of deliveries is handed out one by one, in order, with keys
+    //  and envelopes borrowed from it; a malformed record ends the batch
+    uint8_t batch [256];
+    size_t used = 0;
+    const char *keys [3] = { "user:b1", "channel:b2", "user:b3" };
+    for (int i = 0; i < 3; i++) {
+        size_t key_size = strlen (keys [i]) + 1;
+        batch [used++] = 0;
+        batch [used++] = (uint8_t) key_size;
+        memcpy (batch + used, keys [i], key_size);
+        used += key_size;
+        uint8_t env_size [4] = { 0, 0, 0, (uint8_t) (i + 1) };
+        memcpy (batch + used, env_size, 4);
+        used += 4;
+        memset (batch + used, 'a' + i, (size_t) i + 1);
+        used += (size_t) i + 1;
+    }
+    batch [used++] = 0;                 //  a record cut short
+    zsock_send (router, "fsb", rid, WSR_PROTO_DELIVERS, batch, used);
+    for (int i = 0; i < 3; i++) {
+        assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 2000) == 0);
+        assert (streq (in.key, keys [i]) && in.size == (size_t) i + 1 && in.body == NULL);
+        assert (in.data [0] == 'a' + i);
+        wsr_link_msg_reset (&in);
+    }
+    assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 200) == -1);
+
     //  A message with more frames than any command has is dropped whole,
     //  and the next one is read from its first frame
     zsock_send (router, "fssssssssss", rid, WSR_PROTO_REFUSED, "1", "2", "3", "4", "5", "6",

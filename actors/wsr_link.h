@@ -23,8 +23,13 @@ typedef enum {
 //  takes them (sets the pointer to NULL) or calls wsr_link_msg_reset.
 typedef struct {
     wsr_link_kind_t kind;
-    zframe_t *topic;            //  DELIVER, REFUSED: topic key with its NUL
-    zframe_t *body;             //  DELIVER, REPLY: downstream envelope
+    zframe_t *topic;            //  D (a large DELIVER), REFUSED: topic key with its NUL
+    zframe_t *body;             //  D, REPLY, HISTORY, PRESENCE: the envelope / body
+    const char *key;            //  DELIVER: the topic key (NUL-terminated) and
+    const uint8_t *data;        //  the envelope (any kind: body's bytes), borrowed until the next
+    size_t size;                //  wsr_link_recv (from topic/body, or from a
+                                //  batch of deliveries the link hands out; body is
+                                //  then NULL)
     uint64_t session;           //  REPLY: session id
     uint64_t request;           //  HISTORY, PRESENCE: the request id given
     int status;                 //  PRESENCE: HTTP status of the answer

@@ -107,6 +107,18 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
 //  Bridge → peer (N: an 8-byte unsigned number, network byte order)
 #define WSR_PROTO_DELIVER   "D"         //  f topic key, f downstream envelope
+#define WSR_PROTO_DELIVERS  "DS"        //  f deliveries in order, each [u16 key size]
+                                        //  [key with its NUL][u32 envelope size][envelope]
+                                        //  (sizes big-endian); envelopes of at most
+                                        //  WSR_PROTO_BATCH_ENVELOPE bytes, at most
+                                        //  WSR_PROTO_BATCH_RECORDS of them and
+                                        //  WSR_PROTO_BATCH_BYTES in all
+#define WSR_PROTO_BATCH_ENVELOPE    1024
+#define WSR_PROTO_BATCH_RECORDS     16
+#define WSR_PROTO_BATCH_BYTES       (16 * 1024)
+//  A bridge's queue per peer, in messages (a DS carries up to 16 deliveries:
+//  as many deliveries as 160K single ones, in at most 160 MB)
+#define WSR_PROTO_PEER_QUEUE        10000
 #define WSR_PROTO_REPLY     "REPLY"     //  N session id, f downstream envelope
 #define WSR_PROTO_HB        "HB"        //  N bridge epoch, f heartbeat envelope
 #define WSR_PROTO_RESYNC    "RESYNC"    //  nothing: HELLO and SUB everything again

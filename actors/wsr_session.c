@@ -1462,15 +1462,14 @@ done:
 
 //  DELIVER: [topic key][envelope]. Frame once, link to every member.
 static void
-s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
+s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t size,
+                  zframe_t **body_p)
 {
     wsr_envelope_t env;
-    zframe_t *body = *body_p;
-    if (wsr_envelope_decode (zframe_data (body), zframe_size (body), &env)) {
+    if (wsr_envelope_decode (data, size, &env)) {
         zsys_warning ("session-%d: malformed DELIVER dropped", self->index);
         return;
     }
-    const char *key = (const char *) zframe_data (topic);
     wsr_topic_member_t *member = wsr_topic_first (self->topics, key);
     if (!member) {
         wsr_metrics_add (self->metrics, WSR_M_DELIVER_NO_SESSION, 1);
@@ -1517,8 +1516,10 @@ s_handle_deliver (s_worker_t *self, zframe_t *topic, zframe_t **body_p)
     }
     if (raw_deflate)
         zframe = wsr_deflate_frame (s_deflater (self), env.kind, env.data, env.size);
-    //  Last: the raw frame may take the received frame (and its bytes)
-    wsr_outframe_t *frame = raw_count? wsr_outframe_new (env.kind, env.data, env.size, body_p)
+    //  Last: the raw frame may take the received frame (and its bytes);
+    //  a delivery out of a batch has none (its bytes are copied: small)
+    wsr_outframe_t *frame = raw_count? wsr_outframe_new (env.kind, env.data, env.size,
+                                                         body_p && *body_p? body_p: NULL)
                                      : NULL;
     int64_t recipients = 0;
     for (; member && (raw_count || v1_count); member = wsr_topic_next (member)) {
@@ -1564,7 +1565,7 @@ s_handle_link (s_worker_t *self)
     if (wsr_link_recv (self->link, &msg))
         return false;
     if (msg.kind == WSR_LINK_DELIVER)
-        s_handle_deliver (self, msg.topic, &msg.body);
+        s_handle_deliver (self, msg.key, msg.data, msg.size, &msg.body);
     else
     if (msg.kind == WSR_LINK_REPLY)
         s_handle_reply (self, msg.session, &msg.body);
@@ -1729,19 +1730,6 @@ s_after_batch (s_worker_t *self)
     }
 }
 
-//  Session ids as zhashx keys (stored in the pointer itself).
-static size_t
-s_id_hash (const void *key)
-{
-    return (size_t) ((uintptr_t) key * 0x9E3779B97F4A7C15ULL);
-}
-
-static int
-s_id_compare (const void *a, const void *b)
-{
-    return (uintptr_t) a < (uintptr_t) b? -1: (uintptr_t) a > (uintptr_t) b;
-}
-
 static int
 s_epoll_add_zmq (s_worker_t *self, zsock_t *sock, uint64_t tag)
 {
@@ -1764,14 +1752,14 @@ s_worker_init (s_worker_t *self, s_args_t *a)
     self->ping = wsr_outframe_new_raw ((const uint8_t *) "\x89\x00", 2);
     self->ipcount = a->ipcount;
     self->by_id = zhashx_new ();
-    zhashx_set_key_hasher (self->by_id, s_id_hash);
-    zhashx_set_key_comparator (self->by_id, s_id_compare);
+    zhashx_set_key_hasher (self->by_id, wsr_util_id_hash);
+    zhashx_set_key_comparator (self->by_id, wsr_util_id_compare);
     zhashx_set_key_destructor (self->by_id, NULL);
     zhashx_set_key_duplicator (self->by_id, NULL);
     self->opening = zlistx_new ();
     self->reads = zhashx_new ();
-    zhashx_set_key_hasher (self->reads, s_id_hash);
-    zhashx_set_key_comparator (self->reads, s_id_compare);
+    zhashx_set_key_hasher (self->reads, wsr_util_id_hash);
+    zhashx_set_key_comparator (self->reads, wsr_util_id_compare);
     zhashx_set_key_destructor (self->reads, NULL);
     zhashx_set_key_duplicator (self->reads, NULL);
     zhashx_set_destructor (self->reads, s_read_free);
@@ -2221,7 +2209,23 @@ typedef struct {
     zlistx_t *subs;                 //  "+topic" / "-topic", in order
     zlistx_t *ups;                  //  UP envelopes (zframe_t)
     zlistx_t *hists;                //  HIST requests (zmsg_t, after the command)
+    int64_t last_hb;                //  mono ms of our last heartbeat to the worker
 } s_fake_t;
+
+//  A heartbeat now and then, as a bridge does: a slow run (sanitizers, a busy
+//  machine) must not look like a silent bridge to the worker's link
+static void
+s_fake_beat (s_fake_t *fake)
+{
+    if (!fake->rid || zclock_mono () - fake->last_hb < 1000)
+        return;
+    uint8_t epoch [8];
+    wsr_msgs_put_u64 (epoch, 7);
+    zframe_t *beat = wsr_envelope_encode_heartbeat (-1, -1);
+    zsock_send (fake->router, "fsbf", fake->rid, WSR_PROTO_HB, epoch, (size_t) 8, beat);
+    zframe_destroy (&beat);
+    fake->last_hb = zclock_mono ();
+}
 
 static void
 s_fake_pump (s_fake_t *fake, int ms)
@@ -2258,6 +2262,7 @@ s_publish (s_fake_t *fake, const char *topic, const char *text)
 {
     while (!fake->rid)
         s_fake_pump (fake, 100);
+    s_fake_beat (fake);
     zframe_t *key = zframe_new (topic, strlen (topic) + 1);
     zframe_t *env = wsr_envelope_encode_down ((const uint8_t *) text, strlen (text), 0, 0);
     int rc = zsock_send (fake->router, "fsff", fake->rid, WSR_PROTO_DELIVER, key, env);
@@ -2271,6 +2276,7 @@ static void
 s_expect_sub (s_fake_t *fake, int kind, const char *topic)
 {
     int64_t end = zclock_mono () + 2000;
+    s_fake_beat (fake);
     while (zlistx_size (fake->subs) == 0 && zclock_mono () < end)
         s_fake_pump (fake, 50);
     char *seen = (char *) zlistx_detach (fake->subs, NULL);
@@ -2314,7 +2320,7 @@ wsr_session_test (bool verbose)
     wsr_metrics_t *metrics = wsr_metrics_new ();
     //  The test plays the bridge
     s_fake_t fake_data = { zsock_new_router ("inproc://wsr-bridge-stest"), NULL,
-                           zlistx_new (), zlistx_new (), zlistx_new () };
+                           zlistx_new (), zlistx_new (), zlistx_new (), 0 };
     s_fake_t *fake = &fake_data;
     zlistx_set_destructor (fake->subs, (czmq_destructor *) zstr_free);
     zlistx_set_destructor (fake->ups, (czmq_destructor *) zframe_destroy);

@@ -62,6 +62,20 @@ wsr_util_id_valid (const char *id, size_t len)
 }
 
 //  --------------------------------------------------------------------------
+//  Numeric ids as zhashx keys (stored in the pointer itself).
+size_t
+wsr_util_id_hash (const void *key)
+{
+    return (size_t) ((uintptr_t) key * 0x9E3779B97F4A7C15ULL);
+}
+
+int
+wsr_util_id_compare (const void *a, const void *b)
+{
+    return (uintptr_t) a < (uintptr_t) b? -1: (uintptr_t) a > (uintptr_t) b;
+}
+
+//  --------------------------------------------------------------------------
 //  Incremental UTF-8 validation. state holds the number of continuation bytes
 //  still expected (bits 0-2) and the allowed range of the next one (bits 8-15
 //  low bound, 16-23 high bound), so overlongs and surrogates fail at once.

@@ -15,6 +15,15 @@ extern bool wsr_verbose;
 int64_t
     wsr_util_now_us (void);
 
+//  zhashx key hasher for numeric ids stored in the key pointer itself (no
+//  allocation per entry; set the key duplicator and destructor to NULL).
+size_t
+    wsr_util_id_hash (const void *key);
+
+//  zhashx key comparator for the same keys.
+int
+    wsr_util_id_compare (const void *a, const void *b);
+
 //  Monotonic clock in milliseconds.
 int64_t
     wsr_util_mono_ms (void);

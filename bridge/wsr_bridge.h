@@ -17,7 +17,7 @@ typedef struct {
     const char *clients;            //  directory of allowed node certificates
     bool insecure_plaintext;        //  allow plaintext on a non-loopback address
     size_t max_topics;              //  topics per node
-    int peer_hwm;                   //  messages queued per peer (0 = WSR_HWM)
+    int peer_hwm;                   //  messages queued per peer (0 = WSR_PROTO_PEER_QUEUE)
     const char *redis_url;          //  WEBSOCKET_REDIS_URL or NULL
     const char *nats_url;           //  NATS_URL or NULL
     const char *nats_creds;         //  NATS_CREDS: .creds file, or NULL

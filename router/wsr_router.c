@@ -120,19 +120,6 @@ s_answer (int fd, int status, const char *body, size_t body_len)
     close (fd);
 }
 
-//  Request ids are the keys themselves (no allocation per query)
-static size_t
-s_id_hash (const void *key)
-{
-    return (size_t) ((uintptr_t) key * 0x9E3779B97F4A7C15ULL);
-}
-
-static int
-s_id_compare (const void *a, const void *b)
-{
-    return (uintptr_t) a < (uintptr_t) b? -1: (uintptr_t) a > (uintptr_t) b;
-}
-
 static void
 s_answer_text (int fd, int status, const char *json)
 {
@@ -262,8 +249,8 @@ s_router_actor (zsock_t *pipe, void *args)
     };
     self.link = self.status == 0? wsr_link_new (&link_opts, NULL, NULL): NULL;
     self.queries = zhashx_new ();
-    zhashx_set_key_hasher (self.queries, s_id_hash);
-    zhashx_set_key_comparator (self.queries, s_id_compare);
+    zhashx_set_key_hasher (self.queries, wsr_util_id_hash);
+    zhashx_set_key_comparator (self.queries, wsr_util_id_compare);
     zhashx_set_key_destructor (self.queries, NULL);
     zhashx_set_key_duplicator (self.queries, NULL);
     zhashx_set_destructor (self.queries, s_query_free);

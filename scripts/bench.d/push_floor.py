@@ -5,6 +5,7 @@ the physical floor, measured in one run (issue 9's method).
 usage: push_floor.py --wsrouter BIN [--baseline BIN] [--floor FLOOR_BIN]
                      [--sessions N] [--rate R] [--duration S] [--json OUT]
                      [--via redis|http] [--history-size N]
+                     [--mode user|channel] [--write-delay T] [--no-max]
 
 For each server binary (this build, and optionally a baseline built from an
 earlier commit in a git worktree), in turn, on free loopback ports:
@@ -113,6 +114,8 @@ def run_server(procs, binary, bench, args, label):
             time.sleep(0.05)
     log = tempfile.TemporaryFile()
     history = ["--history-size", str(args.history_size)] if args.history_size else []
+    if args.write_delay:
+        history += ["--write-delay", args.write_delay]
     node = procs.start([binary, "serve", "--port", "0", "--bind", "127.0.0.1",
                         "--jwt-secret", SECRET, "--redis-url", "redis://127.0.0.1:%d" % rport,
                         "--workers", "2", "--api-key", API_KEY] + history + serve_flags(binary),
@@ -130,7 +133,9 @@ def run_server(procs, binary, bench, args, label):
         raise SystemExit("%s: node did not start" % label)
     threading.Thread(target=lambda: node.stdout.read(), daemon=True).start()
     result = {"binary": binary}
-    for mode, rate in (("paced", str(args.rate)), ("max", "max")):
+    modes = (("paced", str(args.rate)),) if args.no_max else \
+        (("paced", str(args.rate)), ("max", "max"))
+    for mode, rate in modes:
         samples = []
         stop = threading.Event()
 
@@ -149,6 +154,8 @@ def run_server(procs, binary, bench, args, label):
                             else ("http://127.0.0.1:%d" % port), "--api-key", API_KEY,
                             "--rate", rate,
                             "--duration", str(args.duration), "--size", "64", "--quiet",
+                            "--mode", args.mode] + (["--channel", "bench-room"]
+                                                    if args.mode == "channel" else []) + [
                             "--ramp", "20000", "--inflight", "2000"],
                            capture_output=True, text=True, timeout=args.duration + 120)
         stop.set()
@@ -186,10 +193,14 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--via", choices=("redis", "http"), default="redis")
     ap.add_argument("--history-size", type=int, default=0)
+    ap.add_argument("--mode", choices=("user", "channel"), default="user")
+    ap.add_argument("--write-delay")
+    ap.add_argument("--no-max", action="store_true")
     args = ap.parse_args()
     procs = Procs()
     out = {"method": __doc__.split("\n\n")[2].strip(), "sessions": args.sessions,
-           "via": args.via, "history_size": args.history_size,
+           "via": args.via, "history_size": args.history_size, "mode": args.mode,
+           "write_delay": args.write_delay, "rate": args.rate,
            "loadavg_start": open("/proc/loadavg").read().split()[:3]}
     try:
         out["this"] = run_server(procs, args.wsrouter, args.wsrouter, args, "t")
@@ -205,7 +216,7 @@ def main():
                     r = out.get(key, {}).get(mode)
                     if r and r.get("server_cpu_us_per_delivery"):
                         r["x_floor"] = round(r["server_cpu_us_per_delivery"] / floor_us, 2)
-        if args.baseline:
+        if args.baseline and not args.no_max:
             a = out["this"]["max"].get("delivered_per_s") or 0
             b = out["baseline"]["max"].get("delivered_per_s") or 0
             out["max_delivered_vs_baseline"] = round(a / b, 2) if b else None

@@ -1007,6 +1007,27 @@ def doc(docs, elapsed):
                  "loss/dup/reordered"], rows))
         w("")
 
+    # --- write delay
+    d_off, d_on = (os.path.join(res, "write-delay-%s.json" % d) for d in ("0", "5ms"))
+    if os.path.exists(d_off) and os.path.exists(d_on):
+        w("## 11. Write coalescing (`WEBSOCKET_WRITE_DELAY`)\n")
+        w("`scripts/bench.d/push_floor.py --mode channel --rate 100 --no-max`: one channel, "
+          "every session subscribed, 100 broadcasts/s for 10 s through Redis; with a delay "
+          "a session's deliveries within the window leave in one `writev`. The floor is "
+          "`floor.c` in the same run.\n")
+        rows = []
+        for path, label in ((d_off, "off"), (d_on, "5ms")):
+            pf = json.load(open(path))
+            r = get(pf, "this.paced") or {}
+            rows.append([label, fnum(r.get("delivered_per_s")),
+                         fnum(r.get("server_cpu_us_per_delivery"), 2),
+                         f"{r.get('x_floor')}×" if r.get("x_floor") else "—",
+                         fms(r.get("latency_p50_ms")), fms(r.get("latency_p99_ms")),
+                         f"{r.get('loss')}"])
+        w(table(["write delay", "delivered/s", "server CPU µs / delivery", "× floor", "p50",
+                 "p99", "loss"], rows))
+        w("")
+
     # --- limits
     w("## What limits us here\n")
     lim = []

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""e2e_browser — a real browser against wsrouter: headless Chromium (Debian
+"""e2e_wss_browser — a real browser against wsrouter: headless Chromium (Debian
 `chromium`) driven over the DevTools protocol with Python websockets (no npm
 needed). It connects over wss:// to the TLS port (self-signed certificate
 made with `openssl`, trusted through --ignore-certificate-errors), negotiates
@@ -199,4 +199,4 @@ async def cases(suite, srv, tls_port, browser):
 
 
 if __name__ == "__main__":
-    e.main("e2e_browser", body)
+    e.main("e2e_wss_browser", body)
