@@ -175,8 +175,11 @@ s_auth_actor (zsock_t *pipe, void *args)
     uint64_t id = 0;
     int fd = -1, ip_slot = -1, flags = 0;
     zframe_t *token = NULL, *early = NULL;
+    void *tls = NULL;
     while (zsock_recv (self.in, WSR_PIC_AUTH, &command, &id, &fd, &ip_slot, &flags, &accept,
-                       &peer, &token, &early) == 0) {
+                       &peer, &token, &early, &tls) == 0) {
+        SSL *ssl = (SSL *) tls;
+        wsr_tls_free (&ssl);
         close (fd);
         if (ip_slot >= 0)
             wsr_ipcount_release (self.ipcount, ip_slot);

@@ -1789,8 +1789,11 @@ s_adopt_discard (s_worker_t *self)
     uint64_t id = 0, expiry = 0;
     int fd = -1, code = 0, ip_slot = -1, flags = 0;
     zframe_t *early = NULL;
+    void *tls = NULL;
     while (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
-                       &flags, &reason, &user, &channels, &response, &early) == 0) {
+                       &flags, &reason, &user, &channels, &response, &early, &tls) == 0) {
+        SSL *ssl = (SSL *) tls;
+        wsr_tls_free (&ssl);
         close (fd);
         if (ip_slot >= 0)
             wsr_ipcount_release (self->ipcount, ip_slot);
