@@ -271,6 +271,17 @@ wsr_deflate_inflate (wsr_deflate_t *self, const uint8_t *data, size_t size,
 }
 
 //  --------------------------------------------------------------------------
+//  Worst-case compressed size: a sender with a small memLevel flushes tiny
+//  blocks (128 symbols at memLevel 1), each stored with 5 bytes' overhead;
+//  zlib's own conservative bound for any settings is 1/8 + 1/64 more. Only
+//  the wire size is this loose: the inflated size is bounded by max_message.
+size_t
+wsr_deflate_wire_max (size_t max_message)
+{
+    return max_message + (max_message + 7) / 8 + (max_message + 63) / 64 + 64;
+}
+
+//  --------------------------------------------------------------------------
 //  Selftest
 
 //  Frame bytes of an outframe, header skipped.
@@ -409,6 +420,26 @@ wsr_deflate_test (bool verbose)
     zframe_destroy (&exact);
     free (zeros);
     free (bomb);
+
+    //  Incompressible data at the bound fits the wire bound once compressed
+    uint8_t *random = (uint8_t *) malloc (100000);
+    randombytes_buf (random, 100000);
+    z_stream client2 = { 0 };
+    assert (deflateInit2 (&client2, 6, Z_DEFLATED, -15, 1, Z_DEFAULT_STRATEGY) == Z_OK);
+    size_t packed_cap = deflateBound (&client2, 100000) + 64;
+    uint8_t *packed2 = (uint8_t *) malloc (packed_cap);
+    client2.next_in = random;
+    client2.avail_in = 100000;
+    client2.next_out = packed2;
+    client2.avail_out = (uInt) packed_cap;
+    assert (deflate (&client2, Z_SYNC_FLUSH) == Z_OK && client2.avail_in == 0);
+    size_t packed2_size = packed_cap - client2.avail_out - 4;
+    deflateEnd (&client2);
+    assert (packed2_size > 100000 && packed2_size <= wsr_deflate_wire_max (100000));
+    assert (wsr_deflate_inflate (codec, packed2, packed2_size, &out, &out_size) == 0);
+    assert (out_size == 100000 && memcmp (out, random, 100000) == 0);
+    free (random);
+    free (packed2);
 
     wsr_deflate_destroy (&codec);
     wsr_deflate_destroy (&codec);

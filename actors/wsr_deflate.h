@@ -44,6 +44,11 @@ int
     wsr_deflate_inflate (wsr_deflate_t *self, const uint8_t *data, size_t size,
                          const uint8_t **out, size_t *out_size);
 
+//  Largest compressed size of a message of max_message bytes (deflate's
+//  worst case: incompressible data in stored blocks).
+size_t
+    wsr_deflate_wire_max (size_t max_message);
+
 //  Self test
 void
     wsr_deflate_test (bool verbose);

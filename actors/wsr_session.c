@@ -945,8 +945,14 @@ s_conn_ws (s_worker_t *self, s_conn_t *conn)
         int rc = wslay_event_context_server_init (&conn->ws, &s_callbacks, self);
         assert (rc == 0);
         wslay_event_config_set_max_recv_msg_length (conn->ws, self->opts.max_message);
-        if (conn->deflate)          //  else RSV1 fails the connection with 1002
+        if (conn->deflate) {        //  else RSV1 fails the connection with 1002
             wslay_event_config_set_allowed_rsv_bits (conn->ws, WSLAY_RSV1_BIT);
+            //  A compressed message of max_message bytes may be slightly
+            //  larger on the wire (stored blocks, wsr_deflate_wire_max); the
+            //  inflated size is bounded by max_message itself
+            wslay_event_config_set_max_recv_msg_length (
+                conn->ws, wsr_deflate_wire_max (self->opts.max_message));
+        }
         conn->fed = conn->framed = 0;
     }
 }

@@ -170,6 +170,17 @@ async def cases(suite, srv):
                  "compressed output smaller than input: %r" % m)
     await suite.case("round trips: compressible, small, incompressible", round_trips)
 
+    async def at_the_limit():
+        #  Incompressible data of exactly --max-message is a little larger
+        #  once compressed (stored blocks): it is still accepted
+        async with websockets.connect(srv.ws_url(srv.mint("d9")), compression="deflate",
+                                      max_size=None) as ws:
+            before = srv.metrics().get("wsrouter_bytes_in_total", 0)
+            await ws.send(os.urandom(65536))
+            got = await wait_metric(srv, "wsrouter_bytes_in_total", before + 65536)
+            e.expect_eq(got - before, 65536, "bytes of an incompressible max-size message")
+    await suite.case("incompressible message of exactly the maximum size", at_the_limit)
+
     async def on_the_wire():
         raw = raw_connect(srv, "d2", "permessage-deflate")
         try:
