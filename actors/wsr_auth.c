@@ -89,6 +89,9 @@ s_handle_auth (s_auth_t *self)
         wsr_metrics_add (self->metrics, s_reason_metric (reason), 1);
         wsr_debug ("auth: conn %" PRIu64 " from %s refused: %s", id, peer, reason);
     }
+    //  The session ends at exp plus the leeway the verifier allowed
+    uint64_t expiry = rc == 0 && claims.exp > 0
+                    ? (uint64_t) claims.exp + (uint64_t) wsr_jwt_leeway (self->verifier): 0;
     char response [384];
     snprintf (response, sizeof response, "HTTP/1.1 101 Switching Protocols\r\n"
               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -97,7 +100,7 @@ s_handle_auth (s_auth_t *self)
               (flags & WSR_ADOPT_DEFLATE)? WSR_DEFLATE_RESPONSE: "");
     zsock_t *out = self->out [wsr_msgs_worker_for (id, self->workers)];
     if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, ip_slot,
-                    (uint64_t) (rc == 0? claims.exp: 0), flags, reason, claims.sub, channels,
+                    expiry, flags, reason, claims.sub, channels,
                     response, early, tls) == -1) {
         //  Worker saturated: shed this connection, keep the node healthy
         SSL *ssl = (SSL *) tls;
@@ -271,7 +274,10 @@ s_expect_adopt_flags (zsock_t *worker, uint64_t want_id, int want_fd, int want_c
             == !(want_flags & WSR_ADOPT_V1));
     assert (!strstr (response, WSR_DEFLATE_RESPONSE) == !(want_flags & WSR_ADOPT_DEFLATE));
     //  The token's expiry travels with an accepted session only
-    assert (code == 0? expiry > (uint64_t) time (NULL): expiry == 0);
+    //  (every token of this test expires 60 s after it was minted): exp
+    //  plus the leeway, the deadline the session worker enforces
+    uint64_t least = (uint64_t) time (NULL) + 60 + WSR_JWT_LEEWAY_S - 5;
+    assert (code == 0? expiry >= least && expiry <= least + 5: expiry == 0);
     assert (streq (command, WSR_MSG_ADOPT));
     assert (id == want_id && fd == want_fd && code == want_code);
     assert (streq (reason, want_reason));

@@ -27,6 +27,10 @@
 #define WSR_DEFAULT_HANDSHAKE_RATE  20000   //  new connections per node per second
 #define WSR_CLOSE_TIMEOUT_MS        2000    //  wait for the peer's close reply
 #define WSR_JWT_LEEWAY_S            30      //  exp / nbf / iat clock skew
+#define WSR_DEFAULT_MAX_PENDING_PER_IP 64   //  pending connections per client address
+#define WSR_DEFAULT_KEEPALIVE_MS    60000   //  keep-alive connection lifetime
+#define WSR_DEFAULT_KEEPALIVE_REQUESTS 1000 //  requests per keep-alive connection
+#define WSR_MIN_HS256_SECRET        32      //  bytes, outside --dev
 #define WSR_DEFAULT_PORT            8080
 #define WSR_HWM                     100000  //  inproc high-water marks
 #define WSR_WORKER_BUDGET           256     //  messages per socket per turn

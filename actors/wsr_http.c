@@ -20,6 +20,11 @@
 //    (to check limits and version before any body byte) and when the message
 //    completes, so *consumed stops right after the request: what follows is
 //    the next pipelined request or, after an upgrade, WebSocket frames.
+//  - Stop at headers (optional). feed returns HEADERS once per request when
+//    the header section is complete, before any body byte is taken, so the
+//    listener can refuse a request (wrong API key, unwanted body) without
+//    buffering its body; feeding the rest goes on to DONE with the same
+//    results and byte counts as without the mode.
 //  - Strictness. Only HTTP/1.0 and 1.1 (505). Debian builds the parser with
 //    HTTP_PARSER_STRICT=0, so a raw scan of the header bytes adds the checks
 //    it skips: obs-fold (400, RFC 7230 §3.2.4) and whitespace in a field name
@@ -114,6 +119,8 @@ struct _wsr_http_t {
     bool has_length;                //  request has a Content-Length
     size_t content_length;          //  its value (≤ max_body)
     uint8_t *body;                  //  body bytes, allocated lazily
+    bool stop_at_headers;           //  report HEADERS before taking any body byte
+    bool headers_reported;          //  HEADERS returned for this request
     size_t body_len;                //  body bytes received
     size_t body_cap;                //  body bytes allocated
 };
@@ -199,6 +206,7 @@ wsr_http_reset (wsr_http_t *self)
     self->query_off = 0;
     self->query_len = 0;
     self->upgrade = false;
+    self->headers_reported = false;
     self->keep_alive = false;
     self->has_length = false;
     self->content_length = 0;
@@ -606,8 +614,15 @@ wsr_http_feed (wsr_http_t *self, const char *data, size_t len, size_t *consumed)
         if (err == HPE_PAUSED) {
             if (self->message_done)
                 self->result = WSR_HTTP_DONE;
-            else
+            else {
                 http_parser_pause (&self->parser, 0);
+                if (self->stop_at_headers && !self->headers_reported) {
+                    //  Paused at headers complete: the caller judges now
+                    self->headers_reported = true;
+                    *consumed = used;
+                    return WSR_HTTP_HEADERS;
+                }
+            }
         }
         else
         if (err != HPE_OK)
@@ -630,6 +645,26 @@ wsr_http_feed (wsr_http_t *self, const char *data, size_t len, size_t *consumed)
     }
     *consumed = used;
     return self->result;
+}
+
+//  --------------------------------------------------------------------------
+//  Stop-at-headers mode on or off.
+void
+wsr_http_set_stop_at_headers (wsr_http_t *self, bool stop)
+{
+    assert (self);
+    self->stop_at_headers = stop;
+}
+
+//  --------------------------------------------------------------------------
+//  True if the request announces a body.
+bool
+wsr_http_has_body (wsr_http_t *self)
+{
+    assert (self);
+    if (!self->headers_done)
+        return false;
+    return (self->parser.flags & F_CHUNKED) || (self->has_length && self->content_length > 0);
 }
 
 //  --------------------------------------------------------------------------
@@ -990,9 +1025,43 @@ s_feed_bytes (wsr_http_t *http, const char *data, size_t len, size_t *consumed)
     return rc;
 }
 
+//  Stop-at-headers mode: feed data[0..split) then the rest (split == 0: byte
+//  by byte), going on after HEADERS. HEADERS must come at most once, before
+//  any body byte is buffered, with method and path known; *headers counts it.
+static int
+s_feed_stop (wsr_http_t *http, const char *data, size_t len, size_t split,
+             size_t *consumed, int *headers)
+{
+    size_t used = 0;
+    int rc = WSR_HTTP_MORE;
+    *headers = 0;
+    while (used < len) {
+        size_t end = split == 0? used + 1: used < split? split: len;
+        size_t taken = 0;
+        rc = wsr_http_feed (http, data + used, end - used, &taken);
+        used += taken;
+        if (rc == WSR_HTTP_HEADERS) {
+            (*headers)++;
+            assert (*headers == 1);
+            assert (taken < end - used + taken);    //  the final LF is still ours
+            assert (wsr_http_method (http) && wsr_http_path (http));
+            size_t size = 1;
+            assert (wsr_http_body (http, &size) == NULL && size == 0);
+            continue;
+        }
+        if (rc != WSR_HTTP_MORE)
+            break;
+        assert (used == end);
+    }
+    *consumed = used;
+    return rc;
+}
+
 //  Parse data whole, split at every position and byte by byte with one
 //  parser (reset in between): the result, status, reason and consumed must
-//  be the same every time, and verify (if any) must pass every time.
+//  be the same every time, and verify (if any) must pass every time. The
+//  same again in stop-at-headers mode, which must report HEADERS exactly
+//  once for every request whose header section is complete.
 static void
 s_check_splits (size_t max_header, size_t max_body, const char *data, size_t len,
                 int expect_rc, int expect_status, s_verify_fn *verify)
@@ -1031,6 +1100,23 @@ s_check_splits (size_t max_header, size_t max_body, const char *data, size_t len
         assert (consumed == whole);
     if (verify)
         verify (http, consumed);
+
+    wsr_http_set_stop_at_headers (http, true);
+    for (size_t split = 0; split <= len; split++) {
+        wsr_http_reset (http);
+        int headers = 0;
+        consumed = 0;
+        rc = s_feed_stop (http, data, len, split, &consumed, &headers);
+        assert (rc == expect_rc);
+        assert (wsr_http_status (http) == expect_status);
+        assert (streq (wsr_http_error (http), reason));
+        if (rc == WSR_HTTP_DONE)
+            assert (headers == 1);
+        if (rc != WSR_HTTP_ERROR)
+            assert (consumed == whole);
+        if (verify && rc == WSR_HTTP_DONE)
+            verify (http, consumed);
+    }
     wsr_http_destroy (&http);
 }
 

@@ -12,6 +12,7 @@ typedef struct _wsr_http_t wsr_http_t;
 #define WSR_HTTP_MORE       0       //  need more bytes
 #define WSR_HTTP_DONE       1       //  one complete request parsed (or upgrade headers complete)
 #define WSR_HTTP_ERROR      -1      //  bad request: see wsr_http_status / wsr_http_error
+#define WSR_HTTP_HEADERS    2       //  stop-at-headers mode: header section complete
 
 //  Limits of the class (the configurable ones are arguments of wsr_http_new).
 #define WSR_HTTP_ACCEPT_SIZE    29      //  Sec-WebSocket-Accept: 28 chars + NUL
@@ -41,6 +42,20 @@ void
 //  is sticky: after DONE or ERROR, further feeds consume nothing until reset.
 int
     wsr_http_feed (wsr_http_t *self, const char *data, size_t len, size_t *consumed);
+
+//  Stop-at-headers mode (off by default): feed returns HEADERS once per
+//  request, as soon as the header section is complete and before any body
+//  byte is taken, so the caller can judge the request (method, path,
+//  headers) before the body is buffered. *consumed then stops short of the
+//  end of the header section: feed the rest of the same data again to go on
+//  to DONE. Results and consumed totals are the same as without the mode.
+void
+    wsr_http_set_stop_at_headers (wsr_http_t *self, bool stop);
+
+//  True if the request announces a body (Content-Length > 0 or chunked);
+//  valid once the header section is complete.
+bool
+    wsr_http_has_body (wsr_http_t *self);
 
 //  HTTP status to answer on ERROR (0 otherwise): 400 bad syntax, 431 headers
 //  too large, 413 body too large, 414 URI too long, 505 version not supported,

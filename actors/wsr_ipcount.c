@@ -3,7 +3,9 @@
 //  A fixed array of atomic counters indexed by a keyed hash of the address
 //  (SipHash via crypto_shorthash, random key per process, so a client cannot
 //  pick addresses that collide with a victim's). IPv6 clients are counted by
-//  their /64, which is what one subscriber usually holds. The listener
+//  their /64, which is what one subscriber usually holds; an IPv4-mapped
+//  address (::ffff:a.b.c.d, what a dual-stack socket bound to :: reports for
+//  an IPv4 client) is counted as its IPv4 address. The listener
 //  acquires when it accepts; whoever closes the connection releases. A
 //  collision can only make the cap stricter for the two addresses sharing a
 //  slot, never looser; with 65,536 slots that is rare and documented.
@@ -53,8 +55,16 @@ s_slot (wsr_ipcount_t *self, const struct sockaddr *addr)
     }
     else
     if (addr->sa_family == AF_INET6) {
-        bytes = (const uint8_t *) &((const struct sockaddr_in6 *) addr)->sin6_addr;
-        len = 8;                    //  the /64
+        const struct in6_addr *in6 = &((const struct sockaddr_in6 *) addr)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED (in6)) {
+            //  ::ffff:a.b.c.d on a dual-stack socket is the IPv4 client
+            bytes = in6->s6_addr + 12;
+            len = 4;
+        }
+        else {
+            bytes = in6->s6_addr;
+            len = 8;                //  the /64
+        }
     }
     else
         return -1;
@@ -119,6 +129,24 @@ wsr_ipcount_test (bool verbose)
     assert (wsr_ipcount_acquire (ipcount, (struct sockaddr *) &v6)
          == wsr_ipcount_acquire (ipcount, (struct sockaddr *) &v6b));
     assert (wsr_ipcount_acquire (ipcount, (struct sockaddr *) &v6) == -1);
+    //  IPv4-mapped: ::ffff:127.0.0.2 is 127.0.0.2 (at its cap already), and
+    //  two mapped addresses do not share one slot because of their prefix
+    struct sockaddr_in6 mapped = { .sin6_family = AF_INET6 };
+    mapped.sin6_addr.s6_addr [10] = 0xff;
+    mapped.sin6_addr.s6_addr [11] = 0xff;
+    memcpy (mapped.sin6_addr.s6_addr + 12, &a.sin_addr, 4);
+    assert (wsr_ipcount_acquire (ipcount, (struct sockaddr *) &mapped) == -1);
+    wsr_ipcount_release (ipcount, s1);
+    assert (wsr_ipcount_acquire (ipcount, (struct sockaddr *) &mapped) == s1);
+    int taken = 0;
+    for (uint32_t host = 1; host <= 40; host++) {
+        struct sockaddr_in6 other = mapped;
+        uint32_t v4 = htonl (0x0a000000 + host);
+        memcpy (other.sin6_addr.s6_addr + 12, &v4, 4);
+        if (wsr_ipcount_acquire (ipcount, (struct sockaddr *) &other) >= 0)
+            taken++;
+    }
+    assert (taken == 40);       //  40 addresses, 2 each: one shared /64 would stop at 2
     wsr_ipcount_destroy (&ipcount);
     //  No cap
     ipcount = wsr_ipcount_new (0);

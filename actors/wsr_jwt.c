@@ -149,6 +149,17 @@ wsr_jwt_set_leeway (wsr_jwt_t *self, int seconds)
 
 
 //  --------------------------------------------------------------------------
+//  The clock skew, for whoever turns exp into a deadline.
+
+int
+wsr_jwt_leeway (wsr_jwt_t *self)
+{
+    assert (self);
+    return self->leeway;
+}
+
+
+//  --------------------------------------------------------------------------
 //  Deployments that never issue eternal tokens can insist on exp.
 
 void

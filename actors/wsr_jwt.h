@@ -36,6 +36,10 @@ void
 void
     wsr_jwt_set_leeway (wsr_jwt_t *self, int seconds);
 
+//  The clock skew set (seconds).
+int
+    wsr_jwt_leeway (wsr_jwt_t *self);
+
 //  Require an exp claim ("exp missing" otherwise); default false.
 void
     wsr_jwt_set_require_exp (wsr_jwt_t *self, bool require);

@@ -8,9 +8,22 @@
 //    GET /healthz, /readyz, /metrics, POST /api/publish answer here and close.
 //  A publish becomes PUBLISH [topic key][downstream envelope] to the router.
 //
-//  Overload: at most max_pending handshakes; accept errors (EMFILE, ENFILE)
-//  close a spare descriptor to shed the connection and pause accepting for a
-//  moment instead of spinning; handshakes have a deadline (FIFO list).
+//  Requests are judged from their headers (wsr_http stop-at-headers mode):
+//  a publish with a wrong or missing API key gets 401 (API disabled: 403)
+//  before any body byte is buffered; any other request with a body is
+//  answered from its headers and closed. HEAD gets GET's headers, no body.
+//
+//  Overload: every connection the listener holds (in its handshake, idle in
+//  keep-alive, or closing) is "pending". Per client address at most
+//  max_pending_per_ip (checked first, so an address at its cap takes nothing
+//  from the others: 429 at once); node-wide at most max_pending; then the
+//  handshake-rate bucket. Keep-alive connections have a lifetime and a
+//  request cap. The per-address cap on sessions (ipcount) is taken only when
+//  an upgrade is handed over. Accept errors (EMFILE, ENFILE) close a spare
+//  descriptor to shed the connection and pause accepting for a moment
+//  instead of spinning; handshakes have a deadline (FIFO list; 408 and
+//  closed at once). After any other last answer a connection lingers (write side shut, input read and dropped
+//  until EOF, 2 s or S_LINGER_BYTES) so the client gets the answer, not a RST.
 //
 //  Sockets (owned):
 //    pipe                          PAIR  commands: START, PORT, DRAIN, $TERM
@@ -40,6 +53,8 @@
 #define S_ACCEPT_BATCH      64      //  accepts per wake-up
 #define S_ACCEPT_PAUSE_MS   100     //  after EMFILE / ENFILE
 #define S_READ_CHUNK        16384
+#define S_LINGER_MS         2000    //  after a last answer, wait this long for EOF
+#define S_LINGER_BYTES      16384   //  ... and drop at most this much input
 #define S_KEY_ERROR         "{\"error\":\"missing or wrong api key\"}"
 
 typedef struct _s_hs_t s_hs_t;
@@ -52,7 +67,14 @@ struct _s_hs_t {
     bool keep_alive;                //  answer the current request and keep going
     bool broken;                    //  a response could not be written whole
     bool served;                    //  answered at least one request
+    bool lingering;                 //  last answer sent, write side shut, draining input
+    bool head;                      //  current request is HEAD: headers only
+    int pending_slot;               //  per-IP pending counter slot, -1 if none
+    int64_t born;                   //  mono ms of accept (keep-alive lifetime)
+    size_t requests;                //  requests answered on this connection
+    size_t dropped;                 //  input bytes dropped while lingering
     char peer [INET6_ADDRSTRLEN + 8];   //  "addr:port" for logs
+    struct sockaddr_storage addr;   //  client address (per-IP counters)
     s_hs_t *prev, *next;            //  pending list, oldest first
     SSL *ssl;                       //  TLS session (owned with fd), NULL on plain TCP
     bool tls_ready;                 //  its handshake is complete
@@ -82,7 +104,10 @@ typedef struct {
     bool ready;                     //  /readyz answer
     uint64_t next_id;               //  connection ids
     s_hs_t *head, *tail;            //  pending handshakes, FIFO by deadline
-    size_t pending;                 //  list length
+    s_hs_t *linger_head, *linger_tail;  //  lingering connections, FIFO by deadline
+    size_t pending;                 //  length of both lists
+    wsr_ipcount_t *pending_ips;     //  pending connections per address (owned) or NULL
+    bool draining;                  //  DRAIN seen
     wsr_listener_opts_t opts;       //  settings; strings owned below
     char *api_key;                  //  publish API key (owned) or NULL
     uint8_t api_key_hash [crypto_generichash_BYTES];    //  for constant-time compare
@@ -104,30 +129,35 @@ typedef struct {
 static void
 s_hs_unlink (s_listener_t *self, s_hs_t *hs)
 {
+    s_hs_t **head = hs->lingering? &self->linger_head: &self->head;
+    s_hs_t **tail = hs->lingering? &self->linger_tail: &self->tail;
     if (hs->prev)
         hs->prev->next = hs->next;
     else
-        self->head = hs->next;
+        *head = hs->next;
     if (hs->next)
         hs->next->prev = hs->prev;
     else
-        self->tail = hs->prev;
+        *tail = hs->prev;
     self->pending--;
 }
 
-//  Append to the pending list with a fresh deadline; the delay is the same for
-//  every entry, so the list stays sorted.
+//  Append to its list (pending or lingering) with a fresh deadline; the
+//  delay is the same for every entry of a list, so each list stays sorted.
 static void
 s_hs_append (s_listener_t *self, s_hs_t *hs)
 {
-    hs->deadline = wsr_util_mono_ms () + self->opts.handshake_timeout_ms;
-    hs->prev = self->tail;
+    s_hs_t **head = hs->lingering? &self->linger_head: &self->head;
+    s_hs_t **tail = hs->lingering? &self->linger_tail: &self->tail;
+    hs->deadline = wsr_util_mono_ms ()
+                 + (hs->lingering? S_LINGER_MS: self->opts.handshake_timeout_ms);
+    hs->prev = *tail;
     hs->next = NULL;
-    if (self->tail)
-        self->tail->next = hs;
+    if (*tail)
+        (*tail)->next = hs;
     else
-        self->head = hs;
-    self->tail = hs;
+        *head = hs;
+    *tail = hs;
     self->pending++;
 }
 
@@ -144,8 +174,27 @@ s_hs_end (s_listener_t *self, s_hs_t *hs, bool close_fd)
         if (hs->ip_slot >= 0)
             wsr_ipcount_release (self->opts.ipcount, hs->ip_slot);
     }
+    if (hs->pending_slot >= 0)
+        wsr_ipcount_release (self->pending_ips, hs->pending_slot);
+    wsr_metrics_add (self->metrics, WSR_M_PENDING_CONNECTIONS, -1);
     wsr_http_destroy (&hs->http);
     free (hs);
+}
+
+//  The last answer is out: linger instead of closing, so that input the
+//  client still sends (a body we did not want, a pipelined request) does not
+//  make the kernel answer with a RST that destroys the answer in flight.
+static void
+s_hs_finish (s_listener_t *self, s_hs_t *hs)
+{
+    if (hs->broken || hs->lingering) {
+        s_hs_end (self, hs, true);
+        return;
+    }
+    shutdown (hs->fd, SHUT_WR);
+    s_hs_unlink (self, hs);
+    hs->lingering = true;
+    s_hs_append (self, hs);
 }
 
 //  Best-effort response on a non-blocking socket; the connection closes next.
@@ -158,7 +207,7 @@ s_respond (s_hs_t *hs, int status, const char *content_type, const char *extra,
                        status == 403? "Forbidden": status == 404? "Not Found":
                        status == 405? "Method Not Allowed": status == 408? "Request Timeout":
                        status == 413? "Payload Too Large": status == 414? "URI Too Long":
-                       status == 426? "Upgrade Required":
+                       status == 426? "Upgrade Required": status == 429? "Too Many Requests":
                        status == 431? "Request Header Fields Too Large":
                        status == 501? "Not Implemented":
                        status == 503? "Service Unavailable":
@@ -169,10 +218,13 @@ s_respond (s_hs_t *hs, int status, const char *content_type, const char *extra,
                       "Connection: %s\r\nCache-Control: no-store\r\n%s\r\n",
                       status, text, content_type, body_len,
                       hs->keep_alive? "keep-alive": "close", extra? extra: "");
+    //  HEAD: the same headers, Content-Length included, and no body
+    if (hs->head)
+        body_len = 0;
     struct iovec iov [2] = {
         { head, (size_t) n }, { (void *) body, body_len }
     };
-    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = body_len? 2: 1 };
     ssize_t sent = 0;
     if (hs->ssl) {
         //  Record by record; one that does not go at once breaks the answer
@@ -200,6 +252,7 @@ s_respond (s_hs_t *hs, int status, const char *content_type, const char *extra,
         wsr_tls_free (&hs->ssl);        //  close_notify before the FIN
     if (!hs->keep_alive || hs->broken)
         shutdown (hs->fd, SHUT_WR);     //  the client reads it all before the FIN
+    hs->requests++;
 }
 
 static void
@@ -452,6 +505,24 @@ s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early
             return false;
         }
     }
+    if (self->draining) {
+        wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
+        s_respond (hs, 503, "text/plain", "Retry-After: 1\r\n", "draining\n", 9);
+        return false;
+    }
+    //  The per-address cap on sessions: counted from here until the session
+    //  ends (the worker releases the slot)
+    if (self->opts.ipcount && hs->ip_slot < 0) {
+        hs->ip_slot = wsr_ipcount_acquire (self->opts.ipcount, (struct sockaddr *) &hs->addr);
+        if (hs->ip_slot < 0
+        && (hs->addr.ss_family == AF_INET || hs->addr.ss_family == AF_INET6)) {
+            wsr_metrics_add (self->metrics, WSR_M_IP_REFUSED, 1);
+            s_respond (hs, 429, "text/plain", "Retry-After: 1\r\n",
+                       "too many sessions from this address\n",
+                       strlen ("too many sessions from this address\n"));
+            return false;
+        }
+    }
     char accept [WSR_HTTP_ACCEPT_SIZE];
     wsr_http_ws_accept (wsr_http_header (hs->http, "sec-websocket-key"), accept);
     //  Token: ?token= (the documented way), or Authorization: Bearer
@@ -496,7 +567,8 @@ s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
     wsr_metrics_add (self->metrics, WSR_M_HTTP_REQUESTS, 1);
     const char *method = wsr_http_method (hs->http);
     const char *path = wsr_http_path (hs->http);
-    bool get = streq (method, "GET") || streq (method, "HEAD");
+    hs->head = streq (method, "HEAD");
+    bool get = streq (method, "GET") || hs->head;
     if (!self->opts.status_only && path && (streq (path, "/ws") || strncmp (path, "/ws/", 4) == 0))
         return s_route_upgrade (self, hs, rest, rest_size);
     if (s_path_is (path, "/healthz") && get)
@@ -569,9 +641,92 @@ s_hs_tls (s_listener_t *self, s_hs_t *hs)
     return true;
 }
 
+//  Whether the connection may carry another request after this answer:
+//  the client's wish, no upgrade, not draining, and the keep-alive caps.
+static bool
+s_keep_alive (s_listener_t *self, s_hs_t *hs)
+{
+    if (!wsr_http_keep_alive (hs->http) || wsr_http_is_upgrade (hs->http) || self->draining)
+        return false;
+    bool spent = self->opts.keepalive_requests
+              && hs->requests + 1 >= self->opts.keepalive_requests;
+    bool old = self->opts.keepalive_lifetime_ms
+            && wsr_util_mono_ms () - hs->born >= self->opts.keepalive_lifetime_ms;
+    if (spent || old) {
+        wsr_metrics_add (self->metrics, WSR_M_KEEPALIVE_CLOSED, 1);
+        return false;
+    }
+    return true;
+}
+
+//  The header section is complete, no body byte taken yet. Returns true if
+//  the request was answered from its headers (the connection then closes):
+//  a publish without the right key, or any other request with a body.
+static bool
+s_judge_headers (s_listener_t *self, s_hs_t *hs)
+{
+    const char *method = wsr_http_method (hs->http);
+    const char *path = wsr_http_path (hs->http);
+    if (!self->opts.status_only && s_path_is (path, "/api/publish") && streq (method, "POST")) {
+        if (!self->api_key) {
+            wsr_metrics_add (self->metrics, WSR_M_HTTP_REQUESTS, 1);
+            hs->keep_alive = false;
+            s_respond_json (hs, 403,
+                            "{\"error\":\"publish API disabled: set WEBSOCKET_API_KEY\"}");
+            return true;
+        }
+        if (!s_api_key_ok (self, wsr_http_header (hs->http, "authorization"))) {
+            wsr_metrics_add (self->metrics, WSR_M_HTTP_REQUESTS, 1);
+            wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
+            hs->keep_alive = false;
+            s_respond (hs, 401, "application/json", "WWW-Authenticate: apikey\r\n",
+                       S_KEY_ERROR, sizeof S_KEY_ERROR - 1);
+            return true;
+        }
+        return false;               //  authorised: the body is wanted
+    }
+    if (!wsr_http_has_body (hs->http))
+        return false;               //  judged when complete, as usual
+    //  A body nobody reads: answer from the headers and close
+    hs->keep_alive = false;
+    //  Routes that hand the connection on never take a body
+    if (!self->opts.status_only && path && (streq (path, "/ws") || strncmp (path, "/ws/", 4) == 0
+                                        ||  streq (path, "/api/presence"))) {
+        wsr_metrics_add (self->metrics, WSR_M_HTTP_REQUESTS, 1);
+        wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_HTTP, 1);
+        s_respond (hs, 400, "text/plain", NULL, "body not allowed\n", 17);
+    }
+    else {
+        bool handed = s_route (self, hs, NULL, 0);
+        assert (!handed);
+    }
+    return true;
+}
+
+//  Lingering after the last answer: read and drop until EOF or the budget.
+static void
+s_hs_drop (s_listener_t *self, s_hs_t *hs)
+{
+    char buf [S_READ_CHUNK];
+    ssize_t n;
+    do
+        n = recv (hs->fd, buf, sizeof buf, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+    if (n > 0)
+        hs->dropped += (size_t) n;
+    if (n <= 0 || hs->dropped >= S_LINGER_BYTES)
+        s_hs_end (self, hs, true);
+}
+
 static void
 s_hs_read (s_listener_t *self, s_hs_t *hs)
 {
+    if (hs->lingering) {
+        s_hs_drop (self, hs);
+        return;
+    }
     if (hs->ssl && !hs->tls_ready && !s_hs_tls (self, hs))
         return;
     char buf [S_READ_CHUNK];
@@ -600,17 +755,26 @@ s_hs_read (s_listener_t *self, s_hs_t *hs)
             int len = snprintf (body, sizeof body, "%s\n", wsr_http_error (hs->http));
             hs->keep_alive = false;
             s_respond (hs, wsr_http_status (hs->http), "text/plain", NULL, body, (size_t) len);
-            s_hs_end (self, hs, true);
+            hs->dropped = (size_t) n - offset;
+            s_hs_finish (self, hs);
             return;
         }
-        hs->keep_alive = wsr_http_keep_alive (hs->http) && !wsr_http_is_upgrade (hs->http)
-                      && self->listen_fd >= 0;
+        if (rc == WSR_HTTP_HEADERS) {
+            if (s_judge_headers (self, hs)) {
+                hs->dropped = (size_t) n - offset;
+                s_hs_finish (self, hs);
+                return;
+            }
+            continue;
+        }
+        hs->keep_alive = s_keep_alive (self, hs);
         if (s_route (self, hs, buf + offset, (size_t) n - offset)) {
             s_hs_end (self, hs, false);
             return;
         }
         if (!hs->keep_alive || hs->broken) {
-            s_hs_end (self, hs, true);
+            hs->dropped = (size_t) n - offset;
+            s_hs_finish (self, hs);
             return;
         }
         hs->served = true;
@@ -669,7 +833,22 @@ s_accept (s_listener_t *self, bool tls)
             return;
         }
         wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, 1);
+        //  Per address first: an address at its cap takes nothing from the
+        //  others, neither a place in the node-wide table nor a rate token
+        int pending_slot = -1;
+        if (self->pending_ips) {
+            pending_slot = wsr_ipcount_acquire (self->pending_ips, (struct sockaddr *) &addr);
+            if (pending_slot < 0 && (addr.ss_family == AF_INET || addr.ss_family == AF_INET6)) {
+                wsr_metrics_add (self->metrics, WSR_M_PENDING_REFUSED_PER_IP, 1);
+                wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+                s_refuse (fd, "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n"
+                              "Content-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+        }
         if (self->pending >= self->opts.max_pending) {
+            if (pending_slot >= 0)
+                wsr_ipcount_release (self->pending_ips, pending_slot);
             wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
             wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
             close (fd);
@@ -684,6 +863,8 @@ s_accept (s_listener_t *self, bool tls)
             if (self->hs_tokens > cap)
                 self->hs_tokens = cap;
             if (self->hs_tokens < 1.0) {
+                if (pending_slot >= 0)
+                    wsr_ipcount_release (self->pending_ips, pending_slot);
                 wsr_metrics_add (self->metrics, WSR_M_HS_RATE_REFUSED, 1);
                 wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
                 s_refuse (fd, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
@@ -692,26 +873,20 @@ s_accept (s_listener_t *self, bool tls)
             }
             self->hs_tokens -= 1.0;
         }
-        int ip_slot = -1;
-        if (self->opts.ipcount) {
-            ip_slot = wsr_ipcount_acquire (self->opts.ipcount, (struct sockaddr *) &addr);
-            if (ip_slot < 0 && (addr.ss_family == AF_INET || addr.ss_family == AF_INET6)) {
-                wsr_metrics_add (self->metrics, WSR_M_IP_REFUSED, 1);
-                wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
-                s_refuse (fd, "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
-                              "Connection: close\r\n\r\n");
-                continue;
-            }
-        }
         int one = 1;
         setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         s_hs_t *hs = (s_hs_t *) zmalloc (sizeof (s_hs_t));
         hs->fd = fd;
-        hs->ip_slot = ip_slot;
+        hs->ip_slot = -1;
+        hs->pending_slot = pending_slot;
+        hs->addr = addr;
+        hs->born = wsr_util_mono_ms ();
         hs->id = ++self->next_id;
+        wsr_metrics_add (self->metrics, WSR_M_PENDING_CONNECTIONS, 1);
         //  The API body is JSON: escapes can make a payload up to 6 times
         //  longer (\uXXXX); the decoded payload is checked against the limit
         hs->http = wsr_http_new (WSR_MAX_HEADER_BYTES, self->opts.max_message * 6 + 65536);
+        wsr_http_set_stop_at_headers (hs->http, true);
         char host [INET6_ADDRSTRLEN] = "?";
         int port = 0;
         if (addr.ss_family == AF_INET) {
@@ -722,7 +897,10 @@ s_accept (s_listener_t *self, bool tls)
         else
         if (addr.ss_family == AF_INET6) {
             struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &addr;
-            inet_ntop (AF_INET6, &in6->sin6_addr, host, sizeof host);
+            if (IN6_IS_ADDR_V4MAPPED (&in6->sin6_addr))
+                inet_ntop (AF_INET, in6->sin6_addr.s6_addr + 12, host, sizeof host);
+            else
+                inet_ntop (AF_INET6, &in6->sin6_addr, host, sizeof host);
             port = ntohs (in6->sin6_port);
         }
         snprintf (hs->peer, sizeof hs->peer, "%s:%d", host, port);
@@ -784,6 +962,14 @@ s_listen (s_listener_t *self, const char *bind_addr, int port, int *bound_port)
     setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (self->opts.reuseport)
         setsockopt (fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (addr.ss_family == AF_INET6) {
+        //  Dual stack on purpose, whatever net.ipv6.bindv6only says: "::"
+        //  takes IPv4 clients too, as ::ffff:a.b.c.d, which the per-address
+        //  counters read as the IPv4 address
+        int zero = 0;
+        if (setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero))
+            zsys_warning ("listener: IPV6_V6ONLY=0: %s", strerror (errno));
+    }
     if (bind (fd, (struct sockaddr *) &addr, addr_len) || listen (fd, 4096)) {
         zsys_error ("listener: cannot listen on %s:%d: %s", bind_addr, port, strerror (errno));
         close (fd);
@@ -844,6 +1030,7 @@ s_handle_pipe (s_listener_t *self)
     else
     if (streq (command, WSR_CMD_DRAIN)) {
         s_stop_accepting (self);
+        self->draining = true;
         zsock_send (self->pipe, "i", 0);
     }
     else
@@ -882,6 +1069,8 @@ s_listener_actor (zsock_t *pipe, void *args)
         free (list);
     }
     self->hs_tokens = (double) a->opts.handshake_rate;
+    if (a->opts.max_pending_per_ip)
+        self->pending_ips = wsr_ipcount_new ((uint32_t) a->opts.max_pending_per_ip);
     self->hs_refill = wsr_util_mono_ms ();
 
     self->auth = zsock_new (ZMQ_PUSH);
@@ -953,13 +1142,20 @@ s_listener_actor (zsock_t *pipe, void *args)
                 hs->keep_alive = false;
                 s_respond (hs, 408, "text/plain", NULL, "request timeout\n", 16);
             }
-            s_hs_end (self, hs, true);  //  idle keep-alive: just close
+            //  No lingering here: the client had its whole deadline, and a
+            //  slow one must not hold its place two seconds longer
+            s_hs_end (self, hs, true);
         }
+        while (self->linger_head && self->linger_head->deadline <= now)
+            s_hs_end (self, self->linger_head, true);
         if (self->accept_paused && now >= self->accept_resume && self->listen_fd >= 0)
             s_accept_pause (self, false);
     }
     while (self->head)
         s_hs_end (self, self->head, true);
+    while (self->linger_head)
+        s_hs_end (self, self->linger_head, true);
+    wsr_ipcount_destroy (&self->pending_ips);
     s_stop_accepting (self);
     if (self->spare_fd >= 0)
         close (self->spare_fd);
@@ -1054,16 +1250,58 @@ wsr_listener_drain (wsr_listener_t *self)
 //  Selftest: the test plays auth (PULL AUTH) and router (PULL PUBLISH) and
 //  talks HTTP to the port over real TCP.
 
+//  Connect from a given loopback source address (host order, 0 = any).
 static int
-s_connect (int port)
+s_connect_from (int port, uint32_t source)
 {
     int fd = socket (AF_INET, SOCK_STREAM, 0);
+    if (source) {
+        struct sockaddr_in from = { .sin_family = AF_INET };
+        from.sin_addr.s_addr = htonl (source);
+        assert (bind (fd, (struct sockaddr *) &from, sizeof from) == 0);
+    }
     struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
     addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
     assert (connect (fd, (struct sockaddr *) &addr, sizeof addr) == 0);
     struct timeval tv = { 2, 0 };
     setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
+}
+
+static int
+s_connect (int port)
+{
+    return s_connect_from (port, 0);
+}
+
+//  Send a request on an open connection and read one response whole (by
+//  Content-Length; a HEAD answer ends with its headers). Caller frees.
+static char *
+s_exchange (int fd, const char *request, bool head)
+{
+    assert (send (fd, request, strlen (request), MSG_NOSIGNAL) == (ssize_t) strlen (request));
+    char *buf = (char *) zmalloc (65536);
+    size_t got = 0;
+    ssize_t n;
+    while (got < 65535 && (n = recv (fd, buf + got, 1, 0)) > 0) {
+        got += (size_t) n;
+        char *end = strstr (buf, "\r\n\r\n");
+        char *length = strstr (buf, "Content-Length: ");
+        if (end && length && length < end
+        &&  got >= (size_t) (end + 4 - buf) + (head? 0: strtoul (length + 16, NULL, 10)))
+            break;
+    }
+    return buf;
+}
+
+//  Wait (bounded) until a gauge reaches a value.
+static bool
+s_gauge_reaches (wsr_metrics_t *metrics, wsr_metric_t metric, int64_t want)
+{
+    int64_t deadline = zclock_mono () + 3000;
+    while ((int64_t) wsr_metrics_get (metrics, metric) != want && zclock_mono () < deadline)
+        zclock_sleep (5);
+    return (int64_t) wsr_metrics_get (metrics, metric) == want;
 }
 
 //  Send a request, read one whole response (by Content-Length, or until the
@@ -1297,41 +1535,179 @@ wsr_listener_test (bool verbose)
     free (reply);
     assert (wsr_metrics_get (metrics, WSR_M_ORIGIN_REFUSED) == 1);
 
-    //  Per-IP cap (50): hold 50 connections, the 51st is refused with 429
-    //  Drain: readiness off, port closed
+    //  HEAD: GET's headers, Content-Length included, no body
+    fd = s_connect (port);
+    reply = s_exchange (fd, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n", true);
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "Content-Length: 3\r\n"));
+    free (reply);
+    //  Nothing follows the headers: the next answer starts right away
+    reply = s_exchange (fd, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert (strncmp (reply, "HTTP/1.1 404", 12) == 0);
+    free (reply);
+    close (fd);
+
+    //  Judged from the headers: a wrong key gets 401 before any body byte is
+    //  sent (a 6 MiB body is announced, none sent), and the connection ends
+    int64_t rejected = wsr_metrics_get (metrics, WSR_M_PUBLISH_REJECTED);
+    fd = s_connect (port);
+    reply = s_exchange (fd, "POST /api/publish HTTP/1.1\r\nHost: x\r\n"
+                            "Authorization: apikey wrong\r\nContent-Length: 6291456\r\n\r\n",
+                        false);
+    assert (strncmp (reply, "HTTP/1.1 401", 12) == 0 && strstr (reply, "Connection: close"));
+    free (reply);
+    assert (wsr_metrics_get (metrics, WSR_M_PUBLISH_REJECTED) == rejected + 1);
+    //  Lingering: body bytes sent after the answer are read and dropped,
+    //  then the server closes (EOF, no RST while under the budget)
+    char junk [4096];
+    memset (junk, 'j', sizeof junk);
+    assert (send (fd, junk, sizeof junk, MSG_NOSIGNAL) == (ssize_t) sizeof junk);
+    shutdown (fd, SHUT_WR);
+    char tail [64];
+    assert (recv (fd, tail, sizeof tail, 0) == 0);
+    close (fd);
+    //  Any other request with a body: answered from its headers, closed
+    fd = s_connect (port);
+    reply = s_exchange (fd, "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+                        false);
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "Connection: close"));
+    free (reply);
+    close (fd);
+    fd = s_connect (port);
+    reply = s_exchange (fd, "POST /ws HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        false);
+    assert (strncmp (reply, "HTTP/1.1 400", 12) == 0);
+    free (reply);
+    close (fd);
+    //  A last answer followed by more input: the answer arrives whole (the
+    //  client's unread pipelined bytes would otherwise turn the close into RST)
+    fd = s_connect (port);
+    char burst [24576];
+    int head_len = snprintf (burst, sizeof burst,
+                             "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    memset (burst + head_len, 'x', sizeof burst - (size_t) head_len);
+    assert (send (fd, burst, sizeof burst, MSG_NOSIGNAL) == (ssize_t) sizeof burst);
+    zclock_sleep (100);             //  let the server answer before we read
+    char answer [256] = "";
+    assert (recv (fd, answer, sizeof answer - 1, 0) > 12);
+    assert (strncmp (answer, "HTTP/1.1 404", 12) == 0);
+    close (fd);
+
+    //  Drain with keep-alive connections open: /readyz says draining and
+    //  closes, an upgrade gets 503, the port is closed
+    int idle_a = s_connect (port);
+    int idle_b = s_connect (port);
+    reply = s_exchange (idle_a, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert (strstr (reply, "Connection: keep-alive"));
+    free (reply);
+    reply = s_exchange (idle_b, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    free (reply);
     wsr_listener_drain (listener);
+    reply = s_exchange (idle_a, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert (strncmp (reply, "HTTP/1.1 503", 12) == 0 && strstr (reply, "draining"));
+    assert (strstr (reply, "Connection: close"));
+    free (reply);
+    reply = s_exchange (idle_b, "GET /ws?token=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                                "Connection: Upgrade\r\n"
+                                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                "Sec-WebSocket-Version: 13\r\n\r\n", false);
+    assert (strncmp (reply, "HTTP/1.1 503", 12) == 0);
+    free (reply);
+    close (idle_a);
+    close (idle_b);
     int probe = socket (AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
     addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
     assert (connect (probe, (struct sockaddr *) &addr, sizeof addr) == -1);
     close (probe);
     wsr_listener_destroy (&listener);
+    assert (wsr_metrics_get (metrics, WSR_M_PENDING_CONNECTIONS) == 0);
 
-    //  Per-IP cap (50), on a listener with a long handshake deadline: hold
-    //  50 silent connections, the 51st is refused with 429
-    wsr_ipcount_t *capped = wsr_ipcount_new (50);
+    //  Per-address pending cap (50), on a listener with a long handshake
+    //  deadline, keep-alive caps and the publish API disabled
+    wsr_ipcount_t *capped = wsr_ipcount_new (1);
     opts.ipcount = capped;
     opts.handshake_timeout_ms = 10000;
-    listener = wsr_listener_new ("ltest2", &opts, metrics);
+    opts.max_pending_per_ip = 50;
+    opts.keepalive_requests = 3;
+    opts.keepalive_lifetime_ms = 300;
+    opts.api_key = NULL;
+    listener = wsr_listener_new ("ltest", &opts, metrics);
     assert (listener);
     port = wsr_listener_port (listener);
+    //  API disabled: 403 from the headers
+    fd = s_connect (port);
+    reply = s_exchange (fd, "POST /api/publish HTTP/1.1\r\nHost: x\r\n"
+                            "Content-Length: 6291456\r\n\r\n", false);
+    assert (strncmp (reply, "HTTP/1.1 403", 12) == 0);
+    free (reply);
+    close (fd);
+    //  Request cap: the third answer on one connection says close
+    int64_t ka_closed = wsr_metrics_get (metrics, WSR_M_KEEPALIVE_CLOSED);
+    fd = s_connect (port);
+    for (int i = 0; i < 3; i++) {
+        reply = s_exchange (fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false);
+        assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+        assert (strstr (reply, i < 2? "Connection: keep-alive": "Connection: close"));
+        free (reply);
+    }
+    assert (recv (fd, tail, sizeof tail, 0) == 0);
+    close (fd);
+    assert (wsr_metrics_get (metrics, WSR_M_KEEPALIVE_CLOSED) == ka_closed + 1);
+    //  Lifetime (300 ms): an answer after it says close
+    fd = s_connect (port);
+    reply = s_exchange (fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert (strstr (reply, "Connection: keep-alive"));
+    free (reply);
+    zclock_sleep (350);             //  the connection ages past its lifetime
+    reply = s_exchange (fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert (strstr (reply, "Connection: close"));
+    free (reply);
+    close (fd);
+    assert (wsr_metrics_get (metrics, WSR_M_KEEPALIVE_CLOSED) == ka_closed + 2);
+    assert (s_gauge_reaches (metrics, WSR_M_PENDING_CONNECTIONS, 0));
+
+    //  Session cap per address (1): the first upgrade is handed over and
+    //  holds the slot, the second gets 429
+    int up1 = s_connect (port);
+    const char *upgrade_t = "GET /ws?token=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                            "Connection: Upgrade\r\n"
+                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                            "Sec-WebSocket-Version: 13\r\n\r\n";
+    assert (send (up1, upgrade_t, strlen (upgrade_t), 0) > 0);
+    assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &slot, &flags, &accept,
+                        &peer, &token, &early, &tls) == 0);
+    assert (slot >= 0);
+    int up2 = s_connect (port);
+    reply = s_exchange (up2, upgrade_t, false);
+    assert (strncmp (reply, "HTTP/1.1 429", 12) == 0);
+    free (reply);
+    close (up2);
+    assert (wsr_metrics_get (metrics, WSR_M_IP_REFUSED) == 1);
+    wsr_ipcount_release (capped, slot);     //  as the session would
+    close (handed_fd);
+    close (up1);
+    zstr_free (&verb);
+    zstr_free (&accept);
+    zstr_free (&peer);
+    zframe_destroy (&token);
+    zframe_destroy (&early);
+
+    //  Hold 50 silent connections: the 51st from that address is refused at
+    //  once with 429 and Retry-After, another address still gets in
+    assert (s_gauge_reaches (metrics, WSR_M_PENDING_CONNECTIONS, 0));
     int held [50];
     for (int i = 0; i < 50; i++)
         held [i] = s_connect (port);
-    //  Nothing answers a silent connection: watch the table fill up
-    struct sockaddr_in lo = { .sin_family = AF_INET };
-    lo.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    int64_t deadline = zclock_mono () + 3000;
-    while ((slot = wsr_ipcount_acquire (capped, (struct sockaddr *) &lo)) >= 0
-       &&  zclock_mono () < deadline) {
-        wsr_ipcount_release (capped, slot);
-        zclock_sleep (5);
-    }
-    assert (slot == -1);
+    assert (s_gauge_reaches (metrics, WSR_M_PENDING_CONNECTIONS, 50));
     reply = s_http (port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert (strncmp (reply, "HTTP/1.1 429", 12) == 0);
+    assert (strncmp (reply, "HTTP/1.1 429", 12) == 0 && strstr (reply, "Retry-After: 1\r\n"));
     free (reply);
-    assert (wsr_metrics_get (metrics, WSR_M_IP_REFUSED) == 1);
+    assert (wsr_metrics_get (metrics, WSR_M_PENDING_REFUSED_PER_IP) == 1);
+    fd = s_connect_from (port, 0x7f000002);
+    reply = s_exchange (fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    free (reply);
+    close (fd);
     for (int i = 0; i < 50; i++)
         close (held [i]);
     wsr_listener_destroy (&listener);

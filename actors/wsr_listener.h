@@ -21,7 +21,11 @@ typedef struct {
     bool status_only;               //  only /healthz, /readyz, /metrics (bridge)
     const char *allowed_origins;    //  comma-separated Origin allow-list, NULL = any
     size_t handshake_rate;          //  new connections per second, 0 = no cap
-    wsr_ipcount_t *ipcount;         //  per-IP counters (not owned), NULL = none
+    wsr_ipcount_t *ipcount;         //  per-IP session counters (not owned), NULL = none;
+                                    //  acquired when an upgrade is handed over
+    size_t max_pending_per_ip;      //  pending connections per address, 0 = no cap
+    int keepalive_lifetime_ms;      //  keep-alive connection's lifetime, 0 = no cap
+    size_t keepalive_requests;      //  requests per keep-alive connection, 0 = no cap
     const char *tls_cert;           //  PEM certificate chain: TLS on, NULL = plain only
     const char *tls_key;            //  PEM private key
     int tls_port;                   //  0: the main port speaks TLS; > 0: a second port for
@@ -55,7 +59,9 @@ int
 int
     wsr_listener_reload (wsr_listener_t *self);
 
-//  Stop accepting and report not ready (graceful drain). Waits for the ack.
+//  Stop accepting and report not ready (graceful drain): /readyz answers 503
+//  "draining", upgrades on connections still open get 503, keep-alive ends
+//  with the next answer. Waits for the ack.
 void
     wsr_listener_drain (wsr_listener_t *self);
 

@@ -172,6 +172,15 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_NATS_REFUSED] =
         { "wsrouter_bridge_nats_refused_total", NULL, "counter",
           "NATS login or permission refusals, and connections libnats gave up on" },
+    [WSR_M_PENDING_REFUSED_PER_IP] =
+        { "wsrouter_pending_refused_total", "reason=\"per_ip\"", "counter",
+          "Connections refused at once because their address holds its share of pending ones" },
+    [WSR_M_PENDING_CONNECTIONS] =
+        { "wsrouter_pending_connections", NULL, "gauge",
+          "Connections in their handshake, idle in HTTP keep-alive, or closing" },
+    [WSR_M_KEEPALIVE_CLOSED] =
+        { "wsrouter_keepalive_closed_total", NULL, "counter",
+          "Keep-alive connections ended by their lifetime or request cap (Connection: close)" },
     [WSR_M_TLS_HANDSHAKES] =
         { "wsrouter_tls_handshakes_total", NULL, "counter", "TLS handshakes completed" },
     [WSR_M_TLS_HANDSHAKE_FAILED] =

@@ -70,6 +70,9 @@ typedef enum {
     WSR_M_PRESENCE_TIMEOUTS,        //  ... answered 504: no answer from the bridge in time
     WSR_M_V1_REFRESHED,             //  v1 token refreshes taken
     WSR_M_V1_REFRESH_REFUSED,       //  ... refused (bad token, other sub): 1008
+    WSR_M_PENDING_REFUSED_PER_IP,   //  connections refused: address at its pending cap
+    WSR_M_PENDING_CONNECTIONS,      //  gauge: connections in handshake, keep-alive or closing
+    WSR_M_KEEPALIVE_CLOSED,         //  keep-alive ended by its lifetime or request cap
     WSR_M_TLS_HANDSHAKES,           //  TLS handshakes completed
     WSR_M_TLS_HANDSHAKE_FAILED,     //  TLS handshakes failed (bad client, old protocol)
     WSR_M_TLS_RELOADS,              //  certificate reloads that succeeded (SIGHUP)

@@ -524,7 +524,7 @@ s_v1_refresh (s_worker_t *self, s_conn_t *conn, const char *token)
     else {
         //  Channels stay those of the connecting token: a refresh moves the
         //  expiry only (docs/PROTOCOL.md)
-        s_expiry_set (self, conn, claims.exp);
+        s_expiry_set (self, conn, claims.exp > 0? claims.exp + wsr_jwt_leeway (self->verifier): 0);
         size_t len = 0;
         char *text = wsr_v1_refreshed (claims.exp, &len);
         s_queue_text (self, conn, text, len);
@@ -1778,6 +1778,12 @@ s_worker_init (s_worker_t *self, s_args_t *a)
     else
     if (o->jwt_alg && o->jwt_key && streq (o->jwt_alg, "EdDSA") && o->jwt_key_len == 32)
         self->verifier = wsr_jwt_new_eddsa (o->jwt_key);
+    if (self->verifier) {
+        //  The same rules as auth's verifier: a refresh cannot bring back
+        //  what the connecting token could not have
+        wsr_jwt_set_leeway (self->verifier, o->jwt_leeway > 0? o->jwt_leeway: 0);
+        wsr_jwt_set_require_exp (self->verifier, o->require_exp);
+    }
     self->opts.jwt_key = NULL;          //  borrowed only until now
     s_worker = self;
 }

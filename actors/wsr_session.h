@@ -26,6 +26,8 @@ typedef struct {
     const char *jwt_alg;        //  v1 refresh: "HS256" or "EdDSA" (NULL: refresh refused)
     const uint8_t *jwt_key;     //  its secret or 32-byte public key (borrowed until started;
     size_t jwt_key_len;         //  the worker keeps its own verifier)
+    int jwt_leeway;             //  its clock skew, s (the refreshed expiry is exp + this)
+    bool require_exp;           //  a refresh token without exp is refused
     const char *bridge;         //  the bridge's endpoint (borrowed until started)
     const char *curve_secret;   //  this node's secret certificate, or NULL
     const char *curve_server;   //  the bridge's public certificate, or NULL

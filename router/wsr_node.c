@@ -46,6 +46,11 @@ wsr_node_opts_defaults (wsr_node_opts_t *opts)
     opts->deflate_level = WSR_DEFAULT_DEFLATE_LEVEL;
     opts->deflate_threshold = WSR_DEFAULT_DEFLATE_THRESHOLD;
     wsr_bridge_opts_defaults (&opts->backplane);
+    opts->max_pending_per_ip = WSR_DEFAULT_MAX_PENDING_PER_IP;
+    opts->keepalive_lifetime_ms = WSR_DEFAULT_KEEPALIVE_MS;
+    opts->keepalive_requests = WSR_DEFAULT_KEEPALIVE_REQUESTS;
+    opts->jwt_leeway = WSR_JWT_LEEWAY_S;
+    opts->require_exp = true;
 }
 
 //  --------------------------------------------------------------------------
@@ -68,6 +73,8 @@ wsr_node_new (const wsr_node_opts_t *opts)
         zsys_error ("node: no usable JWT key for algorithm '%s'", opts->jwt_alg);
         return NULL;
     }
+    wsr_jwt_set_leeway (verifier, opts->jwt_leeway >= 0? opts->jwt_leeway: 0);
+    wsr_jwt_set_require_exp (verifier, opts->require_exp);
     wsr_node_t *self = (wsr_node_t *) zmalloc (sizeof (wsr_node_t));
     self->metrics = wsr_metrics_new ();
     //  A bridge always: in-process (inproc) unless the node uses a bridge
@@ -112,6 +119,7 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .jwt_alg = opts->jwt_alg,
         .jwt_key = streq (opts->jwt_alg, "EdDSA")? opts->jwt_public_key: opts->jwt_secret,
         .jwt_key_len = streq (opts->jwt_alg, "EdDSA")? 32: opts->jwt_secret_len,
+        .jwt_leeway = opts->jwt_leeway, .require_exp = opts->require_exp,
         .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key,
         .deflate_level = opts->deflate_level, .deflate_threshold = opts->deflate_threshold
     };
@@ -132,7 +140,10 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .reuseport = opts->reuseport, .max_pending = WSR_MAX_PENDING_HANDSHAKES,
         .handshake_timeout_ms = opts->handshake_timeout_ms, .max_message = opts->max_message,
         .allowed_origins = opts->allowed_origins, .handshake_rate = opts->handshake_rate,
-        .ipcount = self->ipcount, .tls_cert = opts->tls_cert, .tls_key = opts->tls_key,
+        .ipcount = self->ipcount, .max_pending_per_ip = opts->max_pending_per_ip,
+        .keepalive_lifetime_ms = opts->keepalive_lifetime_ms,
+        .keepalive_requests = opts->keepalive_requests,
+        .tls_cert = opts->tls_cert, .tls_key = opts->tls_key,
         .tls_port = opts->tls_port, .deflate = opts->deflate
     };
     self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);

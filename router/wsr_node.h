@@ -40,6 +40,11 @@ typedef struct {
     const char *bridge_key;         //  the bridge's public certificate or NULL
     bool insecure_plaintext;        //  allow a plaintext link to a non-loopback bridge
     wsr_bridge_opts_t backplane;    //  the in-process bridge, used when bridge is NULL
+    size_t max_pending_per_ip;      //  WEBSOCKET_MAX_PENDING_PER_IP (0 = no cap)
+    int keepalive_lifetime_ms;      //  WEBSOCKET_KEEPALIVE_LIFETIME (0 = no cap)
+    size_t keepalive_requests;      //  WEBSOCKET_KEEPALIVE_REQUESTS (0 = no cap)
+    int jwt_leeway;                 //  WEBSOCKET_JWT_LEEWAY, seconds
+    bool require_exp;               //  WEBSOCKET_REQUIRE_EXP
     const char *tls_cert;           //  WEBSOCKET_TLS_CERT (PEM chain), NULL = no TLS
     const char *tls_key;            //  WEBSOCKET_TLS_KEY (PEM private key)
     int tls_port;                   //  WEBSOCKET_TLS_PORT: 0 = the main port speaks TLS

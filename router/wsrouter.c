@@ -289,7 +289,15 @@ s_serve_usage (void)
 "                        write [WEBSOCKET_WRITE_DELAY, 0 = off; e.g. 5ms]\n"
 "  --hello-timeout T     a wsrouter.v1 client's hello is due within T (1008 after)\n"
 "                        [WEBSOCKET_HELLO_TIMEOUT, 10s]\n"
-"  --max-per-ip N        connections per client address [WEBSOCKET_MAX_PER_IP, 10000; 0 off]\n"
+"  --max-per-ip N        sessions per client address [WEBSOCKET_MAX_PER_IP, 10000; 0 off]\n"
+"  --max-pending-per-ip N  connections per client address in their handshake, idle in\n"
+"                        keep-alive or closing [WEBSOCKET_MAX_PENDING_PER_IP, 64; 0 off]\n"
+"  --keepalive-lifetime T  keep-alive connection lifetime [WEBSOCKET_KEEPALIVE_LIFETIME,\n"
+"                        60s; 0 off]\n"
+"  --keepalive-requests N  requests per keep-alive connection\n"
+"                        [WEBSOCKET_KEEPALIVE_REQUESTS, 1000; 0 off]\n"
+"  --jwt-leeway T        clock skew allowed on exp/nbf/iat [WEBSOCKET_JWT_LEEWAY, 30s]\n"
+"  --require-exp 0|1     refuse tokens without exp [WEBSOCKET_REQUIRE_EXP, 1]\n"
 "  --rate-messages N     inbound frames per session per second [WEBSOCKET_RATE_MESSAGES, 100]\n"
 "  --rate-bytes N        inbound bytes per session per second [WEBSOCKET_RATE_BYTES, 1M]\n"
 "  --handshake-rate N    new connections per second [WEBSOCKET_HANDSHAKE_RATE, 20000; 0 off]\n"
@@ -310,7 +318,8 @@ s_serve_usage (void)
 "  --bridge-key FILE     the bridge's public certificate [WEBSOCKET_BRIDGE_SERVER_KEY]\n"
 "  --insecure-plaintext  allow a plaintext link to a bridge that is not on a\n"
 "                        loopback address [WEBSOCKET_INSECURE_PLAINTEXT=1]\n"
-"  --dev                 development mode: random secret and API key, printed\n"
+"  --dev                 development mode: random secret and API key, printed;\n"
+"                        binds 127.0.0.1 unless --bind / WEBSOCKET_BIND is given\n"
 "  --verbose             debug logging\n"
 "\nbackplane (in-process bridge; without any, the embedded one):\n"
 S_BACKPLANE_HELP);
@@ -336,7 +345,16 @@ s_serve (int argc, char *argv [])
     gethostname (host, sizeof host - 1);
     snprintf (default_id, sizeof default_id, "%s-%d", host, (int) getpid ());
     opts->name = s_env ("WEBSOCKET_NODE_ID", default_id);
-    opts->bind = s_env ("WEBSOCKET_BIND", opts->bind);
+    const char *bind_env = s_env ("WEBSOCKET_BIND", NULL);
+    bool bind_given = bind_env != NULL;
+    opts->bind = bind_env? bind_env: opts->bind;
+    const char *edge [][2] = {          //  edge settings: env, value (flags 1300..)
+        { "WEBSOCKET_MAX_PENDING_PER_IP", NULL }, { "WEBSOCKET_KEEPALIVE_LIFETIME", NULL },
+        { "WEBSOCKET_KEEPALIVE_REQUESTS", NULL }, { "WEBSOCKET_REQUIRE_EXP", NULL },
+        { "WEBSOCKET_JWT_LEEWAY", NULL }
+    };
+    for (int i = 0; i < 5; i++)
+        edge [i][1] = s_env (edge [i][0], NULL);
     const char *port = s_env ("WEBSOCKET_SERVICE_PORT", "8080");
     const char *secret = s_env ("JWT_SECRET_KEY", NULL);
     opts->jwt_alg = s_env ("JWT_ALGORITHM", "HS256");
@@ -400,6 +418,11 @@ s_serve (int argc, char *argv [])
         { "rate-messages", required_argument, 0, 1101 },
         { "rate-bytes", required_argument, 0, 1102 },
         { "handshake-rate", required_argument, 0, 1103 },
+        { "max-pending-per-ip", required_argument, 0, 1300 },
+        { "keepalive-lifetime", required_argument, 0, 1301 },
+        { "keepalive-requests", required_argument, 0, 1302 },
+        { "require-exp", required_argument, 0, 1303 },
+        { "jwt-leeway", required_argument, 0, 1304 },
         { "allowed-origins", required_argument, 0, 'O' },
         { "tls-cert", required_argument, 0, 1400 }, { "tls-key", required_argument, 0, 1401 },
         { "tls-port", required_argument, 0, 1402 }, { "deflate", required_argument, 0, 1403 },
@@ -431,6 +454,10 @@ s_serve (int argc, char *argv [])
             counts [c - 1100][1] = optarg;
             continue;
         }
+        if (c >= 1300 && c < 1305) {
+            edge [c - 1300][1] = optarg;
+            continue;
+        }
         switch (c) {
             case 1200: opts->cert = optarg; break;
             case 1201: opts->bridge_key = optarg; break;
@@ -438,7 +465,7 @@ s_serve (int argc, char *argv [])
             case 'B': opts->bridge = optarg; break;
             case 'O': opts->allowed_origins = optarg; break;
             case 'p': port = optarg; break;
-            case 'b': opts->bind = optarg; break;
+            case 'b': opts->bind = optarg; bind_given = true; break;
             case 's': secret = optarg; break;
             case 'a': opts->jwt_alg = optarg; break;
             case 'k': public_key = optarg; break;
@@ -530,6 +557,32 @@ s_serve (int argc, char *argv [])
             else
                 opts->handshake_rate = (size_t) n;
         }
+    for (int i = 0; i < 5; i++) {
+        if (!edge [i][1])
+            continue;
+        long long n = i == 1 || i == 4? s_parse_duration (edge [i][1])
+                                      : s_parse_size (edge [i][1]);
+        if (n < 0 || n > INT32_MAX || (i == 3 && n > 1)) {
+            fprintf (stderr, "wsrouter: bad %s '%s'\n", edge [i][0], edge [i][1]);
+            return 2;
+        }
+        if (i == 0)
+            opts->max_pending_per_ip = (size_t) n;
+        else
+        if (i == 1)
+            opts->keepalive_lifetime_ms = (int) n;
+        else
+        if (i == 2)
+            opts->keepalive_requests = (size_t) n;
+        else
+        if (i == 3)
+            opts->require_exp = n == 1;
+        else
+            opts->jwt_leeway = (int) (n / 1000);
+    }
+    //  Development mode stays on this machine unless told otherwise
+    if (serve.dev && !bind_given)
+        opts->bind = "127.0.0.1";
     if (!opts->tls_cert != !opts->tls_key) {
         fprintf (stderr, "wsrouter: TLS needs both WEBSOCKET_TLS_CERT and WEBSOCKET_TLS_KEY\n");
         return 2;
@@ -585,6 +638,13 @@ s_serve (int argc, char *argv [])
     if (streq (opts->jwt_alg, "HS256") && !secret) {
         fprintf (stderr, "wsrouter: JWT_SECRET_KEY is not set; refusing to start "
                          "(use --dev for a throwaway secret)\n");
+        return 2;
+    }
+    if (streq (opts->jwt_alg, "HS256") && secret && !serve.dev
+    &&  strlen (secret) < WSR_MIN_HS256_SECRET) {
+        fprintf (stderr, "wsrouter: JWT_SECRET_KEY is %zu bytes; HS256 needs at least %d "
+                         "(e.g. openssl rand -hex 32), or use --dev\n",
+                 strlen (secret), WSR_MIN_HS256_SECRET);
         return 2;
     }
     if (secret) {
@@ -839,7 +899,8 @@ s_token (int argc, char *argv [])
                 printf ("usage: wsrouter token --sub USER [--ttl SECONDS] [--channels a,b]\n"
                         "         [--jwt-secret S | --alg EdDSA --jwt-private-key B64]\n"
                         "Mints a token (HS256 with JWT_SECRET_KEY by default; ttl 3600,\n"
-                        "0 = no exp) and prints it.\n");
+                        "0 = no exp, which serve refuses unless --require-exp 0) and\n"
+                        "prints it.\n");
                 return 0;
             default: return 2;
         }

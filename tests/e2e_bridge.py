@@ -1086,7 +1086,7 @@ async def case_two_nodes(suite):
     try:
         redis = RedisProc().start()
         bridge = BridgeProc(e.free_port(), redis_url=redis.url).start()
-        secret = "s3cret-bridge-6"
+        secret = "s3cret-bridge-6-0123456789abcdef0123"
         key = "key-bridge-6"
         na = start_node(secret=secret, api_key=key, workers=2,
                         extra_args=["--bridge", bridge.endpoint, "--node-id", "node-a"])
@@ -1197,7 +1197,7 @@ async def case_faults(suite):
         redis = RedisProc().start()
         nats = NatsProc().start()
         bridge = BridgeProc(e.free_port(), redis_url=redis.url, nats_url=nats.url).start()
-        secret, key = "s3cret-faults", "key-faults"
+        secret, key = "s3cret-faults-0123456789abcdef01234", "key-faults"
         na = start_node(secret=secret, api_key=key, workers=2,
                         extra_args=["--bridge", bridge.endpoint, "--node-id", "node-a"])
         nb = start_node(secret=secret, api_key=key, workers=2,

@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """e2e_shutdown — SIGTERM drains: every open session gets close 1001, /readyz
-stops answering 200, and the process exits with status 0 within 5 s."""
+stops answering 200 (on a keep-alive connection opened before: 503 "draining"
+and Connection: close), an upgrade on such a connection gets 503, and the
+process exits with status 0 within 5 s."""
 
 import os
 import sys
@@ -9,6 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import asyncio  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
@@ -57,6 +60,36 @@ async def three_clients():
         srv.stop()
 
 
+def keepalive_conn(port):
+    """A raw HTTP/1.1 connection that has had one keep-alive answer."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = read_answer(s)
+    e.expect(b"Connection: keep-alive" in head, "keep-alive before SIGTERM: %r" % head[:200])
+    return s
+
+
+def read_answer(s):
+    """One answer (headers and Content-Length body) as bytes."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            return buf
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(rest) < length:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
+
+
 async def readyz_during_drain():
     srv = e.start_server()
     raws = []
@@ -69,9 +102,13 @@ async def readyz_during_drain():
             raws.append(await loop.run_in_executor(
                 None, lambda u=u: e.RawWs(srv.port, "/ws?token=" + srv.mint(u))))
         await e.settle(srv, 2)
+        #  Keep-alive connections opened before the drain stay with the
+        #  listener: they see the drain from the inside
+        idle = [await loop.run_in_executor(None, keepalive_conn, srv.port) for _ in range(2)]
+        raws.extend(idle)
         t0 = time.monotonic()
         srv.signal(signal.SIGTERM)
-        for i, raw in enumerate(raws):
+        for i, raw in enumerate(raws[:2]):
             try:
                 fin, op, payload = await loop.run_in_executor(None, raw.read_frame,
                                                               EXIT_LIMIT_S)
@@ -98,7 +135,26 @@ async def readyz_during_drain():
         except (OSError, e.http.client.HTTPException) as ex:
             note = "no answer (%s)" % type(ex).__name__
         print("  info: /readyz during drain: %s" % note, flush=True)
-        await wait_exit(srv, t0, "SIGTERM with 2 peers that never answer the close")
+
+        def on_idle():
+            idle[0].sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            ready = read_answer(idle[0])
+            idle[1].sendall(b"GET /ws?token=" + srv.mint("late").encode()
+                            + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                            b"Sec-WebSocket-Version: 13\r\n\r\n")
+            upgrade = read_answer(idle[1])
+            return ready, upgrade
+
+        ready, upgrade = await loop.run_in_executor(None, on_idle)
+        e.expect(ready.startswith(b"HTTP/1.1 503") and b"draining" in ready,
+                 "GET /readyz on a keep-alive connection during the drain: %r" % ready[:200])
+        e.expect(b"Connection: close" in ready, "keep-alive ends during the drain: %r"
+                 % ready[:200])
+        e.expect(upgrade.startswith(b"HTTP/1.1 503"),
+                 "upgrade on a keep-alive connection during the drain: %r" % upgrade[:200])
+        elapsed = await wait_exit(srv, t0, "SIGTERM with 2 peers that never answer the close")
+        print("  info: exited %.2f s after SIGTERM" % elapsed, flush=True)
     finally:
         for raw in raws:
             raw.close()

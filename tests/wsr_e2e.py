@@ -437,7 +437,8 @@ def start_server(secret=None, api_key=None, upstream=False, upstream_endpoint=No
     if max_message is not None:
         args += ["--max-message", str(max_message)]
     if relaxed_limits:
-        args += ["--rate-messages", "0", "--max-per-ip", "0", "--handshake-rate", "0"]
+        args += ["--rate-messages", "0", "--max-per-ip", "0", "--handshake-rate", "0",
+                 "--max-pending-per-ip", "0"]
     args += list(extra_args)
     server = Server(args, full_env, secret, api_key, upstream_endpoint)
     try:

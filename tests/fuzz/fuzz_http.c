@@ -7,7 +7,8 @@
 //  each complete request calls every accessor the listener uses, then resets
 //  and parses the rest as the next, pipelined request.
 //
-//  Input layout: byte 0 holds the number of chunk sizes (low 3 bits); that
+//  Input layout: byte 0 holds the number of chunk sizes (low 3 bits) and,
+//  in bit 3, the stop-at-headers mode the listener uses; that
 //  many bytes follow, each a chunk size (0 = everything left); the rest is
 //  the byte stream. The sizes are used in turn, cyclically; with none the
 //  stream is fed at once.
@@ -140,6 +141,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 
     wsr_http_t *http = wsr_http_new (WSR_MAX_HEADER_BYTES, S_MAX_BODY);
     assert (http);
+    //  Bit 3 of byte 0: stop-at-headers mode, as the listener uses it
+    bool stop = (data [0] & 8) != 0;
+    wsr_http_set_stop_at_headers (http, stop);
+    bool headers_seen = false;
     size_t pos = 0;
     size_t turn = 0;
     int requests = 0;
@@ -155,6 +160,18 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         int rc = wsr_http_feed (http, stream + pos, chunk, &consumed);
         assert (consumed <= chunk);
         pos += consumed;
+        if (rc == WSR_HTTP_HEADERS) {
+            //  Once per request, only in the mode, before any body byte,
+            //  and short of the chunk (the final LF is fed again)
+            assert (stop && !headers_seen);
+            assert (consumed < chunk);
+            headers_seen = true;
+            assert (wsr_http_method (http) && wsr_http_path (http));
+            size_t body_size = 1;
+            assert (wsr_http_body (http, &body_size) == NULL && body_size == 0);
+            (void) wsr_http_has_body (http);
+            continue;
+        }
         if (rc == WSR_HTTP_MORE) {
             //  MORE means every byte was taken: the caller keeps nothing back
             assert (consumed == chunk);
@@ -170,6 +187,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
             break;
         }
         assert (rc == WSR_HTTP_DONE);
+        assert (headers_seen == stop);
+        headers_seen = false;
         s_check_done (http);
         size_t again = SIZE_MAX;
         assert (wsr_http_feed (http, stream + pos, stream_len - pos, &again) == WSR_HTTP_DONE);

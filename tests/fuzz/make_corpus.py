@@ -32,11 +32,11 @@ def write(kind, name, data):
 
 
 # --------------------------------------------------------------------------
-#  HTTP: byte 0 = number of chunk sizes (low 3 bits), then the sizes, then
-#  the request bytes.
+#  HTTP: byte 0 = number of chunk sizes (low 3 bits) and stop-at-headers
+#  mode (bit 3), then the sizes, then the request bytes.
 
-def http_input(stream, sizes=()):
-    return bytes([len(sizes)]) + bytes(sizes) + stream
+def http_input(stream, sizes=(), stop=False):
+    return bytes([len(sizes) | (8 if stop else 0)]) + bytes(sizes) + stream
 
 
 RFC6455_SAMPLE = (b"GET /chat HTTP/1.1\r\n"
@@ -141,6 +141,10 @@ def main():
     write("http", "publish_chunked", http_input(CHUNKED, (5, 0)))
     write("http", "pipelined", http_input(PIPELINED, (64, 0)))
     write("http", "http10", http_input(b"GET /metrics HTTP/1.0\r\n\r\n"))
+    write("http", "stop_publish", http_input(PUBLISH, (17, 0), stop=True))
+    write("http", "stop_chunked", http_input(CHUNKED, (3, 0), stop=True))
+    write("http", "stop_pipelined", http_input(PIPELINED, (1,), stop=True))
+    write("http", "stop_ws_early", http_input(WS_WITH_TOKEN + frame(0x1, b"hi"), stop=True))
 
     claims = {"sub": "u1", "iat": S_NOW, "exp": S_NOW + 3600, "channels": ["lobby", "room.7"]}
     hs = {"alg": "HS256", "typ": "JWT"}

@@ -99,6 +99,7 @@ s_test_node (const char *name, const char *secret, const char *key)
     node_opts.jwt_secret = (const uint8_t *) secret;
     node_opts.jwt_secret_len = strlen (secret);
     node_opts.workers = 1;
+    node_opts.max_pending_per_ip = 0;   //  every bench session comes from 127.0.0.1
     wsr_node_t *node = wsr_node_new (&node_opts);
     assert (node);
     return node;
@@ -113,7 +114,7 @@ wsr_bench_test (bool verbose)
     assert (wsr_bench_main (3, bad) == 2);
 
     //  A real node in this process, 50 sessions, 200 messages over HTTP
-    const char *secret = "bench-test-secret";
+    const char *secret = "bench-test-secret-0123456789abcdef";
     wsr_node_t *node = s_test_node ("btest", secret, "bench-key");
     int port = wsr_node_port (node);
     char url [64], publish [64], pid [16];
