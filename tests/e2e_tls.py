@@ -291,7 +291,7 @@ async def cases(suite, srv, tls_port, dirname, cert, key):
 
 async def tls_only(dirname):
     cert, key = make_cert(dirname, "only", "wsr-only")
-    secret = "s3cret-tls-only"
+    secret = "s3cret-tls-only-" + "0123456789abcdef" * 2
     args = [e.binary(), "serve", "--port", "0", "--bind", "127.0.0.1", "--jwt-secret", secret,
             "--api-key", "k", "--tls-cert", cert, "--tls-key", key]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBSOCKET_", "JWT_"))}
@@ -332,10 +332,10 @@ async def tls_only(dirname):
 
 
 async def bad_config(cert):
-    res = e.run_cli(["serve", "--port", "0", "--jwt-secret", "x", "--tls-cert", cert])
+    res = e.run_cli(["serve", "--port", "0", "--jwt-secret", "x" * 40, "--tls-cert", cert])
     e.expect(res.returncode == 2 and b"WEBSOCKET_TLS_KEY" in res.stderr,
              "--tls-cert without --tls-key: %r" % (res.returncode, ))
-    res = e.run_cli(["serve", "--port", "0", "--bind", "127.0.0.1", "--jwt-secret", "x",
+    res = e.run_cli(["serve", "--port", "0", "--bind", "127.0.0.1", "--jwt-secret", "x" * 40,
                      "--tls-cert", cert, "--tls-key", "/nonexistent.key"])
     out = res.stdout + res.stderr
     e.expect(res.returncode != 0 and b"/nonexistent.key" in out,
