@@ -10,7 +10,8 @@
 //
 //  The descriptor travels inside the messages: the listener gives it up when
 //  it sends AUTH, auth gives it up when it sends ADOPT; whoever fails to send
-//  closes it.
+//  closes it. A TLS session (SSL *) travels with its descriptor and has the
+//  same owner; whoever closes the fd frees it first (wsr_tls_free).
 //
 //  Sockets (owned):
 //    pipe                          PAIR  commands: START, $TERM
@@ -63,8 +64,9 @@ s_handle_auth (s_auth_t *self)
     uint64_t id = 0;
     int fd = -1, ip_slot = -1, flags = 0;
     zframe_t *token = NULL, *early = NULL;
+    void *tls = NULL;
     if (zsock_recv (self->in, WSR_PIC_AUTH, &command, &id, &fd, &ip_slot, &flags, &accept,
-                    &peer, &token, &early) == -1)
+                    &peer, &token, &early, &tls) == -1)
         return;
     assert (streq (command, WSR_MSG_AUTH));
 
@@ -90,16 +92,19 @@ s_handle_auth (s_auth_t *self)
     //  The session ends at exp plus the leeway the verifier allowed
     uint64_t expiry = rc == 0 && claims.exp > 0
                     ? (uint64_t) claims.exp + (uint64_t) wsr_jwt_leeway (self->verifier): 0;
-    char response [256];
+    char response [384];
     snprintf (response, sizeof response, "HTTP/1.1 101 Switching Protocols\r\n"
               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-              "Sec-WebSocket-Accept: %s\r\n%s\r\n", accept,
-              (flags & WSR_ADOPT_V1)? "Sec-WebSocket-Protocol: " WSR_V1_SUBPROTOCOL "\r\n": "");
+              "Sec-WebSocket-Accept: %s\r\n%s%s\r\n", accept,
+              (flags & WSR_ADOPT_V1)? "Sec-WebSocket-Protocol: " WSR_V1_SUBPROTOCOL "\r\n": "",
+              (flags & WSR_ADOPT_DEFLATE)? WSR_DEFLATE_RESPONSE: "");
     zsock_t *out = self->out [wsr_msgs_worker_for (id, self->workers)];
     if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, ip_slot,
                     expiry, flags, reason, claims.sub, channels,
-                    response, early) == -1) {
+                    response, early, tls) == -1) {
         //  Worker saturated: shed this connection, keep the node healthy
+        SSL *ssl = (SSL *) tls;
+        wsr_tls_free (&ssl);
         close (fd);
         if (ip_slot >= 0)
             wsr_ipcount_release (self->ipcount, ip_slot);
@@ -173,8 +178,11 @@ s_auth_actor (zsock_t *pipe, void *args)
     uint64_t id = 0;
     int fd = -1, ip_slot = -1, flags = 0;
     zframe_t *token = NULL, *early = NULL;
+    void *tls = NULL;
     while (zsock_recv (self.in, WSR_PIC_AUTH, &command, &id, &fd, &ip_slot, &flags, &accept,
-                       &peer, &token, &early) == 0) {
+                       &peer, &token, &early, &tls) == 0) {
+        SSL *ssl = (SSL *) tls;
+        wsr_tls_free (&ssl);
         close (fd);
         if (ip_slot >= 0)
             wsr_ipcount_release (self.ipcount, ip_slot);
@@ -231,7 +239,7 @@ s_send_auth_flags (zsock_t *listener, uint64_t id, int fd, const char *token, in
     zframe_t *tok = zframe_new (token, token? strlen (token): 0);
     zframe_t *early = zframe_new ("E", 1);
     zsock_send (listener, WSR_PIC_AUTH, WSR_MSG_AUTH, id, fd, 7, flags, "ACCEPT", "127.0.0.1:1",
-                tok, early);
+                tok, early, (void *) NULL);
     zframe_destroy (&tok);
     zframe_destroy (&early);
 }
@@ -255,12 +263,16 @@ s_expect_adopt_flags (zsock_t *worker, uint64_t want_id, int want_fd, int want_c
     uint64_t id, expiry;
     int fd, code, ip_slot, flags;
     zframe_t *early;
+    void *tls = (void *) 1;
     assert (zsock_recv (worker, WSR_PIC_ADOPT, &command, &id, &fd, &code, &ip_slot, &expiry,
-                        &flags, &reason, &user, &channels, &response, &early) == 0);
+                        &flags, &reason, &user, &channels, &response, &early, &tls) == 0);
     assert (ip_slot == 7);          //  passed through untouched
+    assert (tls == NULL);           //  plain TCP in these tests
     assert (flags == want_flags);
-    //  The 101 names the subprotocol exactly when the client offered it
-    assert (!strstr (response, "Sec-WebSocket-Protocol: wsrouter.v1\r\n") == !want_flags);
+    //  The 101 names the subprotocol and the extension exactly when offered
+    assert (!strstr (response, "Sec-WebSocket-Protocol: wsrouter.v1\r\n")
+            == !(want_flags & WSR_ADOPT_V1));
+    assert (!strstr (response, WSR_DEFLATE_RESPONSE) == !(want_flags & WSR_ADOPT_DEFLATE));
     //  The token's expiry travels with an accepted session only
     //  (every token of this test expires 60 s after it was minted): exp
     //  plus the leeway, the deadline the session worker enforces
@@ -327,6 +339,9 @@ wsr_auth_test (bool verbose)
     s_expect_adopt (w1, 11, 101, 0, "", "u1", "room.7,lobby");
     s_send_auth_flags (listener, 22, 112, good, WSR_ADOPT_V1);
     s_expect_adopt_flags (w0, 22, 112, 0, "", "u1", "room.7,lobby", WSR_ADOPT_V1);
+    s_send_auth_flags (listener, 24, 114, good, WSR_ADOPT_DEFLATE | WSR_ADOPT_V1);
+    s_expect_adopt_flags (w0, 24, 114, 0, "", "u1", "room.7,lobby",
+                          WSR_ADOPT_DEFLATE | WSR_ADOPT_V1);
     s_send_auth (listener, 12, 102, expired);
     s_expect_adopt (w0, 12, 102, 1008, "token expired", "", "");
     s_send_auth (listener, 14, 104, forged);

@@ -40,6 +40,8 @@
 #define WSR_MAX_WORKERS             64
 #define WSR_BRIDGE_MAX_PEERS        65536   //  node actors one bridge serves
 #define WSR_DEFAULT_BRIDGE_MAX_TOPICS 4000000   //  topics per node at a bridge
+#define WSR_DEFAULT_DEFLATE_THRESHOLD 128   //  smaller payloads go out uncompressed
+#define WSR_DEFAULT_DEFLATE_LEVEL   6       //  zlib level for permessage-deflate
 
 #include "wsr_msgs.h"
 #include "wsr_util.h"
@@ -54,6 +56,8 @@
 #include "wsr_outframe.h"
 #include "wsr_passfd.h"
 #include "wsr_handover.h"
+#include "wsr_tls.h"
+#include "wsr_deflate.h"
 #include "wsr_ipcount.h"
 #include "wsr_curve.h"
 #include "wsr_link.h"

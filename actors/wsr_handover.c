@@ -209,7 +209,8 @@ wsr_handover_session_decode (const uint8_t *body, size_t size, wsr_handover_sess
     self->output = s_get_blob (&in, &self->output_size);
     self->input = s_get_blob (&in, &self->input_size);
     if (in.bad || in.used != size
-    ||  (self->flags & ~(uint32_t) (WSR_HANDOVER_V1 | WSR_HANDOVER_HS_PENDING))
+    ||  (self->flags & ~(uint32_t) (WSR_HANDOVER_V1 | WSR_HANDOVER_HS_PENDING
+                                    | WSR_HANDOVER_DEFLATE))
     ||  self->timer > WSR_HANDOVER_TIMER_PINGED) {
         wsr_handover_session_clear (self);
         return -1;
@@ -311,7 +312,8 @@ wsr_handover_test (bool verbose)
     //  The 101's tail and a queued server frame "hi"
     const uint8_t queued [] = { '\r', '\n', '\r', '\n', 0x81, 0x02, 'h', 'i' };
     wsr_handover_session_t s = {
-        .id = 0x0102030405060708ULL, .flags = WSR_HANDOVER_V1 | WSR_HANDOVER_HS_PENDING,
+        .id = 0x0102030405060708ULL,
+        .flags = WSR_HANDOVER_V1 | WSR_HANDOVER_HS_PENDING | WSR_HANDOVER_DEFLATE,
         .expiry = 1900000000, .since_ms = 1765000000123LL, .timer = WSR_HANDOVER_TIMER_PINGED,
         .timer_ms = -5, .msg_tokens = 12.5f, .byte_tokens = -3.25f, .rate_age_ms = 250,
         .user = strdup ("u-42"), .channel_count = 2,

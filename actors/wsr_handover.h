@@ -28,6 +28,8 @@ typedef enum {
 //  Session flags
 #define WSR_HANDOVER_V1             1   //  speaks wsrouter.v1
 #define WSR_HANDOVER_HS_PENDING     2   //  output starts with (part of) the 101
+#define WSR_HANDOVER_DEFLATE        4   //  permessage-deflate negotiated (no context
+                                        //  takeover either way: nothing else to carry)
 
 //  Which timer a session is on
 #define WSR_HANDOVER_TIMER_ACTIVE   0   //  ping due at timer_ms
@@ -38,7 +40,7 @@ typedef enum {
 //  (Unix ms). Strings and buffers are owned by the record once decoded.
 typedef struct {
     uint64_t id;                    //  session id
-    uint32_t flags;                 //  WSR_HANDOVER_V1 | _HS_PENDING
+    uint32_t flags;                 //  WSR_HANDOVER_V1 | _HS_PENDING | _DEFLATE
     int64_t expiry;                 //  token expiry, Unix s, 0 never
     int64_t since_ms;               //  opened at, Unix ms
     uint8_t timer;                  //  WSR_HANDOVER_TIMER_*

@@ -54,13 +54,14 @@ typedef enum {
     S_CONTENT_LENGTH,
     S_CONTENT_TYPE,
     S_FORWARDED_FOR,
+    S_WS_EXTENSIONS,
     S_KEPT                          //  number of kept headers
 } s_kept_t;
 
 static const char *s_kept_names [S_KEPT] = {
     "host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
     "sec-websocket-protocol", "origin", "authorization", "content-length",
-    "content-type", "x-forwarded-for"
+    "content-type", "x-forwarded-for", "sec-websocket-extensions"
 };
 
 //  Which callback the parser called last in the header section
@@ -1147,6 +1148,7 @@ s_verify_sample (wsr_http_t *http, size_t consumed)
     assert (streq (wsr_http_header (http, "Sec-WebSocket-Key"), "dGhlIHNhbXBsZSBub25jZQ=="));
     assert (streq (wsr_http_header (http, "origin"), "http://example.com"));
     assert (streq (wsr_http_header (http, "sec-websocket-protocol"), "chat, superchat"));
+    assert (wsr_http_header (http, "sec-websocket-extensions") == NULL);
     assert (streq (wsr_http_header (http, "Sec-WebSocket-Version"), "13"));
     assert (wsr_http_header (http, "Authorization") == NULL);
     assert (wsr_http_header (http, "X-Unknown") == NULL);

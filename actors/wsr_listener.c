@@ -31,6 +31,11 @@
 //    inproc://wsr-pub-NAME         PUSH  connect; PUBLISH
 //  Descriptors (owned): listening socket, epoll set, spare fd, connections in
 //  handshake.
+//
+//  TLS (wsr_tls): on the main port, or on a second port beside the plain one.
+//  The TLS handshake runs here, non-blocking, under the request's deadline;
+//  the request is then read through the SSL object, which goes to auth with
+//  the descriptor (AUTH 'p' frame) and belongs to whoever owns the fd.
 
 #include "wsr_classes.h"
 #include <arpa/inet.h>
@@ -42,6 +47,7 @@
 
 #define S_TAG_LISTEN        1
 #define S_TAG_PIPE          2
+#define S_TAG_LISTEN_TLS    3
 #define S_TAG_MAX           16
 #define S_MAX_EVENTS        256
 #define S_ACCEPT_BATCH      64      //  accepts per wake-up
@@ -70,6 +76,9 @@ struct _s_hs_t {
     char peer [INET6_ADDRSTRLEN + 8];   //  "addr:port" for logs
     struct sockaddr_storage addr;   //  client address (per-IP counters)
     s_hs_t *prev, *next;            //  pending list, oldest first
+    SSL *ssl;                       //  TLS session (owned with fd), NULL on plain TCP
+    bool tls_ready;                 //  its handshake is complete
+    uint32_t events;                //  epoll mask registered (TLS handshake may want OUT)
 };
 
 struct _wsr_listener_t {
@@ -109,6 +118,9 @@ typedef struct {
     int64_t hs_refill;              //  mono ms of the last refill
     bool terminated;                //  $TERM seen
     int status;                     //  init result
+    wsr_tls_t *tls;                 //  TLS certificate and context, NULL = plain only
+    int tls_fd;                     //  second (TLS) listening socket, -1 if none
+    int tls_port;                   //  its bound port (or the main port if that is TLS)
 } s_listener_t;
 
 //  --------------------------------------------------------------------------
@@ -156,6 +168,7 @@ s_hs_end (s_listener_t *self, s_hs_t *hs, bool close_fd)
     s_hs_unlink (self, hs);
     epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, hs->fd, NULL);
     if (close_fd) {
+        wsr_tls_free (&hs->ssl);
         close (hs->fd);
         wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
         if (hs->ip_slot >= 0)
@@ -212,12 +225,31 @@ s_respond (s_hs_t *hs, int status, const char *content_type, const char *extra,
         { head, (size_t) n }, { (void *) body, body_len }
     };
     struct msghdr msg = { .msg_iov = iov, .msg_iovlen = body_len? 2: 1 };
-    ssize_t sent = sendmsg (hs->fd, &msg, MSG_NOSIGNAL);
+    ssize_t sent = 0;
+    if (hs->ssl) {
+        //  Record by record; one that does not go at once breaks the answer
+        uint32_t retry = 0;
+        ssize_t more;
+        while ((size_t) sent < (size_t) n + body_len
+           &&  (more = wsr_tls_writev (hs->ssl, iov, 2, &retry)) > 0) {
+            sent += more;
+            for (int i = 0; i < 2; i++) {
+                size_t step = (size_t) more < iov [i].iov_len? (size_t) more: iov [i].iov_len;
+                iov [i].iov_base = (char *) iov [i].iov_base + step;
+                iov [i].iov_len -= step;
+                more -= (ssize_t) step;
+            }
+        }
+    }
+    else
+        sent = sendmsg (hs->fd, &msg, MSG_NOSIGNAL);
     if (sent < (ssize_t) ((size_t) n + body_len)) {
         //  Responses are small; a client that does not read them is not kept
         wsr_debug ("listener: conn %" PRIu64 ": response not sent whole", hs->id);
         hs->broken = true;
     }
+    if ((!hs->keep_alive || hs->broken) && hs->ssl)
+        wsr_tls_free (&hs->ssl);        //  close_notify before the FIN
     if (!hs->keep_alive || hs->broken)
         shutdown (hs->fd, SHUT_WR);     //  the client reads it all before the FIN
     hs->requests++;
@@ -505,10 +537,15 @@ s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early
     zframe_t *early_frame = zframe_new (early, early_size);
     int flags = s_offers_v1 (wsr_http_header (hs->http, "sec-websocket-protocol"))?
                 WSR_ADOPT_V1: 0;
+    if (self->opts.deflate
+    &&  wsr_deflate_accepts (wsr_http_header (hs->http, "sec-websocket-extensions")))
+        flags |= WSR_ADOPT_DEFLATE;
     int rc = zsock_send (self->auth, WSR_PIC_AUTH, WSR_MSG_AUTH, hs->id, hs->fd, hs->ip_slot,
-                         flags, accept, hs->peer, token_frame, early_frame);
+                         flags, accept, hs->peer, token_frame, early_frame, (void *) hs->ssl);
     zframe_destroy (&token_frame);
     zframe_destroy (&early_frame);
+    if (rc == 0)
+        hs->ssl = NULL;             //  auth owns it now, with the fd
     if (rc == -1) {
         wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
         s_respond (hs, 503, "text/plain", "Retry-After: 1\r\n", "overloaded\n", 11);
@@ -574,6 +611,40 @@ s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
 
 //  --------------------------------------------------------------------------
 //  I/O
+
+//  Ask epoll for what the connection waits for, if that changed.
+static void
+s_hs_want (s_listener_t *self, s_hs_t *hs, uint32_t events)
+{
+    if (events != hs->events) {
+        struct epoll_event event = { .events = events };
+        event.data.ptr = hs;
+        epoll_ctl (self->epoll_fd, EPOLL_CTL_MOD, hs->fd, &event);
+        hs->events = events;
+    }
+}
+
+//  TLS connection: drive the handshake. Returns true once it is complete.
+static bool
+s_hs_tls (s_listener_t *self, s_hs_t *hs)
+{
+    bool want_write = false;
+    int rc = wsr_tls_handshake (hs->ssl, &want_write);
+    if (rc == 0) {
+        s_hs_want (self, hs, want_write? EPOLLOUT: EPOLLIN);
+        return false;
+    }
+    if (rc < 0) {
+        wsr_metrics_add (self->metrics, WSR_M_TLS_HANDSHAKE_FAILED, 1);
+        wsr_debug ("listener: conn %" PRIu64 " from %s: TLS handshake failed", hs->id, hs->peer);
+        s_hs_end (self, hs, true);
+        return false;
+    }
+    wsr_metrics_add (self->metrics, WSR_M_TLS_HANDSHAKES, 1);
+    hs->tls_ready = true;
+    s_hs_want (self, hs, EPOLLIN);
+    return true;
+}
 
 //  Whether the connection may carry another request after this answer:
 //  the client's wish, no upgrade, not draining, and the keep-alive caps.
@@ -661,10 +732,12 @@ s_hs_read (s_listener_t *self, s_hs_t *hs)
         s_hs_drop (self, hs);
         return;
     }
+    if (hs->ssl && !hs->tls_ready && !s_hs_tls (self, hs))
+        return;
     char buf [S_READ_CHUNK];
     ssize_t n;
     do
-        n = recv (hs->fd, buf, sizeof buf, 0);
+        n = hs->ssl? wsr_tls_recv (hs->ssl, buf, sizeof buf): recv (hs->fd, buf, sizeof buf, 0);
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return;
@@ -726,13 +799,20 @@ s_refuse (int fd, const char *response)
     close (fd);
 }
 
+static void s_accept_pause (s_listener_t *self, bool paused);
+
+//  Accept on the plain port (tls false) or on the TLS one; the main port
+//  speaks TLS when there is TLS but no second port.
 static void
-s_accept (s_listener_t *self)
+s_accept (s_listener_t *self, bool tls)
 {
+    int listen_fd = tls && self->tls_fd >= 0? self->tls_fd: self->listen_fd;
+    if (self->tls && self->tls_fd < 0)
+        tls = true;
     for (int i = 0; i < S_ACCEPT_BATCH && self->listen_fd >= 0; i++) {
         struct sockaddr_storage addr;
         socklen_t addr_len = sizeof addr;
-        int fd = accept4 (self->listen_fd, (struct sockaddr *) &addr, &addr_len,
+        int fd = accept4 (listen_fd, (struct sockaddr *) &addr, &addr_len,
                           SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
@@ -745,7 +825,7 @@ s_accept (s_listener_t *self)
                 //  stop polling the socket for a moment instead of spinning
                 if (self->spare_fd >= 0) {
                     close (self->spare_fd);
-                    int victim = accept4 (self->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+                    int victim = accept4 (listen_fd, NULL, NULL, SOCK_CLOEXEC);
                     if (victim >= 0)
                         close (victim);
                     self->spare_fd = open ("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -754,9 +834,7 @@ s_accept (s_listener_t *self)
             }
             else
                 zsys_warning ("listener: accept: %s", strerror (errno));
-            epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, self->listen_fd, NULL);
-            self->accept_paused = true;
-            self->accept_resume = wsr_util_mono_ms () + S_ACCEPT_PAUSE_MS;
+            s_accept_pause (self, true);
             return;
         }
         wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, 1);
@@ -834,14 +912,35 @@ s_accept (s_listener_t *self)
         s_hs_append (self, hs);
         struct epoll_event event = { .events = EPOLLIN };
         event.data.ptr = hs;
+        hs->events = EPOLLIN;
+        if (tls && !(hs->ssl = wsr_tls_session (self->tls, fd)))
+            s_hs_end (self, hs, true);  //  out of memory in OpenSSL
+        else
         if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &event))
             s_hs_end (self, hs, true);
     }
 }
 
-//  Bind the listening socket; returns the fd or -1.
+//  Take the listening sockets out of epoll for a moment (EMFILE), or back.
+static void
+s_accept_pause (s_listener_t *self, bool paused)
+{
+    int fds [2] = { self->listen_fd, self->tls_fd };
+    uint64_t tags [2] = { S_TAG_LISTEN, S_TAG_LISTEN_TLS };
+    for (int i = 0; i < 2; i++)
+        if (fds [i] >= 0) {
+            struct epoll_event event = { .events = EPOLLIN };
+            event.data.u64 = tags [i];
+            epoll_ctl (self->epoll_fd, paused? EPOLL_CTL_DEL: EPOLL_CTL_ADD, fds [i], &event);
+        }
+    self->accept_paused = paused;
+    self->accept_resume = wsr_util_mono_ms () + S_ACCEPT_PAUSE_MS;
+}
+
+//  Bind a listening socket, or take the inherited one (> 0: handed over by
+//  the process this one replaces); returns the fd or -1, and the bound port.
 static int
-s_listen (s_listener_t *self, const char *bind_addr, int port)
+s_listen (s_listener_t *self, const char *bind_addr, int port, int inherit_fd, int *bound_port)
 {
     struct sockaddr_storage addr = { 0 };
     socklen_t addr_len;
@@ -862,7 +961,7 @@ s_listen (s_listener_t *self, const char *bind_addr, int port)
         zsys_error ("listener: bad bind address '%s'", bind_addr);
         return -1;
     }
-    int fd = self->opts.inherit_fd;
+    int fd = inherit_fd;
     if (fd > 0) {
         //  Handed over by the process this one replaces: bound and listening
         int flags = fcntl (fd, F_GETFL);
@@ -895,7 +994,7 @@ bound:;
     struct sockaddr_storage bound;
     socklen_t bound_len = sizeof bound;
     getsockname (fd, (struct sockaddr *) &bound, &bound_len);
-    self->port = ntohs (bound.ss_family == AF_INET
+    *bound_port = ntohs (bound.ss_family == AF_INET
                         ? ((struct sockaddr_in *) &bound)->sin_port
                         : ((struct sockaddr_in6 *) &bound)->sin6_port);
     return fd;
@@ -908,6 +1007,11 @@ s_stop_accepting (s_listener_t *self)
         epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, self->listen_fd, NULL);
         close (self->listen_fd);
         self->listen_fd = -1;
+    }
+    if (self->tls_fd >= 0) {
+        epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, self->tls_fd, NULL);
+        close (self->tls_fd);
+        self->tls_fd = -1;
     }
     self->ready = false;
 }
@@ -928,6 +1032,17 @@ s_handle_pipe (s_listener_t *self)
     else
     if (streq (command, WSR_CMD_PORT))
         zsock_send (self->pipe, "i", self->port);
+    else
+    if (streq (command, WSR_CMD_TLS_PORT))
+        zsock_send (self->pipe, "i", self->tls? self->tls_port: -1);
+    else
+    if (streq (command, WSR_CMD_RELOAD)) {
+        int rc = self->tls? wsr_tls_reload (self->tls): -1;
+        if (rc == 0)
+            wsr_metrics_add (self->metrics, WSR_M_TLS_RELOADS, 1);
+        zsys_info ("listener: TLS certificate %s", rc == 0? "reloaded": "not reloaded");
+        zsock_send (self->pipe, "i", rc);
+    }
     else
     if (streq (command, WSR_CMD_DRAIN)) {
         s_stop_accepting (self);
@@ -970,6 +1085,8 @@ s_listener_actor (zsock_t *pipe, void *args)
     self->opts = a->opts;
     self->metrics = a->metrics;
     self->listen_fd = -1;
+    self->tls_fd = -1;
+    self->tls_port = -1;
     self->spare_fd = open ("/dev/null", O_RDONLY | O_CLOEXEC);
     if (a->opts.api_key && *a->opts.api_key) {
         self->api_key = strdup (a->opts.api_key);
@@ -1007,12 +1124,32 @@ s_listener_actor (zsock_t *pipe, void *args)
     ||  zsock_connect (self->publish, WSR_EP_PUB, a->name) == -1)
         self->status = -1;
     self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
-    self->listen_fd = s_listen (self, a->opts.bind, a->opts.port);
+    self->listen_fd = s_listen (self, a->opts.bind, a->opts.port, a->opts.inherit_fd,
+                                &self->port);
     struct epoll_event event = { .events = EPOLLIN };
     event.data.u64 = S_TAG_LISTEN;
     if (self->listen_fd < 0 || self->epoll_fd < 0
     ||  epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->listen_fd, &event))
         self->status = -1;
+    if (a->opts.tls_cert) {
+        //  The paths are copied; the key's contents are never logged
+        self->tls = wsr_tls_new (a->opts.tls_cert, a->opts.tls_key? a->opts.tls_key: "");
+        self->tls_port = self->port;
+        if (!self->tls)
+            self->status = -1;
+        else
+        if (a->opts.tls_port) {
+            //  Not handed over by an upgrade: while the old process holds
+            //  it the new one cannot bind it, and the upgrade rolls back
+            //  (README, Upgrades)
+            self->tls_fd = s_listen (self, a->opts.bind,
+                                     a->opts.tls_port < 0? 0: a->opts.tls_port, 0,
+                                     &self->tls_port);
+            event.data.u64 = S_TAG_LISTEN_TLS;
+            if (self->tls_fd < 0 || epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->tls_fd, &event))
+                self->status = -1;
+        }
+    }
     event.data.u64 = S_TAG_PIPE;
     if (self->epoll_fd >= 0)
         epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, zsock_fd (pipe), &event);
@@ -1029,8 +1166,8 @@ s_listener_actor (zsock_t *pipe, void *args)
         again = false;
         for (int i = 0; i < n; i++) {
             uint64_t tag = events [i].data.u64;
-            if (tag == S_TAG_LISTEN)
-                s_accept (self);
+            if (tag == S_TAG_LISTEN || tag == S_TAG_LISTEN_TLS)
+                s_accept (self, tag == S_TAG_LISTEN_TLS);
             else
             if (tag >= S_TAG_MAX)
                 s_hs_read (self, (s_hs_t *) events [i].data.ptr);
@@ -1053,12 +1190,8 @@ s_listener_actor (zsock_t *pipe, void *args)
         }
         while (self->linger_head && self->linger_head->deadline <= now)
             s_hs_end (self, self->linger_head, true);
-        if (self->accept_paused && now >= self->accept_resume && self->listen_fd >= 0) {
-            struct epoll_event listen_event = { .events = EPOLLIN };
-            listen_event.data.u64 = S_TAG_LISTEN;
-            epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->listen_fd, &listen_event);
-            self->accept_paused = false;
-        }
+        if (self->accept_paused && now >= self->accept_resume && self->listen_fd >= 0)
+            s_accept_pause (self, false);
     }
     while (self->head)
         s_hs_end (self, self->head, true);
@@ -1072,6 +1205,7 @@ s_listener_actor (zsock_t *pipe, void *args)
         close (self->epoll_fd);
     zsock_destroy (&self->auth);
     zsock_destroy (&self->publish);
+    wsr_tls_destroy (&self->tls);
     free (self->api_key);
     for (size_t i = 0; i < self->origin_count; i++)
         free (self->origins [i]);
@@ -1117,6 +1251,30 @@ wsr_listener_port (wsr_listener_t *self)
     zsock_send (self->actor, "s", WSR_CMD_PORT);
     zsock_recv (self->actor, "i", &port);
     return port;
+}
+
+//  --------------------------------------------------------------------------
+//  Bound TLS port.
+int
+wsr_listener_tls_port (wsr_listener_t *self)
+{
+    assert (self);
+    int port = -1;
+    zsock_send (self->actor, "s", WSR_CMD_TLS_PORT);
+    zsock_recv (self->actor, "i", &port);
+    return port;
+}
+
+//  --------------------------------------------------------------------------
+//  Reload the TLS certificate.
+int
+wsr_listener_reload (wsr_listener_t *self)
+{
+    assert (self);
+    int rc = -1;
+    zsock_send (self->actor, "s", WSR_CMD_RELOAD);
+    zsock_recv (self->actor, "i", &rc);
+    return rc;
 }
 
 //  --------------------------------------------------------------------------
@@ -1350,8 +1508,9 @@ wsr_listener_test (bool verbose)
     int handed_fd;
     zframe_t *token, *early;
     int slot, flags;
+    void *tls = NULL;
     assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &slot, &flags, &accept,
-                        &peer, &token, &early) == 0);
+                        &peer, &token, &early, &tls) == 0);
     wsr_ipcount_release (ipcount, slot);
     assert (flags == 0);            //  no subprotocol offered
     assert (streq (accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
@@ -1382,7 +1541,7 @@ wsr_listener_test (bool verbose)
                   "Sec-WebSocket-Version: 13\r\n\r\n", offers [i][0]);
         assert (send (fd, request, strlen (request), 0) > 0);
         assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &slot, &flags, &accept,
-                            &peer, &token, &early) == 0);
+                            &peer, &token, &early, &tls) == 0);
         assert (flags == (offers [i][1][0] == '1'? WSR_ADOPT_V1: 0));
         wsr_ipcount_release (ipcount, slot);
         close (handed_fd);
@@ -1422,7 +1581,7 @@ wsr_listener_test (bool verbose)
     assert (send (fd, good_origin, strlen (good_origin), 0) > 0);
     int ip_slot;
     assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &ip_slot, &flags, &accept,
-                        &peer, &token, &early) == 0);
+                        &peer, &token, &early, &tls) == 0);
     assert (ip_slot >= 0);
     wsr_ipcount_release (ipcount, ip_slot);     //  as the session would
     close (handed_fd);
@@ -1580,7 +1739,7 @@ wsr_listener_test (bool verbose)
                             "Sec-WebSocket-Version: 13\r\n\r\n";
     assert (send (up1, upgrade_t, strlen (upgrade_t), 0) > 0);
     assert (zsock_recv (auth, WSR_PIC_AUTH, &verb, &id, &handed_fd, &slot, &flags, &accept,
-                        &peer, &token, &early) == 0);
+                        &peer, &token, &early, &tls) == 0);
     assert (slot >= 0);
     int up2 = s_connect (port);
     reply = s_exchange (up2, upgrade_t, false);

@@ -28,7 +28,14 @@ typedef struct {
     size_t keepalive_requests;      //  requests per keep-alive connection, 0 = no cap
     int inherit_fd;                 //  > 0: a listening socket handed over by the
                                     //  process this one replaces (taken); 0: bind
+    const char *tls_cert;           //  PEM certificate chain: TLS on, NULL = plain only
+    const char *tls_key;            //  PEM private key
+    int tls_port;                   //  0: the main port speaks TLS; > 0: a second port for
+                                    //  TLS beside the plain one; WSR_LISTENER_ANY_PORT: any
+    bool deflate;                   //  accept permessage-deflate offers
 } wsr_listener_opts_t;
+
+#define WSR_LISTENER_ANY_PORT   (-1)    //  tls_port: any free port (tests)
 
 //  Start the listener of node `name`: binds the TCP port and connects to the
 //  node's auth and router endpoints. Returns NULL if the port cannot be bound.
@@ -43,6 +50,16 @@ void
 //  The TCP port actually bound.
 int
     wsr_listener_port (wsr_listener_t *self);
+
+//  The TLS port actually bound, the main port if it speaks TLS, -1 without TLS.
+int
+    wsr_listener_tls_port (wsr_listener_t *self);
+
+//  Read the TLS certificate and key again (SIGHUP) for new connections;
+//  established ones are untouched. Returns 0, or -1 (no TLS, or the files
+//  failed to load: the old certificate stays).
+int
+    wsr_listener_reload (wsr_listener_t *self);
 
 //  Stop accepting and report not ready (graceful drain): /readyz answers 503
 //  "draining", upgrades on connections still open get 503, keep-alive ends

@@ -197,6 +197,25 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_LINK_STALE] =
         { "wsrouter_link_stale_deliveries_total", NULL, "counter",
           "Deliveries dropped because they came from a bridge that no longer owns the topic" },
+    [WSR_M_TLS_HANDSHAKES] =
+        { "wsrouter_tls_handshakes_total", NULL, "counter", "TLS handshakes completed" },
+    [WSR_M_TLS_HANDSHAKE_FAILED] =
+        { "wsrouter_tls_handshake_failures_total", NULL, "counter",
+          "TLS handshakes that failed (not TLS, protocol below 1.2, no shared cipher)" },
+    [WSR_M_TLS_RELOADS] =
+        { "wsrouter_tls_reloads_total", NULL, "counter",
+          "Certificate reloads (SIGHUP) that succeeded" },
+    [WSR_M_DEFLATE_SESSIONS] =
+        { "wsrouter_deflate_sessions_total", NULL, "counter",
+          "Sessions that negotiated permessage-deflate" },
+    [WSR_M_DEFLATE_COMPRESSED] =
+        { "wsrouter_deflate_messages_total", NULL, "counter",
+          "Messages compressed (once per message per worker, shared by its recipients)" },
+    [WSR_M_DEFLATE_BYTES_IN] =
+        { "wsrouter_deflate_bytes_total", "stage=\"in\"", "counter",
+          "Payload bytes before and after compression" },
+    [WSR_M_DEFLATE_BYTES_OUT] =
+        { "wsrouter_deflate_bytes_total", "stage=\"out\"", "counter", NULL },
 };
 
 //  --------------------------------------------------------------------------

@@ -78,6 +78,13 @@ typedef enum {
     WSR_M_HANDOVER_SESSIONS,        //  sessions handed over to a new process
     WSR_M_LINK_MOVES,               //  topics moved to another bridge (several bridges)
     WSR_M_LINK_STALE,               //  deliveries dropped: from a bridge no longer owner
+    WSR_M_TLS_HANDSHAKES,           //  TLS handshakes completed
+    WSR_M_TLS_HANDSHAKE_FAILED,     //  TLS handshakes failed (bad client, old protocol)
+    WSR_M_TLS_RELOADS,              //  certificate reloads that succeeded (SIGHUP)
+    WSR_M_DEFLATE_SESSIONS,         //  sessions that negotiated permessage-deflate
+    WSR_M_DEFLATE_COMPRESSED,       //  messages compressed (once per worker, not per recipient)
+    WSR_M_DEFLATE_BYTES_IN,         //  payload bytes before compression
+    WSR_M_DEFLATE_BYTES_OUT,        //  ... and after
     WSR_M_COUNT
 } wsr_metric_t;
 

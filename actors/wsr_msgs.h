@@ -11,7 +11,9 @@
 #define WSR_CMD_DRAIN       "DRAIN"     //  → "i" 0; stop accepting / close with 1001
 #define WSR_CMD_SESSIONS    "SESSIONS"  //  → "8" open sessions (session worker)
 #define WSR_CMD_PORT        "PORT"      //  → "i" bound TCP port (listener)
-#define WSR_CMD_RELOAD      "RELOAD"    //  → "i" certificates allowed (bridge, SIGHUP)
+#define WSR_CMD_TLS_PORT    "TLSPORT"   //  → "i" bound TLS port, -1 if none (listener)
+#define WSR_CMD_RELOAD      "RELOAD"    //  → "i" certificates allowed (bridge, SIGHUP);
+                                        //  listener: 0 TLS certificate reloaded, -1 not
 #define WSR_CMD_PEERS       "PEERS"     //  → "88" peers, topics (bridge)
 //  Handover (session worker): EXPORT "si" max → [8 still open][f SESSION frame,
 //  i fd]*; IMPORT [f SESSION frame, i fd]* → "i" sessions taken; RESTART → "i"
@@ -29,15 +31,27 @@
 #define WSR_MSG_QUERY       "QUERY"     //  listener (GET /api/presence) → router
 
 //  Pictures
-//  AUTH:  s "AUTH", 8 conn id, i fd, i per-IP slot, s ws-accept, s peer address,
-//         f token, f early bytes
-#define WSR_PIC_AUTH        "s8iiissff"
+//  AUTH:  s "AUTH", 8 conn id, i fd, i per-IP slot, i flags (WSR_ADOPT_*),
+//         s ws-accept, s peer address, f token, f early bytes,
+//         p TLS session (SSL *, NULL on plain TCP): owned with the fd, see below
+#define WSR_PIC_AUTH        "s8iiissffp"
 //  ADOPT: s "ADOPT", 8 conn id, i fd, i close code (0 = ok), i per-IP slot,
 //         8 token expiry (Unix seconds, 0 = none), i flags (WSR_ADOPT_*; 0: raw protocol),
 //         s reason, s user, s channels (comma-joined), s HTTP response head
-//         (the whole 101 response, blank line included), f early bytes
-#define WSR_PIC_ADOPT       "s8iii8issssf"
+//         (the whole 101 response, blank line included), f early bytes,
+//         p TLS session (SSL *, NULL on plain TCP)
+#define WSR_PIC_ADOPT       "s8iii8issssfp"
+//  The TLS session travels with its descriptor, in-process only: whoever owns
+//  the fd owns the SSL object; whoever fails to send frees it
+//  (wsr_tls_free) before closing the fd. Early bytes are already decrypted.
 #define WSR_ADOPT_V1        0x01        //  flag: the client speaks wsrouter.v1
+#define WSR_ADOPT_DEFLATE   0x02        //  flag: permessage-deflate negotiated (RFC 7692)
+//  Our one answer to an acceptable permessage-deflate offer: no context kept
+//  on either side, so one compressed frame serves every recipient and one
+//  inflater per worker serves every session (RFC 7692 §7.1.1).
+#define WSR_DEFLATE_RESPONSE \
+    "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; " \
+    "client_no_context_takeover\r\n"
 //  PUBLISH: s "PUBLISH", f topic key, f downstream envelope
 #define WSR_PIC_PUBLISH     "sff"
 //  QUERY: s "QUERY", i fd (the HTTP connection, handed over: the router

@@ -45,7 +45,8 @@ s_header (uint8_t *header, int opcode, size_t size)
 wsr_outframe_t *
 wsr_outframe_new (int opcode, const uint8_t *data, size_t size, zframe_t **keep_p)
 {
-    assert (opcode == WSR_KIND_TEXT || opcode == WSR_KIND_BINARY);
+    int kind = opcode & ~WSR_OUTFRAME_RSV1;
+    assert (kind == WSR_KIND_TEXT || kind == WSR_KIND_BINARY);
     zframe_t *keep = keep_p? *keep_p: NULL;
     if (keep_p)
         *keep_p = NULL;
@@ -214,6 +215,11 @@ wsr_outframe_test (bool verbose)
     frame = wsr_outframe_new_raw ((const uint8_t *) "\x88\x02\x03\xe9", 4);
     s_flatten (frame, 1, out, &len);
     assert (len == 3 && memcmp (out, "\x02\x03\xe9", 3) == 0);
+    wsr_outframe_unlink (&frame);
+    //  A compressed message carries RSV1
+    frame = wsr_outframe_new (WSR_KIND_TEXT | WSR_OUTFRAME_RSV1, (const uint8_t *) "z", 1, NULL);
+    s_flatten (frame, 0, out, &len);
+    assert (len == 3 && memcmp (out, "\xc1\x01z", 3) == 0);
     wsr_outframe_unlink (&frame);
     free (big);
 }

@@ -11,7 +11,10 @@ extern "C" {
 
 typedef struct _wsr_outframe_t wsr_outframe_t;
 
-//  Frame a payload once (FIN set, unmasked, opcode 1 text or 2 binary) with a
+#define WSR_OUTFRAME_RSV1   0x40    //  or'ed into opcode: a compressed message (RFC 7692)
+
+//  Frame a payload once (FIN set, unmasked, opcode 1 text or 2 binary, with
+//  WSR_OUTFRAME_RSV1 if the payload is deflated) with a
 //  reference count of 1. If *keep_p is given, the payload lives in that frame,
 //  which the outframe takes (the caller's pointer is nulled, always);
 //  otherwise the payload is copied.

@@ -129,6 +129,9 @@ struct _s_conn_t {
     uint64_t replay_base;           //  offset (in fed) of replay [0]
     uint64_t keep_from;             //  offset where the incomplete message starts
     bool replay_lost;               //  over S_REPLAY_MAX: not exportable yet
+    SSL *ssl;                       //  TLS session (owned with fd), NULL on plain TCP
+    uint32_t tls_retry;             //  bytes of a TLS write OpenSSL must finish (wsr_tls)
+    bool deflate;                   //  permessage-deflate negotiated
 };
 
 struct _wsr_session_t {
@@ -189,6 +192,7 @@ typedef struct {
     uint8_t *scratch;               //  bytes fed to wslay in this read (owned, lazy)
     size_t scratch_size;
     bool scratch_over;              //  more than S_SCRATCH_SIZE: not kept
+    wsr_deflate_t *deflate;         //  permessage-deflate codec, made on first use (owned)
 } s_worker_t;
 
 static void s_conn_flush (s_worker_t *self, s_conn_t *conn);
@@ -260,15 +264,26 @@ s_queue_push (s_conn_t *conn, wsr_outframe_t **frame_p)
 
 //  Drop queued frames; keep the head if it is partly written so the stream
 //  stays well-formed for the close frame that follows.
+//  On TLS, the frames a started record covers (tls_retry) are kept too: the
+//  record is encrypted already and will go out whole.
 static void
 s_queue_clear (s_conn_t *conn, bool keep_partial)
 {
     s_qnode_t *node = conn->qhead;
-    s_qnode_t *kept = NULL;
-    if (node && keep_partial && (conn->qoffset > 0 || conn->hs_pending)) {
-        kept = node;
+    s_qnode_t *kept = NULL, *kept_tail = NULL;
+    size_t covered = 0, kept_bytes = 0;
+    bool keep_head = keep_partial && (conn->qoffset > 0 || conn->hs_pending);
+    while (node && keep_partial && (keep_head || covered < conn->qoffset + conn->tls_retry)) {
+        keep_head = false;
+        covered += wsr_outframe_size (node->frame);
+        kept_bytes = covered;
+        if (kept_tail)
+            kept_tail->next = node;
+        else
+            kept = node;
+        kept_tail = node;
         node = node->next;
-        kept->next = NULL;
+        kept_tail->next = NULL;
     }
     while (node) {
         s_qnode_t *next = node->next;
@@ -276,8 +291,9 @@ s_queue_clear (s_conn_t *conn, bool keep_partial)
         s_node_free (node);
         node = next;
     }
-    conn->qhead = conn->qtail = kept;
-    conn->qbytes = kept? wsr_outframe_size (kept->frame) - conn->qoffset: 0;
+    conn->qhead = kept;
+    conn->qtail = kept_tail;
+    conn->qbytes = kept? kept_bytes - conn->qoffset: 0;
     if (!kept)
         conn->qoffset = 0;
 }
@@ -833,19 +849,22 @@ s_recv_cb (wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, voi
         s_replay_add (self, buf, n);
         return (ssize_t) n;
     }
-    if (self->read_budget == 0) {
+    //  Bytes OpenSSL decrypted already (the rest of one record) are read
+    //  past the budget: the socket may never wake us for them again
+    bool pending = wsr_tls_pending (conn->ssl);
+    if (self->read_budget == 0 && !pending) {
         wslay_event_set_error (ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    if (len > self->read_budget)
+    if (len > self->read_budget && !pending)
         len = self->read_budget;
     ssize_t n;
     do
-        n = recv (conn->fd, buf, len, 0);
+        n = conn->ssl? wsr_tls_recv (conn->ssl, buf, len): recv (conn->fd, buf, len, 0);
     while (n < 0 && errno == EINTR);
     if (n > 0) {
         conn->fed += (size_t) n;
-        self->read_budget -= (size_t) n;
+        self->read_budget -= (size_t) n < self->read_budget? (size_t) n: self->read_budget;
         s_replay_add (self, buf, (size_t) n);
         return n;
     }
@@ -950,6 +969,23 @@ s_frame_end_cb (wslay_event_context_ptr ctx, void *user_data)
     }
 }
 
+//  The worker's permessage-deflate codec, made when first needed.
+static wsr_deflate_t *
+s_deflater (s_worker_t *self)
+{
+    if (!self->deflate) {
+        int level = self->opts.deflate_level? self->opts.deflate_level
+                                            : WSR_DEFAULT_DEFLATE_LEVEL;
+        self->deflate = wsr_deflate_new (level, self->opts.deflate_threshold,
+                                         self->opts.max_message, self->metrics);
+        assert (self->deflate);         //  zlib out of memory: fatal, as any OOM
+    }
+    return self->deflate;
+}
+
+static const char s_too_big [] = "message too big";
+static const char s_bad_deflate [] = "invalid compressed data";
+
 static void
 s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
           void *user_data)
@@ -961,6 +997,27 @@ s_msg_cb (wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
         return;                     //  ping, pong, close: wslay answers them
     if (conn->state != S_OPEN)
         return;                     //  data after our close is ignored
+    struct wslay_event_on_msg_recv_arg inflated;
+    if (arg->rsv & WSLAY_RSV1_BIT) {
+        //  Only a deflate session's wslay lets RSV1 through; the message is
+        //  inflated within max_message (1009 above: a zip bomb stops there)
+        int rc = wsr_deflate_inflate (s_deflater (self), arg->msg, arg->msg_length,
+                                      &inflated.msg, &inflated.msg_length);
+        if (rc == 0 && arg->opcode == WSLAY_TEXT_FRAME
+        &&  !wsr_util_utf8_valid (inflated.msg, inflated.msg_length))
+            rc = WSR_DEFLATE_CORRUPT;
+        if (rc) {
+            wsr_metrics_add (self->metrics, WSR_M_CLOSED_PROTOCOL, 1);
+            s_doom (self, conn, rc == WSR_DEFLATE_TOO_BIG? WSLAY_CODE_MESSAGE_TOO_BIG
+                                                         : WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA,
+                    rc == WSR_DEFLATE_TOO_BIG? s_too_big: s_bad_deflate);
+            return;
+        }
+        inflated.opcode = arg->opcode;
+        inflated.rsv = 0;
+        inflated.status_code = arg->status_code;
+        arg = &inflated;
+    }
     //  wslay has checked text for UTF-8 as it arrived (→ 1007)
     self->count_in++;
     self->bytes_in += (int64_t) arg->msg_length;
@@ -984,6 +1041,14 @@ s_conn_ws (s_worker_t *self, s_conn_t *conn)
         int rc = wslay_event_context_server_init (&conn->ws, &s_callbacks, self);
         assert (rc == 0);
         wslay_event_config_set_max_recv_msg_length (conn->ws, self->opts.max_message);
+        if (conn->deflate) {        //  else RSV1 fails the connection with 1002
+            wslay_event_config_set_allowed_rsv_bits (conn->ws, WSLAY_RSV1_BIT);
+            //  A compressed message of max_message bytes may be slightly
+            //  larger on the wire (stored blocks, wsr_deflate_wire_max); the
+            //  inflated size is bounded by max_message itself
+            wslay_event_config_set_max_recv_msg_length (
+                conn->ws, wsr_deflate_wire_max (self->opts.max_message));
+        }
         conn->fed = conn->framed = 0;
         s_replay_drop (conn);
         conn->keep_from = 0;
@@ -1154,6 +1219,7 @@ s_conn_kill (s_worker_t *self, s_conn_t *conn)
         self->open--;
     }
     epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
+    wsr_tls_free (&conn->ssl);
     close (conn->fd);
     s_conn_unlink (self, conn);
 }
@@ -1187,6 +1253,7 @@ static void
 s_conn_free (s_conn_t *conn)
 {
     s_queue_clear (conn, false);
+    wsr_tls_free (&conn->ssl);
     if (conn->ws)
         wslay_event_context_free (conn->ws);
     free (conn->channels);
@@ -1213,7 +1280,8 @@ s_conn_flush (s_worker_t *self, s_conn_t *conn)
         }
         ssize_t n;
         do
-            n = writev (conn->fd, iov, count);
+            n = conn->ssl? wsr_tls_writev (conn->ssl, iov, count, &conn->tls_retry)
+                         : writev (conn->fd, iov, count);
         while (n < 0 && errno == EINTR);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -1222,7 +1290,7 @@ s_conn_flush (s_worker_t *self, s_conn_t *conn)
             return;
         }
         //  Retire what was written
-        size_t written = (size_t) n;
+        size_t written = (size_t) n < conn->qbytes? (size_t) n: conn->qbytes;
         conn->qbytes -= written;
         while (written > 0) {
             size_t left = wsr_outframe_size (conn->qhead->frame) - conn->qoffset;
@@ -1393,16 +1461,20 @@ s_handle_adopt (s_worker_t *self)
     uint64_t id = 0, expiry = 0;
     int fd = -1, code = 0, ip_slot = -1, flags = 0;
     zframe_t *early = NULL;
+    void *tls = NULL;
     if (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
-                    &flags, &reason, &user, &channels, &response, &early) == -1)
+                    &flags, &reason, &user, &channels, &response, &early, &tls) == -1)
         return false;
     //  Internal message: its shape is a contract, not input
-    assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0 && (flags & ~WSR_ADOPT_V1) == 0);
+    assert (streq (verb, WSR_MSG_ADOPT) && fd >= 0
+            && (flags & ~(WSR_ADOPT_V1 | WSR_ADOPT_DEFLATE)) == 0);
     zstr_free (&verb);
 
     s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
     conn->id = id;
     conn->fd = fd;
+    conn->ssl = (SSL *) tls;        //  ours now, with the fd
+    conn->deflate = flags & WSR_ADOPT_DEFLATE;
     conn->state = S_OPEN;
     conn->ip_slot = ip_slot;
     conn->rate_last = wsr_util_mono_ms ();
@@ -1480,6 +1552,8 @@ s_handle_adopt (s_worker_t *self)
         s_expiry_set (self, conn, (int64_t) expiry);
         wsr_metrics_add (self->metrics, WSR_M_HANDSHAKES_OK, 1);
         s_touch (self, conn);
+        if (conn->deflate)
+            wsr_metrics_add (self->metrics, WSR_M_DEFLATE_SESSIONS, 1);
         conn->v1 = flags & WSR_ADOPT_V1;
         if (conn->v1)
             s_opening_start (self, conn);
@@ -1527,7 +1601,7 @@ s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t
         memcpy (epoch, env.epoch, env.epoch_len);
         epoch [env.epoch_len] = 0;
     }
-    size_t raw_count = 0, v1_count = 0;
+    size_t raw_count = 0, v1_count = 0, raw_deflate = 0, v1_deflate = 0;
     for (wsr_topic_member_t *m = member; m; m = wsr_topic_next (m)) {
         s_conn_t *conn = (s_conn_t *) wsr_topic_owner (m);
         if (conn->state != S_OPEN || conn->doomed)
@@ -1537,18 +1611,29 @@ s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t
                                 env.data, env.size, NULL);
         }
         else
-        if (conn->v1)
+        if (conn->v1) {
             v1_count++;
-        else
+            v1_deflate += conn->deflate;
+        }
+        else {
             raw_count++;
+            raw_deflate += conn->deflate;
+        }
     }
-    wsr_outframe_t *v1_frame = NULL;
+    //  Deflate sessions share one compressed frame per kind (NULL when the
+    //  message is too small or does not shrink: they take the plain one)
+    wsr_outframe_t *v1_frame = NULL, *v1_zframe = NULL, *zframe = NULL;
     if (v1_count) {
         size_t len = 0;
         char *text = wsr_v1_pub (key, env.offset, epoch, env.kind, env.data, env.size, &len);
         v1_frame = wsr_outframe_new (WSR_KIND_TEXT, (const uint8_t *) text, len, NULL);
+        if (v1_deflate)
+            v1_zframe = wsr_deflate_frame (s_deflater (self), WSR_KIND_TEXT,
+                                           (const uint8_t *) text, len);
         free (text);
     }
+    if (raw_deflate)
+        zframe = wsr_deflate_frame (s_deflater (self), env.kind, env.data, env.size);
     //  Last: the raw frame may take the received frame (and its bytes);
     //  a delivery out of a batch has none (its bytes are copied: small)
     wsr_outframe_t *frame = raw_count? wsr_outframe_new (env.kind, env.data, env.size,
@@ -1559,7 +1644,9 @@ s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t
         s_conn_t *conn = (s_conn_t *) wsr_topic_owner (member);
         if (conn->state != S_OPEN || conn->doomed || conn->opening)
             continue;
-        wsr_outframe_t *link = wsr_outframe_link (conn->v1? v1_frame: frame);
+        wsr_outframe_t *pick = conn->v1? (conn->deflate && v1_zframe? v1_zframe: v1_frame)
+                                       : (conn->deflate && zframe? zframe: frame);
+        wsr_outframe_t *link = wsr_outframe_link (pick);
         s_queue_push (conn, &link);
         recipients++;
         if (conn->qbytes > self->opts.max_queue)
@@ -1567,6 +1654,8 @@ s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t
         s_mark_delayed (self, conn);
     }
     wsr_outframe_unlink (&v1_frame);
+    wsr_outframe_unlink (&v1_zframe);
+    wsr_outframe_unlink (&zframe);
     self->count_out += recipients;
     self->bytes_out += recipients * (int64_t) env.size;
     wsr_outframe_unlink (&frame);
@@ -1641,7 +1730,10 @@ s_drain_all (s_worker_t *self)
 static bool
 s_exportable (s_conn_t *conn)
 {
+    //  A TLS session's state lives in OpenSSL (no kernel TLS here): it stays
+    //  and is closed with 1012 (README, Upgrades)
     return conn->state == S_OPEN && conn->user && !conn->doomed && !conn->opening
+        && !conn->ssl
         && !conn->replay_lost && !conn->close_echo && !conn->read_off
         && (!conn->ws || (!wslay_event_get_close_received (conn->ws)
                           && !wslay_event_get_close_sent (conn->ws)
@@ -1661,7 +1753,8 @@ s_export_one (s_worker_t *self, s_conn_t *conn, int *fd_p)
     int64_t now = wsr_util_mono_ms ();
     wsr_handover_session_t rec = {
         .id = conn->id, .expiry = conn->expiry, .since_ms = conn->since_ms,
-        .flags = (conn->v1? WSR_HANDOVER_V1: 0) | (conn->hs_pending? WSR_HANDOVER_HS_PENDING: 0),
+        .flags = (conn->v1? WSR_HANDOVER_V1: 0) | (conn->hs_pending? WSR_HANDOVER_HS_PENDING: 0)
+               | (conn->deflate? WSR_HANDOVER_DEFLATE: 0),
         .timer = conn->tlist == &self->pinged? WSR_HANDOVER_TIMER_PINGED
                                              : WSR_HANDOVER_TIMER_ACTIVE,
         .timer_ms = conn->tlist? conn->deadline - now: self->opts.ping_interval_ms,
@@ -1777,6 +1870,7 @@ s_import_one (s_worker_t *self, const uint8_t *data, size_t size, int fd)
     conn->rate_last = now - rec.rate_age_ms;
     conn->since_ms = rec.since_ms;
     conn->v1 = rec.flags & WSR_HANDOVER_V1;
+    conn->deflate = rec.flags & WSR_HANDOVER_DEFLATE;   //  before any wslay context
     conn->next = self->all;
     if (self->all)
         self->all->prev = conn;
@@ -2078,8 +2172,11 @@ s_adopt_discard (s_worker_t *self)
     uint64_t id = 0, expiry = 0;
     int fd = -1, code = 0, ip_slot = -1, flags = 0;
     zframe_t *early = NULL;
+    void *tls = NULL;
     while (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
-                       &flags, &reason, &user, &channels, &response, &early) == 0) {
+                       &flags, &reason, &user, &channels, &response, &early, &tls) == 0) {
+        SSL *ssl = (SSL *) tls;
+        wsr_tls_free (&ssl);
         close (fd);
         if (ip_slot >= 0)
             wsr_ipcount_release (self->ipcount, ip_slot);
@@ -2114,6 +2211,7 @@ s_worker_fini (s_worker_t *self)
     free (self->entries);
     wsr_jwt_destroy (&self->verifier);
     zhashx_destroy (&self->by_id);
+    wsr_deflate_destroy (&self->deflate);
     wsr_outframe_unlink (&self->ping);
     free (self->node);
     s_node_purge ();
@@ -2542,7 +2640,7 @@ s_test_adopt_exp (zsock_t *auth, uint64_t id, int code, const char *reason, cons
                            "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
     int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, pair [0], code, -1,
                          (uint64_t) expiry, s_test_flags, reason, user, channels, response,
-                         frame);
+                         frame, (void *) NULL);
     assert (rc == 0);
     zframe_destroy (&frame);
     return pair [1];

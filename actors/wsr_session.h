@@ -31,6 +31,8 @@ typedef struct {
     const char *bridge;         //  the bridge's endpoint (borrowed until started)
     const char *curve_secret;   //  this node's secret certificate, or NULL
     const char *curve_server;   //  the bridge's public certificate, or NULL
+    int deflate_level;          //  permessage-deflate: zlib level (0 = the default, 6)
+    size_t deflate_threshold;   //  ... smaller payloads go out plain
 } wsr_session_opts_t;
 
 //  Start session worker `index` of node `name`. It binds

@@ -42,6 +42,9 @@ wsr_node_opts_defaults (wsr_node_opts_t *opts)
     opts->rate_bytes = WSR_DEFAULT_RATE_BYTES;
     opts->handshake_rate = WSR_DEFAULT_HANDSHAKE_RATE;
     opts->handshake_timeout_ms = WSR_HANDSHAKE_TIMEOUT_MS;
+    opts->deflate = true;
+    opts->deflate_level = WSR_DEFAULT_DEFLATE_LEVEL;
+    opts->deflate_threshold = WSR_DEFAULT_DEFLATE_THRESHOLD;
     wsr_bridge_opts_defaults (&opts->backplane);
     opts->max_pending_per_ip = WSR_DEFAULT_MAX_PENDING_PER_IP;
     opts->keepalive_lifetime_ms = WSR_DEFAULT_KEEPALIVE_MS;
@@ -125,7 +128,8 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .jwt_key = streq (opts->jwt_alg, "EdDSA")? opts->jwt_public_key: opts->jwt_secret,
         .jwt_key_len = streq (opts->jwt_alg, "EdDSA")? 32: opts->jwt_secret_len,
         .jwt_leeway = opts->jwt_leeway, .require_exp = opts->require_exp,
-        .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key
+        .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key,
+        .deflate_level = opts->deflate_level, .deflate_threshold = opts->deflate_threshold
     };
     self->ipcount = wsr_ipcount_new (opts->max_per_ip);
     for (int i = 0; i < opts->workers; i++) {
@@ -146,7 +150,9 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .allowed_origins = opts->allowed_origins, .handshake_rate = opts->handshake_rate,
         .ipcount = self->ipcount, .max_pending_per_ip = opts->max_pending_per_ip,
         .keepalive_lifetime_ms = opts->keepalive_lifetime_ms,
-        .keepalive_requests = opts->keepalive_requests, .inherit_fd = opts->inherit_fd
+        .keepalive_requests = opts->keepalive_requests, .inherit_fd = opts->inherit_fd,
+        .tls_cert = opts->tls_cert, .tls_key = opts->tls_key,
+        .tls_port = opts->tls_port, .deflate = opts->deflate
     };
     self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);
     if (!self->listener)
@@ -186,6 +192,24 @@ wsr_node_port (wsr_node_t *self)
 {
     assert (self);
     return wsr_listener_port (self->listener);
+}
+
+//  --------------------------------------------------------------------------
+//  TLS port.
+int
+wsr_node_tls_port (wsr_node_t *self)
+{
+    assert (self);
+    return wsr_listener_tls_port (self->listener);
+}
+
+//  --------------------------------------------------------------------------
+//  Reload the TLS certificate.
+int
+wsr_node_reload (wsr_node_t *self)
+{
+    assert (self);
+    return wsr_listener_reload (self->listener);
 }
 
 //  --------------------------------------------------------------------------

@@ -46,6 +46,12 @@ typedef struct {
     int jwt_leeway;                 //  WEBSOCKET_JWT_LEEWAY, seconds
     bool require_exp;               //  WEBSOCKET_REQUIRE_EXP
     int inherit_fd;                 //  > 0: listening socket handed over (taken); 0: bind
+    const char *tls_cert;           //  WEBSOCKET_TLS_CERT (PEM chain), NULL = no TLS
+    const char *tls_key;            //  WEBSOCKET_TLS_KEY (PEM private key)
+    int tls_port;                   //  WEBSOCKET_TLS_PORT: 0 = the main port speaks TLS
+    bool deflate;                   //  WEBSOCKET_DEFLATE: accept permessage-deflate
+    int deflate_level;              //  WEBSOCKET_DEFLATE_LEVEL (zlib 1-9)
+    size_t deflate_threshold;       //  WEBSOCKET_DEFLATE_THRESHOLD bytes
 } wsr_node_opts_t;
 
 //  Fill opts with the defaults (port 8080, one worker per core, ...).
@@ -63,6 +69,15 @@ void
 //  The port the node listens on.
 int
     wsr_node_port (wsr_node_t *self);
+
+//  The TLS port (the main port if it speaks TLS), -1 without TLS.
+int
+    wsr_node_tls_port (wsr_node_t *self);
+
+//  SIGHUP: reload the TLS certificate for new connections. Returns 0, or -1
+//  (no TLS, or the files did not load: the old certificate stays).
+int
+    wsr_node_reload (wsr_node_t *self);
 
 //  The node's counters (owned by the node).
 wsr_metrics_t *

@@ -314,6 +314,13 @@ s_serve_usage (void)
 "  --rate-bytes N        inbound bytes per session per second [WEBSOCKET_RATE_BYTES, 1M]\n"
 "  --handshake-rate N    new connections per second [WEBSOCKET_HANDSHAKE_RATE, 20000; 0 off]\n"
 "  --allowed-origins L   comma list of allowed Origin values [WEBSOCKET_ALLOWED_ORIGINS, any]\n"
+"  --tls-cert FILE       PEM certificate chain: serve wss:// [WEBSOCKET_TLS_CERT]\n"
+"  --tls-key FILE        its PEM private key [WEBSOCKET_TLS_KEY]; SIGHUP reloads both\n"
+"  --tls-port P          TLS on a second port, plain stays on --port [WEBSOCKET_TLS_PORT;\n"
+"                        unset: --port itself speaks TLS]\n"
+"  --deflate 0|1         accept permessage-deflate [WEBSOCKET_DEFLATE, 1]\n"
+"  --deflate-level N     zlib level 1-9 [WEBSOCKET_DEFLATE_LEVEL, 6]\n"
+"  --deflate-threshold B smaller messages go out plain [WEBSOCKET_DEFLATE_THRESHOLD, 128]\n"
 "  (T: seconds, or with a unit: 500ms, 25s, 2m; N: a count, K/M/G suffixes allowed)\n"
 "  --node-id ID          node id in envelopes [WEBSOCKET_NODE_ID, host-pid]\n"
 "  --reuseport           share the port with other nodes (SO_REUSEPORT)\n"
@@ -391,6 +398,12 @@ s_serve (int argc, char *argv [])
     opts->bridge_key = s_env ("WEBSOCKET_BRIDGE_SERVER_KEY", NULL);
     opts->insecure_plaintext = streq (s_env ("WEBSOCKET_INSECURE_PLAINTEXT", "0"), "1");
     s_backplane_env (&opts->backplane);
+    opts->tls_cert = s_env ("WEBSOCKET_TLS_CERT", NULL);
+    opts->tls_key = s_env ("WEBSOCKET_TLS_KEY", NULL);
+    const char *tls_port = s_env ("WEBSOCKET_TLS_PORT", NULL);
+    const char *deflate = s_env ("WEBSOCKET_DEFLATE", "1");
+    const char *deflate_level = s_env ("WEBSOCKET_DEFLATE_LEVEL", NULL);
+    const char *deflate_threshold = s_env ("WEBSOCKET_DEFLATE_THRESHOLD", NULL);
     bool verbose = false;
 
     static struct option options [] = {
@@ -423,12 +436,28 @@ s_serve (int argc, char *argv [])
         { "require-exp", required_argument, 0, 1303 },
         { "jwt-leeway", required_argument, 0, 1304 },
         { "allowed-origins", required_argument, 0, 'O' },
+        { "tls-cert", required_argument, 0, 1400 }, { "tls-key", required_argument, 0, 1401 },
+        { "tls-port", required_argument, 0, 1402 }, { "deflate", required_argument, 0, 1403 },
+        { "deflate-level", required_argument, 0, 1404 },
+        { "deflate-threshold", required_argument, 0, 1405 },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     int c;
     while ((c = getopt_long (argc, argv, "", options, NULL)) != -1) {
         if (s_backplane_flag (&opts->backplane, c))
             continue;
+        if (c >= 1400 && c < 1450) {
+            const char **tls_values [6] = {
+                &opts->tls_cert, &opts->tls_key, &tls_port, &deflate, &deflate_level,
+                &deflate_threshold
+            };
+            if (c - 1400 >= 6) {
+                s_serve_usage ();
+                return 2;
+            }
+            *tls_values [c - 1400] = optarg;
+            continue;
+        }
         if (c >= 1000 && c < 1005) {
             durations [c - 1000][1] = optarg;
             continue;
@@ -566,6 +595,38 @@ s_serve (int argc, char *argv [])
     //  Development mode stays on this machine unless told otherwise
     if (serve.dev && !bind_given)
         opts->bind = "127.0.0.1";
+    if (!opts->tls_cert != !opts->tls_key) {
+        fprintf (stderr, "wsrouter: TLS needs both WEBSOCKET_TLS_CERT and WEBSOCKET_TLS_KEY\n");
+        return 2;
+    }
+    if (tls_port) {
+        opts->tls_port = atoi (tls_port);
+        if (!opts->tls_cert || opts->tls_port < 1 || opts->tls_port > 65535
+        ||  opts->tls_port == opts->port) {
+            fprintf (stderr, "wsrouter: bad TLS port '%s' (needs a certificate, and a port "
+                             "other than the plain one)\n", tls_port);
+            return 2;
+        }
+    }
+    if (!streq (deflate, "0") && !streq (deflate, "1")) {
+        fprintf (stderr, "wsrouter: WEBSOCKET_DEFLATE is 0 or 1, not '%s'\n", deflate);
+        return 2;
+    }
+    opts->deflate = streq (deflate, "1");
+    if (deflate_level) {
+        opts->deflate_level = atoi (deflate_level);
+        if (opts->deflate_level < 1 || opts->deflate_level > 9) {
+            fprintf (stderr, "wsrouter: bad deflate level '%s' (1-9)\n", deflate_level);
+            return 2;
+        }
+    }
+    if (deflate_threshold) {
+        if ((value = s_parse_size (deflate_threshold)) < 0) {
+            fprintf (stderr, "wsrouter: bad deflate threshold '%s'\n", deflate_threshold);
+            return 2;
+        }
+        opts->deflate_threshold = (size_t) value;
+    }
     if (!wsr_util_id_valid (opts->name, strlen (opts->name))) {
         fprintf (stderr, "wsrouter: bad node id '%s'\n", opts->name);
         return 2;
@@ -627,8 +688,15 @@ s_serve (int argc, char *argv [])
     int bound = wsr_node_port (node);
     const char *shown = streq (opts->bind, "0.0.0.0") || streq (opts->bind, "::")
                       ? "127.0.0.1": opts->bind;
-    printf ("wsrouter: node %s listening on ws://%s:%d/ws (%d workers, open files %ld)\n",
-            opts->name, shown, bound, opts->workers, nofile);
+    int tls_bound = wsr_node_tls_port (node);
+    if (tls_bound > 0 && tls_bound == bound)
+        printf ("wsrouter: node %s listening on wss://%s:%d/ws (%d workers, open files %ld)\n",
+                opts->name, shown, bound, opts->workers, nofile);
+    else
+        printf ("wsrouter: node %s listening on ws://%s:%d/ws (%d workers, open files %ld)\n",
+                opts->name, shown, bound, opts->workers, nofile);
+    if (tls_bound > 0 && tls_bound != bound)
+        printf ("wsrouter: TLS on wss://%s:%d/ws\n", shown, tls_bound);
     if (opts->upstream)
         printf ("wsrouter: client messages published on %s\n", opts->upstream);
     if (opts->bridge)
@@ -668,8 +736,11 @@ s_serve (int argc, char *argv [])
 
     int sig;
     while ((sig = s_wait_signal_for (true)) == SIGHUP || sig == SIGUSR2) {
-        if (sig == SIGHUP)
-            continue;                   //  nothing to reload in a node yet
+        if (sig == SIGHUP) {
+            if (opts->tls_cert)         //  new connections get the new certificate
+                wsr_node_reload (node);
+            continue;
+        }
         zsys_info ("wsrouter: SIGUSR2 received, upgrading");
         if (wsr_upgrade_give (node, s_argv) == 0) {
             //  Every session lives on in the new process: no drain
