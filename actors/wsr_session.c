@@ -50,6 +50,7 @@
 
 //  Close reason for slow consumers; compared by address to tell it apart
 static const char s_slow [] = "slow consumer: output queue full";
+#define S_QUEUE_ENTRY_COST  64      //  bytes a queued frame costs beyond its wire bytes
 static const char s_rate [] = "rate limit exceeded";
 static const char s_expired [] = "token expired";
 static const char s_no_hello [] = "hello expected";
@@ -104,6 +105,7 @@ struct _s_conn_t {
     size_t channel_count;
     s_qnode_t *qhead, *qtail;       //  output queue
     size_t qbytes;                  //  wire bytes queued
+    uint32_t qcount;                //  frames queued (each costs memory however small)
     size_t qoffset;                 //  bytes of qhead already written
     uint8_t *early;                 //  bytes read by the listener (owned)
     size_t early_size, early_used;
@@ -255,6 +257,7 @@ s_queue_push (s_conn_t *conn, wsr_outframe_t **frame_p)
     *frame_p = NULL;
     node->next = NULL;
     conn->qbytes += wsr_outframe_size (node->frame);
+    conn->qcount++;
     if (conn->qtail)
         conn->qtail->next = node;
     else
@@ -272,11 +275,13 @@ s_queue_clear (s_conn_t *conn, bool keep_partial)
     s_qnode_t *node = conn->qhead;
     s_qnode_t *kept = NULL, *kept_tail = NULL;
     size_t covered = 0, kept_bytes = 0;
+    uint32_t kept_count = 0;
     bool keep_head = keep_partial && (conn->qoffset > 0 || conn->hs_pending);
     while (node && keep_partial && (keep_head || covered < conn->qoffset + conn->tls_retry)) {
         keep_head = false;
         covered += wsr_outframe_size (node->frame);
         kept_bytes = covered;
+        kept_count++;
         if (kept_tail)
             kept_tail->next = node;
         else
@@ -294,8 +299,19 @@ s_queue_clear (s_conn_t *conn, bool keep_partial)
     conn->qhead = kept;
     conn->qtail = kept_tail;
     conn->qbytes = kept? kept_bytes - conn->qoffset: 0;
+    conn->qcount = kept_count;
     if (!kept)
         conn->qoffset = 0;
+}
+
+//  A session's queue is over its limit by wire bytes, or by what its
+//  entries cost: compressed or tiny frames take few wire bytes each but
+//  a queue node and a frame header each (a slow consumer with
+//  permessage-deflate would otherwise hold tens of thousands of them).
+static bool
+s_queue_over (s_worker_t *self, s_conn_t *conn)
+{
+    return conn->qbytes + (size_t) conn->qcount * S_QUEUE_ENTRY_COST > self->opts.max_queue;
 }
 
 static void
@@ -340,7 +356,7 @@ s_delayed_release (s_worker_t *self)
         self->delayed = conn->delay_next;
         conn->delayed = false;
         if (conn->state == S_DEAD) {
-            self->freed_output += conn->qbytes;
+            self->freed_output += conn->qbytes + (size_t) conn->qcount * S_QUEUE_ENTRY_COST;
             s_conn_free (conn);
         }
         else
@@ -1188,7 +1204,7 @@ s_conn_close (s_worker_t *self, s_conn_t *conn, uint16_t code, const char *reaso
     if (!wslay_event_get_close_sent (conn->ws)) {
         //  Undelivered data is dropped: the close goes right after the frame
         //  being written. (If wslay already sent a close, it is queued.)
-        self->freed_output += conn->qbytes;
+        self->freed_output += conn->qbytes + (size_t) conn->qcount * S_QUEUE_ENTRY_COST;
         s_queue_clear (conn, true);
         int rc = wslay_event_queue_close (conn->ws, code, (const uint8_t *) reason,
                                           strlen (reason));
@@ -1305,6 +1321,7 @@ s_conn_flush (s_worker_t *self, s_conn_t *conn)
                 conn->qtail = NULL;
             wsr_outframe_unlink (&node->frame);
             s_node_free (node);
+            conn->qcount--;
             conn->qoffset = 0;
             conn->hs_pending = false;
         }
@@ -1446,7 +1463,7 @@ s_handle_reply (s_worker_t *self, uint64_t id, zframe_t **body_p)
         s_queue_push (conn, &frame);
         self->count_out++;
         self->bytes_out += (int64_t) env.size;
-        if (conn->qbytes > self->opts.max_queue)
+        if (s_queue_over (self, conn))
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_dirty (self, conn);
     }
@@ -1649,7 +1666,7 @@ s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t
         wsr_outframe_t *link = wsr_outframe_link (pick);
         s_queue_push (conn, &link);
         recipients++;
-        if (conn->qbytes > self->opts.max_queue)
+        if (s_queue_over (self, conn))
             s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
         s_mark_delayed (self, conn);
     }
@@ -1806,7 +1823,7 @@ s_export_one (s_worker_t *self, s_conn_t *conn, int *fd_p)
     wsr_metrics_add (self->metrics, WSR_M_SESSIONS_OPEN, -1);
     self->open--;
     *fd_p = conn->fd;
-    self->freed_output += conn->qbytes;
+    self->freed_output += conn->qbytes + (size_t) conn->qcount * S_QUEUE_ENTRY_COST;
     s_queue_clear (conn, false);
     s_conn_unlink (self, conn);
     return frame;
@@ -2094,7 +2111,7 @@ s_after_batch (s_worker_t *self)
         self->dead = conn->next;
         if (conn->delayed)
             continue;               //  freed when the delayed list drains
-        self->freed_output += conn->qbytes;
+        self->freed_output += conn->qbytes + (size_t) conn->qcount * S_QUEUE_ENTRY_COST;
         s_conn_free (conn);
     }
     if (self->freed_output > S_TRIM_BYTES) {
