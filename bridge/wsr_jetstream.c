@@ -931,7 +931,7 @@ s_live (zsock_t *pull, char *subject, char *data, uint64_t *seq, char *epoch, in
 //  the counters come out with no gap and no duplicate.
 
 #define S_SUBJECTS      4
-#define S_RACE_MAX      400000      //  messages published at most
+#define S_RACE_MAX      800000      //  messages published at most (40 s at the pace)
 #define S_RACE_ROUNDS   100
 #define S_SHADOW        (S_RACE_MAX / S_SUBJECTS + 1)   //  messages of one subject
 
@@ -1066,7 +1066,7 @@ s_test_race (natsConnection *nc, int port, bool verbose)
         s_drain (live, shadow, &seen, NULL, 0);
     }
     int rounds = 0;
-    int64_t end = wsr_util_mono_ms () + 20000;      //  slow when the machine is busy
+    int64_t end = wsr_util_mono_ms () + 40000;      //  slow when the machine is busy
     while (rounds < S_RACE_ROUNDS && wsr_util_mono_ms () < end) {
         int k = (int) randombytes_uniform (S_SUBJECTS);
         char subject [32];
