@@ -2318,8 +2318,14 @@ s_session_actor (zsock_t *pipe, void *args)
         if (self->link)
             again |= s_drain_socket (self, wsr_link_socket (self->link), s_handle_link);
         s_after_batch (self);
-        if (self->link)
+        if (self->link) {
             wsr_link_flush (self->link);        //  subscriptions of this turn, PING
+            //  Sending (events, subscriptions, PING after the drain) makes
+            //  libzmq process commands, which can take the edge-triggered
+            //  read signal of messages that arrived meanwhile: without this
+            //  look they would wait for the next wake-up (up to 1 s)
+            again |= (zsock_events (wsr_link_socket (self->link)) & ZMQ_POLLIN) != 0;
+        }
     }
     //  Terminated: drop every connection at once
     s_worker_fini (self);

@@ -200,7 +200,7 @@ def main():
                                  "--jwt-secret", SECRET, "--workers", "2", "--redis-url",
                                  "redis://127.0.0.1:%d" % rport, "--history-size", "100",
                                  "--rate-messages", "0", "--max-per-ip", "0",
-                                 "--handshake-rate", "0"],
+                                 "--handshake-rate", "0", "--max-pending-per-ip", "0"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         procs.append(node)
         port = None
