@@ -96,6 +96,9 @@ def serve_flags(binary):
     flags = ["--rate-messages", "0", "--max-per-ip", "0", "--handshake-rate", "0"]
     if "--max-pending-per-ip" in text:
         flags += ["--max-pending-per-ip", "0"]
+    if "--keepalive-requests" in text:
+        #  the HTTP publisher pipelines on one keep-alive connection
+        flags += ["--keepalive-requests", "0", "--keepalive-lifetime", "0"]
     return flags
 
 
