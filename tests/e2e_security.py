@@ -261,7 +261,7 @@ def p99(values):
 
 async def case_stalled(suite, redis):
     bridge = BridgeProc(e.free_port(), redis_url=redis.url,
-                        extra_args=["--peer-queue", "1000"]).start()
+                        extra_args=["--peer-queue", "100"]).start()
     node_a = start_node(bridge.endpoint)
     node_b = start_node(bridge.endpoint)
     await wait_for(lambda: readyz(node_a) == 200 and readyz(node_b) == 200, 10, "nodes ready")
