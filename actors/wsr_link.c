@@ -88,6 +88,7 @@ struct _wsr_link_t {
     int resync_bridge;              //  S_MODE_RESYNC: which
     uint32_t old_live, revived;     //  S_MODE_MOVE: the live set before; bridges resynced
     uint64_t drops;                 //  messages that could not be sent
+    uint64_t sent;                  //  messages sent (any bridge)
     uint64_t moves;                 //  topics moved to another bridge
     uint64_t stale;                 //  deliveries dropped: not from the topic's owner
     wsr_metrics_t *metrics;         //  shared counters, or NULL (not owned)
@@ -208,6 +209,7 @@ s_send (wsr_link_t *self, int b, zmsg_t **msg_p)
         return -1;
     }
     bridge->last_send = wsr_util_mono_ms ();
+    self->sent++;
     return 0;
 }
 
@@ -807,6 +809,15 @@ wsr_link_bridge_up (wsr_link_t *self, int *redis, int *nats)
 //  --------------------------------------------------------------------------
 //  Messages not sent.
 uint64_t
+wsr_link_sent (wsr_link_t *self)
+{
+    assert (self);
+    return self->sent;
+}
+
+//  --------------------------------------------------------------------------
+//  Messages not sent.
+uint64_t
 wsr_link_drops (wsr_link_t *self)
 {
     assert (self);
@@ -1225,7 +1236,9 @@ wsr_link_test (bool verbose)
 
     //  Presence queries go up; answers come back with request and status;
     //  an answer with a short number frame is dropped
+    uint64_t sent = wsr_link_sent (link);
     assert (wsr_link_presence (link, 9, "channel", "lobby", 100) == 0);
+    assert (wsr_link_sent (link) == sent + 1);
     msg = s_expect (router, WSR_PROTO_PRESENCE, 4);
     zmsg_first (msg);
     zmsg_next (msg);

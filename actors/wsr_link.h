@@ -137,6 +137,10 @@ bool
     wsr_link_bridge_up (wsr_link_t *self, int *redis, int *nats);
 
 //  Messages this link could not send since it was created (queue full or
+//  Messages sent since the link was created (to see whether a turn sent any).
+uint64_t
+    wsr_link_sent (wsr_link_t *self);
+
 //  bridge unreachable): subscriptions, client messages, publishes.
 uint64_t
     wsr_link_drops (wsr_link_t *self);

@@ -2317,14 +2317,17 @@ s_session_actor (zsock_t *pipe, void *args)
             again |= s_drain_socket (self, self->adopt, s_handle_adopt);
         if (self->link)
             again |= s_drain_socket (self, wsr_link_socket (self->link), s_handle_link);
+        uint64_t sent = self->link? wsr_link_sent (self->link): 0;
         s_after_batch (self);
         if (self->link) {
             wsr_link_flush (self->link);        //  subscriptions of this turn, PING
-            //  Sending (events, subscriptions, PING after the drain) makes
+            //  A send after the drain (events, subscriptions, PING) makes
             //  libzmq process commands, which can take the edge-triggered
             //  read signal of messages that arrived meanwhile: without this
-            //  look they would wait for the next wake-up (up to 1 s)
-            again |= (zsock_events (wsr_link_socket (self->link)) & ZMQ_POLLIN) != 0;
+            //  look they would wait for the next wake-up (up to 1 s). Turns
+            //  that sent nothing skip its two system calls.
+            if (wsr_link_sent (self->link) != sent)
+                again |= (zsock_events (wsr_link_socket (self->link)) & ZMQ_POLLIN) != 0;
         }
     }
     //  Terminated: drop every connection at once
