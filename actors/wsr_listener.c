@@ -1241,16 +1241,23 @@ wsr_listener_destroy (wsr_listener_t **self_p)
     }
 }
 
+//  A command whose answer is one number (-1 if none came).
+static int
+s_ask (wsr_listener_t *self, const char *command)
+{
+    int value = -1;
+    zsock_send (self->actor, "s", command);
+    zsock_recv (self->actor, "i", &value);
+    return value;
+}
+
 //  --------------------------------------------------------------------------
 //  Bound port.
 int
 wsr_listener_port (wsr_listener_t *self)
 {
     assert (self);
-    int port = -1;
-    zsock_send (self->actor, "s", WSR_CMD_PORT);
-    zsock_recv (self->actor, "i", &port);
-    return port;
+    return s_ask (self, WSR_CMD_PORT);
 }
 
 //  --------------------------------------------------------------------------
@@ -1259,10 +1266,7 @@ int
 wsr_listener_tls_port (wsr_listener_t *self)
 {
     assert (self);
-    int port = -1;
-    zsock_send (self->actor, "s", WSR_CMD_TLS_PORT);
-    zsock_recv (self->actor, "i", &port);
-    return port;
+    return s_ask (self, WSR_CMD_TLS_PORT);
 }
 
 //  --------------------------------------------------------------------------
@@ -1271,10 +1275,7 @@ int
 wsr_listener_reload (wsr_listener_t *self)
 {
     assert (self);
-    int rc = -1;
-    zsock_send (self->actor, "s", WSR_CMD_RELOAD);
-    zsock_recv (self->actor, "i", &rc);
-    return rc;
+    return s_ask (self, WSR_CMD_RELOAD);
 }
 
 //  --------------------------------------------------------------------------
