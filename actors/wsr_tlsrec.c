@@ -41,6 +41,7 @@
 #define S_SEAL_MAX          (S_HEADER + S_PLAIN_MAX + 1 + S_TAG)
 #define S_UPDATE_RECORDS    (1ULL << 24)    //  our KeyUpdate after this many records
 #define S_VERSION           1           //  of the saved form
+#define S_EMPTY_MAX         32          //  records in a row that carry no data
 
 #define S_CT_CCS            20
 #define S_CT_ALERT          21
@@ -98,6 +99,8 @@ struct _wsr_tlsrec_t {
     uint16_t wstart, wend;          //  wbuf [wstart, wend) still to send
     uint16_t wtaken;                //  plaintext bytes of the data record in wbuf
     int16_t alert;                  //  alert that ended the session, -1 if none
+    uint8_t empty;                  //  records in a row without data (KeyUpdate,
+                                    //  empty application data, user_canceled)
     bool eof;                       //  close_notify received
     bool failed;                    //  fatal error: no more input or output
     bool close_sent;                //  close_notify sent
@@ -464,6 +467,13 @@ s_record (wsr_tlsrec_t *self, int fd, size_t body)
     uint8_t type = data [--len];
     if (len > S_PLAIN_MAX)
         return (int) s_fail (self, fd, S_AL_RECORD_OVERFLOW);
+    //  Records that return nothing cost an AEAD each and are never seen by
+    //  the caller's rate limits: a run of them is a flood (OpenSSL does the same)
+    if (type == S_CT_APPDATA && len > 0)
+        self->empty = 0;
+    else
+    if (++self->empty > S_EMPTY_MAX)
+        return (int) s_fail (self, fd, S_AL_UNEXPECTED);
     if (type == S_CT_APPDATA) {
         self->pstart = (uint16_t) (data - self->rbuf);
         self->pend = (uint16_t) (self->pstart + len);
@@ -1105,6 +1115,7 @@ wsr_tlsrec_test (bool verbose)
         int pair [2];
         static uint8_t record [WSR_TLSREC_RECORD_MAX + 16];
         uint8_t buf [64];
+        uint32_t retry_flood = 0;
 
         //  A record fed byte by byte; a zero-length record; padding
         s_test_pair (suite, &server, &client, pair);
@@ -1131,6 +1142,14 @@ wsr_tlsrec_test (bool verbose)
         n = wsr_tlsrec_seal (client, S_CT_APPDATA, big, S_PLAIN_MAX, 0, record, sizeof record);
         assert (write (pair [1], record, (size_t) n) == n);
         assert (s_test_rec_read (server, pair [0], big, S_PLAIN_MAX) == S_PLAIN_MAX);
+        //  Records without data: a run of 32 is fine, 33 is a flood
+        for (int i = 0; i < S_EMPTY_MAX; i++) {
+            n = wsr_tlsrec_seal (client, S_CT_APPDATA, "", 0, 0, record, sizeof record);
+            assert (write (pair [1], record, (size_t) n) == n);
+        }
+        n = wsr_tlsrec_seal (client, S_CT_APPDATA, "!", 1, 0, record, sizeof record);
+        assert (write (pair [1], record, (size_t) n) == n);
+        assert (wsr_tlsrec_recv (server, pair [0], buf, sizeof buf) == 1 && buf [0] == '!');
         //  user_canceled is ignored, close_notify is the end
         uint8_t alert [2] = { 1, S_AL_USER_CANCELED };
         n = wsr_tlsrec_seal (client, S_CT_ALERT, alert, 2, 0, record, sizeof record);
@@ -1205,6 +1224,16 @@ wsr_tlsrec_test (bool verbose)
         s_test_pair (suite, &server, &client, pair);
         n = wsr_tlsrec_seal (client, S_CT_ALERT, "\x02\x28", 2, 0, record, sizeof record);
         s_test_rejects (record, (size_t) n, 40, false, server, client, pair);
+        s_test_pair_end (&server, &client, pair);
+
+        //  A flood of KeyUpdates (or empty records): unexpected_message
+        s_test_pair (suite, &server, &client, pair);
+        for (int i = 0; i <= S_EMPTY_MAX; i++) {
+            wsr_tlsrec_update (client, false);
+            assert (wsr_tlsrec_writev (client, pair [1], NULL, 0, &retry_flood) == 0);
+        }
+        assert (wsr_tlsrec_recv (server, pair [0], buf, sizeof buf) == -1 && errno == ECONNRESET);
+        assert (wsr_tlsrec_alert (server) == S_AL_UNEXPECTED);
         s_test_pair_end (&server, &client, pair);
 
         //  Our KeyUpdate every 2^24 records: the peer follows
