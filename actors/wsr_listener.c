@@ -34,8 +34,9 @@
 //
 //  TLS (wsr_tls): on the main port, or on a second port beside the plain one.
 //  The TLS handshake runs here, non-blocking, under the request's deadline;
-//  the request is then read through the TLS session (wsr_tlsconn_t), which goes to auth with
-//  the descriptor (AUTH 'p' frame) and belongs to whoever owns the fd.
+//  the request is then read through the TLS session (wsr_tlsconn_t: our own
+//  record layer after a TLS 1.3 handshake), which goes to auth with the
+//  descriptor (AUTH 'p' frame) and belongs to whoever owns the fd.
 
 #include "wsr_classes.h"
 #include <arpa/inet.h>
@@ -641,6 +642,8 @@ s_hs_tls (s_listener_t *self, s_hs_t *hs)
         return false;
     }
     wsr_metrics_add (self->metrics, WSR_M_TLS_HANDSHAKES, 1);
+    if (!wsr_tls_offloaded (hs->ssl))
+        wsr_metrics_add (self->metrics, WSR_M_TLS_OPENSSL, 1);
     hs->tls_ready = true;
     s_hs_want (self, hs, EPOLLIN);
     return true;

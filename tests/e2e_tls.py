@@ -107,6 +107,8 @@ async def cases(suite, srv, tls_port, dirname, cert, key):
     await suite.case("wss beside ws: publish reaches both", round_trip)
 
     async def versions():
+        kept = srv.metrics().get("wsrouter_tls_openssl_sessions_total", -1)
+        e.expect(kept >= 0, "wsrouter_tls_openssl_sessions_total is exported")
         for name, lo, hi in (("TLS 1.2", ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2),
                              ("TLS 1.3", ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3)):
             ctx = client_ctx(cert, lo, hi, alpn=["h2", "http/1.1"])
@@ -140,6 +142,10 @@ async def cases(suite, srv, tls_port, dirname, cert, key):
         except (ssl.SSLError, ConnectionError, OSError) as ex:
             if isinstance(ex, e.E2EError):
                 raise
+        #  Only the TLS 1.2 session kept OpenSSL; the TLS 1.3 one moved to
+        #  the node's own record layer
+        e.expect_eq(srv.metrics().get("wsrouter_tls_openssl_sessions_total", 0) - kept, 1,
+                    "sessions that kept OpenSSL (one TLS 1.2, one TLS 1.3)")
     await suite.case("TLS 1.2 and 1.3, ALPN http/1.1, 1.1 refused", versions)
 
     async def large():
