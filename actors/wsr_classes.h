@@ -57,6 +57,7 @@
 #include "wsr_passfd.h"
 #include "wsr_handover.h"
 #include "wsr_tls.h"
+#include "wsr_tlsrec.h"
 #include "wsr_deflate.h"
 #include "wsr_ipcount.h"
 #include "wsr_curve.h"

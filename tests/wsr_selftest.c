@@ -30,6 +30,7 @@ s_tests [] = {
     { "passfd", wsr_passfd_test },
     { "handover", wsr_handover_test },
     { "tls", wsr_tls_test },
+    { "tlsrec", wsr_tlsrec_test },
     { "deflate", wsr_deflate_test },
     { "ipcount", wsr_ipcount_test },
     { "curve", wsr_curve_test },
