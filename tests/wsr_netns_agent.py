@@ -15,7 +15,7 @@ Roles:
   intruder ENDPOINT [CERT SERVERKEY] a ZeroMQ peer knocking at a bridge
   rcluster HOST:PORT...              a cluster-aware Redis backend: SPUBLISH
                                      load at each slot's owner, ROLE watch
-  natsload HOST:PORT...              a NATS backend publishing load; /connz
+  natsload HOST:PORT...              a NATS backend publishing load; monitoring
 Only the Python standard library, plus websockets (client), zmq and msgpack
 (intruder).
 """
@@ -399,7 +399,11 @@ def load_loop(stop, via, users, interval, publish):
             seqs[u] += 1
             items.append((u, seqs[u], load_payload(via, u, seqs[u])))
         t = time.monotonic()
-        res = publish(items)
+        try:
+            res = publish(items)
+        except Exception as ex:         # reported, and the load goes on
+            emit({"ev": "loaderr", "via": via, "err": "%s: %s" % (type(ex).__name__, ex)})
+            res = [-1] * len(items)
         emit({"ev": "pub", "via": via, "t": t,
               "r": [[u, q, n] for (u, q, _), n in zip(items, res)]})
         next_t += interval
@@ -502,6 +506,14 @@ class ClusterPub:
                 self.stale = True
         return res
 
+def plain(v):
+    """A RESP reply as JSON can carry it (bulk strings as latin-1 text)."""
+    if isinstance(v, bytes):
+        return v.decode("latin-1")
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    return v
+
 def role_of(addr):
     v = redis_call(addr[0], addr[1], "ROLE", timeout=0.5)
     if v[0] == b"slave":
@@ -531,9 +543,7 @@ def rcluster_main(seeds):
             if op == "cmd":
                 addr = parse_addr(req["addr"])
                 v = redis_call(addr[0], addr[1], *req["args"], timeout=req.get("timeout", 1.0))
-                if isinstance(v, bytes):
-                    v = v.decode("latin-1")
-                emit({"re": rid, "ok": True, "v": v, "t": time.monotonic()})
+                emit({"re": rid, "ok": True, "v": plain(v), "t": time.monotonic()})
             elif op == "roles":
                 out = {}
                 for a in req["addrs"]:
@@ -546,9 +556,8 @@ def rcluster_main(seeds):
                 threading.Thread(target=watch_master, daemon=True,
                                  args=(rid, parse_addr(req["addr"]), req["timeout"])).start()
             elif op == "load":
-                slots = req["slots"]
-                loader.start("r", sorted(slots), req["interval"],
-                             lambda items: pub.publish(items, slots))
+                loader.start("r", sorted(req["slots"]), req["interval"],
+                             lambda items, slots=req["slots"]: pub.publish(items, slots))
                 emit({"re": rid, "ok": True, "t": time.monotonic()})
             elif op == "stop":
                 loader.end()
@@ -631,18 +640,15 @@ def natsload_main(servers):
                 if pub.sock is None and not pub.connect():
                     raise RuntimeError("no NATS server answered")
                 loader.start("n", sorted(req["users"]), req["interval"],
-                             lambda items: pub.publish(items, req["subject"]))
+                             lambda items, subject=req["subject"]: pub.publish(items, subject))
                 emit({"re": rid, "ok": True, "server": pub.server, "t": time.monotonic()})
             elif op == "stop":
                 loader.end()
                 emit({"re": rid, "ok": True, "errors": pub.errors})
-            elif op == "connz":
-                #  nats-server's monitoring: who is connected, from where
+            elif op == "json":
+                #  nats-server's monitoring (/connz, /routez): a JSON document
                 with opener.open(req["url"], timeout=2) as resp:
-                    doc = json.loads(resp.read())
-                emit({"re": rid, "ok": True, "conns": [
-                    {"ip": c.get("ip"), "name": c.get("name"), "subs": c.get("subscriptions")}
-                    for c in doc.get("connections", [])]})
+                    emit({"re": rid, "ok": True, "doc": json.loads(resp.read())})
             else:
                 emit({"re": rid, "ok": False, "err": "unknown op " + op})
         except Exception as ex:
