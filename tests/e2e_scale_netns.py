@@ -629,9 +629,12 @@ class Scale:
             hit = sorted("%s %d (%.2f..%.2f s)" % (cid, r["lost"], r["lost_span"][0],
                                                    r["lost_span"][1])
                          for cid, r in vr.items() if r["lost"])
-            parts.append("%s: %d deliveries expected, %d lost%s%s; resumed within %.2f s "
+            zero = sum(r["zero"] for r in vr.values())
+            parts.append("%s: %d deliveries expected, %d lost%s%s%s; resumed within %.2f s "
                          "(median %.2f s)" % (
                              VIA_NAME[via], acc, lost,
+                             " (%d of them: SPUBLISH counted 0 receivers)" % zero
+                             if zero else "",
                              " [%s]" % ", ".join(hit) if hit else "",
                              ", %d publishes refused by the server" % refused
                              if refused else "",
@@ -698,13 +701,22 @@ def case_bridge_kill(d):
     d.expect_open(what)
     d.check_sequences(what)
     summary = d.judge(rows, what)
+    takeover = max(r["resume"] for (cid, via), r in rows.items()
+                   if d.sessions[cid][0] in moved)
+    silent = {}
+    for n in NODES:
+        t = d.nodes[n].first_line_after(t_kill, r"link: the bridge at %s is silent"
+                                        % re.escape(bridge_endpoint(dead)))
+        silent[n] = "%.2f s" % (t - t_kill) if t else "not logged"
+    note("%s: the dead bridge's %d users resumed on %s within %.2f s of the kill; the "
+         "nodes' links found it silent after %s" % (what, len(moved), alive, takeover, silent))
     topics = d.bridge_topics()
     after = d.link_counters()
     moves = {n: after[n][0] - before[n][0] for n in NODES}
     e.expect(all(moves[n] > 0 for n in NODES), "%s: topic moves per node %s: every node "
              "has sessions of %s, expected moves on each" % (what, moves, ",".join(moved)))
     note("%s: topic moves per node %s; %s topics now %s" % (what, moves, alive, topics))
-    return "takeover by %s, from the kill: %s" % (alive, summary)
+    return "takeover by %s within %.2f s of the kill; %s" % (alive, takeover, summary)
 
 
 def case_bridge_restart(d):
@@ -734,11 +746,17 @@ def case_bridge_restart(d):
              "%s: channels not SSUBSCRIBEd exactly once: %s" % (what, {
                  u: c for u, c in counts.items() if sum(c.values()) != 1}))
     after = d.link_counters()
-    note("%s: topic moves per node %s, stale deliveries dropped %s" % (
-        what, {n: after[n][0] - before[n][0] for n in NODES},
-        {n: after[n][1] for n in NODES}))
-    return "from the ready line: %s; topics back to %s, SHARDNUMSUB 1 for all" % (
-        summary, topics)
+    back = {}
+    for n in NODES:
+        t = d.nodes[n].first_line_after(t_start, r"link: the bridge at %s is back"
+                                        % re.escape(bridge_endpoint(b)))
+        back[n] = "%.2f s" % (t - t_ready) if t else "not logged"
+    note("%s: nodes saw it back (first link log line) after the ready line: %s; topic moves "
+         "per node %s, stale deliveries dropped %s" % (
+             what, back, {n: after[n][0] - before[n][0] for n in NODES},
+             {n: after[n][1] for n in NODES}))
+    return "from the ready line: %s; nodes took it back after %s; topics back to %s, " \
+        "SHARDNUMSUB 1 for all" % (summary, back, topics)
 
 
 def case_nats_kill(d):
@@ -801,12 +819,11 @@ def deploy(d):
     d.open_sessions()
     server = d.start_load()
     took = d.wait_all_flowing(WARMUP_S, "warm-up")
-    topics = d.bridge_topics()
     print("setup: Redis Cluster (3 masters, 3 replicas) and NATS (routes %s) up in %.1f s; "
           "2 bridges, 3 nodes, %d sessions of %d users; load every %d ms per user and "
-          "backplane (NATS backend on %s); all flowing after %.1f s; bridge topics %s"
+          "backplane (NATS backend on %s); all flowing after %.1f s"
           % (routes, t_back, len(d.sessions), len(d.all_users()), LOAD_INTERVAL_S * 1000,
-             server, took, topics), flush=True)
+             server, took), flush=True)
     for u in d.all_users():
         print("  user %-7s shard %s, bridge %s, sessions %s" % (
             u, d.shards[u], d.owner[u], ",".join(d.cids_of(u))), flush=True)
@@ -816,6 +833,8 @@ def deploy(d):
     lost = {k: r["lost"] for k, r in rows.items() if r["lost"]}
     if lost:
         raise SetupError("steady state, no fault yet: messages lost %s" % lost)
+    print("setup: steady state for %.0f s, nothing lost; bridge topic gauges %s"
+          % (WINDOW_S, d.bridge_topics()), flush=True)
 
 
 def main():

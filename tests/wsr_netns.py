@@ -193,6 +193,7 @@ class Proc:
         self.name = name
         self.argv = ["ip", "netns", "exec", ns] + list(argv)
         self.lines = []
+        self.times = []             # monotonic time each line was read
         self.lock = threading.Condition()
         self.ready_pattern = ready
         self.ready_t = None
@@ -215,6 +216,7 @@ class Proc:
             self.on_line(line, t)
             with self.lock:
                 self.lines.append(line)
+                self.times.append(t)
                 if self.ready_t is None and self.ready_pattern is not None \
                         and re.search(self.ready_pattern, line):
                     self.ready_t = t
@@ -224,6 +226,15 @@ class Proc:
 
     def alive(self):
         return self.proc.poll() is None
+
+    def first_line_after(self, t0, pattern):
+        """Monotonic time of the first output line read at or after t0 that
+        matches pattern (a regex), or None."""
+        with self.lock:
+            for t, line in zip(self.times, self.lines):
+                if t >= t0 and re.search(pattern, line):
+                    return t
+        return None
 
     def tail(self, n=15):
         with self.lock:
