@@ -49,8 +49,12 @@ over the whole run); what was lost (accepted by the server, never received)
 is counted and printed per fault, with the nodes' topic moves and stale
 deliveries dropped.
 
-Core NATS subjects only: live delivery through JetStream
-(NATS_HISTORY_STREAM) after a server death is measured by e2e_scale.
+By default the bridges use core NATS subjects. With --jetstream the NATS
+servers run JetStream and the bridges keep history in an R3 stream
+(NATS_HISTORY_STREAM=WSR_NETNS, NATS_HISTORY_REPLICAS=3): live NATS delivery
+then comes from the stream's ordered consumers, and the same faults and
+bounds apply (not a ctest yet: that path resumed 6-10 s after a server
+death in e2e_scale, see docs/BENCHMARKS.md).
 
 Run as root. Exits 77 (skipped) when namespaces cannot be made or ip,
 redis-server, redis-cli or nats-server is missing. `--setup-only` builds the
@@ -115,8 +119,11 @@ RESUME_LIMIT_S = 2.0        # the issue's bound, for every fault
 LOAD_INTERVAL_S = 0.05      # one message per user and backplane every 50 ms
 WINDOW_S = 3.0              # a fault's publishes looked at: until t_ref + this
 SETTLE_S = 1.0              # ... and received until t_ref + WINDOW_S + this
+GIVE_UP_S = 12.0            # a window stretched this far to tell "late" from "never"
 WARMUP_S = 20.0
 PER_NODE = 3
+JETSTREAM = "--jetstream" in sys.argv[1:]
+STREAM = "WSR_NETNS"
 
 BRIDGE_READY = "bridge listening on tcp://"
 NODE_READY_RE = re.compile(r"listening on ws://[^\s]*:%d/ws" % NODE_PORT)
@@ -219,13 +226,15 @@ class Scale:
         return self.redis[h]
 
     def start_nats(self, h):
+        os.makedirs(os.path.join(self.tmp, h), exist_ok=True)
         routes = ",".join("nats-route://%s:%d" % (ADDR[n], NATS_ROUTE_PORT)
                           for n in NATS if n != h)
         self.nats[h] = self._track(Proc(
             h, self.topo.ns(h),
             [nats_server_path(), "-a", ADDR[h], "-p", str(NATS_PORT), "-n", h,
              "-m", str(NATS_HTTP_PORT), "--cluster_name", "wsr",
-             "--cluster", "nats://%s:%d" % (ADDR[h], NATS_ROUTE_PORT), "--routes", routes],
+             "--cluster", "nats://%s:%d" % (ADDR[h], NATS_ROUTE_PORT), "--routes", routes] +
+            (["-js", "-sd", os.path.join(self.tmp, h)] if JETSTREAM else []),
             cwd=self.tmp, ready=r"Server is ready"))
         return self.nats[h]
 
@@ -233,7 +242,9 @@ class Scale:
         env = clean_env(
             WEBSOCKET_REDIS_URL="redis+cluster://" + ",".join(
                 "%s:%d" % (ADDR[h], REDIS_PORT) for h in REDIS),
-            NATS_URL=",".join("nats://%s:%d" % (ADDR[n], NATS_PORT) for n in BRIDGE_NATS))
+            NATS_URL=",".join("nats://%s:%d" % (ADDR[n], NATS_PORT) for n in BRIDGE_NATS),
+            **({"NATS_HISTORY_STREAM": STREAM, "NATS_HISTORY_REPLICAS": "3"} if JETSTREAM
+               else {}))
         self.bridges[b] = self._track(Proc(
             b, self.topo.ns(b),
             [self.bin, "bridge", "--endpoint", bridge_endpoint(b),
@@ -386,6 +397,21 @@ class Scale:
             time.sleep(0.2)
         raise SetupError("NATS routes not all up within %.0f s: %s" % (timeout, last))
 
+    def stream_info(self):
+        """The history stream's replicas and leader, from /jsz of a live server."""
+        for h in NATS:
+            if not self.nats[h].alive():
+                continue
+            doc = self.nats_json(h, "/jsz?accounts=true&streams=true&config=true") or {}
+            for acc in doc.get("account_details", []):
+                for st in acc.get("stream_detail", []):
+                    if st.get("name") == STREAM:
+                        cl = st.get("cluster", {})
+                        return {"replicas": st.get("config", {}).get("num_replicas"),
+                                "leader": cl.get("leader"),
+                                "messages": st.get("state", {}).get("messages")}
+        return None
+
     def bridges_on_nats(self):
         """{nats host: [bridges connected to it]} from each server's /connz."""
         by_ip = {ADDR[b]: b for b in BRIDGES}
@@ -529,6 +555,23 @@ class Scale:
                                  ev["cid"], ev["code"], ev["reason"]) for ev in self.closed),
                                 self.health_note()))
 
+    def link_flaps(self, t0):
+        """The nodes' link log lines since t0 saying a bridge went silent or
+        came back: ["node-b +1.52 s bridge-2 silent", ...]."""
+        out = []
+        ep = {bridge_endpoint(b): b for b in BRIDGES}
+        for n in NODES:
+            with self.nodes[n].lock:
+                pairs = list(zip(self.nodes[n].times, self.nodes[n].lines))
+            seen = set()
+            for t, line in pairs:
+                m = re.search(r"link: the bridge at (\S+) (is silent|is back)", line)
+                if t >= t0 and m and (m.group(1), m.group(2), round(t, 1)) not in seen:
+                    seen.add((m.group(1), m.group(2), round(t, 1)))
+                    out.append("%s +%.2f s %s %s" % (n, t - t0, ep.get(m.group(1), m.group(1)),
+                                                      m.group(2).split()[1]))
+        return out
+
     def check_sequences(self, what):
         """No message twice, none out of order, nothing foreign: so far."""
         self.collect()
@@ -543,6 +586,11 @@ class Scale:
             if back:
                 problems.append("%s: %s out of order: %s" % (
                     cid, VIA_NAME[via], ", ".join("%d after %d" % (b, a) for a, b in back[:5])))
+            if dups or back:
+                i = max(0, next(i for i in range(1, len(seqs))
+                                if seqs[i] <= seqs[i - 1]) - 25)
+                problems.append("  %s %s received, from the %dth: %s" % (
+                    cid, VIA_NAME[via], i, compress_runs(got[i:i + 150])))
         if problems:
             raise e.E2EError("%s: %d problem(s):\n  %s"
                              % (what, len(problems), "\n  ".join(problems[:20])))
@@ -570,11 +618,21 @@ class Scale:
     def window(self, t_from, t_ref, what):
         """Waits for the window to close, then, per session and backplane:
         loss among publishes accepted in [t_from, t_ref + WINDOW_S] and the
-        resume latency after t_ref. Returns a report dict."""
+        resume latency after t_ref. A window where some session has not
+        resumed is stretched (up to GIVE_UP_S) to tell late from never.
+        Returns {(cid, via): figures}."""
         t_until = t_ref + WINDOW_S
-        wait = t_until + SETTLE_S - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+        while True:
+            wait = t_until + SETTLE_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            rows = self._window_rows(t_from, t_ref, t_until, what)
+            if all(r["resume"] is not None for r in rows.values()) or \
+                    t_until >= t_ref + GIVE_UP_S:
+                return rows
+            t_until += 1.0
+
+    def _window_rows(self, t_from, t_ref, t_until, what):
         self.collect()
         for via in VIAS:
             last = max((t for s, t, n in self.pubs[(via, self.users[0][0])]), default=0)
@@ -601,7 +659,8 @@ class Scale:
                     "zero": sum(1 for s, t, n in lost if n == 0),
                     "resume": (min(cand) - t_ref) if cand else None,
                     "lost_span": (min(t for _, t, _ in lost) - t_ref,
-                                  max(t for _, t, _ in lost) - t_ref) if lost else None}
+                                  max(t for _, t, _ in lost) - t_ref) if lost else None,
+                    "until": t_until - t_ref}
         return rows
 
     def judge(self, rows, what, limit=RESUME_LIMIT_S):
@@ -610,9 +669,9 @@ class Scale:
         problems = []
         for (cid, via), r in sorted(rows.items()):
             if r["resume"] is None:
-                problems.append("%s/%s: nothing published after t_ref was delivered "
-                                "(%d accepted, %d lost)" % (cid, VIA_NAME[via],
-                                                            r["accepted"], r["lost"]))
+                problems.append("%s/%s: nothing published within %.0f s after t_ref was "
+                                "delivered (%d accepted, %d lost)" % (
+                                    cid, VIA_NAME[via], r["until"], r["accepted"], r["lost"]))
             elif r["resume"] > limit:
                 problems.append("%s/%s: delivery resumed %.2f s after t_ref (limit %.1f s; "
                                 "%d lost, published %.2f..%.2f s from t_ref)"
@@ -648,6 +707,25 @@ class Scale:
         return "; ".join(parts)
 
 
+def compress_runs(got):
+    """[(seq, t)] → "426-447 @12.31, 448-465 @13.02 ..." (runs of consecutive
+    seqs, with the time of their first receipt)."""
+    out = []
+    start = prev = None
+    for s, t in got:
+        if start is not None and s == prev + 1:
+            prev = s
+            continue
+        if start is not None:
+            out.append("%d-%d @%.2f" % (start[0], prev, start[1]) if prev != start[0]
+                       else "%d @%.2f" % (start[0], start[1]))
+        start, prev = (s, t), s
+    if start is not None:
+        out.append("%d-%d @%.2f" % (start[0], prev, start[1]) if prev != start[0]
+                   else "%d @%.2f" % (start[0], start[1]))
+    return ", ".join(out)
+
+
 # --------------------------------------------------------------------------
 #  Faults
 
@@ -672,6 +750,9 @@ def case_redis_master(d):
          % (what, master, victim, d.slots[victim], ",".join(hit_users), replica,
             t_promo - t_kill))
     rows = d.window(t_kill - 0.2, t_promo, what)
+    flaps = d.link_flaps(t_kill)
+    if flaps:
+        note("%s: the nodes saw bridges go silent / come back: %s" % (what, "; ".join(flaps)))
     d.expect_open(what)
     d.check_sequences(what)
     summary = d.judge(rows, what)
@@ -764,11 +845,16 @@ def case_nats_kill(d):
     on = d.bridges_on_nats()
     cands = [h for h in BRIDGE_NATS if on.get(h)]
     e.expect(cands, "%s: no bridge connected to %s (connz: %s)" % (what, BRIDGE_NATS, on))
+    if JETSTREAM:
+        note("%s: stream %s before: %s" % (what, STREAM, d.stream_info()))
     victim = max(cands, key=lambda h: (len(on[h]), -BRIDGE_NATS.index(h)))
     t_kill = time.monotonic()
     d.nats[victim].kill(signal.SIGKILL)
     note("%s: %s SIGKILLed (bridges on it: %s)" % (what, victim, ",".join(on[victim])))
     rows = d.window(t_kill - 0.2, t_kill, what)
+    flaps = d.link_flaps(t_kill)
+    if flaps:
+        note("%s: the nodes saw bridges go silent / come back: %s" % (what, "; ".join(flaps)))
     d.expect_open(what)
     d.check_sequences(what)
     summary = d.judge(rows, what)
@@ -819,10 +905,11 @@ def deploy(d):
     d.open_sessions()
     server = d.start_load()
     took = d.wait_all_flowing(WARMUP_S, "warm-up")
-    print("setup: Redis Cluster (3 masters, 3 replicas) and NATS (routes %s) up in %.1f s; "
+    print("setup: Redis Cluster (3 masters, 3 replicas) and NATS (routes %s%s) up in %.1f s; "
           "2 bridges, 3 nodes, %d sessions of %d users; load every %d ms per user and "
           "backplane (NATS backend on %s); all flowing after %.1f s"
-          % (routes, t_back, len(d.sessions), len(d.all_users()), LOAD_INTERVAL_S * 1000,
+          % (routes, "; JetStream, bridges with the R3 stream %s" % STREAM if JETSTREAM
+             else "", t_back, len(d.sessions), len(d.all_users()), LOAD_INTERVAL_S * 1000,
              server, took), flush=True)
     for u in d.all_users():
         print("  user %-7s shard %s, bridge %s, sessions %s" % (
@@ -835,6 +922,8 @@ def deploy(d):
         raise SetupError("steady state, no fault yet: messages lost %s" % lost)
     print("setup: steady state for %.0f s, nothing lost; bridge topic gauges %s"
           % (WINDOW_S, d.bridge_topics()), flush=True)
+    if JETSTREAM:
+        print("setup: stream %s: %s" % (STREAM, d.stream_info()), flush=True)
 
 
 def main():
@@ -853,7 +942,7 @@ def main():
         return e.SKIP
     arm(TEST_LIMIT_S)
     t_start = time.monotonic()
-    suite = e.Suite("e2e_scale_netns")
+    suite = e.Suite("e2e_scale_netns" + (" --jetstream" if JETSTREAM else ""))
     topo = Topology("wsrscale", HOSTS, ADDR)
     tmpdir = tempfile.mkdtemp(prefix="wsr-e2e-scale-netns-")
     d = None
