@@ -49,12 +49,13 @@ over the whole run); what was lost (accepted by the server, never received)
 is counted and printed per fault, with the nodes' topic moves and stale
 deliveries dropped.
 
-By default the bridges use core NATS subjects. With --jetstream the NATS
-servers run JetStream and the bridges keep history in an R3 stream
+By default (ctest e2e_scale_netns) the bridges use core NATS subjects.
+With --jetstream (ctest e2e_scale_netns_jetstream) the NATS servers run
+JetStream and the bridges keep history in an R3 stream
 (NATS_HISTORY_STREAM=WSR_NETNS, NATS_HISTORY_REPLICAS=3): live NATS delivery
-then comes from the stream's ordered consumers, and the same faults and
-bounds apply (not a ctest yet: that path resumed 6-10 s after a server
-death in e2e_scale, see docs/BENCHMARKS.md).
+then comes from the stream's consumers (core copies while the stream is
+silent: bridge/wsr_jsmerge.c), the NATS server killed is the stream's
+leader when a bridge is on it, and the same bounds apply.
 
 Run as root. Exits 77 (skipped) when namespaces cannot be made or ip,
 redis-server, redis-cli or nats-server is missing. `--setup-only` builds the
@@ -847,7 +848,9 @@ def case_nats_kill(d):
     e.expect(cands, "%s: no bridge connected to %s (connz: %s)" % (what, BRIDGE_NATS, on))
     if JETSTREAM:
         note("%s: stream %s before: %s" % (what, STREAM, d.stream_info()))
-    victim = max(cands, key=lambda h: (len(on[h]), -BRIDGE_NATS.index(h)))
+    leader = (d.stream_info() or {}).get("leader") if JETSTREAM else None
+    #  The worst case: the stream's leader (JetStream), then the most bridges
+    victim = max(cands, key=lambda h: (h == leader, len(on[h]), -BRIDGE_NATS.index(h)))
     t_kill = time.monotonic()
     d.nats[victim].kill(signal.SIGKILL)
     note("%s: %s SIGKILLed (bridges on it: %s)" % (what, victim, ",".join(on[victim])))
