@@ -113,6 +113,8 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_PRESENCE  "PRESENCE"  //  N request id, s "user"|"channel", s id, N limit
 #define WSR_PROTO_PING      "PING"      //  nothing: alive while idle
 #define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
+                                        //  (the bridge answers BYE: the end of
+                                        //  what it sent for the old session)
 //  Bridge → peer (N: an 8-byte unsigned number, network byte order)
 #define WSR_PROTO_DELIVER   "D"         //  f topic key, f downstream envelope
 #define WSR_PROTO_DELIVERS  "DS"        //  f deliveries in order, each [u16 key size]
