@@ -77,10 +77,12 @@ typedef struct {
     bool fenced;                    //  back in the live set, our BYE not yet answered:
                                     //  its deliveries are the old session's
     int fence_beats;                //  heartbeats from it since (fallback: 2 lift it)
+    int64_t dropped;                //  mono ms its connection last dropped, 0 = never
 } s_bridge_t;
 
 struct _wsr_link_t {
     zsock_t *sock;                  //  ROUTER to the bridges (owned)
+    zsock_t *monitor;               //  PAIR: sock's disconnections (several bridges), or NULL
     char *node;                     //  node id (owned)
     char *role;                     //  WSR_ROLE_* (owned)
     int index;                      //  worker index
@@ -380,6 +382,22 @@ wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg
     zsock_set_heartbeat_timeout (self->sock, 3000);
     zsock_set_reconnect_ivl (self->sock, 100);
     zsock_set_reconnect_ivl_max (self->sock, 1000);
+    //  Several bridges: a bridge whose connection drops (its process died,
+    //  its host answered with a reset) loses its topics at once, not after
+    //  WSR_LINK_OWNER_DEAD_MS of silence (which still covers a hung bridge)
+    if (self->count > 1) {
+        static _Atomic uint64_t monitors;
+        char endpoint [64];
+        snprintf (endpoint, sizeof endpoint, "inproc://wsr-link-monitor-%" PRIu64, ++monitors);
+        if (zmq_socket_monitor (zsock_resolve (self->sock), endpoint,
+                                ZMQ_EVENT_DISCONNECTED) == 0) {
+            self->monitor = zsock_new (ZMQ_PAIR);
+            assert (self->monitor);
+            zsock_set_rcvtimeo (self->monitor, 0);
+            if (zsock_connect (self->monitor, "%s", endpoint))
+                zsock_destroy (&self->monitor);
+        }
+    }
     for (int b = 0; b < self->count; b++)
         if (s_connect (self, b)) {
             wsr_link_destroy (&self);
@@ -404,6 +422,9 @@ wsr_link_destroy (wsr_link_t **self_p)
         if (self->sock) {
             for (int b = 0; b < self->count; b++)
                 s_bye (self, b);
+            if (self->monitor)
+                zmq_socket_monitor (zsock_resolve (self->sock), NULL, 0);
+            zsock_destroy (&self->monitor);
             zsock_destroy (&self->sock);
         }
         for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++) {
@@ -731,15 +752,42 @@ wsr_link_msg_reset (wsr_link_msg_t *msg)
     memset (msg, 0, sizeof *msg);
 }
 
+//  Connections that dropped since the last turn (monitor events: [event
+//  id, value][endpoint as connected]).
+static void
+s_read_monitor (wsr_link_t *self, int64_t now)
+{
+    while (self->monitor && (zsock_events (self->monitor) & ZMQ_POLLIN)) {
+        zmsg_t *event = zmsg_recv (self->monitor);
+        if (!event)
+            break;
+        zframe_t *head = zmsg_first (event);
+        zframe_t *address = zmsg_next (event);
+        if (head && zframe_size (head) >= 2 && address) {
+            uint16_t id;
+            memcpy (&id, zframe_data (head), sizeof id);
+            for (int b = 0; b < self->count && id == ZMQ_EVENT_DISCONNECTED; b++)
+                if (zframe_size (address) == strlen (self->bridges [b].endpoint)
+                &&  memcmp (zframe_data (address), self->bridges [b].endpoint,
+                            zframe_size (address)) == 0)
+                    self->bridges [b].dropped = now;
+        }
+        zmsg_destroy (&event);
+    }
+}
+
 //  Several bridges: recompute the live set; when it changed, move the topics
-//  whose owner changed, and give bridges that came back their share.
+//  whose owner changed, and give bridges that came back their share. A
+//  bridge is live while it sends heartbeats, and not since its connection
+//  dropped until it sends one again.
 static void
 s_follow_live (wsr_link_t *self, int64_t now)
 {
+    s_read_monitor (self, now);
     uint32_t live = 0;
     for (int b = 0; b < self->count; b++) {
         int64_t seen = self->bridges [b].last_hb? self->bridges [b].last_hb: self->started;
-        if (now - seen <= WSR_LINK_OWNER_DEAD_MS)
+        if (now - seen <= WSR_LINK_OWNER_DEAD_MS && self->bridges [b].dropped < seen)
             live |= 1u << b;
     }
     if (live == 0 || live == self->live)
@@ -1126,6 +1174,61 @@ s_test_many (void)
     zsock_destroy (&b);
 }
 
+//  Several bridges over tcp: one whose connection drops (its process died)
+//  loses its topics at once, well before WSR_LINK_OWNER_DEAD_MS of silence.
+static void
+s_test_dropped (void)
+{
+    zsock_t *a = zsock_new (ZMQ_ROUTER);
+    zsock_t *b = zsock_new (ZMQ_ROUTER);
+    assert (a && b);
+    int port_a = zsock_bind (a, "tcp://127.0.0.1:*");
+    int port_b = zsock_bind (b, "tcp://127.0.0.1:*");
+    assert (port_a > 0 && port_b > 0);
+    char endpoints [128];
+    snprintf (endpoints, sizeof endpoints, "tcp://127.0.0.1:%d,tcp://127.0.0.1:%d", port_a,
+              port_b);
+    wsr_link_opts_t opts = { .endpoint = endpoints, .node = "n3", .role = WSR_ROLE_WORKER };
+    wsr_link_t *link = wsr_link_new (&opts, s_topics_many, NULL);
+    assert (link);
+    s_topics_many (NULL, link);
+    wsr_link_flush (link);
+    bool sub_a [S_TEST_TOPICS] = { false }, sub_b [S_TEST_TOPICS] = { false };
+    bool unsub [S_TEST_TOPICS] = { false };
+    zframe_t *rid_a = NULL, *rid_b = NULL;
+    s_drain (a, sub_a, unsub, NULL, NULL, &rid_a);
+    s_drain (b, sub_b, unsub, NULL, NULL, &rid_b);
+    assert (rid_a && rid_b);
+    wsr_link_msg_t in;
+    s_beat (a, rid_a, 1);
+    s_beat (b, rid_b, 1);
+    zclock_sleep (50);
+    while (wsr_link_recv (link, &in) == 0)
+        wsr_link_msg_reset (&in);
+    wsr_link_flush (link);
+    //  B's process "dies": its connection drops; A goes on beating
+    zsock_destroy (&b);
+    int64_t t_drop = wsr_util_mono_ms ();
+    memset (sub_a, 0, sizeof sub_a);
+    while (wsr_link_moves (link) == 0 && wsr_util_mono_ms () - t_drop < 3000) {
+        s_beat (a, rid_a, 1);
+        zclock_sleep (20);
+        while (wsr_link_recv (link, &in) == 0)
+            wsr_link_msg_reset (&in);
+        wsr_link_flush (link);
+    }
+    int64_t took = wsr_util_mono_ms () - t_drop;
+    assert (wsr_link_moves (link) > 0);
+    assert (took < WSR_LINK_OWNER_DEAD_MS / 2);
+    s_drain (a, sub_a, unsub, NULL, NULL, NULL);
+    for (int i = 0; i < S_TEST_TOPICS; i++)
+        assert (sub_a [i] == sub_b [i]);        //  exactly B's share moved
+    wsr_link_destroy (&link);
+    zframe_destroy (&rid_a);
+    zframe_destroy (&rid_b);
+    zsock_destroy (&a);
+}
+
 void
 wsr_link_test (bool verbose)
 {
@@ -1343,4 +1446,5 @@ wsr_link_test (bool verbose)
 
     //  Several bridges: shares, a move, a stale delivery, a return
     s_test_many ();
+    s_test_dropped ();
 }
