@@ -503,6 +503,26 @@ wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char
 }
 
 //  --------------------------------------------------------------------------
+//  A barrier at every bridge.
+int
+wsr_link_sync (wsr_link_t *self, uint64_t token)
+{
+    assert (self);
+    int asked = 0;
+    uint8_t number [8];
+    wsr_msgs_put_u64 (number, token);
+    for (int b = 0; b < self->count; b++) {
+        s_batch_send (self, b);             //  its SUBs go first
+        zmsg_t *msg = zmsg_new ();
+        zmsg_addstr (msg, WSR_PROTO_SYNC);
+        zmsg_addmem (msg, number, 8);
+        if (s_send (self, b, &msg) == 0)
+            asked++;
+    }
+    return asked;
+}
+
+//  --------------------------------------------------------------------------
 //  A lifecycle event.
 int
 wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event)
@@ -677,6 +697,13 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
             msg->body = f [3];
             f [3] = NULL;
             msg->kind = WSR_LINK_PRESENCE;
+        }
+    }
+    else
+    if (zframe_streq (command, WSR_PROTO_SYNCED) && size == 2) {
+        if (zframe_size (f [1]) == 8) {
+            msg->request = wsr_msgs_get_u64 (zframe_data (f [1]));
+            msg->kind = WSR_LINK_SYNCED;
         }
     }
     else

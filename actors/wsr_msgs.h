@@ -113,6 +113,8 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_PRESENCE  "PRESENCE"  //  N request id, s "user"|"channel", s id, N limit
 #define WSR_PROTO_PING      "PING"      //  nothing: alive while idle
 #define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
+#define WSR_PROTO_SYNC      "SYNC"      //  N token: answer SYNCED once the backplane has
+                                        //  confirmed everything before (a barrier)
 //  Bridge → peer (N: an 8-byte unsigned number, network byte order)
 #define WSR_PROTO_DELIVER   "D"         //  f topic key, f downstream envelope
 #define WSR_PROTO_DELIVERS  "DS"        //  f deliveries in order, each [u16 key size]
@@ -130,6 +132,7 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_REPLY     "REPLY"     //  N session id, f downstream envelope
 #define WSR_PROTO_HB        "HB"        //  N bridge epoch, f heartbeat envelope
 #define WSR_PROTO_RESYNC    "RESYNC"    //  nothing: HELLO and SUB everything again
+#define WSR_PROTO_SYNCED    "SYNCED"    //  N token: every delivery before it was sent
 #define WSR_PROTO_REFUSED   "REFUSED"   //  f topic key, s reason: SUB not taken
 #define WSR_PROTO_HISTR     "HISTR"     //  N request id, f history result envelope
 #define WSR_PROTO_PRESENCER "PRESENCER" //  N request id, N HTTP status, s JSON body
