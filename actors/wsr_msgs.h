@@ -23,6 +23,10 @@
 #define WSR_CMD_RESUME      "RESUME"    //  → "i" 0; accept again (listener)
 #define WSR_CMD_IMPORT      "IMPORT"
 #define WSR_CMD_RESTART     "RESTART"
+#define WSR_CMD_TOPICS      "TOPICS"    //  → topic keys (handover, old worker)
+#define WSR_CMD_PRESUB      "PRESUB"    //  keys... → "i" 0 once subscribed and synced
+#define WSR_CMD_SYNC        "SYNC"      //  → "i" 0 once every bridge answered SYNCED
+#define WSR_CMD_PREEND      "PREEND"    //  → "i" 0; the handover rings go
 
 //  Data messages between actors of one node (see ARCHITECTURE.md)
 #define WSR_MSG_AUTH        "AUTH"      //  listener → auth
