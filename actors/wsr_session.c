@@ -3086,7 +3086,7 @@ s_handover_test (s_fake_t *fake, const wsr_session_opts_t *opts, wsr_metrics_t *
                            "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
     zframe_t *none = zframe_new (NULL, 0);
     int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, (uint64_t) 500, pair [0], 0, -1,
-                         (uint64_t) 0, 0, "", "hu", "hch", response, none);
+                         (uint64_t) 0, 0, "", "hu", "hch", response, none, (void *) NULL);
     assert (rc == 0);
     zframe_destroy (&none);
     s_expect_101 (c);

@@ -31,7 +31,9 @@
 //  and reaped (killed if it does not go), and the failure is counted.
 //
 //  New process: HELLO, LISTENER, starts its node on that socket, ACK,
-//  TOPICS → subscribe all, ACK "subscribed", then imports each committed batch (its workers subscribe the sessions'
+//  TOPICS → subscribe all, ACK "subscribed", then, after a barrier of its
+//  own per batch (so its rings hold whatever the old workers queued that
+//  was published after our subscriptions), imports each committed batch (its workers subscribe the sessions'
 //  topics as they take them) and answers ACK, until DONE. A batch not
 //  committed when the old process goes away is closed, never served twice.
 
@@ -462,6 +464,14 @@ wsr_upgrade_take (int sock, wsr_node_t *node)
         if (fd >= 0)
             close (fd);
         if (type == WSR_HANDOVER_ACK) {
+            //  A barrier first: what the old workers queued before letting
+            //  these sessions go was published before now, so if it came
+            //  after our subscriptions it is in our rings by the time the
+            //  barrier is answered (a mark not found is then older than
+            //  every ring: the whole ring is new to the session)
+            if (zmsg_size (batch) && wsr_node_sync (node))
+                zsys_warning ("upgrade: a bridge did not answer SYNC; sessions of this "
+                              "batch may see a message twice");
             int n = zmsg_size (batch)? wsr_node_import (node, &batch): 0;
             if (!batch)
                 batch = zmsg_new ();
