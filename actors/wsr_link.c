@@ -1135,6 +1135,37 @@ wsr_link_test (bool verbose)
     msg = s_expect (router, WSR_PROTO_SUB, 5);
     zmsg_destroy (&msg);
 
+    //  A barrier (handover): the batched SUB leaves first, then SYNC with
+    //  its token; the bridge's SYNCED comes back typed, after a delivery
+    //  it sent before
+    wsr_link_subscribe (link, "user:s1", 8, true);
+    assert (wsr_link_sync (link, 42) == 1);
+    msg = s_expect (router, WSR_PROTO_SUB, 1);
+    zmsg_destroy (&msg);
+    msg = s_expect (router, WSR_PROTO_SYNC, 1);
+    assert (zframe_size (zmsg_last (msg)) == 8
+         && wsr_msgs_get_u64 (zframe_data (zmsg_last (msg))) == 42);
+    zmsg_destroy (&msg);
+    {
+        zframe_t *down = wsr_envelope_encode_down ((const uint8_t *) "s", 1, 0, 0);
+        zmsg_t *ahead = zmsg_new ();
+        zframe_t *to = zframe_dup (rid);
+        zmsg_append (ahead, &to);
+        zmsg_addstr (ahead, WSR_PROTO_DELIVER);
+        zmsg_addmem (ahead, "user:s1", 8);
+        zmsg_append (ahead, &down);
+        zmsg_send (&ahead, router);
+        uint8_t token [8];
+        wsr_msgs_put_u64 (token, 42);
+        zsock_send (router, "fsb", rid, WSR_PROTO_SYNCED, token, (size_t) 8);
+        wsr_link_msg_t got;
+        assert (s_link_wait (link, &got, WSR_LINK_DELIVER, 2000) == 0);
+        assert (streq (got.key, "user:s1"));
+        wsr_link_msg_reset (&got);
+        assert (s_link_wait (link, &got, WSR_LINK_SYNCED, 2000) == 0 && got.request == 42);
+        wsr_link_msg_reset (&got);
+    }
+
     //  A client message goes up whole
     zframe_t *env = wsr_envelope_encode_up ("u1", 9, "n1", 0, WSR_KIND_TEXT,
                                             (const uint8_t *) "hi", 2);

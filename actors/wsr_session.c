@@ -2926,6 +2926,7 @@ typedef struct {
     zlistx_t *ups;                  //  UP envelopes (zframe_t)
     zlistx_t *hists;                //  HIST requests (zmsg_t, after the command)
     int64_t last_hb;                //  mono ms of our last heartbeat to the worker
+    int syncs;                      //  SYNCs answered (SYNCED at once)
 } s_fake_t;
 
 //  A heartbeat now and then, as a bridge does: a slow run (sanitizers, a busy
@@ -2965,6 +2966,14 @@ s_fake_pump (s_fake_t *fake, int ms)
         if (streq (command, WSR_PROTO_HIST)) {
             zlistx_add_end (fake->hists, msg);
             msg = NULL;
+        }
+        else
+        if (streq (command, WSR_PROTO_SYNC)) {
+            zframe_t *token = zmsg_pop (msg);
+            int rc = zsock_send (fake->router, "fsf", rid, WSR_PROTO_SYNCED, token);
+            assert (rc == 0);
+            zframe_destroy (&token);
+            fake->syncs++;
         }
         zframe_destroy (&rid);
         zstr_free (&command);
@@ -3147,12 +3156,37 @@ s_handover_test (s_fake_t *fake, const wsr_session_opts_t *opts, wsr_metrics_t *
     //  Gone from a: its subscriptions end there
     s_wait_change (fake, '-', "user:hu");
     s_wait_change (fake, '-', "channel:hch");
+    //  b subscribes the topics first (PRESUB, answered after a barrier)
     wsr_session_t *b = wsr_session_new ("hob", 0, &small, metrics, ipcount);
     assert (b);
-    assert (wsr_session_import (b, &moved) == 1 && moved == NULL);
+    zmsg_t *keys = zmsg_new ();
+    zmsg_addstr (keys, "user:hu");
+    zmsg_addstr (keys, "channel:hch");
+    int syncs = fake->syncs;
+    assert (wsr_session_presub (b, &keys) == 0 && keys == NULL);
     s_wait_change (fake, '+', "user:hu");
     zframe_t *b_rid = zframe_dup (fake->rid);   //  the SUB came from b
     s_wait_change (fake, '+', "channel:hch");
+    end = zclock_mono () + 2000;
+    while (fake->syncs == syncs && zclock_mono () < end)
+        s_fake_pump (fake, 10);
+    assert (wsr_session_synced (b) == 0);
+    //  b's rings get what both had (the last of each topic that a queued)
+    //  and what only b has; nothing of it is a session's yet
+    s_publish_to (fake, b_rid, "user:hu", message);
+    s_publish_to (fake, b_rid, "user:hu", "ring1");
+    s_publish_to (fake, b_rid, "channel:hch", "marker");
+    s_publish_to (fake, b_rid, "channel:hch", "ring2");
+    syncs = fake->syncs;
+    assert (wsr_session_sync (b) == 0);
+    end = zclock_mono () + 2000;
+    while (fake->syncs == syncs && zclock_mono () < end)
+        s_fake_pump (fake, 10);
+    assert (wsr_session_synced (b) == 0);
+    int64_t replayed = wsr_metrics_get (metrics, WSR_M_HANDOVER_REPLAYED);
+    assert (wsr_session_import (b, &moved) == 1 && moved == NULL);
+    //  Only what followed each mark: ring1 and ring2, once
+    assert (wsr_metrics_get (metrics, WSR_M_HANDOVER_REPLAYED) == replayed + 2);
 
     //  The rest of the frame goes to b, which replays the first part
     assert (send (c, frame + 13, sizeof frame - 13, 0) == (ssize_t) (sizeof frame - 13));
@@ -3171,7 +3205,11 @@ s_handover_test (s_fake_t *fake, const wsr_session_opts_t *opts, wsr_metrics_t *
         assert (!memcmp (payload, number, 4));
     }
     assert (s_client_recv (c, payload, &len) == 1 && len == 6 && !memcmp (payload, "marker", 6));
+    assert (s_client_recv (c, payload, &len) == 1 && len == 5 && !memcmp (payload, "ring1", 5));
+    assert (s_client_recv (c, payload, &len) == 1 && len == 5 && !memcmp (payload, "ring2", 5));
     assert (s_client_recv (c, payload, &len) == 1 && len == 5 && !memcmp (payload, "after", 5));
+    //  The handover ends: the rings go, the session's topics stay
+    wsr_session_presub_end (b);
     //  Nothing was left in a; b closes what it holds with 1012
     assert (wsr_session_restart (a) == 0);
     assert (wsr_session_restart (b) == 1);
@@ -3190,7 +3228,7 @@ wsr_session_test (bool verbose)
     wsr_metrics_t *metrics = wsr_metrics_new ();
     //  The test plays the bridge
     s_fake_t fake_data = { zsock_new_router ("inproc://wsr-bridge-stest"), NULL,
-                           zlistx_new (), zlistx_new (), zlistx_new (), 0 };
+                           zlistx_new (), zlistx_new (), zlistx_new (), 0, 0 };
     s_fake_t *fake = &fake_data;
     zlistx_set_destructor (fake->subs, (czmq_destructor *) zstr_free);
     zlistx_set_destructor (fake->ups, (czmq_destructor *) zframe_destroy);
