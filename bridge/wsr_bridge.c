@@ -2081,6 +2081,17 @@ wsr_bridge_test (bool verbose)
     assert (reply);
     zmsg_destroy (&reply);
     assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID) == invalid + 9);
+    //  A barrier without a backplane: SYNCED at once, with the token
+    uint8_t token [8];
+    wsr_msgs_put_u64 (token, 0x5EC5);
+    s_raw_send (raw, WSR_PROTO_SYNC, token, 8);
+    reply = s_raw_expect (raw, WSR_PROTO_SYNCED, 2000);
+    assert (reply && zmsg_size (reply) == 2);
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_last (reply))) == 0x5EC5);
+    zmsg_destroy (&reply);
+    s_raw_send (raw, WSR_PROTO_SYNC, token, 7);         //  malformed: counted
+    assert (s_raw_expect (raw, WSR_PROTO_SYNCED, 300) == NULL);
+    assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID) == invalid + 10);
     s_wait_topics (bridge, 2);
     //  A node's subscriptions are capped (4 here; tnode holds 3 across w0 and w1)
     wsr_link_subscribe (w1, "user:u2", 8, true);
