@@ -1938,6 +1938,7 @@ typedef struct {
     s_conn_t *conn;
     const char *key;                //  its topic
     size_t count;                   //  queued so far
+    wsr_handover_mark_t last;       //  the mark of the last one queued
 } s_replay_t;
 
 static void
@@ -1975,6 +1976,7 @@ s_replay_one (void *arg, const uint8_t *data, size_t size)
     s_queue_push (conn, &frame);
     if (s_queue_over (self, conn))
         s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
+    replay->last = s_mark_of (&env);
     replay->count++;
     self->count_out++;
     self->bytes_out += (int64_t) env.size;
@@ -2055,15 +2057,24 @@ s_import_one (s_worker_t *self, const uint8_t *data, size_t size, int fd)
     //  What was published while it moved: after the old worker's marks,
     //  behind the output it brought, ahead of any live delivery
     if (joined && self->hring) {
-        s_replay_t replay = { self, conn, NULL, 0 };
+        s_replay_t replay = { self, conn, NULL, 0, { 0, 0 } };
         for (size_t i = 0; i <= conn->channel_count; i++) {
             wsr_topic_member_t *member = i? conn->channels [i - 1]: conn->member;
             replay.key = member? wsr_topic_member_key (member): NULL;
             if (!replay.key || !wsr_hring_watched (self->hring, replay.key))
                 continue;
             bool gap = false;
+            replay.last.kind = WSR_HANDOVER_MARK_NONE;
             wsr_hring_replay (self->hring, replay.key, &rec.marks [i], s_replay_one, &replay,
                               &gap);
+            //  A topic new here has no mark yet: its last message is this
+            //  one (or the old worker's), for a handover soon after this one
+            int kind = 0;
+            wsr_topic_mark (member, &kind);
+            if (kind == WSR_HANDOVER_MARK_NONE)
+                wsr_topic_set_mark (member, replay.last.kind? replay.last.kind
+                                                            : rec.marks [i].kind,
+                                    replay.last.kind? replay.last.value: rec.marks [i].value);
             if (gap)
                 wsr_metrics_add (self->metrics, WSR_M_HANDOVER_GAPS, 1);
         }
