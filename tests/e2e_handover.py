@@ -45,7 +45,7 @@ except ImportError:
 
 RAW = int(os.environ.get("HANDOVER_SESSIONS", "1000"))
 V1 = 40
-RATE = 1000                 # messages per second through Redis
+RATE = int(os.environ.get("HANDOVER_RATE", "1000"))   # messages per second, in all
 
 
 async def resp_conn(port):
@@ -67,6 +67,7 @@ class RawSession:
     def __init__(self, user):
         self.user = user
         self.seqs = []
+        self.lat = []           # (publish time, delivery latency), monotonic s
         self.closed = None
         self.reader = self.writer = None
         self.task = None
@@ -100,7 +101,9 @@ class RawSession:
                 if op == 9:
                     self.send(0xA, data)
                 elif op == 1:
-                    self.seqs.append(int(data.split(b":")[1]))
+                    parts = data.split(b":")
+                    self.seqs.append(int(parts[1]))
+                    self.lat.append((float(parts[2]), time.monotonic() - float(parts[2])))
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as ex:
             self.closed = "EOF (%s)" % type(ex).__name__
 
@@ -122,6 +125,7 @@ class V1Session:
     def __init__(self, user):
         self.user = user
         self.seqs = []
+        self.lat = []           # (publish time, delivery latency), monotonic s
         self.closed = None
         self.ws = None
         self.task = None
@@ -141,7 +145,9 @@ class V1Session:
                 msg = json.loads(raw)
                 if msg.get("type") == "pub":
                     data = msg["data"]
-                    self.seqs.append(int(data.split(":")[1]))
+                    parts = data.split(":")
+                    self.seqs.append(int(parts[1]))
+                    self.lat.append((float(parts[2]), time.monotonic() - float(parts[2])))
         except websockets.ConnectionClosed as ex:
             self.closed = "close %s" % ex.code
             return
@@ -198,7 +204,7 @@ class Publisher:
                 u = self.users[i % len(self.users)]
                 i += 1
                 self.sent[u] += 1
-                data = b"%s:%d" % (u.encode(), self.sent[u])
+                data = b"%s:%d:%.6f" % (u.encode(), self.sent[u], time.monotonic())
                 if self.nats:
                     batch += b"PUB world.updates.user.%s %d\r\n%s\r\n" % (u.encode(), len(data),
                                                                           data)
@@ -359,6 +365,28 @@ async def run(suite, kind, backplane_args, backplane_port, new_pids):
             m0 = srv.metrics()
             pub.mark("usr2")
             t0 = time.monotonic()
+            rss = {}
+
+            async def sample():
+                """RSS of the old process and of its child (the new one), peak."""
+                old = srv.proc.pid
+                while True:
+                    pids = [old]
+                    try:
+                        with open("/proc/%d/task/%d/children" % (old, old)) as f:
+                            pids += [int(p) for p in f.read().split()]
+                    except OSError:
+                        pass
+                    for pid in pids:
+                        try:
+                            with open("/proc/%d/status" % pid) as f:
+                                kb = int([x for x in f if x.startswith("VmRSS")][0].split()[1])
+                            key = "old" if pid == old else "new"
+                            rss[key] = max(rss.get(key, 0), kb)
+                        except (OSError, IndexError):
+                            pass
+                    await asyncio.sleep(0.02)
+            sampler = asyncio.ensure_future(sample())
             srv.proc.send_signal(signal.SIGUSR2)
             try:
                 code = await asyncio.get_event_loop().run_in_executor(
@@ -367,7 +395,9 @@ async def run(suite, kind, backplane_args, backplane_port, new_pids):
                 raise e.E2EError("old process still running 60 s after SIGUSR2:\n%s"
                                  % srv.stderr_text()[-3000:])
             took = time.monotonic() - t0
+            t_done = time.monotonic()
             pub.mark("done")
+            sampler.cancel()
             e.expect(code == 0, "old process exit status %s:\n%s"
                      % (code, srv.stderr_text()[-3000:]))
             status, after = healthz(port)
@@ -401,6 +431,18 @@ async def run(suite, kind, backplane_args, backplane_port, new_pids):
                      m.get("wsrouter_handover_ring_dropped_total", 0),
                      m.get("wsrouter_handover_gaps_total", 0),
                      m.get("wsrouter_connections_open")), flush=True)
+            def pct(values, q):
+                values = sorted(values)
+                return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values \
+                    else float("nan")
+            lat_before = [lat for s in everyone for ts, lat in s.lat if ts < t0]
+            during = [lat for s in everyone for ts, lat in s.lat if t0 <= ts <= t_done]
+            print("latency (%s): before p50 %.1f p99 %.1f ms; published during the handover "
+                  "p50 %.1f p99 %.1f max %.1f ms (n=%d); peak RSS old %s MiB, new %s MiB"
+                  % (kind, pct(lat_before, 0.5), pct(lat_before, 0.99), pct(during, 0.5),
+                     pct(during, 0.99), pct(during, 1.0), len(during),
+                     "%.0f" % (rss["old"] / 1024) if "old" in rss else "?",
+                     "%.0f" % (rss["new"] / 1024) if "new" in rss else "?"), flush=True)
             check_sessions(everyone, pub)
             e.expect(m.get("wsrouter_handover_gaps_total", 0) == 0, "ring gaps counted")
         await suite.case("upgrade (%s): sessions survive, new pid and build, nothing lost, "
