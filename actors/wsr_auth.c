@@ -10,7 +10,7 @@
 //
 //  The descriptor travels inside the messages: the listener gives it up when
 //  it sends AUTH, auth gives it up when it sends ADOPT; whoever fails to send
-//  closes it. A TLS session (SSL *) travels with its descriptor and has the
+//  closes it. A TLS session (wsr_tlsconn_t *) travels with its descriptor and has the
 //  same owner; whoever closes the fd frees it first (wsr_tls_free).
 //
 //  Sockets (owned):
@@ -103,7 +103,7 @@ s_handle_auth (s_auth_t *self)
                     expiry, flags, reason, claims.sub, channels,
                     response, early, tls) == -1) {
         //  Worker saturated: shed this connection, keep the node healthy
-        SSL *ssl = (SSL *) tls;
+        wsr_tlsconn_t *ssl = (wsr_tlsconn_t *) tls;
         wsr_tls_free (&ssl);
         close (fd);
         if (ip_slot >= 0)
@@ -181,7 +181,7 @@ s_auth_actor (zsock_t *pipe, void *args)
     void *tls = NULL;
     while (zsock_recv (self.in, WSR_PIC_AUTH, &command, &id, &fd, &ip_slot, &flags, &accept,
                        &peer, &token, &early, &tls) == 0) {
-        SSL *ssl = (SSL *) tls;
+        wsr_tlsconn_t *ssl = (wsr_tlsconn_t *) tls;
         wsr_tls_free (&ssl);
         close (fd);
         if (ip_slot >= 0)

@@ -58,6 +58,7 @@
 #include "wsr_handover.h"
 #include "wsr_hring.h"
 #include "wsr_tls.h"
+#include "wsr_tlsrec.h"
 #include "wsr_deflate.h"
 #include "wsr_ipcount.h"
 #include "wsr_curve.h"

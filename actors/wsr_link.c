@@ -24,8 +24,12 @@
 //  new one; a bridge coming back is first told BYE (forget what you held
 //  for us) and HELLO, then gets its whole share. A delivery (D) from a bridge
 //  that is not the topic's current owner is dropped (counted in
-//  wsr_link_stale), so a move never doubles a message; what is published
-//  during a move can be lost (counted as moves; history recovery fills it).
+//  wsr_link_stale), so a move never doubles a message; so is one from a
+//  bridge back in the live set that has not yet answered our BYE with its
+//  own (a bridge that stalled past WSR_LINK_OWNER_DEAD_MS sends the backlog
+//  of its old session first: the other bridge delivered part of it
+//  meanwhile). What is published during a move can be lost (counted as
+//  moves; history recovery fills it).
 //  UP, PUB, EVENT and PRESENCE go to the first live bridge (one bridge, so
 //  a session's messages stay in order), HIST to the topic's owner.
 //  With one bridge all of this reduces to the single-bridge protocol.
@@ -70,6 +74,9 @@ typedef struct {
     int64_t last_send;              //  mono ms of our last message to it
     int64_t connected;              //  mono ms of the last (re)connect
     bool silent;                    //  reconnecting for lack of heartbeats (logged)
+    bool fenced;                    //  back in the live set, our BYE not yet answered:
+                                    //  its deliveries are the old session's
+    int fence_beats;                //  heartbeats from it since (fallback: 2 lift it)
 } s_bridge_t;
 
 struct _wsr_link_t {
@@ -172,7 +179,8 @@ s_next_delivery (wsr_link_t *self, wsr_link_msg_t *msg)
     if (size - at < env_size)
         goto malformed;
     self->delivery_at = at + env_size;
-    if (self->count > 1 && s_owner (self, key, key_size, self->live) != self->delivery_from) {
+    if (self->count > 1 && (self->bridges [self->delivery_from].fenced
+                        ||  s_owner (self, key, key_size, self->live) != self->delivery_from)) {
         s_stale (self);
         return s_next_delivery (self, msg);
     }
@@ -635,7 +643,8 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
         msg->data = zframe_data (msg->body);
         msg->size = zframe_size (msg->body);
         if (self->count > 1 && zframe_size (msg->topic) > 0
-        &&  s_owner (self, msg->key, zframe_size (msg->topic), self->live) != b) {
+        &&  (bridge->fenced
+          || s_owner (self, msg->key, zframe_size (msg->topic), self->live) != b)) {
             s_stale (self);
             wsr_link_msg_reset (msg);
         }
@@ -675,6 +684,10 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
             bridge->last_hb = wsr_util_mono_ms ();
             bridge->redis = redis;
             bridge->nats = nats;
+            //  A bridge that does not answer BYE (older): its second
+            //  heartbeat after ours, which followed its HELLO reply
+            if (bridge->fenced && ++bridge->fence_beats >= 2)
+                bridge->fenced = false;
             //  A bridge out of the live set gets its share back in flush
             if (restarted && (self->live & (1u << b)))
                 s_resync (self, b);
@@ -706,6 +719,9 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
             msg->kind = WSR_LINK_SYNCED;
         }
     }
+    else
+    if (zframe_streq (command, WSR_PROTO_BYE) && size == 1)
+        bridge->fenced = false;         //  it forgot the old session: what follows is new
     else
     if (zframe_streq (command, WSR_PROTO_RESYNC) && size == 1) {
         if (self->live & (1u << b))
@@ -768,6 +784,12 @@ s_follow_live (wsr_link_t *self, int64_t now)
         if (self->revived & (1u << b)) {
             s_bye (self, b);            //  whatever it still holds for us is stale
             s_hello (self, b);
+            //  ... and so is whatever it sent before it read our BYE (a
+            //  bridge that stalled sends its backlog now): not listened to
+            //  until it answers BYE, so what the other bridge delivered
+            //  meanwhile is not delivered again, nor out of order
+            self->bridges [b].fenced = true;
+            self->bridges [b].fence_beats = 0;
         }
     if (self->topics) {
         self->mode = S_MODE_MOVE;
@@ -792,8 +814,12 @@ wsr_link_flush (wsr_link_t *self)
         //  No heartbeat for long: the connection may be dead for good (ZeroMQ
         //  does not retry after a refused CURVE handshake, e.g. before our
         //  certificate was added to the bridge's directory): connect afresh,
-        //  under a new routing id. The socket (and its ZMQ_FD) stays.
-        if (now - bridge->connected >= WSR_PROTO_RECONNECT_MS
+        //  under a new routing id. The socket (and its ZMQ_FD) stays. Not
+        //  for an in-process bridge: nothing between us can fail, a late
+        //  heartbeat means its thread is busy, and a reconnect would only
+        //  add work (every topic subscribed again, the old peer's expired)
+        if (strncmp (bridge->endpoint, "inproc://", 9)
+        &&  now - bridge->connected >= WSR_PROTO_RECONNECT_MS
         &&  (!bridge->last_hb || now - bridge->last_hb >= WSR_PROTO_RECONNECT_MS)) {
             if (!bridge->silent)
                 zsys_warning ("link: no heartbeat from the bridge at %s for %d s; "
@@ -989,6 +1015,53 @@ s_beat (zsock_t *router, zframe_t *rid, uint64_t epoch)
     zframe_destroy (&beat);
 }
 
+//  A delivery [rid][D][key][body] from a test bridge.
+static void
+s_deliver (zsock_t *router, zframe_t *rid, const char *key, size_t key_size, zframe_t *body)
+{
+    zmsg_t *deliver = zmsg_new ();
+    zframe_t *copy = zframe_dup (rid);
+    zmsg_append (deliver, &copy);
+    zmsg_addstr (deliver, WSR_PROTO_DELIVER);
+    zmsg_addmem (deliver, key, key_size);
+    copy = zframe_dup (body);
+    zmsg_append (deliver, &copy);
+    zmsg_send (&deliver, router);
+}
+
+//  Beat A only until B leaves the live set; then drain what A got.
+static void
+s_silence_b (wsr_link_t *link, zsock_t *a, zframe_t *rid_a, bool sub_a [], bool unsub_a [])
+{
+    int64_t until = wsr_util_mono_ms () + WSR_LINK_OWNER_DEAD_MS + 300;
+    wsr_link_msg_t in;
+    while (wsr_util_mono_ms () < until) {
+        s_beat (a, rid_a, 1);
+        zclock_sleep (100);
+        while (wsr_link_recv (link, &in) == 0)
+            wsr_link_msg_reset (&in);
+        wsr_link_flush (link);
+    }
+    s_drain (a, sub_a, unsub_a, NULL, NULL, NULL);
+}
+
+//  B beats (and A): B is live again, fenced; returns HELLOs and BYEs B got.
+static void
+s_revive_b (wsr_link_t *link, zsock_t *a, zframe_t *rid_a, zsock_t *b, zframe_t *rid_b,
+            bool sub_a [], bool unsub_a [], bool sub_b [], bool unsub_b [], int *hellos,
+            int *byes)
+{
+    wsr_link_msg_t in;
+    s_beat (b, rid_b, 2);
+    s_beat (a, rid_a, 1);
+    zclock_sleep (50);
+    while (wsr_link_recv (link, &in) == 0)
+        wsr_link_msg_reset (&in);
+    wsr_link_flush (link);
+    s_drain (b, sub_b, unsub_b, hellos, byes, NULL);
+    s_drain (a, sub_a, unsub_a, NULL, NULL, NULL);
+}
+
 static void
 s_test_many (void)
 {
@@ -1023,16 +1096,8 @@ s_test_many (void)
     assert (share_a > 0 && share_b > 0);
     //  Only A beats: after WSR_LINK_OWNER_DEAD_MS, B's topics move to A
     memset (sub_a, 0, sizeof sub_a);
-    int64_t until = wsr_util_mono_ms () + WSR_LINK_OWNER_DEAD_MS + 300;
     wsr_link_msg_t in;
-    while (wsr_util_mono_ms () < until) {
-        s_beat (a, rid_a, 1);
-        zclock_sleep (100);
-        while (wsr_link_recv (link, &in) == 0)
-            wsr_link_msg_reset (&in);
-        wsr_link_flush (link);
-    }
-    s_drain (a, sub_a, unsub_a, NULL, NULL, NULL);
+    s_silence_b (link, a, rid_a, sub_a, unsub_a);
     for (int i = 0; i < S_TEST_TOPICS; i++)
         assert (sub_a [i] == sub_b [i]);        //  exactly B's share moved
     assert (wsr_link_moves (link) == (uint64_t) share_b);
@@ -1043,28 +1108,14 @@ s_test_many (void)
     char key [16];
     int n = snprintf (key, sizeof key, "user:t%d", moved);
     zframe_t *body = wsr_envelope_encode_down ((const uint8_t *) "x", 1, 0, 0);
-    zmsg_t *deliver = zmsg_new ();
-    zframe_t *copy = zframe_dup (rid_b);
-    zmsg_append (deliver, &copy);
-    zmsg_addstr (deliver, WSR_PROTO_DELIVER);
-    zmsg_addmem (deliver, key, (size_t) n + 1);
-    copy = zframe_dup (body);
-    zmsg_append (deliver, &copy);
-    zmsg_send (&deliver, b);
+    s_deliver (b, rid_b, key, (size_t) n + 1, body);
     assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 300) == -1);
     assert (wsr_link_stale (link) == 1);
     //  B beats again: BYE, HELLO and its share; A lets go of it
     memset (sub_b, 0, sizeof sub_b);
     memset (unsub_a, 0, sizeof unsub_a);
     hellos = 0;
-    s_beat (b, rid_b, 2);
-    s_beat (a, rid_a, 1);
-    zclock_sleep (50);
-    while (wsr_link_recv (link, &in) == 0)
-        wsr_link_msg_reset (&in);
-    wsr_link_flush (link);
-    s_drain (b, sub_b, unsub_b, &hellos, &byes, NULL);
-    s_drain (a, sub_a, unsub_a, NULL, NULL, NULL);
+    s_revive_b (link, a, rid_a, b, rid_b, sub_a, unsub_a, sub_b, unsub_b, &hellos, &byes);
     assert (hellos == 1 && byes == 1);
     for (int i = 0; i < S_TEST_TOPICS; i++)
         assert (sub_b [i] == unsub_a [i]);
@@ -1072,6 +1123,28 @@ s_test_many (void)
     for (int i = 0; i < S_TEST_TOPICS; i++)
         back += sub_b [i];
     assert (back == share_b);
+    //  What B sent before it read our BYE (a stalled bridge's backlog) is
+    //  not delivered, although B owns the topic again; after B's BYE, it is
+    s_deliver (b, rid_b, key, (size_t) n + 1, body);
+    assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 300) == -1);
+    assert (wsr_link_stale (link) == 2);
+    zsock_send (b, "fs", rid_b, WSR_PROTO_BYE);
+    s_deliver (b, rid_b, key, (size_t) n + 1, body);
+    assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 1000) == 0);
+    wsr_link_msg_reset (&in);
+    assert (wsr_link_stale (link) == 2);
+    //  A bridge that does not answer BYE (older): two heartbeats lift the fence
+    s_silence_b (link, a, rid_a, sub_a, unsub_a);
+    s_revive_b (link, a, rid_a, b, rid_b, sub_a, unsub_a, sub_b, unsub_b, &hellos, &byes);
+    assert (hellos == 2 && byes == 2);
+    s_deliver (b, rid_b, key, (size_t) n + 1, body);
+    assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 300) == -1);
+    assert (wsr_link_stale (link) == 3);
+    s_beat (b, rid_b, 2);
+    s_beat (b, rid_b, 2);
+    s_deliver (b, rid_b, key, (size_t) n + 1, body);
+    assert (s_link_wait (link, &in, WSR_LINK_DELIVER, 1000) == 0);
+    wsr_link_msg_reset (&in);
     wsr_link_destroy (&link);
     zframe_destroy (&body);
     zframe_destroy (&rid_a);

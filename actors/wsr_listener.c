@@ -34,8 +34,9 @@
 //
 //  TLS (wsr_tls): on the main port, or on a second port beside the plain one.
 //  The TLS handshake runs here, non-blocking, under the request's deadline;
-//  the request is then read through the SSL object, which goes to auth with
-//  the descriptor (AUTH 'p' frame) and belongs to whoever owns the fd.
+//  the request is then read through the TLS session (wsr_tlsconn_t: our own
+//  record layer after a TLS 1.3 handshake), which goes to auth with the
+//  descriptor (AUTH 'p' frame) and belongs to whoever owns the fd.
 
 #include "wsr_classes.h"
 #include <arpa/inet.h>
@@ -76,7 +77,7 @@ struct _s_hs_t {
     char peer [INET6_ADDRSTRLEN + 8];   //  "addr:port" for logs
     struct sockaddr_storage addr;   //  client address (per-IP counters)
     s_hs_t *prev, *next;            //  pending list, oldest first
-    SSL *ssl;                       //  TLS session (owned with fd), NULL on plain TCP
+    wsr_tlsconn_t *ssl;             //  TLS session (owned with fd), NULL on plain TCP
     bool tls_ready;                 //  its handshake is complete
     uint32_t events;                //  epoll mask registered (TLS handshake may want OUT)
 };
@@ -641,6 +642,8 @@ s_hs_tls (s_listener_t *self, s_hs_t *hs)
         return false;
     }
     wsr_metrics_add (self->metrics, WSR_M_TLS_HANDSHAKES, 1);
+    if (!wsr_tls_offloaded (hs->ssl))
+        wsr_metrics_add (self->metrics, WSR_M_TLS_OPENSSL, 1);
     hs->tls_ready = true;
     s_hs_want (self, hs, EPOLLIN);
     return true;
@@ -736,6 +739,7 @@ s_hs_read (s_listener_t *self, s_hs_t *hs)
         return;
     char buf [S_READ_CHUNK];
     ssize_t n;
+again:
     do
         n = hs->ssl? wsr_tls_recv (hs->ssl, buf, sizeof buf): recv (hs->fd, buf, sizeof buf, 0);
     while (n < 0 && errno == EINTR);
@@ -753,7 +757,7 @@ s_hs_read (s_listener_t *self, s_hs_t *hs)
         int rc = wsr_http_feed (hs->http, buf + offset, (size_t) n - offset, &consumed);
         offset += consumed;
         if (rc == WSR_HTTP_MORE)
-            return;
+            break;
         if (rc == WSR_HTTP_ERROR) {
             wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_HTTP, 1);
             char body [128];
@@ -788,6 +792,9 @@ s_hs_read (s_listener_t *self, s_hs_t *hs)
         s_hs_unlink (self, hs);
         s_hs_append (self, hs);
     }
+    //  TLS input the session holds already (the socket may stay quiet)
+    if (wsr_tls_pending (hs->ssl))
+        goto again;
 }
 
 //  Refuse a fresh connection with a canned answer and close it.

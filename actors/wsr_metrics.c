@@ -216,6 +216,10 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_TLS_RELOADS] =
         { "wsrouter_tls_reloads_total", NULL, "counter",
           "Certificate reloads (SIGHUP) that succeeded" },
+    [WSR_M_TLS_OPENSSL] =
+        { "wsrouter_tls_openssl_sessions_total", NULL, "counter",
+          "TLS sessions that kept OpenSSL after the handshake (TLS 1.2, or TLS 1.3 that "
+          "could not move to the node's record layer)" },
     [WSR_M_DEFLATE_SESSIONS] =
         { "wsrouter_deflate_sessions_total", NULL, "counter",
           "Sessions that negotiated permessage-deflate" },

@@ -84,6 +84,7 @@ typedef enum {
     WSR_M_TLS_HANDSHAKES,           //  TLS handshakes completed
     WSR_M_TLS_HANDSHAKE_FAILED,     //  TLS handshakes failed (bad client, old protocol)
     WSR_M_TLS_RELOADS,              //  certificate reloads that succeeded (SIGHUP)
+    WSR_M_TLS_OPENSSL,              //  TLS sessions that kept OpenSSL after the handshake
     WSR_M_DEFLATE_SESSIONS,         //  sessions that negotiated permessage-deflate
     WSR_M_DEFLATE_COMPRESSED,       //  messages compressed (once per worker, not per recipient)
     WSR_M_DEFLATE_BYTES_IN,         //  payload bytes before compression

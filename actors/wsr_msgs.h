@@ -37,16 +37,16 @@
 //  Pictures
 //  AUTH:  s "AUTH", 8 conn id, i fd, i per-IP slot, i flags (WSR_ADOPT_*),
 //         s ws-accept, s peer address, f token, f early bytes,
-//         p TLS session (SSL *, NULL on plain TCP): owned with the fd, see below
+//         p TLS session (wsr_tlsconn_t *, NULL on plain TCP): owned with the fd, see below
 #define WSR_PIC_AUTH        "s8iiissffp"
 //  ADOPT: s "ADOPT", 8 conn id, i fd, i close code (0 = ok), i per-IP slot,
 //         8 token expiry (Unix seconds, 0 = none), i flags (WSR_ADOPT_*; 0: raw protocol),
 //         s reason, s user, s channels (comma-joined), s HTTP response head
 //         (the whole 101 response, blank line included), f early bytes,
-//         p TLS session (SSL *, NULL on plain TCP)
+//         p TLS session (wsr_tlsconn_t *, NULL on plain TCP)
 #define WSR_PIC_ADOPT       "s8iii8issssfp"
 //  The TLS session travels with its descriptor, in-process only: whoever owns
-//  the fd owns the SSL object; whoever fails to send frees it
+//  the fd owns the TLS session; whoever fails to send frees it
 //  (wsr_tls_free) before closing the fd. Early bytes are already decrypted.
 #define WSR_ADOPT_V1        0x01        //  flag: the client speaks wsrouter.v1
 #define WSR_ADOPT_DEFLATE   0x02        //  flag: permessage-deflate negotiated (RFC 7692)
@@ -117,6 +117,8 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_PRESENCE  "PRESENCE"  //  N request id, s "user"|"channel", s id, N limit
 #define WSR_PROTO_PING      "PING"      //  nothing: alive while idle
 #define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
+                                        //  (the bridge answers BYE: the end of
+                                        //  what it sent for the old session)
 #define WSR_PROTO_SYNC      "SYNC"      //  N token: answer SYNCED once the backplane has
                                         //  confirmed everything before (a barrier)
 //  Bridge → peer (N: an 8-byte unsigned number, network byte order)

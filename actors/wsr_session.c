@@ -132,7 +132,7 @@ struct _s_conn_t {
     uint64_t replay_base;           //  offset (in fed) of replay [0]
     uint64_t keep_from;             //  offset where the incomplete message starts
     bool replay_lost;               //  over S_REPLAY_MAX: not exportable yet
-    SSL *ssl;                       //  TLS session (owned with fd), NULL on plain TCP
+    wsr_tlsconn_t *ssl;             //  TLS session (owned with fd), NULL on plain TCP
     uint32_t tls_retry;             //  bytes of a TLS write OpenSSL must finish (wsr_tls)
     bool deflate;                   //  permessage-deflate negotiated
 };
@@ -873,8 +873,8 @@ s_recv_cb (wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, voi
         s_replay_add (self, buf, n);
         return (ssize_t) n;
     }
-    //  Bytes OpenSSL decrypted already (the rest of one record) are read
-    //  past the budget: the socket may never wake us for them again
+    //  Bytes the TLS session holds already (decrypted, or whole records)
+    //  are read past the budget: the socket may never wake us for them again
     bool pending = wsr_tls_pending (conn->ssl);
     if (self->read_budget == 0 && !pending) {
         wslay_event_set_error (ctx, WSLAY_ERR_WOULDBLOCK);
@@ -1500,7 +1500,7 @@ s_handle_adopt (s_worker_t *self)
     s_conn_t *conn = (s_conn_t *) zmalloc (sizeof (s_conn_t));
     conn->id = id;
     conn->fd = fd;
-    conn->ssl = (SSL *) tls;        //  ours now, with the fd
+    conn->ssl = (wsr_tlsconn_t *) tls;  //  ours now, with the fd
     conn->deflate = flags & WSR_ADOPT_DEFLATE;
     conn->state = S_OPEN;
     conn->ip_slot = ip_slot;
@@ -1587,7 +1587,7 @@ s_handle_adopt (s_worker_t *self)
         if (self->draining)
             s_conn_close (self, conn, WSLAY_CODE_GOING_AWAY, "going away");
         else
-        if (conn->early)
+        if (conn->early || wsr_tls_pending (conn->ssl))
             s_conn_read (self, conn);
     }
     else {
@@ -1812,8 +1812,8 @@ s_drain_all (s_worker_t *self)
 static bool
 s_exportable (s_conn_t *conn)
 {
-    //  A TLS session's state lives in OpenSSL (no kernel TLS here): it stays
-    //  and is closed with 1012 (README, Upgrades)
+    //  A TLS session's state is not handed over yet (wsr_tlsrec_save could
+    //  carry a TLS 1.3 one): it stays and is closed with 1012 (README, Upgrades)
     return conn->state == S_OPEN && conn->user && !conn->doomed && !conn->opening
         && !conn->ssl
         && !conn->replay_lost && !conn->close_echo && !conn->read_off
@@ -2384,7 +2384,7 @@ s_adopt_discard (s_worker_t *self)
     void *tls = NULL;
     while (zsock_recv (self->adopt, WSR_PIC_ADOPT, &verb, &id, &fd, &code, &ip_slot, &expiry,
                        &flags, &reason, &user, &channels, &response, &early, &tls) == 0) {
-        SSL *ssl = (SSL *) tls;
+        wsr_tlsconn_t *ssl = (wsr_tlsconn_t *) tls;
         wsr_tls_free (&ssl);
         close (fd);
         if (ip_slot >= 0)

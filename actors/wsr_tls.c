@@ -1,19 +1,32 @@
 //  wsr_tls — server TLS (OpenSSL 3): reloadable context, non-blocking I/O on one session
 //
-//  The listener owns one wsr_tls_t per TLS port. It makes an SSL object per
-//  accepted connection (wsr_tls_session) and drives the handshake in its own
-//  epoll loop (wsr_tls_handshake: no thread of its own). The SSL object then
-//  belongs to whoever owns the descriptor: it travels with the fd in AUTH and
-//  ADOPT, as a pointer (one process); whoever closes the fd frees it first.
+//  The listener owns one wsr_tls_t per TLS port. It makes a session per
+//  accepted connection (wsr_tls_session, a wsr_tlsconn_t) and drives the
+//  handshake in its own epoll loop (wsr_tls_handshake: no thread of its own).
+//  The session then belongs to whoever owns the descriptor: it travels with
+//  the fd in AUTH and ADOPT, as a pointer (one process); whoever closes the
+//  fd frees it first.
+//
+//  TLS 1.3: once the handshake is complete, the session keeps no OpenSSL
+//  object. The keylog callback hands us the two application traffic secrets
+//  during the handshake; wsr_tls_handshake gives them to a wsr_tlsrec (our
+//  own record layer, ~250 B per session) and frees the SSL object (~13.5 KB
+//  with its cipher contexts, SSL_SESSION and CERT copy). For that, the
+//  server sends no session tickets (nothing is written under the
+//  application keys before we take over) and OpenSSL must not have read
+//  past the client's Finished (no read ahead; SSL_has_pending is checked).
+//  A session where either does not hold, a TLS 1.2 session, or a suite
+//  wsr_tlsrec does not run keeps OpenSSL to the end.
 //
 //  Each SSL object holds a reference to the SSL_CTX it was made from, so a
 //  reload (SIGHUP) only swaps the context for new connections; sessions that
 //  are established keep the old one alive until they end.
 //
-//  Memory: SSL_MODE_RELEASE_BUFFERS frees the read and write buffers of a
-//  session whenever they are empty, i.e. on every idle session. Without read
-//  ahead OpenSSL reads one record at a time from the socket, so the only
-//  bytes it can hold back are the rest of one record (wsr_tls_pending).
+//  Memory (sessions that keep OpenSSL): SSL_MODE_RELEASE_BUFFERS frees the
+//  read and write buffers of a session whenever they are empty, i.e. on
+//  every idle session. Without read ahead OpenSSL reads one record at a time
+//  from the socket, so the only bytes it can hold back are the rest of one
+//  record (wsr_tls_pending).
 
 #include "wsr_classes.h"
 #include <openssl/err.h>
@@ -22,6 +35,20 @@
 #include <sys/socket.h>
 
 #define S_RECORD_MAX        16384   //  plaintext bytes per TLS record
+
+//  Application traffic secrets caught during a TLS 1.3 handshake
+typedef struct {
+    uint8_t client [WSR_TLSREC_SECRET_MAX];
+    uint8_t server [WSR_TLSREC_SECRET_MAX];
+    size_t client_len, server_len;
+} s_secrets_t;
+
+struct _wsr_tlsconn_t {
+    int fd;                         //  the socket (owned by the caller)
+    SSL *ssl;                       //  OpenSSL session, NULL once rec runs
+    wsr_tlsrec_t *rec;              //  our TLS 1.3 record layer, or NULL
+    s_secrets_t *secrets;           //  during the handshake only, then wiped
+};
 
 struct _wsr_tls_t {
     char *cert_path;                //  PEM chain (owned copy of the path)
@@ -59,6 +86,30 @@ s_log_errors (const char *what, const char *path)
     zsys_error ("tls: %s %s: %s", what, path, *text? text: "failed");
 }
 
+//  Keep the application traffic secrets of a session for wsr_tlsrec. The
+//  line holds key material: it is parsed, never logged.
+static void
+s_keylog (const SSL *ssl, const char *line)
+{
+    wsr_tlsconn_t *conn = (wsr_tlsconn_t *) SSL_get_app_data (ssl);
+    if (!conn)
+        return;
+    bool client = strncmp (line, "CLIENT_TRAFFIC_SECRET_0 ", 24) == 0;
+    bool server = strncmp (line, "SERVER_TRAFFIC_SECRET_0 ", 24) == 0;
+    const char *hex = client || server? strchr (line + 24, ' '): NULL;
+    if (!hex)
+        return;
+    if (!conn->secrets)
+        conn->secrets = (s_secrets_t *) zmalloc (sizeof (s_secrets_t));
+    if (!conn->secrets)
+        return;
+    hex++;
+    uint8_t *target = client? conn->secrets->client: conn->secrets->server;
+    size_t *len = client? &conn->secrets->client_len: &conn->secrets->server_len;
+    if (sodium_hex2bin (target, WSR_TLSREC_SECRET_MAX, hex, strlen (hex), NULL, len, NULL))
+        *len = 0;
+}
+
 static SSL_CTX *
 s_ctx_new (const char *cert_path, const char *key_path)
 {
@@ -73,6 +124,11 @@ s_ctx_new (const char *cert_path, const char *key_path)
     //  No session cache on the server: stateless tickets resume just as well
     SSL_CTX_set_session_cache_mode (ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_alpn_select_cb (ctx, s_alpn_select, NULL);
+    //  TLS 1.3: no tickets, so that nothing is sent under the application
+    //  keys before wsr_tlsrec takes over (clients do full handshakes)
+    SSL_CTX_set_num_tickets (ctx, 0);
+    SSL_CTX_set_read_ahead (ctx, 0);
+    SSL_CTX_set_keylog_callback (ctx, s_keylog);
     if (SSL_CTX_use_certificate_chain_file (ctx, cert_path) != 1) {
         s_log_errors ("cannot load certificate", cert_path);
         SSL_CTX_free (ctx);
@@ -136,30 +192,74 @@ wsr_tls_reload (wsr_tls_t *self)
 
 //  --------------------------------------------------------------------------
 //  A server session on fd.
-SSL *
+wsr_tlsconn_t *
 wsr_tls_session (wsr_tls_t *self, int fd)
 {
     assert (self);
-    SSL *ssl = SSL_new (self->ctx);
-    if (ssl && SSL_set_fd (ssl, fd) != 1)
-        SSL_free (ssl), ssl = NULL;
-    if (ssl)
-        SSL_set_accept_state (ssl);
-    return ssl;
+    wsr_tlsconn_t *conn = (wsr_tlsconn_t *) zmalloc (sizeof (wsr_tlsconn_t));
+    if (!conn)
+        return NULL;
+    conn->fd = fd;
+    conn->ssl = SSL_new (self->ctx);
+    if (conn->ssl && SSL_set_fd (conn->ssl, fd) == 1) {
+        SSL_set_app_data (conn->ssl, conn);
+        SSL_set_accept_state (conn->ssl);
+    }
+    else
+        wsr_tls_free (&conn);
+    return conn;
+}
+
+static void
+s_secrets_free (wsr_tlsconn_t *conn)
+{
+    if (conn->secrets) {
+        OPENSSL_cleanse (conn->secrets, sizeof (s_secrets_t));
+        free (conn->secrets);
+        conn->secrets = NULL;
+    }
+}
+
+//  After a complete handshake: a TLS 1.3 session moves to wsr_tlsrec
+//  when nothing of it is left inside OpenSSL
+static void
+s_offload (wsr_tlsconn_t *conn)
+{
+    SSL *ssl = conn->ssl;
+    s_secrets_t *secrets = conn->secrets;
+    const SSL_CIPHER *cipher = SSL_get_current_cipher (ssl);
+    if (SSL_version (ssl) == TLS1_3_VERSION && secrets && cipher
+    &&  secrets->client_len == secrets->server_len
+    &&  !SSL_has_pending (ssl)
+    &&  SSL_get_key_update_type (ssl) == SSL_KEY_UPDATE_NONE) {
+        conn->rec = wsr_tlsrec_new (SSL_CIPHER_get_protocol_id (cipher), secrets->client,
+                                    secrets->server, secrets->client_len);
+        if (conn->rec) {
+            SSL_free (ssl);             //  sends nothing: no SSL_shutdown
+            conn->ssl = NULL;
+        }
+    }
+    s_secrets_free (conn);
+    if (conn->ssl)
+        SSL_set_app_data (conn->ssl, NULL);
 }
 
 //  --------------------------------------------------------------------------
 //  Drive the handshake.
 int
-wsr_tls_handshake (SSL *ssl, bool *want_write)
+wsr_tls_handshake (wsr_tlsconn_t *conn, bool *want_write)
 {
-    assert (ssl && want_write);
+    assert (conn && want_write);
     *want_write = false;
-    ERR_clear_error ();
-    int rc = SSL_do_handshake (ssl);
-    if (rc == 1)
+    if (!conn->ssl)
         return 1;
-    int error = SSL_get_error (ssl, rc);
+    ERR_clear_error ();
+    int rc = SSL_do_handshake (conn->ssl);
+    if (rc == 1) {
+        s_offload (conn);
+        return 1;
+    }
+    int error = SSL_get_error (conn->ssl, rc);
     if (error == SSL_ERROR_WANT_READ)
         return 0;
     if (error == SSL_ERROR_WANT_WRITE) {
@@ -173,9 +273,12 @@ wsr_tls_handshake (SSL *ssl, bool *want_write)
 //  --------------------------------------------------------------------------
 //  recv through TLS.
 ssize_t
-wsr_tls_recv (SSL *ssl, void *buf, size_t len)
+wsr_tls_recv (wsr_tlsconn_t *conn, void *buf, size_t len)
 {
-    assert (ssl);
+    assert (conn);
+    if (conn->rec)
+        return wsr_tlsrec_recv (conn->rec, conn->fd, buf, len);
+    SSL *ssl = conn->ssl;
     if (len > INT_MAX)
         len = INT_MAX;
     ERR_clear_error ();
@@ -199,9 +302,12 @@ wsr_tls_recv (SSL *ssl, void *buf, size_t len)
 //  --------------------------------------------------------------------------
 //  writev through TLS, one record at a time.
 ssize_t
-wsr_tls_writev (SSL *ssl, const struct iovec *iov, int count, uint32_t *retry)
+wsr_tls_writev (wsr_tlsconn_t *conn, const struct iovec *iov, int count, uint32_t *retry)
 {
-    assert (ssl && retry);
+    assert (conn && retry);
+    if (conn->rec)
+        return wsr_tlsrec_writev (conn->rec, conn->fd, iov, count, retry);
+    SSL *ssl = conn->ssl;
     static __thread uint8_t buffer [S_RECORD_MAX];
     size_t size = 0;
     for (int i = 0; i < count && size < sizeof buffer; i++) {
@@ -239,24 +345,45 @@ wsr_tls_writev (SSL *ssl, const struct iovec *iov, int count, uint32_t *retry)
 //  --------------------------------------------------------------------------
 //  Decrypted bytes waiting?
 bool
-wsr_tls_pending (SSL *ssl)
+wsr_tls_pending (wsr_tlsconn_t *conn)
 {
-    return ssl && SSL_pending (ssl) > 0;
+    if (!conn)
+        return false;
+    if (conn->rec)
+        return wsr_tlsrec_pending (conn->rec);
+    return SSL_pending (conn->ssl) > 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Whether the session runs on wsr_tlsrec (no OpenSSL object left).
+bool
+wsr_tls_offloaded (wsr_tlsconn_t *conn)
+{
+    assert (conn);
+    return conn->rec != NULL;
 }
 
 //  --------------------------------------------------------------------------
 //  Free a session.
 void
-wsr_tls_free (SSL **ssl_p)
+wsr_tls_free (wsr_tlsconn_t **conn_p)
 {
-    assert (ssl_p);
-    if (*ssl_p) {
-        SSL *ssl = *ssl_p;
-        if (SSL_is_init_finished (ssl))
-            SSL_shutdown (ssl);         //  best effort: non-blocking socket
-        ERR_clear_error ();
-        SSL_free (ssl);
-        *ssl_p = NULL;
+    assert (conn_p);
+    if (*conn_p) {
+        wsr_tlsconn_t *conn = *conn_p;
+        if (conn->rec) {
+            wsr_tlsrec_close (conn->rec, conn->fd);
+            wsr_tlsrec_destroy (&conn->rec);
+        }
+        if (conn->ssl) {
+            if (SSL_is_init_finished (conn->ssl))
+                SSL_shutdown (conn->ssl);   //  best effort: non-blocking socket
+            ERR_clear_error ();
+            SSL_free (conn->ssl);
+        }
+        s_secrets_free (conn);
+        free (conn);
+        *conn_p = NULL;
     }
 }
 
@@ -311,7 +438,7 @@ s_client (SSL_CTX *ctx, int fd)
 
 //  Run both handshakes to completion (or failure); returns the server's result.
 static int
-s_pump (SSL *server, SSL *client)
+s_pump (wsr_tlsconn_t *server, SSL *client)
 {
     for (int i = 0; i < 100; i++) {
         bool want_write;
@@ -365,14 +492,19 @@ wsr_tls_test (bool verbose)
     //  Handshake on non-blocking sockets; ALPN picks http/1.1 out of h2 + http/1.1
     int pair [2];
     assert (socketpair (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair) == 0);
-    SSL *server = wsr_tls_session (tls, pair [0]);
+    wsr_tlsconn_t *server = wsr_tls_session (tls, pair [0]);
     SSL *client = s_client (cctx, pair [1]);
+    assert (!wsr_tls_offloaded (server));
     assert (s_pump (server, client) == 1);
     const unsigned char *proto;
     unsigned int proto_len;
-    SSL_get0_alpn_selected (server, &proto, &proto_len);
+    SSL_get0_alpn_selected (client, &proto, &proto_len);
     assert (proto_len == 8 && memcmp (proto, "http/1.1", 8) == 0);
-    assert (SSL_version (server) >= TLS1_2_VERSION);
+    //  TLS 1.3: OpenSSL is gone, our record layer runs the session
+    assert (SSL_version (client) == TLS1_3_VERSION);
+    assert (wsr_tls_offloaded (server) && !server->ssl && !server->secrets);
+    bool want;
+    assert (wsr_tls_handshake (server, &want) == 1);    //  done stays done
     char *cn = s_peer_cn (client);
     assert (streq (cn, "one"));
     free (cn);
@@ -420,7 +552,7 @@ wsr_tls_test (bool verbose)
     assert (wsr_tls_reload (tls) == 0);
     int pair2 [2];
     assert (socketpair (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair2) == 0);
-    SSL *server2 = wsr_tls_session (tls, pair2 [0]);
+    wsr_tlsconn_t *server2 = wsr_tls_session (tls, pair2 [0]);
     SSL *client2 = s_client (cctx, pair2 [1]);
     assert (s_pump (server2, client2) == 1);
     cn = s_peer_cn (client2);
@@ -444,13 +576,36 @@ wsr_tls_test (bool verbose)
     close (pair2 [0]);
     close (pair2 [1]);
 
+    //  TLS 1.2 client: OpenSSL keeps the session, which works the same way
+    int pair4 [2];
+    assert (socketpair (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair4) == 0);
+    SSL_CTX *tls12 = SSL_CTX_new (TLS_client_method ());
+    SSL_CTX_set_max_proto_version (tls12, TLS1_2_VERSION);
+    wsr_tlsconn_t *server4 = wsr_tls_session (tls, pair4 [0]);
+    SSL *client4 = s_client (tls12, pair4 [1]);
+    assert (s_pump (server4, client4) == 1);
+    assert (SSL_version (client4) == TLS1_2_VERSION && !wsr_tls_offloaded (server4));
+    assert (SSL_write (client4, "twelve", 6) == 6);
+    assert (wsr_tls_recv (server4, buf, 3) == 3 && wsr_tls_pending (server4));
+    assert (wsr_tls_recv (server4, buf + 3, 3) == 3 && memcmp (buf, "twelve", 6) == 0);
+    struct iovec twelve = { (void *) "back", 4 };
+    retry = 0;
+    assert (wsr_tls_writev (server4, &twelve, 1, &retry) == 4);
+    assert (SSL_read (client4, buf, sizeof buf) == 4 && memcmp (buf, "back", 4) == 0);
+    wsr_tls_free (&server4);
+    assert (SSL_read (client4, buf, sizeof buf) <= 0);          //  close_notify
+    SSL_free (client4);
+    SSL_CTX_free (tls12);
+    close (pair4 [0]);
+    close (pair4 [1]);
+
     //  TLS 1.1 only client: refused; plain HTTP bytes: refused
     int pair3 [2];
     assert (socketpair (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair3) == 0);
     SSL_CTX *old = SSL_CTX_new (TLS_client_method ());
     SSL_CTX_set_min_proto_version (old, TLS1_VERSION);
     SSL_CTX_set_max_proto_version (old, TLS1_1_VERSION);
-    SSL *server3 = wsr_tls_session (tls, pair3 [0]);
+    wsr_tlsconn_t *server3 = wsr_tls_session (tls, pair3 [0]);
     SSL *client3 = s_client (old, pair3 [1]);
     assert (s_pump (server3, client3) < 0);
     wsr_tls_free (&server3);

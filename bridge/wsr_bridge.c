@@ -30,7 +30,8 @@
 //  body goes back to that session as REPLY, to the peer that sent it), and
 //  published on the optional upstream PUB endpoint as [up:USER][envelope].
 //  Every 500 ms each peer gets a heartbeat HB [epoch][{v, r, n}]: the epoch
-//  is random per bridge start, so a peer sees a restarted bridge.
+//  is random per bridge start, so a peer sees a restarted bridge. A peer's
+//  BYE is answered with BYE: nothing for its old session follows it.
 //
 //  Sockets (owned):
 //    pipe                          PAIR    START, RELOAD, PEERS, $TERM
@@ -1304,6 +1305,13 @@ s_handle_peer (s_bridge_t *self)
     if (streq (command, WSR_PROTO_BYE)) {
         wsr_peers_remove (self->peers, &peer, s_forget_last, self);
         created = false;
+        //  Answered, so a link that comes back to us after a silence knows
+        //  where our deliveries for its old session end (a peer that left
+        //  is gone: the send fails, nothing to count)
+        void *sock = zsock_resolve (self->nodes);
+        if (zmq_send (sock, zframe_data (rid), zframe_size (rid),
+                      ZMQ_SNDMORE | ZMQ_DONTWAIT) != -1)
+            zmq_send (sock, WSR_PROTO_BYE, strlen (WSR_PROTO_BYE), 0);
     }
     else
         wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);

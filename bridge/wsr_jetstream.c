@@ -245,8 +245,12 @@ wsr_jetstream_new (natsConnection *conn, const wsr_jetstream_config_t *config,
     assert (self->shared);
     pthread_mutex_init (&self->shared->lock, NULL);
     self->shared->refs = 1;
-    snprintf (self->pull_endpoint, sizeof self->pull_endpoint, "inproc://wsr-jetstream-%p",
-              (void *) self);
+    //  A name never used before: libzmq releases an inproc name when its
+    //  reaper thread closes the socket, after destroy() returned, so the
+    //  next object (maybe at the same address) must not take the same one
+    static _Atomic uint64_t instances;
+    snprintf (self->pull_endpoint, sizeof self->pull_endpoint, "inproc://wsr-jetstream-%" PRIu64,
+              ++instances);
     self->pull = zsock_new (ZMQ_PULL);
     zsock_t *push = self->shared->push = zsock_new (ZMQ_PUSH);
     assert (self->pull && push);

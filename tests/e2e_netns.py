@@ -16,9 +16,10 @@ host's network:
 Every program in a namespace is started with `ip netns exec NS ...` (which
 execs: the PID we hold is the program's). Helpers that run inside namespaces
 (WebSocket clients, raw-socket Redis RESP and NATS text-protocol clients, an
-ICMP echo prober) are one "agent" script written to a temporary folder and
-driven over stdin/stdout with JSON lines. Agents and the test share
-CLOCK_MONOTONIC (not namespaced), so receive times and restart times compare.
+ICMP echo prober) are one "agent" script, tests/wsr_netns_agent.py, driven
+over stdin/stdout with JSON lines. Agents and the test share CLOCK_MONOTONIC
+(not namespaced), so receive times and restart times compare. Namespaces,
+processes and agents: tests/wsr_netns.py (shared with e2e_scale_netns).
 
 Cases (one line each):
   1  Redis `ws:U` / `ws:channel:C` and NATS `world.updates.user.U` /
@@ -51,8 +52,6 @@ no 10.213.0.x address, tears it down and checks nothing is left.
 Bounded: every wait has a timeout, the whole run stops itself at 225 s.
 """
 
-import base64
-import ctypes
 import itertools
 import json
 import os
@@ -60,10 +59,8 @@ import re
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 
@@ -71,8 +68,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import wsr_e2e as e  # noqa: E402
+from wsr_netns import (AGENT, PY, READY_TIMEOUT_S, Agent, Interrupted, Proc,  # noqa: E402
+                       SetupError, TestTimeout, Topology, arm, b64, bridge_supported,
+                       clean_env, compress, disarm, metric, nats_server_path,
+                       netns_refused, run, run_case, unb64)
 
-PY = "/usr/bin/python3"
 SUBNET = "10.213.0"
 HOSTS = ["redis", "nats", "bridge", "node-a", "node-b", "client"]
 ADDR = {h: "%s.%d" % (SUBNET, 11 + i) for i, h in enumerate(HOSTS)}
@@ -81,7 +81,6 @@ NATS_PORT = 4222
 BRIDGE_PORT = 5570
 BRIDGE_HTTP_PORT = 9090
 NODE_PORT = 8080
-CLONE_NEWNET = 0x40000000           # <sched.h>: unshare the network namespace
 NODES = ["node-a", "node-b"]
 
 TEST_LIMIT_S = 225          # the whole run (ctest allows 300)
@@ -89,7 +88,6 @@ RESUME_LIMIT_S = 2.0        # delivery must resume within this after a restart
 RESUME_GIVE_UP_S = 8.0      # keep probing this long to tell "late" from "never"
 TICK_S = 0.1                # probe publish interval after a restart
 DELIVERY_TIMEOUT_S = 5.0    # a message published in steady state
-READY_TIMEOUT_S = 15.0
 
 BRIDGE_READY = "bridge listening on tcp://"
 NODE_READY_RE = re.compile(r"listening on ws://[^\s]*:%d/ws" % NODE_PORT)
@@ -105,641 +103,6 @@ CLIENTS = [
     ("sh_b", "shared", "node-b", []),
     ("carol", "carol", "node-b", ["lobby2"]),
 ]
-
-
-class SetupError(e.E2EError):
-    pass
-
-
-class TestTimeout(BaseException):
-    pass
-
-
-class Interrupted(BaseException):
-    pass
-
-
-# --------------------------------------------------------------------------
-#  The agent: runs inside a namespace, JSON lines on stdin/stdout.
-
-AGENT_SRC = r'''
-import asyncio, base64, json, os, socket, struct, sys, threading, time
-
-OUT = threading.Lock()
-
-def emit(obj):
-    line = json.dumps(obj)
-    with OUT:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-def b64(b):
-    return base64.b64encode(bytes(b)).decode()
-
-def unb64(s):
-    return base64.b64decode(s)
-
-class Reader:
-    def __init__(self, sock):
-        self.sock, self.buf = sock, b""
-    def _fill(self):
-        c = self.sock.recv(65536)
-        if not c:
-            raise ConnectionError("connection closed by the peer")
-        self.buf += c
-    def line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        l, self.buf = self.buf.split(b"\r\n", 1)
-        return l
-    def exact(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        d, self.buf = self.buf[:n], self.buf[n:]
-        return d
-
-# ---- Redis (RESP over a raw socket)
-
-def resp_cmd(*args):
-    out = b"*%d\r\n" % len(args)
-    for a in args:
-        a = a.encode() if isinstance(a, str) else a
-        out += b"$%d\r\n" % len(a) + a + b"\r\n"
-    return out
-
-def resp_read(r):
-    l = r.line()
-    t, rest = l[:1], l[1:]
-    if t == b"+":
-        return rest.decode()
-    if t == b"-":
-        return RuntimeError(rest.decode())
-    if t == b":":
-        return int(rest)
-    if t == b"$":
-        n = int(rest)
-        return None if n < 0 else r.exact(n + 2)[:-2]
-    if t == b"*":
-        n = int(rest)
-        return None if n < 0 else [resp_read(r) for _ in range(n)]
-    raise ValueError("bad RESP line %r" % l)
-
-def redis_call(host, port, *args, timeout=1.0):
-    s = socket.create_connection((host, port), timeout=timeout)
-    try:
-        s.sendall(resp_cmd(*args))
-        v = resp_read(Reader(s))
-        if isinstance(v, Exception):
-            raise v
-        return v
-    finally:
-        s.close()
-
-def redis_sub(host, port, channel, sid):
-    try:
-        s = socket.create_connection((host, port), timeout=2.0)
-        r = Reader(s)
-        s.sendall(resp_cmd("SUBSCRIBE", channel))
-        v = resp_read(r)
-        if not (isinstance(v, list) and v and v[0] == b"subscribe"):
-            raise RuntimeError("unexpected SUBSCRIBE answer %r" % (v,))
-    except Exception as ex:
-        emit({"re": sid, "ok": False, "err": "%s: %s" % (type(ex).__name__, ex)})
-        return
-    emit({"re": sid, "ok": True})
-    s.settimeout(None)
-    try:
-        while True:
-            v = resp_read(r)
-            if isinstance(v, list) and len(v) == 3 and v[0] == b"message":
-                emit({"ev": "sub", "sub": sid, "subject": v[1].decode("latin-1"),
-                      "d": b64(v[2]), "t": time.monotonic()})
-    except Exception as ex:
-        emit({"ev": "subend", "sub": sid, "err": str(ex)})
-
-# ---- NATS (text protocol over a raw socket)
-
-def nats_connect(host, port, timeout=1.0):
-    s = socket.create_connection((host, port), timeout=timeout)
-    r = Reader(s)
-    info = r.line()
-    if not info.startswith(b"INFO "):
-        s.close()
-        raise RuntimeError("expected INFO, got %r" % info[:100])
-    s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"name":"e2e-netns"}\r\nPING\r\n')
-    nats_wait_pong(s, r)
-    return s, r
-
-def nats_wait_pong(s, r):
-    while True:
-        l = r.line()
-        if l == b"PONG":
-            return
-        if l == b"PING":
-            s.sendall(b"PONG\r\n")
-        elif l.startswith(b"-ERR"):
-            raise RuntimeError(l.decode("latin-1"))
-
-def nats_pub(host, port, subject, data):
-    s, r = nats_connect(host, port)
-    try:
-        s.sendall(b"PUB %s %d\r\n" % (subject.encode(), len(data)) + data + b"\r\nPING\r\n")
-        nats_wait_pong(s, r)
-    finally:
-        s.close()
-
-def nats_sub(host, port, subject, sid):
-    try:
-        s, r = nats_connect(host, port, timeout=2.0)
-        s.sendall(b"SUB %s 1\r\nPING\r\n" % subject.encode())
-        nats_wait_pong(s, r)
-    except Exception as ex:
-        emit({"re": sid, "ok": False, "err": "%s: %s" % (type(ex).__name__, ex)})
-        return
-    emit({"re": sid, "ok": True})
-    s.settimeout(None)
-    try:
-        while True:
-            l = r.line()
-            if l == b"PING":
-                s.sendall(b"PONG\r\n")
-                continue
-            parts = l.split()
-            if parts and parts[0] == b"MSG":
-                n = int(parts[-1])
-                d = r.exact(n + 2)[:-2]
-            elif parts and parts[0] == b"HMSG":
-                hl, n = int(parts[-2]), int(parts[-1])
-                d = r.exact(n + 2)[:-2][hl:]
-            else:
-                continue
-            emit({"ev": "sub", "sub": sid, "subject": parts[1].decode("latin-1"),
-                  "d": b64(d), "t": time.monotonic()})
-    except Exception as ex:
-        emit({"ev": "subend", "sub": sid, "err": str(ex)})
-
-def backplane_main(kind, host, port):
-    def handle(req):
-        rid, op = req["id"], req["op"]
-        try:
-            if op == "ping":
-                if kind == "redis":
-                    v = redis_call(host, port, "PING", timeout=0.5)
-                    if v != "PONG":
-                        raise RuntimeError("PING answered %r" % (v,))
-                else:
-                    s, _ = nats_connect(host, port, timeout=0.5)
-                    s.close()
-                emit({"re": rid, "ok": True, "t": time.monotonic()})
-            elif op == "pub":
-                data = unb64(req["d"])
-                if kind == "redis":
-                    n = redis_call(host, port, "PUBLISH", req["subject"], data)
-                    emit({"re": rid, "ok": True, "receivers": n, "t": time.monotonic()})
-                else:
-                    nats_pub(host, port, req["subject"], data)
-                    emit({"re": rid, "ok": True, "t": time.monotonic()})
-            elif op == "cmd" and kind == "redis":
-                v = redis_call(host, port, *req["args"])
-                emit({"re": rid, "ok": True, "v": v, "t": time.monotonic()})
-            elif op == "sub":
-                fn = redis_sub if kind == "redis" else nats_sub
-                threading.Thread(target=fn, args=(host, port, req["subject"], rid),
-                                 daemon=True).start()
-            else:
-                emit({"re": rid, "ok": False, "err": "unknown op " + op})
-        except Exception as ex:
-            emit({"re": rid, "ok": False, "err": "%s: %s" % (type(ex).__name__, ex)})
-    for line in sys.stdin:
-        handle(json.loads(line))
-
-# ---- WebSocket clients and HTTP probes
-
-async def client_main():
-    import urllib.request, urllib.error
-    import websockets
-    from websockets.exceptions import ConnectionClosed
-    loop = asyncio.get_running_loop()
-    q = asyncio.Queue()
-    def stdin_thread():
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(q.put_nowait, line)
-        loop.call_soon_threadsafe(q.put_nowait, None)
-    threading.Thread(target=stdin_thread, daemon=True).start()
-    conns = {}
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    def http_get(url, timeout):
-        try:
-            with opener.open(url, timeout=timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as ex:
-            return ex.code, ex.read()
-
-    async def reader(cid, ws):
-        while True:
-            try:
-                m = await ws.recv()
-            except ConnectionClosed as ex:
-                rc = getattr(ex, "rcvd", None)
-                emit({"ev": "closed", "cid": cid, "t": time.monotonic(),
-                      "code": rc.code if rc else None, "reason": rc.reason if rc else None})
-                return
-            except Exception as ex:
-                emit({"ev": "closed", "cid": cid, "t": time.monotonic(), "code": None,
-                      "reason": "%s: %s" % (type(ex).__name__, ex)})
-                return
-            t = time.monotonic()
-            if isinstance(m, str):
-                emit({"ev": "msg", "cid": cid, "t": t, "k": "text", "d": b64(m.encode())})
-            else:
-                emit({"ev": "msg", "cid": cid, "t": t, "k": "binary", "d": b64(m)})
-
-    async def handle(req):
-        rid, op = req["id"], req["op"]
-        try:
-            if op == "open":
-                ws = await asyncio.wait_for(websockets.connect(
-                    req["url"], ping_interval=None, max_size=None, open_timeout=5,
-                    close_timeout=2), 6)
-                conns[req["cid"]] = ws
-                asyncio.ensure_future(reader(req["cid"], ws))
-                emit({"re": rid, "ok": True})
-            elif op == "send":
-                data = unb64(req["d"])
-                await conns[req["cid"]].send(data.decode() if req["k"] == "text" else data)
-                emit({"re": rid, "ok": True, "t": time.monotonic()})
-            elif op == "http":
-                st, body = await loop.run_in_executor(None, http_get, req["url"],
-                                                      req.get("http_timeout", 1.0))
-                text = body.decode("utf-8", "replace")
-                if req.get("grep"):     # only the lines that start with it (metrics)
-                    text = "\n".join(l for l in text.splitlines()
-                                      if l.startswith(req["grep"]))
-                emit({"re": rid, "ok": True, "status": st, "body": text[:2000]})
-            else:
-                emit({"re": rid, "ok": False, "err": "unknown op " + op})
-        except Exception as ex:
-            emit({"re": rid, "ok": False, "err": "%s: %s" % (type(ex).__name__, ex)})
-
-    while True:
-        line = await q.get()
-        if line is None:
-            break
-        asyncio.ensure_future(handle(json.loads(line)))
-
-# ---- ICMP echo (no ping binary needed)
-
-def csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-def icmp_ping(dst, timeout=2.0):
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    try:
-        ident = os.getpid() & 0xFFFF
-        payload = b"wsr-e2e-netns"
-        deadline = time.monotonic() + timeout
-        seq = 0
-        while time.monotonic() < deadline:
-            seq += 1
-            hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-            pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq) + payload
-            t0 = time.monotonic()
-            s.sendto(pkt, (dst, 0))
-            wait_until = min(deadline, t0 + 0.5)
-            while time.monotonic() < wait_until:
-                s.settimeout(max(0.01, wait_until - time.monotonic()))
-                try:
-                    data, addr = s.recvfrom(2048)
-                except socket.timeout:
-                    break
-                ihl = (data[0] & 0x0F) * 4
-                typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-                if typ == 0 and rid == ident and addr[0] == dst:
-                    return (time.monotonic() - t0) * 1000.0
-        return None
-    finally:
-        s.close()
-
-def cert_keys(path):
-    """(public, secret) Z85 keys of a czmq certificate file (secret may be None)."""
-    keys = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            for name in ("public-key", "secret-key"):
-                if line.startswith(name):
-                    keys[name] = line.split("=", 1)[1].strip().strip('"')
-    return keys.get("public-key"), keys.get("secret-key")
-
-def intruder_main(endpoint, secret_path, server_path):
-    """A ZeroMQ peer that tries the bridge's door: the old XSUB 'subscribe to
-    everything', and a DEALER speaking the node protocol (HELLO, SUB of a
-    real user, a forged publish and client message). Reports what it got."""
-    import zmq
-    ctx = zmq.Context()
-    socks = []
-    for kind in (zmq.XSUB, zmq.DEALER):
-        s = ctx.socket(kind)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDTIMEO, 0)
-        if secret_path:
-            pub, sec = cert_keys(secret_path)
-            s.curve_publickey = pub.encode()
-            s.curve_secretkey = sec.encode()
-            s.curve_serverkey = cert_keys(server_path)[0].encode()
-        s.connect(endpoint)
-        socks.append(s)
-    xsub, dealer = socks
-    import msgpack
-    forged = msgpack.packb({"v": 1, "k": 1, "ts": 0, "d": b"u:alice|999999999|forged"})
-    got = []
-    deadline = time.monotonic() + 3.0
-    sent = 0
-    while time.monotonic() < deadline:
-        for op in ([b"\x01"], [b"HELLO", b"1", b"intruder", b"worker", b"0"],
-                   [b"SUB", b"user:alice\x00", b"user:intruder\x00"],
-                   [b"PUB", b"user:alice\x00", forged]):
-            try:
-                (xsub if op == [b"\x01"] else dealer).send_multipart(op, zmq.NOBLOCK)
-                sent += 1
-            except zmq.ZMQError:
-                pass
-        for s in socks:
-            try:
-                while True:
-                    got.append([b64(f) for f in s.recv_multipart(zmq.NOBLOCK)])
-            except zmq.ZMQError:
-                pass
-        time.sleep(0.2)
-    emit({"received": got, "sent": sent})
-    for s in socks:
-        s.close()
-    ctx.term()
-
-if __name__ == "__main__":
-    role = sys.argv[1]
-    if role == "intruder":
-        intruder_main(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None,
-                      sys.argv[4] if len(sys.argv) > 4 else None)
-    elif role == "ping":
-        emit({dst: icmp_ping(dst) for dst in sys.argv[2:]})
-    elif role in ("redis", "nats"):
-        backplane_main(role, sys.argv[2], int(sys.argv[3]))
-    elif role == "client":
-        asyncio.run(client_main())
-'''
-
-
-# --------------------------------------------------------------------------
-#  Plumbing: commands, processes, namespaces
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent():
-    """Child side of Popen: SIGKILL if the test process dies (even by SIGKILL).
-    `ip netns exec` execs the program, so this reaches the program itself."""
-    _libc.prctl(1, signal.SIGKILL, 0, 0, 0)     # PR_SET_PDEATHSIG
-
-
-def run(argv, timeout=10.0, check=True):
-    try:
-        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise SetupError("command timed out after %.0f s: %s" % (timeout, " ".join(argv)))
-    if check and r.returncode != 0:
-        raise SetupError("command failed (exit %d): %s\n  %s"
-                         % (r.returncode, " ".join(argv),
-                            (r.stderr or r.stdout).decode("utf-8", "replace").strip()))
-    return r
-
-
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("WEBSOCKET_", "JWT_", "NATS_", "REDIS_"))}
-    env.update(extra)
-    return env
-
-
-class Topology:
-    """Namespaces wsre2e<PID>-<host>, a bridge br0 in wsre2e<PID>-switch."""
-
-    def __init__(self, pid):
-        self.prefix = "wsre2e%d-" % pid
-        self.switch = self.prefix + "switch"
-        self.created = []
-
-    def ns(self, host):
-        return self.prefix + host
-
-    def build(self):
-        for name in [self.switch] + [self.ns(h) for h in HOSTS]:
-            r = run(["ip", "netns", "add", name], check=False)
-            if r.returncode != 0:
-                raise SetupError("ip netns add %s failed (exit %d) although running as root: %s"
-                                 % (name, r.returncode,
-                                    r.stderr.decode("utf-8", "replace").strip()))
-            self.created.append(name)
-            run(["ip", "-n", name, "link", "set", "lo", "up"])
-        sw = self.switch
-        run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0",
-             "forward_delay", "0"])
-        run(["ip", "-n", sw, "link", "set", "br0", "up"])
-        for h in HOSTS:
-            port = "p-" + h          # names are per namespace: no clash between runs
-            run(["ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name",
-                 "eth0", "netns", self.ns(h)])
-            run(["ip", "-n", sw, "link", "set", port, "master", "br0"])
-            run(["ip", "-n", sw, "link", "set", port, "up"])
-            run(["ip", "-n", self.ns(h), "addr", "add", ADDR[h] + "/24", "dev", "eth0"])
-            run(["ip", "-n", self.ns(h), "link", "set", "eth0", "up"])
-
-    def teardown(self):
-        """Delete every namespace created; returns a list of problems."""
-        problems = []
-        for name in reversed(self.created):
-            r = run(["ip", "netns", "del", name], check=False)
-            if r.returncode != 0:
-                problems.append("ip netns del %s: %s" % (
-                    name, r.stderr.decode("utf-8", "replace").strip()))
-        left = [n for n in Topology.listed() if n in self.created]
-        if left:
-            problems.append("namespaces still listed after teardown: %s" % ", ".join(left))
-        self.created = []
-        return problems
-
-    @staticmethod
-    def sweep_stale():
-        """Delete namespaces left by runs of this test that were SIGKILLed
-        (their programs died with them: PR_SET_PDEATHSIG). Only names
-        wsre2e<PID>-<host|switch> whose PID no longer exists."""
-        removed = []
-        for name in Topology.listed():
-            m = re.match(r"^wsre2e(\d+)-(%s)$" % "|".join(map(re.escape, HOSTS + ["switch"])),
-                         name)
-            if m and int(m.group(1)) != os.getpid() and \
-                    not os.path.exists("/proc/%s" % m.group(1)):
-                if run(["ip", "netns", "del", name], check=False).returncode == 0:
-                    removed.append(name)
-        return removed
-
-    @staticmethod
-    def listed():
-        r = run(["ip", "netns", "list"], check=False)
-        return [l.split()[0] for l in r.stdout.decode().splitlines() if l.strip()]
-
-
-class Proc:
-    """A program started in a namespace; output (stdout+stderr) captured with
-    the monotonic time of each line."""
-
-    def __init__(self, name, ns, argv, env=None, cwd=None, ready=None, stdin=False):
-        self.name = name
-        self.argv = ["ip", "netns", "exec", ns] + list(argv)
-        self.lines = []
-        self.lock = threading.Condition()
-        self.ready_pattern = ready
-        self.ready_t = None
-        self.expected_exit = False
-        self.proc = subprocess.Popen(
-            self.argv, env=env or clean_env(), cwd=cwd,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        self.pid = self.proc.pid
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def on_line(self, line, t):
-        pass
-
-    def _read(self):
-        for raw in iter(self.proc.stdout.readline, b""):
-            t = time.monotonic()
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.on_line(line, t)
-            with self.lock:
-                self.lines.append(line)
-                if self.ready_t is None and self.ready_pattern is not None \
-                        and re.search(self.ready_pattern, line):
-                    self.ready_t = t
-                self.lock.notify_all()
-        with self.lock:
-            self.lock.notify_all()
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def tail(self, n=15):
-        with self.lock:
-            return "\n    ".join(self.lines[-n:]) or "(no output)"
-
-    def describe(self):
-        st = "running" if self.alive() else "exited with status %s" % self.proc.returncode
-        return "%s (pid %d, %s); last output:\n    %s" % (self.name, self.pid, st, self.tail())
-
-    def wait_ready(self, timeout=READY_TIMEOUT_S):
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while self.ready_t is None:
-                left = deadline - time.monotonic()
-                if left <= 0 or (not self.alive() and not self.reader.is_alive()):
-                    break
-                self.lock.wait(min(left, 0.1))
-            if self.ready_t is not None:
-                return self.ready_t
-        raise SetupError("%s printed no line matching %r within %.0f s\n  command: %s\n  %s"
-                         % (self.name, self.ready_pattern, timeout, " ".join(self.argv),
-                            self.describe()))
-
-    def kill(self, sig, wait=10.0):
-        """Send sig by PID and wait for the exit; returns the exit status."""
-        self.expected_exit = True
-        if self.alive():
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            return self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)
-            self.proc.wait(5)
-            raise e.E2EError("%s (pid %d) did not exit within %.0f s of signal %d; SIGKILLed"
-                             % (self.name, self.pid, wait, sig))
-
-
-class Agent(Proc):
-    """An agent process: call(op, ...) → reply dict; events collected."""
-
-    def __init__(self, name, ns, script, role, args=(), cwd=None):
-        self.replies = {}
-        self.events = []
-        self.ids = itertools.count(1)
-        self.wlock = threading.Lock()
-        super().__init__(name, ns, [PY, script, role] + list(args), cwd=cwd, stdin=True)
-
-    def on_line(self, line, t):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            return      # stray output (a traceback): kept in lines for describe()
-        with self.lock:
-            if "re" in obj:
-                self.replies[obj["re"]] = obj
-            else:
-                self.events.append(obj)
-
-    def send(self, op, **kw):
-        rid = next(self.ids)
-        kw.update(id=rid, op=op)
-        with self.wlock:
-            try:
-                self.proc.stdin.write((json.dumps(kw) + "\n").encode())
-                self.proc.stdin.flush()
-            except (BrokenPipeError, ValueError):
-                raise e.E2EError("agent %s is gone: %s" % (self.name, self.describe()))
-        return rid
-
-    def result(self, rid, timeout, what):
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while rid not in self.replies:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise e.E2EError("agent %s: no answer to %s within %.1f s"
-                                     % (self.name, what, timeout))
-                if not self.alive():
-                    raise e.E2EError("agent %s died during %s: %s"
-                                     % (self.name, what, self.describe()))
-                self.lock.wait(min(left, 0.1))
-            return self.replies.pop(rid)
-
-    def call(self, op, timeout=5.0, check=True, **kw):
-        r = self.result(self.send(op, **kw), timeout, op)
-        if check and not r.get("ok"):
-            raise e.E2EError("agent %s: %s %s failed: %s"
-                             % (self.name, op, {k: v for k, v in kw.items() if k != "d"},
-                                r.get("err")))
-        return r
-
-    def event_list(self):
-        with self.lock:
-            return list(self.events)
-
-
-def b64(b):
-    return base64.b64encode(b).decode()
-
-
-def unb64(s):
-    return base64.b64decode(s)
 
 
 def is_utf8(b):
@@ -758,7 +121,7 @@ class Deployment:
         self.topo = topo
         self.tmp = tmpdir
         self.bin = wsrouter
-        self.agent_path = os.path.join(tmpdir, "agent.py")
+        self.agent_path = AGENT
         self.secret = "netns-" + secrets.token_hex(16)
         self.api_key = "key-" + secrets.token_hex(12)
         self.procs = []         # every process ever started, for teardown
@@ -1090,27 +453,9 @@ class Deployment:
         return None
 
 
-def compress(values):
-    """[0,0,0,1,1] → '0×3, 1×2'."""
-    out = []
-    for v in values:
-        if out and out[-1][0] == v:
-            out[-1][1] += 1
-        else:
-            out.append([v, 1])
-    return ", ".join("%s×%d" % (v, n) for v, n in out)
-
-
 def parse_seq(data):
     m = re.match(rb"^([uc]:[A-Za-z0-9_.@=+|~-]+?)\|(\d+)\|", data)
     return int(m.group(2)) if m else None
-
-
-def nats_server_path():
-    for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server"):
-        if os.access(p, os.X_OK):
-            return p
-    return shutil.which("nats-server") or "/usr/sbin/nats-server"
 
 
 def fmt_lat(lat):
@@ -1363,18 +708,11 @@ def case_node_killed(d):
             % (st, ",".join(a_closed) or "none", sum(len(s) for s in expected.values())))
 
 
-def _metric(text, name):
-    for line in (text or "").splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
 def case_intruders(d):
     """Peers without a key, or with a key not in the clients directory, get
     nothing: no message, no subscription reaching Redis; counted."""
     st, text = d.http("bridge", "/metrics", grep="wsrouter_bridge_peers_denied")
-    denied0 = _metric(text, "wsrouter_bridge_peers_denied_total")
+    denied0 = metric(text, "wsrouter_bridge_peers_denied_total")
     e.expect(denied0 is not None, "bridge /metrics has no peers_denied_total: %r" % (text,))
     endpoint = "tcp://%s:%d" % (ADDR["bridge"], BRIDGE_PORT)
     notes = []
@@ -1394,7 +732,7 @@ def case_intruders(d):
         e.expect(999999999 not in d.received_seqs(cid),
                  "%s received the intruder's forged publish" % cid)
     st, text = d.http("bridge", "/metrics", grep="wsrouter_bridge_peers_denied")
-    denied = _metric(text, "wsrouter_bridge_peers_denied_total")
+    denied = metric(text, "wsrouter_bridge_peers_denied_total")
     e.expect(denied is not None and denied >= denied0 + 2,
              "peers_denied_total %s → %s, expected +2 at least" % (denied0, denied))
     return "; ".join(notes) + "; peers_denied_total %d → %d; no ws:intruder in Redis" \
@@ -1454,59 +792,6 @@ def case_no_duplicates(d):
 # --------------------------------------------------------------------------
 #  Runner
 
-def run_case(suite, name, fn, *args):
-    try:
-        note = fn(*args)
-    except e.E2EError as ex:
-        suite.fail(name, str(ex))
-    except (TestTimeout, Interrupted):
-        raise
-    except Exception as ex:
-        suite.fail(name, "%s: %s\n%s" % (type(ex).__name__, ex, traceback.format_exc()))
-    else:
-        suite.ok(name, note or "")
-
-
-def bridge_supported(binpath):
-    try:
-        r = subprocess.run([binpath, "bridge", "--help"], stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=10)
-    except Exception as ex:
-        return False, str(ex)
-    out = (r.stdout + r.stderr).decode("utf-8", "replace").strip()
-    return r.returncode == 0, "exit %d: %s" % (r.returncode, out[:300])
-
-
-def ping_matrix(topo, agent_path):
-    """ICMP from every host to every other; returns a summary, raises on loss."""
-    lost = []
-    worst = 0.0
-    for src in HOSTS:
-        dsts = [ADDR[h] for h in HOSTS if h != src]
-        r = run(["ip", "netns", "exec", topo.ns(src), PY, agent_path, "ping"] + dsts,
-                timeout=20)
-        res = json.loads(r.stdout.decode().strip().splitlines()[-1])
-        for h in HOSTS:
-            if h == src:
-                continue
-            rtt = res.get(ADDR[h])
-            if rtt is None:
-                lost.append("%s → %s (%s)" % (src, h, ADDR[h]))
-            else:
-                worst = max(worst, rtt)
-    if lost:
-        raise SetupError("no ICMP echo reply within 2 s: " + ", ".join(lost))
-    return "%d pairs answered, worst RTT %.2f ms" % (len(HOSTS) * (len(HOSTS) - 1), worst)
-
-
-def host_isolated():
-    r = run(["ip", "-4", "-o", "addr", "show"], check=False)
-    leaked = [l for l in r.stdout.decode().splitlines() if " %s." % SUBNET in l]
-    if leaked:
-        raise SetupError("the host namespace has an address in %s.0/24: %s"
-                         % (SUBNET, leaked))
-
-
 def deploy(d, suite):
     d.start_redis()
     d.start_nats()
@@ -1552,24 +837,6 @@ def deploy(d, suite):
           % (t_ready, len(d.clients), time.monotonic() - t0), flush=True)
 
 
-def netns_refused():
-    """Why this process cannot make network namespaces, or None if it can:
-    unshare(CLONE_NEWNET) tried in a child that exits at once."""
-    if os.geteuid() != 0:
-        return "cannot create network namespaces (not root: euid %d)" % os.geteuid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    pid = os.fork()
-    if pid == 0:
-        rc = libc.unshare(CLONE_NEWNET)
-        os._exit(0 if rc == 0 else min(ctypes.get_errno(), 255) or 255)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        return "cannot create network namespaces: unshare(CLONE_NEWNET): %s" % (
-            os.strerror(code) if 0 < code < 255 else "failed")
-    return None
-
-
 def main():
     setup_only = "--setup-only" in sys.argv[1:]
     refused = netns_refused()
@@ -1585,24 +852,12 @@ def main():
               flush=True)
         return e.SKIP
 
-    def on_alarm(signum, frame):
-        raise TestTimeout()
-
-    def on_term(signum, frame):
-        raise Interrupted()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.alarm(TEST_LIMIT_S)
+    arm(TEST_LIMIT_S)
     t_start = time.monotonic()
 
     suite = e.Suite("e2e_netns")
-    topo = Topology(os.getpid())
+    topo = Topology("wsre2e", HOSTS, ADDR)
     tmpdir = tempfile.mkdtemp(prefix="wsr-e2e-netns-")
-    agent_path = os.path.join(tmpdir, "agent.py")
-    with open(agent_path, "w") as f:
-        f.write(AGENT_SRC)
     d = None
     try:
         try:
@@ -1613,13 +868,13 @@ def main():
                 if not ok:
                     raise SetupError("%s has no working 'bridge' subcommand "
                                      "(wsrouter bridge --help → %s)" % (wsrouter, why))
-            stale = Topology.sweep_stale()
+            stale = topo.sweep_stale()
             if stale:
                 print("setup: removed %d namespace(s) left by killed runs: %s"
                       % (len(stale), ", ".join(stale)), flush=True)
             topo.build()
-            host_isolated()
-            pings = ping_matrix(topo, agent_path)
+            topo.host_isolated()
+            pings = topo.ping_matrix()
             if setup_only:
                 suite.ok("setup-only topology", "%d namespaces (switch + %s), %s; the host "
                          "namespace has no %s.x address"
@@ -1656,9 +911,7 @@ def main():
     except Exception as ex:
         suite.fail("internal", "%s: %s\n%s" % (type(ex).__name__, ex, traceback.format_exc()))
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        disarm()
         problems = []
         n_ns = len(topo.created)
         if d is not None:

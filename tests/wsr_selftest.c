@@ -31,6 +31,7 @@ s_tests [] = {
     { "handover", wsr_handover_test },
     { "hring", wsr_hring_test },
     { "tls", wsr_tls_test },
+    { "tlsrec", wsr_tlsrec_test },
     { "deflate", wsr_deflate_test },
     { "ipcount", wsr_ipcount_test },
     { "curve", wsr_curve_test },

@@ -4,10 +4,11 @@
 Method: one node (2 workers) with a plain port and a TLS port (self-signed
 P-256 certificate made with `openssl`). Open W warm-up sessions of each kind,
 then N plain sessions, read the server's VmRSS before and after (all 101s seen,
-/metrics shows them open, 1 s idle); then N TLS sessions (TLS 1.3, Python ssl
-client) the same way. RSS growth / N is the user-space memory per idle
-session of each kind; the difference is what TLS adds (OpenSSL's SSL object;
-its buffers are released while idle: SSL_MODE_RELEASE_BUFFERS).
+/metrics shows them open, 1 s idle); then N TLS 1.3 sessions and N TLS 1.2
+sessions (Python ssl clients) the same way. RSS growth / N is the user-space
+memory per idle session of each kind; the difference is what TLS adds (TLS
+1.3: wsr_tlsrec's keys, the SSL object is freed after the handshake; TLS
+1.2: OpenSSL's SSL object, its buffers released while idle).
 
 usage: tls_memory.py [N]    (default 5000; WSROUTER = the binary)
 """
@@ -84,9 +85,16 @@ def measure(n, warm=200):
         wait_open(srv, 2 * warm + 2 * n)
         time.sleep(1)
         r2 = rss_kib(pid)
+        ctx12 = ssl.create_default_context(cafile=cert)
+        ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+        held += open_sessions(tls_port, n, token, ctx12)
+        wait_open(srv, 2 * warm + 3 * n)
+        time.sleep(1)
+        r3 = rss_kib(pid)
         plain = (r1 - r0) * 1024 / n
         tls = (r2 - r1) * 1024 / n
-        return plain, tls
+        tls12 = (r3 - r2) * 1024 / n
+        return plain, tls, tls12
     finally:
         for s in held:
             s.close()
@@ -96,8 +104,8 @@ def measure(n, warm=200):
 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    plain, tls = measure(n)
+    plain, tls, tls12 = measure(n)
     print("sessions of each kind: %d" % n)
-    print("plain: %.0f B per idle session (RSS growth)" % plain)
-    print("TLS:   %.0f B per idle session (RSS growth)" % tls)
-    print("TLS adds %.0f B per idle session" % (tls - plain))
+    print("plain:   %.0f B per idle session (RSS growth)" % plain)
+    print("TLS 1.3: %.0f B per idle session (RSS growth), adds %.0f B" % (tls, tls - plain))
+    print("TLS 1.2: %.0f B per idle session (RSS growth), adds %.0f B" % (tls12, tls12 - plain))

@@ -2,10 +2,10 @@
 """make_corpus — write the seed corpus of the libFuzzer harnesses.
 
 Run once, from anywhere: /usr/bin/python3 tests/fuzz/make_corpus.py
-It (re)writes tests/fuzz/corpus/{http,jwt,session}/; the files are committed,
+It (re)writes tests/fuzz/corpus/{http,jwt,session,tlsrec}/; the files are committed,
 so CI never runs this. The constants below must match the harnesses:
 S_SECRET, S_EDDSA_SEED and S_NOW in fuzz_jwt.c, the chunk-size prefix of
-fuzz_http.c.
+fuzz_http.c, the operation codes of fuzz_tlsrec.c.
 """
 
 import base64
@@ -172,6 +172,42 @@ def main():
           + frame(0x0, "ed ✓".encode()) + close())
     write("session", "close_reason", close(1000, b"bye"))
     write("session", "text_126", frame(0x1, b"x" * 300) + close(1001, b"going"))
+
+    #  tlsrec: byte 0 = suite (0..2), then operations (fuzz_tlsrec.c)
+    for suite in range(3):
+        write("tlsrec", "data_read_write_%d" % suite,
+              bytes([suite]) + seal(23, b"hello") + read(255) + write_op(10)
+              + seal(23, b"x" * 300, 7) + read(17) + read(255))
+        write("tlsrec", "keyupdate_%d" % suite,
+              bytes([suite]) + key_update(1) + seal(23, b"after") + read(255) + write_op(20)
+              + key_update(0) + seal(23, b"again") + write_op(1) + read(255))
+    write("tlsrec", "close_notify", b"\x00" + seal(23, b"bye") + seal(21, b"\x01\x00") + read(255))
+    write("tlsrec", "fatal_alert", b"\x01" + seal(21, b"\x02\x28") + read(255))
+    write("tlsrec", "keyupdate_raw", b"\x02" + seal(22, b"\x18\x00\x00\x01\x01") + read(255)
+          + write_op(5))
+    write("tlsrec", "raw_oversize", b"\x00" + raw(b"\x17\x03\x03\x41\x01") + read(255))
+    write("tlsrec", "raw_ccs", b"\x00" + raw(b"\x14\x03\x03\x00\x01\x01") + read(255))
+
+
+#  fuzz_tlsrec operations
+def seal(content_type, content, padding=0):
+    return bytes([0, content_type]) + struct.pack(">H", len(content)) + bytes([padding]) + content
+
+
+def raw(data):
+    return bytes([1, len(data)]) + data
+
+
+def read(size):
+    return bytes([2, size])
+
+
+def write_op(size):
+    return bytes([3, size])
+
+
+def key_update(requested):
+    return bytes([4, requested])
 
 
 if __name__ == "__main__":
