@@ -56,6 +56,7 @@
 #include "wsr_outframe.h"
 #include "wsr_passfd.h"
 #include "wsr_handover.h"
+#include "wsr_hring.h"
 #include "wsr_tls.h"
 #include "wsr_tlsrec.h"
 #include "wsr_deflate.h"

@@ -10,7 +10,10 @@
 //    u64 id · u32 flags · i64 expiry · i64 since_ms · u8 timer · i64 timer_ms
 //    · u32 msg_tokens (IEEE float bits) · u32 byte_tokens · i64 rate_age_ms
 //    · str user · u8 channel count · str channel × count
+//    · mark × (1 + count): u8 kind · u64 value (user topic first)
 //    · blob output · blob input
+//  A TOPICS body: u16 worker index · u16 worker count · u32 n · key × n
+//  (u16 length + bytes, no NUL).
 //  str = u16 length + bytes (1..WSR_MAX_ID_LEN), blob = u32 length + bytes.
 //  Decoding checks every length against what is left, the ids against the
 //  id rules, and that nothing follows the last field.
@@ -137,6 +140,7 @@ wsr_handover_session_encode (const wsr_handover_session_t *self, size_t *size_p)
     ||  self->channel_count > WSR_HANDOVER_MAX_CHANNELS)
         return NULL;
     size_t body = 8 + 4 + 8 + 8 + 1 + 8 + 4 + 4 + 8 + 2 + user_len + 1
+                + 9 * (1 + self->channel_count)
                 + 4 + self->output_size + 4 + self->input_size;
     for (size_t i = 0; i < self->channel_count; i++) {
         size_t len = strlen (self->channels [i]);
@@ -168,6 +172,10 @@ wsr_handover_session_encode (const wsr_handover_session_t *self, size_t *size_p)
         size_t len = strlen (self->channels [i]);
         s_put (&out, len, 2);
         s_put_bytes (&out, self->channels [i], len);
+    }
+    for (size_t i = 0; i <= self->channel_count; i++) {
+        s_put (&out, self->marks [i].kind, 1);
+        s_put (&out, self->marks [i].value, 8);
     }
     s_put (&out, self->output_size, 4);
     s_put_bytes (&out, self->output, self->output_size);
@@ -206,6 +214,12 @@ wsr_handover_session_decode (const uint8_t *body, size_t size, wsr_handover_sess
         if (channel)
             self->channels [self->channel_count++] = channel;
     }
+    for (size_t i = 0; i <= count && !in.bad; i++) {
+        self->marks [i].kind = (uint8_t) s_get (&in, 1);
+        self->marks [i].value = s_get (&in, 8);
+        if (self->marks [i].kind > WSR_HANDOVER_MARK_OFFSET)
+            in.bad = true;
+    }
     self->output = s_get_blob (&in, &self->output_size);
     self->input = s_get_blob (&in, &self->input_size);
     if (in.bad || in.used != size
@@ -215,6 +229,88 @@ wsr_handover_session_decode (const uint8_t *body, size_t size, wsr_handover_sess
         wsr_handover_session_clear (self);
         return -1;
     }
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  A payload's fingerprint.
+uint64_t
+wsr_handover_hash (int kind, const uint8_t *data, size_t size)
+{
+    static const unsigned char key [crypto_shorthash_KEYBYTES] = "wsrouter-handovr";
+    unsigned char out [crypto_shorthash_BYTES];
+    uint8_t prefix = (uint8_t) kind;
+    //  The payload hashed, the kind folded in after (no copy of the payload)
+    crypto_shorthash (out, data, size, key);
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = value << 8 | out [i];
+    value ^= (uint64_t) prefix * 0x9E3779B97F4A7C15ULL;
+    return value? value: 1;
+}
+
+//  --------------------------------------------------------------------------
+//  TOPICS frames.
+uint8_t *
+wsr_handover_topics_encode (int index, int count, const char *const *keys, size_t n,
+                            size_t *size_p)
+{
+    assert (size_p && (keys || n == 0));
+    if (index < 0 || index > UINT16_MAX || count < 1 || count > UINT16_MAX
+    ||  n > UINT32_MAX)
+        return NULL;
+    size_t body = 2 + 2 + 4;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen (keys [i]);
+        if (len == 0 || len >= WSR_TOPIC_MAX)
+            return NULL;
+        body += 2 + len;
+    }
+    if (body > WSR_HANDOVER_MAX_BODY)
+        return NULL;
+    s_out_t out = { (uint8_t *) malloc (WSR_HANDOVER_HEADER + body), 0 };
+    assert (out.data);
+    s_put_bytes (&out, s_magic, 4);
+    s_put (&out, WSR_HANDOVER_VERSION, 2);
+    s_put (&out, WSR_HANDOVER_TOPICS, 1);
+    s_put (&out, body, 4);
+    s_put (&out, (uint64_t) index, 2);
+    s_put (&out, (uint64_t) count, 2);
+    s_put (&out, n, 4);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen (keys [i]);
+        s_put (&out, len, 2);
+        s_put_bytes (&out, keys [i], len);
+    }
+    *size_p = out.used;
+    return out.data;
+}
+
+int
+wsr_handover_topics_decode (const uint8_t *body, size_t size, int *index_p, int *count_p,
+                            zlistx_t *list)
+{
+    assert (index_p && count_p && list);
+    s_in_t in = { body, size, 0, false };
+    *index_p = (int) s_get (&in, 2);
+    *count_p = (int) s_get (&in, 2);
+    size_t n = (size_t) s_get (&in, 4);
+    for (size_t i = 0; i < n && !in.bad; i++) {
+        size_t len = (size_t) s_get (&in, 2);
+        if (in.bad || len == 0 || len >= WSR_TOPIC_MAX || in.size - in.used < len
+        ||  memchr (in.data + in.used, 0, len)) {
+            in.bad = true;
+            break;
+        }
+        char *key = (char *) malloc (len + 1);
+        assert (key);
+        memcpy (key, in.data + in.used, len);
+        key [len] = 0;
+        in.used += len;
+        zlistx_add_end (list, key);
+    }
+    if (in.bad || in.used != size || *count_p < 1 || *index_p >= *count_p)
+        return -1;
     return 0;
 }
 
@@ -250,7 +346,7 @@ wsr_handover_header (const uint8_t *header, wsr_handover_type_t *type_p)
     uint32_t size = (uint32_t) header [7] << 24 | (uint32_t) header [8] << 16
                   | (uint32_t) header [9] << 8 | header [10];
     if (size > WSR_HANDOVER_MAX_BODY || header [6] < WSR_HANDOVER_HELLO
-    ||  header [6] > WSR_HANDOVER_REFUSE)
+    ||  header [6] > WSR_HANDOVER_TOPICS)
         return -3;
     *type_p = (wsr_handover_type_t) header [6];
     return size;
@@ -318,6 +414,8 @@ wsr_handover_test (bool verbose)
         .timer_ms = -5, .msg_tokens = 12.5f, .byte_tokens = -3.25f, .rate_age_ms = 250,
         .user = strdup ("u-42"), .channel_count = 2,
         .channels = { strdup ("lobby"), strdup ("room.7") },
+        .marks = { { WSR_HANDOVER_MARK_HASH, 0x1122334455667788ULL },
+                   { WSR_HANDOVER_MARK_OFFSET, 42 }, { WSR_HANDOVER_MARK_NONE, 0 } },
         .output = (uint8_t *) malloc (sizeof queued), .output_size = sizeof queued,
         .input = (uint8_t *) malloc (sizeof half), .input_size = sizeof half
     };
@@ -340,7 +438,63 @@ wsr_handover_test (bool verbose)
     assert (streq (d.channels [0], "lobby") && streq (d.channels [1], "room.7"));
     assert (d.output_size == sizeof queued && !memcmp (d.output, queued, sizeof queued));
     assert (d.input_size == sizeof half && !memcmp (d.input, half, sizeof half));
+    assert (d.marks [0].kind == WSR_HANDOVER_MARK_HASH
+         && d.marks [0].value == 0x1122334455667788ULL);
+    assert (d.marks [1].kind == WSR_HANDOVER_MARK_OFFSET && d.marks [1].value == 42);
+    assert (d.marks [2].kind == WSR_HANDOVER_MARK_NONE && d.marks [2].value == 0);
     wsr_handover_session_clear (&d);
+    //  An unknown mark kind is refused
+    size_t mark_at = WSR_HANDOVER_HEADER + 8 + 4 + 8 + 8 + 1 + 8 + 4 + 4 + 8 + 2 + 4 + 1
+                   + 2 + 5 + 2 + 6;
+    assert (frame [mark_at] == WSR_HANDOVER_MARK_HASH);
+    frame [mark_at] = 9;
+    rc = wsr_handover_session_decode (frame + WSR_HANDOVER_HEADER, (size_t) body, &d);
+    assert (rc == -1);
+    frame [mark_at] = WSR_HANDOVER_MARK_HASH;
+
+    //  Fingerprints: stable, never 0, the kind counts, the payload counts
+    uint64_t h1 = wsr_handover_hash (1, (const uint8_t *) "abc", 3);
+    assert (h1 && h1 == wsr_handover_hash (1, (const uint8_t *) "abc", 3));
+    assert (h1 != wsr_handover_hash (2, (const uint8_t *) "abc", 3));
+    assert (h1 != wsr_handover_hash (1, (const uint8_t *) "abd", 3));
+    assert (wsr_handover_hash (1, NULL, 0) != 0);
+
+    //  TOPICS: round trip, every truncation refused, bad keys refused
+    const char *keys [] = { "user:a", "channel:lobby", "user:b.c" };
+    size_t tsize = 0;
+    uint8_t *topics = wsr_handover_topics_encode (1, 2, keys, 3, &tsize);
+    assert (topics);
+    int64_t tbody = wsr_handover_header (topics, &type);
+    assert (type == WSR_HANDOVER_TOPICS && tbody == (int64_t) (tsize - WSR_HANDOVER_HEADER));
+    zlistx_t *list = zlistx_new ();
+    zlistx_set_destructor (list, (zlistx_destructor_fn *) zstr_free);
+    int index = -1, count = -1;
+    rc = wsr_handover_topics_decode (topics + WSR_HANDOVER_HEADER, (size_t) tbody, &index,
+                                     &count, list);
+    assert (rc == 0 && index == 1 && count == 2 && zlistx_size (list) == 3);
+    assert (streq ((char *) zlistx_first (list), "user:a"));
+    assert (streq ((char *) zlistx_next (list), "channel:lobby"));
+    assert (streq ((char *) zlistx_next (list), "user:b.c"));
+    for (size_t cut = 0; cut < (size_t) tbody; cut++) {
+        zlistx_purge (list);
+        assert (wsr_handover_topics_decode (topics + WSR_HANDOVER_HEADER, cut, &index,
+                                            &count, list) == -1);
+    }
+    free (topics);
+    const char *empty [] = { "" };
+    assert (wsr_handover_topics_encode (0, 1, empty, 1, &tsize) == NULL);
+    assert (wsr_handover_topics_encode (2, 0, keys, 1, &tsize) == NULL);
+    topics = wsr_handover_topics_encode (0, 1, NULL, 0, &tsize);     //  a worker with none
+    assert (topics);
+    zlistx_purge (list);
+    rc = wsr_handover_topics_decode (topics + WSR_HANDOVER_HEADER,
+                                     tsize - WSR_HANDOVER_HEADER, &index, &count, list);
+    assert (rc == 0 && index == 0 && count == 1 && zlistx_size (list) == 0);
+    //  A version-1 peer's frame is refused at its header
+    topics [5] = 1;
+    assert (wsr_handover_header (topics, &type) == -2);
+    free (topics);
+    zlistx_destroy (&list);
 
     //  Every truncation of the body is refused, and so is one byte more
     for (size_t cut = 0; cut < (size_t) body; cut++) {

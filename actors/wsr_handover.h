@@ -11,7 +11,7 @@ extern "C" {
 //  Every frame: "WSRH", version (u16), type (u8), body length (u32), body;
 //  integers big-endian. A reader refuses another version or a body longer
 //  than WSR_HANDOVER_MAX_BODY.
-#define WSR_HANDOVER_VERSION        1
+#define WSR_HANDOVER_VERSION        2   //  2: TOPICS, SYNCED, marks in SESSION
 #define WSR_HANDOVER_HEADER         11
 #define WSR_HANDOVER_MAX_BODY       (64 * 1024 * 1024)
 #define WSR_HANDOVER_MAX_CHANNELS   64
@@ -22,8 +22,20 @@ typedef enum {
     WSR_HANDOVER_SESSION = 3,       //  old → new: one session (fd attached)
     WSR_HANDOVER_DONE = 4,          //  old → new: no more sessions
     WSR_HANDOVER_ACK = 5,           //  new → old: sessions taken (count)
-    WSR_HANDOVER_REFUSE = 6         //  either way: give up (reason)
+    WSR_HANDOVER_REFUSE = 6,        //  either way: give up (reason)
+    WSR_HANDOVER_TOPICS = 7         //  old → new: one old worker's topic keys, before
+                                    //  the first session (wsr_handover_topics_encode)
 } wsr_handover_type_t;
+
+//  What an old worker last queued on a topic (a session's position there)
+#define WSR_HANDOVER_MARK_NONE      0   //  nothing delivered on the topic yet
+#define WSR_HANDOVER_MARK_HASH      1   //  value: wsr_handover_hash of the last payload
+#define WSR_HANDOVER_MARK_OFFSET    2   //  value: history offset of the last message
+
+typedef struct {
+    uint8_t kind;                   //  WSR_HANDOVER_MARK_*
+    uint64_t value;
+} wsr_handover_mark_t;
 
 //  Session flags
 #define WSR_HANDOVER_V1             1   //  speaks wsrouter.v1
@@ -51,6 +63,8 @@ typedef struct {
     char *user;                     //  user id
     char *channels [WSR_HANDOVER_MAX_CHANNELS];
     size_t channel_count;
+    wsr_handover_mark_t marks [1 + WSR_HANDOVER_MAX_CHANNELS];
+                                    //  [0] the user topic, [1 + i] channel i
     uint8_t *output;                //  wire bytes queued, not yet written
     size_t output_size;
     uint8_t *input;                 //  bytes read, not yet processed (a
@@ -92,6 +106,25 @@ int64_t
 int
     wsr_handover_read (int sock, wsr_handover_type_t *type_p, uint8_t **body_p,
                        size_t *size_p, int *fd_p, int timeout_ms);
+
+//  The fingerprint of a delivered payload (kind 1 text, 2 binary): a keyed
+//  64-bit hash (SipHash-2-4, fixed key: both processes agree), never 0.
+uint64_t
+    wsr_handover_hash (int kind, const uint8_t *data, size_t size);
+
+//  Encode a TOPICS frame: old worker index of count workers, and its topic
+//  keys (without their NUL). Returns a malloc'd whole frame (caller frees,
+//  size in *size_p), or NULL if a key is empty or over WSR_TOPIC_MAX.
+uint8_t *
+    wsr_handover_topics_encode (int index, int count, const char *const *keys, size_t n,
+                                size_t *size_p);
+
+//  Decode a TOPICS body: index, count, and the keys appended to list (as
+//  strings the list owns; the list should have zstr_free as destructor).
+//  Returns 0, or -1 if malformed (the list may hold some keys then).
+int
+    wsr_handover_topics_decode (const uint8_t *body, size_t size, int *index_p, int *count_p,
+                                zlistx_t *list);
 
 //  Self test of this class.
 void

@@ -532,6 +532,26 @@ wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char
 }
 
 //  --------------------------------------------------------------------------
+//  A barrier at every bridge.
+int
+wsr_link_sync (wsr_link_t *self, uint64_t token)
+{
+    assert (self);
+    int asked = 0;
+    uint8_t number [8];
+    wsr_msgs_put_u64 (number, token);
+    for (int b = 0; b < self->count; b++) {
+        s_batch_send (self, b);             //  its SUBs go first
+        zmsg_t *msg = zmsg_new ();
+        zmsg_addstr (msg, WSR_PROTO_SYNC);
+        zmsg_addmem (msg, number, 8);
+        if (s_send (self, b, &msg) == 0)
+            asked++;
+    }
+    return asked;
+}
+
+//  --------------------------------------------------------------------------
 //  A lifecycle event.
 int
 wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event)
@@ -711,6 +731,13 @@ wsr_link_recv (wsr_link_t *self, wsr_link_msg_t *msg)
             msg->body = f [3];
             f [3] = NULL;
             msg->kind = WSR_LINK_PRESENCE;
+        }
+    }
+    else
+    if (zframe_streq (command, WSR_PROTO_SYNCED) && size == 2) {
+        if (zframe_size (f [1]) == 8) {
+            msg->request = wsr_msgs_get_u64 (zframe_data (f [1]));
+            msg->kind = WSR_LINK_SYNCED;
         }
     }
     else
@@ -1283,6 +1310,37 @@ wsr_link_test (bool verbose)
     zmsg_destroy (&msg);
     msg = s_expect (router, WSR_PROTO_SUB, 5);
     zmsg_destroy (&msg);
+
+    //  A barrier (handover): the batched SUB leaves first, then SYNC with
+    //  its token; the bridge's SYNCED comes back typed, after a delivery
+    //  it sent before
+    wsr_link_subscribe (link, "user:s1", 8, true);
+    assert (wsr_link_sync (link, 42) == 1);
+    msg = s_expect (router, WSR_PROTO_SUB, 1);
+    zmsg_destroy (&msg);
+    msg = s_expect (router, WSR_PROTO_SYNC, 1);
+    assert (zframe_size (zmsg_last (msg)) == 8
+         && wsr_msgs_get_u64 (zframe_data (zmsg_last (msg))) == 42);
+    zmsg_destroy (&msg);
+    {
+        zframe_t *down = wsr_envelope_encode_down ((const uint8_t *) "s", 1, 0, 0);
+        zmsg_t *ahead = zmsg_new ();
+        zframe_t *to = zframe_dup (rid);
+        zmsg_append (ahead, &to);
+        zmsg_addstr (ahead, WSR_PROTO_DELIVER);
+        zmsg_addmem (ahead, "user:s1", 8);
+        zmsg_append (ahead, &down);
+        zmsg_send (&ahead, router);
+        uint8_t token [8];
+        wsr_msgs_put_u64 (token, 42);
+        zsock_send (router, "fsb", rid, WSR_PROTO_SYNCED, token, (size_t) 8);
+        wsr_link_msg_t got;
+        assert (s_link_wait (link, &got, WSR_LINK_DELIVER, 2000) == 0);
+        assert (streq (got.key, "user:s1"));
+        wsr_link_msg_reset (&got);
+        assert (s_link_wait (link, &got, WSR_LINK_SYNCED, 2000) == 0 && got.request == 42);
+        wsr_link_msg_reset (&got);
+    }
 
     //  A client message goes up whole
     zframe_t *env = wsr_envelope_encode_up ("u1", 9, "n1", 0, WSR_KIND_TEXT,

@@ -19,7 +19,8 @@ typedef enum {
     WSR_LINK_REPLY,             //  session, body: a message for one session
     WSR_LINK_REFUSED,           //  topic: the bridge did not take this subscription
     WSR_LINK_HISTORY,           //  request, body: a history read's result
-    WSR_LINK_PRESENCE           //  request, status, body: a presence query's JSON answer
+    WSR_LINK_PRESENCE,          //  request, status, body: a presence query's JSON answer
+    WSR_LINK_SYNCED             //  request: the token of a wsr_link_sync, from one bridge
 } wsr_link_kind_t;
 
 //  One received message. Frames are owned by the struct until the owner
@@ -116,6 +117,15 @@ int
 int
     wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char *epoch,
                    uint64_t since, uint64_t max);
+
+//  A barrier (handover): the subscriptions batched so far leave, then SYNC
+//  with token goes to every bridge. Each answers SYNCED (kind
+//  WSR_LINK_SYNCED, request = token) once its backplane connections have
+//  answered a round trip started after it: the subscriptions before it are
+//  in force, and every message the backplane sent before is delivered
+//  ahead of the SYNCED. Returns how many bridges were asked.
+int
+    wsr_link_sync (wsr_link_t *self, uint64_t token);
 
 //  Read one message if one is waiting. Heartbeats and RESYNC are handled
 //  here (kind NOTHING). Returns 0 with msg filled, or -1 if none was waiting.

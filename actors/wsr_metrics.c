@@ -191,6 +191,17 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_HANDOVER_SESSIONS] =
         { "wsrouter_handover_sessions_total", NULL, "counter",
           "Sessions handed over to a new process (with their descriptors and state)" },
+    [WSR_M_HANDOVER_REPLAYED] =
+        { "wsrouter_handover_replayed_total", NULL, "counter",
+          "Messages an arriving session got from its worker's handover ring (published "
+          "while it moved)" },
+    [WSR_M_HANDOVER_RING_DROPPED] =
+        { "wsrouter_handover_ring_dropped_total", NULL, "counter",
+          "Messages a handover ring could not hold (over its count or byte bound)" },
+    [WSR_M_HANDOVER_GAPS] =
+        { "wsrouter_handover_gaps_total", NULL, "counter",
+          "Session topics whose last message fell out of an overflowed handover ring "
+          "(messages may be lost for them)" },
     [WSR_M_LINK_MOVES] =
         { "wsrouter_link_topic_moves_total", NULL, "counter",
           "Topics a worker moved to another bridge (a bridge died or came back)" },

@@ -76,6 +76,9 @@ typedef enum {
     WSR_M_HANDOVERS,                //  upgrades this process handed its sessions over in
     WSR_M_HANDOVER_FAILURES,        //  ... that failed (the process kept its sessions)
     WSR_M_HANDOVER_SESSIONS,        //  sessions handed over to a new process
+    WSR_M_HANDOVER_REPLAYED,        //  deliveries queued to arriving sessions from the rings
+    WSR_M_HANDOVER_RING_DROPPED,    //  deliveries a handover ring could not hold (bounds)
+    WSR_M_HANDOVER_GAPS,            //  session topics whose position fell out of its ring
     WSR_M_LINK_MOVES,               //  topics moved to another bridge (several bridges)
     WSR_M_LINK_STALE,               //  deliveries dropped: from a bridge no longer owner
     WSR_M_TLS_HANDSHAKES,           //  TLS handshakes completed

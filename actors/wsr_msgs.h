@@ -23,6 +23,10 @@
 #define WSR_CMD_RESUME      "RESUME"    //  → "i" 0; accept again (listener)
 #define WSR_CMD_IMPORT      "IMPORT"
 #define WSR_CMD_RESTART     "RESTART"
+#define WSR_CMD_TOPICS      "TOPICS"    //  → topic keys (handover, old worker)
+#define WSR_CMD_PRESUB      "PRESUB"    //  keys... → "i" 0 once subscribed and synced
+#define WSR_CMD_SYNC        "SYNC"      //  → "i" 0 once every bridge answered SYNCED
+#define WSR_CMD_PREEND      "PREEND"    //  → "i" 0; the handover rings go
 
 //  Data messages between actors of one node (see ARCHITECTURE.md)
 #define WSR_MSG_AUTH        "AUTH"      //  listener → auth
@@ -115,6 +119,8 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_BYE       "BYE"       //  nothing: leaving, forget my topics now
                                         //  (the bridge answers BYE: the end of
                                         //  what it sent for the old session)
+#define WSR_PROTO_SYNC      "SYNC"      //  N token: answer SYNCED once the backplane has
+                                        //  confirmed everything before (a barrier)
 //  Bridge → peer (N: an 8-byte unsigned number, network byte order)
 #define WSR_PROTO_DELIVER   "D"         //  f topic key, f downstream envelope
 #define WSR_PROTO_DELIVERS  "DS"        //  f deliveries in order, each [u16 key size]
@@ -132,6 +138,7 @@ wsr_msgs_worker_for (uint64_t conn_id, int workers)
 #define WSR_PROTO_REPLY     "REPLY"     //  N session id, f downstream envelope
 #define WSR_PROTO_HB        "HB"        //  N bridge epoch, f heartbeat envelope
 #define WSR_PROTO_RESYNC    "RESYNC"    //  nothing: HELLO and SUB everything again
+#define WSR_PROTO_SYNCED    "SYNCED"    //  N token: every delivery before it was sent
 #define WSR_PROTO_REFUSED   "REFUSED"   //  f topic key, s reason: SUB not taken
 #define WSR_PROTO_HISTR     "HISTR"     //  N request id, f history result envelope
 #define WSR_PROTO_PRESENCER "PRESENCER" //  N request id, N HTTP status, s JSON body

@@ -50,6 +50,7 @@
 
 //  Close reason for slow consumers; compared by address to tell it apart
 static const char s_slow [] = "slow consumer: output queue full";
+#define S_SYNC_TIMEOUT_MS   5000    //  a handover barrier (SYNC) answered by then
 #define S_QUEUE_ENTRY_COST  64      //  bytes a queued frame costs beyond its wire bytes
 static const char s_rate [] = "rate limit exceeded";
 static const char s_expired [] = "token expired";
@@ -195,6 +196,13 @@ typedef struct {
     size_t scratch_size;
     bool scratch_over;              //  more than S_SCRATCH_SIZE: not kept
     wsr_deflate_t *deflate;         //  permessage-deflate codec, made on first use (owned)
+    //  Handover (new process): deliveries held per topic until its sessions come
+    wsr_hring_t *hring;             //  rings (owned), NULL outside a handover
+    //  Handover barrier (PRESUB, SYNC): the pipe is owed an answer
+    bool sync_owed;
+    uint64_t sync_token;            //  of the SYNC under way
+    int sync_waiting;               //  bridges yet to answer SYNCED
+    int64_t sync_deadline;          //  mono ms: answered -1 then
 } s_worker_t;
 
 static void s_conn_flush (s_worker_t *self, s_conn_t *conn);
@@ -1105,7 +1113,9 @@ s_conn_leave_topics (s_worker_t *self, s_conn_t *conn)
     for (size_t i = 0; i < n; i++) {
         char key [WSR_TOPIC_MAX];
         snprintf (key, sizeof key, "%s", wsr_topic_member_key (*members [i]));
-        if (wsr_topic_leave (self->topics, members [i]))
+        //  A topic the handover rings hold stays subscribed until they go
+        if (wsr_topic_leave (self->topics, members [i])
+        &&  !(self->hring && wsr_hring_watched (self->hring, key)))
             wsr_link_subscribe (self->link, key, strlen (key) + 1, false);
     }
 }
@@ -1122,7 +1132,7 @@ s_conn_join (s_worker_t *self, s_conn_t *conn, const char *kind, const char *id,
     *member_p = wsr_topic_join (self->topics, key, conn, &first);
     if (!*member_p)
         return false;
-    if (first)
+    if (first && !(self->hring && wsr_hring_watched (self->hring, key)))
         wsr_link_subscribe (self->link, key, (size_t) size, true);
     return true;
 }
@@ -1596,6 +1606,19 @@ done:
 }
 
 //  DELIVER: [topic key][envelope]. Frame once, link to every member.
+//  What the handover knows a delivery by: its history offset, else a hash
+//  of its payload.
+static wsr_handover_mark_t
+s_mark_of (const wsr_envelope_t *env)
+{
+    wsr_handover_mark_t mark = { WSR_HANDOVER_MARK_OFFSET, env->offset };
+    if (!env->offset) {
+        mark.kind = WSR_HANDOVER_MARK_HASH;
+        mark.value = wsr_handover_hash (env->kind, env->data, env->size);
+    }
+    return mark;
+}
+
 static void
 s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t size,
                   zframe_t **body_p)
@@ -1606,8 +1629,19 @@ s_handle_deliver (s_worker_t *self, const char *key, const uint8_t *data, size_t
         return;
     }
     wsr_topic_member_t *member = wsr_topic_first (self->topics, key);
+    //  The topic's mark (a session leaving in a handover carries it), and
+    //  the handover ring's copy while one is held for the topic
+    bool kept = false;
+    if (member || self->hring) {
+        wsr_handover_mark_t mark = s_mark_of (&env);
+        if (member)
+            wsr_topic_set_mark (member, mark.kind, mark.value);
+        if (self->hring)
+            kept = wsr_hring_add (self->hring, key, &mark, data, size);
+    }
     if (!member) {
-        wsr_metrics_add (self->metrics, WSR_M_DELIVER_NO_SESSION, 1);
+        if (!kept)
+            wsr_metrics_add (self->metrics, WSR_M_DELIVER_NO_SESSION, 1);
         return;
     }
     //  First pass: v1 sessions still opening take their copy now (their
@@ -1692,6 +1726,28 @@ s_handle_refused (s_worker_t *self, zframe_t *topic)
                 "backplane refused the subscription");
 }
 
+//  The handover barrier's answer to the pipe: 0, or -1 (timed out).
+static void
+s_sync_answer (s_worker_t *self, int rc)
+{
+    self->sync_owed = false;
+    self->sync_waiting = 0;
+    int sent = zsock_send (self->pipe, "i", rc);
+    assert (sent == 0);
+}
+
+//  Start a barrier at every bridge; the pipe gets its answer later.
+static void
+s_sync_start (s_worker_t *self)
+{
+    self->sync_owed = true;
+    self->sync_token++;
+    self->sync_deadline = wsr_util_mono_ms () + S_SYNC_TIMEOUT_MS;
+    self->sync_waiting = self->link? wsr_link_sync (self->link, self->sync_token): 0;
+    if (self->sync_waiting == 0)
+        s_sync_answer (self, -1);
+}
+
 //  One message from the bridge.
 static bool
 s_handle_link (s_worker_t *self)
@@ -1710,6 +1766,10 @@ s_handle_link (s_worker_t *self)
     else
     if (msg.kind == WSR_LINK_HISTORY)
         s_handle_history (self, msg.request, msg.body);
+    else
+    if (msg.kind == WSR_LINK_SYNCED && self->sync_owed && msg.request == self->sync_token
+    &&  --self->sync_waiting == 0)
+        s_sync_answer (self, 0);
     wsr_link_msg_reset (&msg);
     return true;
 }
@@ -1722,6 +1782,11 @@ s_resubscribe (void *arg, wsr_link_t *link)
     for (const char *key = wsr_topic_first_key (self->topics); key;
          key = wsr_topic_next_key (self->topics))
         wsr_link_subscribe (link, key, strlen (key) + 1, true);
+    if (self->hring)
+        for (const char *key = wsr_hring_first (self->hring); key;
+             key = wsr_hring_next (self->hring))
+            if (!wsr_topic_first (self->topics, key))
+                wsr_link_subscribe (link, key, strlen (key) + 1, true);
 }
 
 static void
@@ -1778,11 +1843,20 @@ s_export_one (s_worker_t *self, s_conn_t *conn, int *fd_p)
         .msg_tokens = conn->msg_tokens, .byte_tokens = conn->byte_tokens,
         .rate_age_ms = now - conn->rate_last, .user = conn->user
     };
+    //  Marks: where each topic's deliveries stopped for this session
+    int kind = 0;
+    if (conn->member) {
+        rec.marks [0].value = wsr_topic_mark (conn->member, &kind);
+        rec.marks [0].kind = (uint8_t) kind;
+    }
     size_t prefix = strlen (WSR_TOPIC_CHANNEL);
     for (size_t i = 0; i < conn->channel_count; i++)
-        if (conn->channels [i])
+        if (conn->channels [i]) {
+            rec.marks [1 + rec.channel_count].value = wsr_topic_mark (conn->channels [i], &kind);
+            rec.marks [1 + rec.channel_count].kind = (uint8_t) kind;
             rec.channels [rec.channel_count++] =
                 (char *) wsr_topic_member_key (conn->channels [i]) + prefix;
+        }
     //  Output not yet written, from the head's offset on
     rec.output = conn->qbytes? (uint8_t *) malloc (conn->qbytes): NULL;
     size_t offset = conn->qoffset;
@@ -1858,6 +1932,56 @@ s_handle_export (s_worker_t *self, int max)
     }
 }
 
+//  One delivery from a handover ring for one arriving session.
+typedef struct {
+    s_worker_t *self;
+    s_conn_t *conn;
+    const char *key;                //  its topic
+    size_t count;                   //  queued so far
+    wsr_handover_mark_t last;       //  the mark of the last one queued
+} s_replay_t;
+
+static void
+s_replay_one (void *arg, const uint8_t *data, size_t size)
+{
+    s_replay_t *replay = (s_replay_t *) arg;
+    s_worker_t *self = replay->self;
+    s_conn_t *conn = replay->conn;
+    wsr_envelope_t env;
+    if (conn->state != S_OPEN || conn->doomed || wsr_envelope_decode (data, size, &env))
+        return;
+    wsr_outframe_t *frame = NULL;
+    if (conn->v1) {
+        char epoch [WSR_HISTORY_EPOCH_MAX + 1] = "";
+        if (env.offset) {
+            memcpy (epoch, env.epoch, env.epoch_len);
+            epoch [env.epoch_len] = 0;
+        }
+        size_t len = 0;
+        char *text = wsr_v1_pub (replay->key, env.offset, epoch, env.kind, env.data, env.size,
+                                 &len);
+        if (conn->deflate)
+            frame = wsr_deflate_frame (s_deflater (self), WSR_KIND_TEXT,
+                                       (const uint8_t *) text, len);
+        if (!frame)
+            frame = wsr_outframe_new (WSR_KIND_TEXT, (const uint8_t *) text, len, NULL);
+        free (text);
+    }
+    else {
+        if (conn->deflate)
+            frame = wsr_deflate_frame (s_deflater (self), env.kind, env.data, env.size);
+        if (!frame)
+            frame = wsr_outframe_new (env.kind, env.data, env.size, NULL);
+    }
+    s_queue_push (conn, &frame);
+    if (s_queue_over (self, conn))
+        s_doom (self, conn, WSLAY_CODE_POLICY_VIOLATION, s_slow);
+    replay->last = s_mark_of (&env);
+    replay->count++;
+    self->count_out++;
+    self->bytes_out += (int64_t) env.size;
+}
+
 //  Take one session in from its record; the fd is ours from here on.
 static int
 s_import_one (s_worker_t *self, const uint8_t *data, size_t size, int fd)
@@ -1929,6 +2053,33 @@ s_import_one (s_worker_t *self, const uint8_t *data, size_t size, int fd)
         for (size_t i = 0; i < rec.channel_count && joined; i++)
             joined = s_conn_join (self, conn, WSR_TOPIC_CHANNEL, rec.channels [i],
                                   &conn->channels [conn->channel_count++]);
+    }
+    //  What was published while it moved: after the old worker's marks,
+    //  behind the output it brought, ahead of any live delivery
+    if (joined && self->hring) {
+        s_replay_t replay = { self, conn, NULL, 0, { 0, 0 } };
+        for (size_t i = 0; i <= conn->channel_count; i++) {
+            wsr_topic_member_t *member = i? conn->channels [i - 1]: conn->member;
+            replay.key = member? wsr_topic_member_key (member): NULL;
+            if (!replay.key || !wsr_hring_watched (self->hring, replay.key))
+                continue;
+            bool gap = false;
+            replay.last.kind = WSR_HANDOVER_MARK_NONE;
+            wsr_hring_replay (self->hring, replay.key, &rec.marks [i], s_replay_one, &replay,
+                              &gap);
+            //  A topic new here has no mark yet: its last message is this
+            //  one (or the old worker's), for a handover soon after this one
+            int kind = 0;
+            wsr_topic_mark (member, &kind);
+            if (kind == WSR_HANDOVER_MARK_NONE)
+                wsr_topic_set_mark (member, replay.last.kind? replay.last.kind
+                                                            : rec.marks [i].kind,
+                                    replay.last.kind? replay.last.value: rec.marks [i].value);
+            if (gap)
+                wsr_metrics_add (self->metrics, WSR_M_HANDOVER_GAPS, 1);
+        }
+        if (replay.count)
+            wsr_metrics_add (self->metrics, WSR_M_HANDOVER_REPLAYED, (int64_t) replay.count);
     }
     s_expiry_set (self, conn, rec.expiry);
     if (self->opts.ping_interval_ms > 0)
@@ -2018,6 +2169,47 @@ s_handle_pipe (s_worker_t *self)
     else
     if (streq (command, WSR_CMD_RESTART))
         s_handle_restart (self);
+    else
+    if (streq (command, WSR_CMD_TOPICS)) {
+        zmsg_t *reply = zmsg_new ();
+        for (const char *key = wsr_topic_first_key (self->topics); key;
+             key = wsr_topic_next_key (self->topics))
+            zmsg_addstr (reply, key);
+        if (zmsg_send (&reply, self->pipe))
+            zmsg_destroy (&reply);
+    }
+    else
+    if (streq (command, WSR_CMD_PRESUB)) {
+        //  Every topic the old process named: subscribed (with a ring) now,
+        //  then a barrier: answered once the subscriptions are in force
+        if (!self->hring)
+            self->hring = wsr_hring_new (WSR_HRING_MAX_COUNT, WSR_HRING_MAX_BYTES);
+        char *key;
+        while ((key = zmsg_popstr (msg))) {
+            if (*key && strlen (key) < WSR_TOPIC_MAX && wsr_hring_watch (self->hring, key)
+            &&  !wsr_topic_first (self->topics, key))
+                wsr_link_subscribe (self->link, key, strlen (key) + 1, true);
+            zstr_free (&key);
+        }
+        s_sync_start (self);
+    }
+    else
+    if (streq (command, WSR_CMD_SYNC))
+        s_sync_start (self);
+    else
+    if (streq (command, WSR_CMD_PREEND)) {
+        if (self->hring) {
+            for (const char *key = wsr_hring_first (self->hring); key;
+                 key = wsr_hring_next (self->hring))
+                if (!wsr_topic_first (self->topics, key))
+                    wsr_link_subscribe (self->link, key, strlen (key) + 1, false);
+            wsr_metrics_add (self->metrics, WSR_M_HANDOVER_RING_DROPPED,
+                             (int64_t) wsr_hring_dropped (self->hring));
+            wsr_hring_destroy (&self->hring);
+        }
+        int sent = zsock_send (self->pipe, "i", 0);
+        assert (sent == 0);
+    }
     else
         assert (false);
     zstr_free (&command);
@@ -2220,6 +2412,7 @@ s_worker_fini (s_worker_t *self)
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
     zsock_destroy (&self->adopt);
+    wsr_hring_destroy (&self->hring);
     wsr_link_destroy (&self->link);
     wsr_topic_destroy (&self->topics);
     free (self->expiries);
@@ -2287,6 +2480,8 @@ s_session_actor (zsock_t *pipe, void *args)
         for (int i = 0; i < 3; i++)
             if (lists [i]->head && lists [i]->head->deadline < wake)
                 wake = lists [i]->head->deadline;
+        if (self->sync_owed && self->sync_deadline < wake)
+            wake = self->sync_deadline;
         int timeout = again || wake <= now? 0: (int) (wake - now);
         int n = epoll_wait (self->epoll_fd, events, S_MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR) {
@@ -2317,6 +2512,11 @@ s_session_actor (zsock_t *pipe, void *args)
             again |= s_drain_socket (self, self->adopt, s_handle_adopt);
         if (self->link)
             again |= s_drain_socket (self, wsr_link_socket (self->link), s_handle_link);
+        if (self->sync_owed && wsr_util_mono_ms () >= self->sync_deadline) {
+            zsys_warning ("session-%d: handover: no SYNCED from the bridge in %d ms",
+                          self->index, S_SYNC_TIMEOUT_MS);
+            s_sync_answer (self, -1);
+        }
         uint64_t sent = self->link? wsr_link_sent (self->link): 0;
         s_after_batch (self);
         if (self->link) {
@@ -2441,6 +2641,62 @@ wsr_session_restart (wsr_session_t *self)
     if (zstr_send (self->actor, WSR_CMD_RESTART) || zsock_recv (self->actor, "i", &closed))
         return -1;
     return closed;
+}
+
+//  --------------------------------------------------------------------------
+//  Handover: the worker's topic keys.
+zmsg_t *
+wsr_session_topics (wsr_session_t *self)
+{
+    assert (self);
+    if (zstr_send (self->actor, WSR_CMD_TOPICS))
+        return NULL;
+    return zmsg_recv (self->actor);
+}
+
+//  Handover: subscribe keys (taken; NULL: none) with rings, then a barrier.
+int
+wsr_session_presub (wsr_session_t *self, zmsg_t **keys_p)
+{
+    assert (self);
+    zmsg_t *msg = keys_p && *keys_p? *keys_p: zmsg_new ();
+    if (keys_p)
+        *keys_p = NULL;
+    zmsg_pushstr (msg, WSR_CMD_PRESUB);
+    if (zmsg_send (&msg, self->actor)) {
+        zmsg_destroy (&msg);
+        return -1;
+    }
+    return 0;
+}
+
+//  Handover: a barrier alone.
+int
+wsr_session_sync (wsr_session_t *self)
+{
+    assert (self);
+    return zstr_send (self->actor, WSR_CMD_SYNC);
+}
+
+//  Handover: the answer to PRESUB or SYNC.
+int
+wsr_session_synced (wsr_session_t *self)
+{
+    assert (self);
+    int rc = -1;
+    if (zsock_recv (self->actor, "i", &rc))
+        return -1;
+    return rc;
+}
+
+//  Handover over: rings go.
+void
+wsr_session_presub_end (wsr_session_t *self)
+{
+    assert (self);
+    int rc = 0;
+    if (zstr_send (self->actor, WSR_CMD_PREEND) == 0)
+        zsock_recv (self->actor, "i", &rc);
 }
 
 //  --------------------------------------------------------------------------
@@ -2681,6 +2937,7 @@ typedef struct {
     zlistx_t *ups;                  //  UP envelopes (zframe_t)
     zlistx_t *hists;                //  HIST requests (zmsg_t, after the command)
     int64_t last_hb;                //  mono ms of our last heartbeat to the worker
+    int syncs;                      //  SYNCs answered (SYNCED at once)
 } s_fake_t;
 
 //  A heartbeat now and then, as a bridge does: a slow run (sanitizers, a busy
@@ -2720,6 +2977,14 @@ s_fake_pump (s_fake_t *fake, int ms)
         if (streq (command, WSR_PROTO_HIST)) {
             zlistx_add_end (fake->hists, msg);
             msg = NULL;
+        }
+        else
+        if (streq (command, WSR_PROTO_SYNC)) {
+            zframe_t *token = zmsg_pop (msg);
+            int rc = zsock_send (fake->router, "fsf", rid, WSR_PROTO_SYNCED, token);
+            assert (rc == 0);
+            zframe_destroy (&token);
+            fake->syncs++;
         }
         zframe_destroy (&rid);
         zstr_free (&command);
@@ -2841,7 +3106,7 @@ s_handover_test (s_fake_t *fake, const wsr_session_opts_t *opts, wsr_metrics_t *
                            "Connection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
     zframe_t *none = zframe_new (NULL, 0);
     int rc = zsock_send (auth, WSR_PIC_ADOPT, WSR_MSG_ADOPT, (uint64_t) 500, pair [0], 0, -1,
-                         (uint64_t) 0, 0, "", "hu", "hch", response, none);
+                         (uint64_t) 0, 0, "", "hu", "hch", response, none, (void *) NULL);
     assert (rc == 0);
     zframe_destroy (&none);
     s_expect_101 (c);
@@ -2902,12 +3167,37 @@ s_handover_test (s_fake_t *fake, const wsr_session_opts_t *opts, wsr_metrics_t *
     //  Gone from a: its subscriptions end there
     s_wait_change (fake, '-', "user:hu");
     s_wait_change (fake, '-', "channel:hch");
+    //  b subscribes the topics first (PRESUB, answered after a barrier)
     wsr_session_t *b = wsr_session_new ("hob", 0, &small, metrics, ipcount);
     assert (b);
-    assert (wsr_session_import (b, &moved) == 1 && moved == NULL);
+    zmsg_t *keys = zmsg_new ();
+    zmsg_addstr (keys, "user:hu");
+    zmsg_addstr (keys, "channel:hch");
+    int syncs = fake->syncs;
+    assert (wsr_session_presub (b, &keys) == 0 && keys == NULL);
     s_wait_change (fake, '+', "user:hu");
     zframe_t *b_rid = zframe_dup (fake->rid);   //  the SUB came from b
     s_wait_change (fake, '+', "channel:hch");
+    end = zclock_mono () + 2000;
+    while (fake->syncs == syncs && zclock_mono () < end)
+        s_fake_pump (fake, 10);
+    assert (wsr_session_synced (b) == 0);
+    //  b's rings get what both had (the last of each topic that a queued)
+    //  and what only b has; nothing of it is a session's yet
+    s_publish_to (fake, b_rid, "user:hu", message);
+    s_publish_to (fake, b_rid, "user:hu", "ring1");
+    s_publish_to (fake, b_rid, "channel:hch", "marker");
+    s_publish_to (fake, b_rid, "channel:hch", "ring2");
+    syncs = fake->syncs;
+    assert (wsr_session_sync (b) == 0);
+    end = zclock_mono () + 2000;
+    while (fake->syncs == syncs && zclock_mono () < end)
+        s_fake_pump (fake, 10);
+    assert (wsr_session_synced (b) == 0);
+    int64_t replayed = wsr_metrics_get (metrics, WSR_M_HANDOVER_REPLAYED);
+    assert (wsr_session_import (b, &moved) == 1 && moved == NULL);
+    //  Only what followed each mark: ring1 and ring2, once
+    assert (wsr_metrics_get (metrics, WSR_M_HANDOVER_REPLAYED) == replayed + 2);
 
     //  The rest of the frame goes to b, which replays the first part
     assert (send (c, frame + 13, sizeof frame - 13, 0) == (ssize_t) (sizeof frame - 13));
@@ -2926,7 +3216,11 @@ s_handover_test (s_fake_t *fake, const wsr_session_opts_t *opts, wsr_metrics_t *
         assert (!memcmp (payload, number, 4));
     }
     assert (s_client_recv (c, payload, &len) == 1 && len == 6 && !memcmp (payload, "marker", 6));
+    assert (s_client_recv (c, payload, &len) == 1 && len == 5 && !memcmp (payload, "ring1", 5));
+    assert (s_client_recv (c, payload, &len) == 1 && len == 5 && !memcmp (payload, "ring2", 5));
     assert (s_client_recv (c, payload, &len) == 1 && len == 5 && !memcmp (payload, "after", 5));
+    //  The handover ends: the rings go, the session's topics stay
+    wsr_session_presub_end (b);
     //  Nothing was left in a; b closes what it holds with 1012
     assert (wsr_session_restart (a) == 0);
     assert (wsr_session_restart (b) == 1);
@@ -2945,7 +3239,7 @@ wsr_session_test (bool verbose)
     wsr_metrics_t *metrics = wsr_metrics_new ();
     //  The test plays the bridge
     s_fake_t fake_data = { zsock_new_router ("inproc://wsr-bridge-stest"), NULL,
-                           zlistx_new (), zlistx_new (), zlistx_new (), 0 };
+                           zlistx_new (), zlistx_new (), zlistx_new (), 0, 0 };
     s_fake_t *fake = &fake_data;
     zlistx_set_destructor (fake->subs, (czmq_destructor *) zstr_free);
     zlistx_set_destructor (fake->ups, (czmq_destructor *) zframe_destroy);

@@ -74,6 +74,34 @@ int
 int
     wsr_session_restart (wsr_session_t *self);
 
+//  Handover (old worker): its topic keys, one string frame each (caller
+//  destroys), or NULL.
+zmsg_t *
+    wsr_session_topics (wsr_session_t *self);
+
+//  Handover (new worker): subscribe these keys (string frames; *keys_p
+//  taken, may be NULL), holding what arrives for each in a ring until the
+//  handover ends, then start a barrier (SYNC at every bridge). Does not
+//  wait: wsr_session_synced gives the answer. Returns 0 or -1 (not sent).
+int
+    wsr_session_presub (wsr_session_t *self, zmsg_t **keys_p);
+
+//  Handover (old worker): start a barrier alone: once answered, every
+//  message the backplane sent before it has been delivered (or dropped for
+//  sessions gone). Returns 0 or -1; wsr_session_synced gives the answer.
+int
+    wsr_session_sync (wsr_session_t *self);
+
+//  Wait for the answer of wsr_session_presub or wsr_session_sync: 0 once
+//  every bridge answered, -1 if one did not within 5 s.
+int
+    wsr_session_synced (wsr_session_t *self);
+
+//  Handover over (new worker): the rings go, topics without sessions are
+//  unsubscribed.
+void
+    wsr_session_presub_end (wsr_session_t *self);
+
 //  Fuzzing entry: run bytes from a peer through one session's input path,
 //  synchronously, in this thread. Returns the bytes the session wrote back.
 //  Not for use beside running actors (it keeps its own worker state);

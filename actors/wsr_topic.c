@@ -20,6 +20,8 @@ struct _wsr_topic_member_t {
 struct _s_entry_t {
     wsr_topic_member_t *head;       //  first member
     size_t members;                 //  list length
+    uint64_t mark;                  //  what was last delivered (handover), 0 = nothing
+    uint8_t mark_kind;              //  WSR_HANDOVER_MARK_*
     char key [];                    //  topic key, NUL-terminated
 };
 
@@ -177,6 +179,24 @@ wsr_topic_member_key (wsr_topic_member_t *member)
 }
 
 //  --------------------------------------------------------------------------
+//  The topic's mark: what was last delivered on it.
+void
+wsr_topic_set_mark (wsr_topic_member_t *member, int kind, uint64_t value)
+{
+    assert (member);
+    member->entry->mark_kind = (uint8_t) kind;
+    member->entry->mark = value;
+}
+
+uint64_t
+wsr_topic_mark (wsr_topic_member_t *member, int *kind_p)
+{
+    assert (member && kind_p);
+    *kind_p = member->entry->mark_kind;
+    return member->entry->mark;
+}
+
+//  --------------------------------------------------------------------------
 //  Topics with members.
 size_t
 wsr_topic_size (wsr_topic_t *self)
@@ -257,4 +277,16 @@ wsr_topic_test (bool verbose)
     //  Destroy frees memberships still present (mc)
     wsr_topic_destroy (&topics);
     assert (topics == NULL);
+
+    //  Marks belong to the topic: every member sees the last one set
+    wsr_topic_t *marked = wsr_topic_new (4);
+    int kind = -1;
+    wsr_topic_member_t *m1 = wsr_topic_join (marked, "user:m", &a, &first);
+    wsr_topic_member_t *m2 = wsr_topic_join (marked, "user:m", &b, &first);
+    assert (wsr_topic_mark (m1, &kind) == 0 && kind == 0);
+    wsr_topic_set_mark (m2, 2, 99);
+    assert (wsr_topic_mark (m1, &kind) == 99 && kind == 2);
+    wsr_topic_leave (marked, &m1);
+    wsr_topic_leave (marked, &m2);
+    wsr_topic_destroy (&marked);
 }

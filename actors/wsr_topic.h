@@ -51,6 +51,15 @@ void *
 const char *
     wsr_topic_member_key (wsr_topic_member_t *member);
 
+//  Record what was last delivered on the member's topic (handover mark:
+//  kind WSR_HANDOVER_MARK_*, value); the topic forgets it with its last member.
+void
+    wsr_topic_set_mark (wsr_topic_member_t *member, int kind, uint64_t value);
+
+//  The member's topic's mark (0 and kind 0 when nothing was recorded).
+uint64_t
+    wsr_topic_mark (wsr_topic_member_t *member, int *kind_p);
+
 //  Number of topics with at least one member.
 size_t
     wsr_topic_size (wsr_topic_t *self);

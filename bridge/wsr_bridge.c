@@ -65,9 +65,24 @@ typedef struct {
     size_t records;
 } s_batch_t;
 
+//  A barrier a peer asked for (SYNC): answered with SYNCED once every
+//  backplane connection has answered a round trip started after it.
+#define S_SYNC_PREFIX       "user:~wsr-sync-"   //  its topic: no session has this id
+#define S_SYNC_TTL_MS       10000               //  forgotten after this long
+typedef struct {
+    uint8_t rid [256];              //  the peer's routing id
+    size_t rid_size;
+    uint64_t token;                 //  given back in SYNCED
+    char redis_name [WSR_TOPIC_MAX + 256];  //  channel subscribed as the barrier, or ""
+    char nats_name [WSR_TOPIC_MAX + 256];   //  subject subscribed and published, or ""
+    int64_t deadline;               //  mono ms
+} s_sync_t;
+
 typedef struct {
     zsock_t *pipe;                  //  actor pipe (not owned)
     zsock_t *nodes;                 //  ROUTER to the peers
+    zlistx_t *syncs;                //  s_sync_t barriers under way (owned)
+    uint64_t sync_count;            //  barriers made (their topic names)
     s_batch_t *batches;             //  peers with deliveries waiting this turn
     size_t batch_count, batch_cap;
     zsock_t *observer;              //  PUB for client messages, or NULL
@@ -380,10 +395,14 @@ s_on_redis (void *arg, const char *pattern, const char *channel, size_t channel_
 }
 
 //  A Redis SUBSCRIBE confirmed: history reads of that channel may go.
+static void s_syncs_check (s_bridge_t *self, const char *redis_name, const char *nats_name);
+
 static void
 s_on_redis_subscribed (void *arg, const char *channel, size_t channel_len)
 {
     s_bridge_t *self = (s_bridge_t *) arg;
+    if (zlistx_size (self->syncs))
+        s_syncs_check (self, channel, NULL);
     if (self->hreads)
         wsr_hreads_confirmed (self->hreads, channel, channel_len);
 }
@@ -465,6 +484,18 @@ s_handle_nats (s_bridge_t *self)
         return;
     zframe_t *subject = zmsg_first (msg);
     zframe_t *data = zmsg_next (msg);
+    if (subject && data && zlistx_size (self->syncs)) {
+        char name [WSR_TOPIC_MAX + 256];
+        size_t size = zframe_size (subject) < sizeof name - 1? zframe_size (subject)
+                                                              : sizeof name - 1;
+        memcpy (name, zframe_data (subject), size);
+        name [size] = 0;
+        if (strstr (name, S_SYNC_PREFIX + strlen (WSR_TOPIC_USER))) {
+            s_syncs_check (self, NULL, name);
+            zmsg_destroy (&msg);
+            return;
+        }
+    }
     //  NATS firehose patterns do not overlap: one delivery per message.
     //  With a history stream the copy from the stream is usually the one
     //  delivered (s_handle_js_live)
@@ -489,6 +520,122 @@ s_handle_nats (s_bridge_t *self)
                        zframe_size (subject), zframe_data (data), zframe_size (data));
     }
     zmsg_destroy (&msg);
+}
+
+//  --------------------------------------------------------------------------
+//  Barriers (SYNC → SYNCED). The round trip is one that a backplane answers
+//  in order with what it sends us: on Redis the reply to a SUBSCRIBE of a
+//  channel no one publishes on (it follows every message Redis pushed to
+//  this connection before, and every SUBSCRIBE we sent before is in force);
+//  on NATS a message we publish on a subject we have just subscribed
+//  (libnats delivers in order: one delivery thread, its default pool size,
+//  never raised here). Once each backplane has answered, the deliveries
+//  gathered this turn leave, then SYNCED: the peer has received everything
+//  the backplane sent us before the barrier started.
+
+static void
+s_sync_destroy (void **item_p)
+{
+    free (*item_p);
+    *item_p = NULL;
+}
+
+//  Send SYNCED to the barrier's peer (if it is still there).
+static void
+s_sync_answer (s_bridge_t *self, s_sync_t *sync)
+{
+    s_batches_flush (self);
+    wsr_peer_t *peer = wsr_peers_lookup (self->peers, sync->rid, sync->rid_size, false, NULL);
+    if (peer && s_send_head (self, peer, WSR_PROTO_SYNCED, true)) {
+        uint8_t number [8];
+        wsr_msgs_put_u64 (number, sync->token);
+        zmq_send (zsock_resolve (self->nodes), number, 8, 0);
+    }
+}
+
+//  A barrier channel confirmed (Redis) or a barrier message back (NATS).
+static void
+s_syncs_check (s_bridge_t *self, const char *redis_name, const char *nats_name)
+{
+    s_sync_t *sync = (s_sync_t *) zlistx_first (self->syncs);
+    while (sync) {
+        if (redis_name && streq (sync->redis_name, redis_name)) {
+            wsr_redis_unsubscribe (self->redis, sync->redis_name);
+            sync->redis_name [0] = 0;
+        }
+        if (nats_name && streq (sync->nats_name, nats_name)) {
+            wsr_nats_unsubscribe (self->nats, sync->nats_name);
+            sync->nats_name [0] = 0;
+        }
+        if (!sync->redis_name [0] && !sync->nats_name [0]) {
+            s_sync_answer (self, sync);
+            zlistx_delete (self->syncs, zlistx_cursor (self->syncs));
+            sync = (s_sync_t *) zlistx_first (self->syncs);     //  from the start again
+        }
+        else
+            sync = (s_sync_t *) zlistx_next (self->syncs);
+    }
+}
+
+//  Barriers never answered (a backplane down): forgotten; the peer gives up.
+static void
+s_syncs_expire (s_bridge_t *self)
+{
+    int64_t now = wsr_util_mono_ms ();
+    s_sync_t *sync = (s_sync_t *) zlistx_first (self->syncs);
+    while (sync) {
+        if (now >= sync->deadline) {
+            if (sync->redis_name [0])
+                wsr_redis_unsubscribe (self->redis, sync->redis_name);
+            if (sync->nats_name [0])
+                wsr_nats_unsubscribe (self->nats, sync->nats_name);
+            zlistx_delete (self->syncs, zlistx_cursor (self->syncs));
+            sync = (s_sync_t *) zlistx_first (self->syncs);
+        }
+        else
+            sync = (s_sync_t *) zlistx_next (self->syncs);
+    }
+}
+
+//  SYNC [token] from a peer.
+static void
+s_handle_sync (s_bridge_t *self, wsr_peer_t *peer, zframe_t *token)
+{
+    if (zframe_size (token) != 8) {
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_INVALID, 1);
+        return;
+    }
+    s_sync_t *sync = (s_sync_t *) zmalloc (sizeof (s_sync_t));
+    const uint8_t *rid = wsr_peer_rid (peer, &sync->rid_size);
+    if (sync->rid_size > sizeof sync->rid)
+        sync->rid_size = sizeof sync->rid;
+    memcpy (sync->rid, rid, sync->rid_size);
+    sync->token = wsr_msgs_get_u64 (zframe_data (token));
+    sync->deadline = wsr_util_mono_ms () + S_SYNC_TTL_MS;
+    char key [WSR_TOPIC_MAX];
+    snprintf (key, sizeof key, S_SYNC_PREFIX "%016" PRIx64 "-%" PRIu64, self->epoch,
+              ++self->sync_count);
+    if (self->redis
+    &&  wsr_naming_to_backplane (self->redis_names, key, sync->redis_name,
+                                 sizeof sync->redis_name) <= 0)
+        sync->redis_name [0] = 0;
+    if (self->nats
+    &&  wsr_naming_to_backplane (self->nats_names, key, sync->nats_name,
+                                 sizeof sync->nats_name) <= 0)
+        sync->nats_name [0] = 0;
+    if (!sync->redis_name [0] && !sync->nats_name [0]) {
+        //  No backplane: everything this bridge delivers came through it
+        s_sync_answer (self, sync);
+        free (sync);
+        return;
+    }
+    zlistx_add_end (self->syncs, sync);
+    if (sync->redis_name [0])
+        wsr_redis_subscribe (self->redis, sync->redis_name);
+    if (sync->nats_name [0]) {
+        wsr_nats_subscribe (self->nats, sync->nats_name);
+        wsr_nats_publish (self->nats, sync->nats_name, (const uint8_t *) "", 0);
+    }
 }
 
 //  --------------------------------------------------------------------------
@@ -1149,6 +1296,9 @@ s_handle_peer (s_bridge_t *self)
     if (streq (command, WSR_PROTO_PRESENCE) && zmsg_size (msg) == 4)
         s_handle_presence (self, peer, msg);
     else
+    if (streq (command, WSR_PROTO_SYNC) && zmsg_size (msg) == 1)
+        s_handle_sync (self, peer, zmsg_first (msg));
+    else
     if (streq (command, WSR_PROTO_PING))
         ;
     else
@@ -1290,6 +1440,7 @@ s_heartbeat (s_bridge_t *self)
     }
     wsr_peers_expire (self->peers, wsr_util_mono_ms (), WSR_PROTO_PEER_TTL_MS, s_forget_last,
                       self);
+    s_syncs_expire (self);
     bool redis_up = self->redis && wsr_redis_connected (self->redis);
     bool nats_up = self->nats && wsr_nats_connected (self->nats);
     wsr_metrics_t *m = self->metrics;
@@ -1417,6 +1568,8 @@ s_bridge_actor (zsock_t *pipe, void *args)
     self->peers = wsr_peers_new (WSR_BRIDGE_MAX_PEERS, opts->max_topics);
     self->deferred = zlistx_new ();
     zlistx_set_destructor (self->deferred, (czmq_destructor *) zmsg_destroy);
+    self->syncs = zlistx_new ();
+    zlistx_set_destructor (self->syncs, s_sync_destroy);
     randombytes_buf (&self->epoch, sizeof self->epoch);
     pthread_setname_np (pthread_self (), "wsr-bridge");
 
@@ -1700,6 +1853,7 @@ s_bridge_actor (zsock_t *pipe, void *args)
     zsock_destroy (&self->nats_in);
     wsr_zap_destroy (&self->zap);
     zlistx_destroy (&self->deferred);
+    zlistx_destroy (&self->syncs);
     wsr_peers_destroy (&self->peers);
 }
 
@@ -1935,6 +2089,17 @@ wsr_bridge_test (bool verbose)
     assert (reply);
     zmsg_destroy (&reply);
     assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID) == invalid + 9);
+    //  A barrier without a backplane: SYNCED at once, with the token
+    uint8_t token [8];
+    wsr_msgs_put_u64 (token, 0x5EC5);
+    s_raw_send (raw, WSR_PROTO_SYNC, token, 8);
+    reply = s_raw_expect (raw, WSR_PROTO_SYNCED, 2000);
+    assert (reply && zmsg_size (reply) == 2);
+    assert (wsr_msgs_get_u64 (zframe_data (zmsg_last (reply))) == 0x5EC5);
+    zmsg_destroy (&reply);
+    s_raw_send (raw, WSR_PROTO_SYNC, token, 7);         //  malformed: counted
+    assert (s_raw_expect (raw, WSR_PROTO_SYNCED, 300) == NULL);
+    assert (wsr_metrics_get (metrics, WSR_M_BRIDGE_INVALID) == invalid + 10);
     s_wait_topics (bridge, 2);
     //  A node's subscriptions are capped (4 here; tnode holds 3 across w0 and w1)
     wsr_link_subscribe (w1, "user:u2", 8, true);

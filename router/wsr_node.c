@@ -288,6 +288,73 @@ wsr_node_import (wsr_node_t *self, zmsg_t **msg_p)
     return taken;
 }
 
+//  Handover: the topic keys of worker index (NULL past the last worker).
+zmsg_t *
+wsr_node_topics (wsr_node_t *self, int index)
+{
+    assert (self);
+    if (index < 0 || index >= self->worker_count)
+        return NULL;
+    return wsr_session_topics (self->workers [index]);
+}
+
+int
+wsr_node_workers (wsr_node_t *self)
+{
+    assert (self);
+    return self->worker_count;
+}
+
+//  Handover: subscribe the old workers' topics (lists [i]: old worker i's
+//  keys, count old workers) with rings, and wait until in force. Sessions
+//  go to the worker their id maps to, as in the old process: with as many
+//  workers, worker i takes old worker i's topics; else every worker takes
+//  all of them. Returns 0, or -1 if a barrier was not answered.
+int
+wsr_node_presub (wsr_node_t *self, zlistx_t **lists, int count)
+{
+    assert (self && (lists || count == 0));
+    for (int i = 0; i < self->worker_count; i++) {
+        zmsg_t *keys = zmsg_new ();
+        for (int j = 0; j < count; j++) {
+            if (count == self->worker_count && j != i)
+                continue;
+            for (char *key = (char *) zlistx_first (lists [j]); key;
+                 key = (char *) zlistx_next (lists [j]))
+                zmsg_addstr (keys, key);
+        }
+        wsr_session_presub (self->workers [i], &keys);
+    }
+    int rc = 0;
+    for (int i = 0; i < self->worker_count; i++)
+        if (wsr_session_synced (self->workers [i]))
+            rc = -1;
+    return rc;
+}
+
+//  Handover: a barrier in every worker (see wsr_session_sync).
+int
+wsr_node_sync (wsr_node_t *self)
+{
+    assert (self);
+    int rc = 0;
+    for (int i = 0; i < self->worker_count; i++)
+        wsr_session_sync (self->workers [i]);
+    for (int i = 0; i < self->worker_count; i++)
+        if (wsr_session_synced (self->workers [i]))
+            rc = -1;
+    return rc;
+}
+
+//  Handover over: the rings go.
+void
+wsr_node_presub_end (wsr_node_t *self)
+{
+    assert (self);
+    for (int i = 0; i < self->worker_count; i++)
+        wsr_session_presub_end (self->workers [i]);
+}
+
 //  Handover: what could not go is closed with 1012.
 int
 wsr_node_restart (wsr_node_t *self)

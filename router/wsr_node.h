@@ -108,6 +108,32 @@ zmsg_t *
 int
     wsr_node_import (wsr_node_t *self, zmsg_t **msg_p);
 
+//  Handover (old): the topic keys of worker index, one string frame each
+//  (caller destroys), NULL past the last worker.
+zmsg_t *
+    wsr_node_topics (wsr_node_t *self, int index);
+
+//  Session workers.
+int
+    wsr_node_workers (wsr_node_t *self);
+
+//  Handover (new): subscribe the old workers' topics, lists [i] holding old
+//  worker i's keys (strings) of count workers, each held in a ring until
+//  wsr_node_presub_end; returns once the backplane has confirmed them (0),
+//  or -1 if a bridge did not answer.
+int
+    wsr_node_presub (wsr_node_t *self, zlistx_t **lists, int count);
+
+//  Handover (old): a barrier in every worker, after the new process has
+//  subscribed: once it returns 0, everything the backplane published before
+//  the new subscriptions has reached the workers. -1: a bridge did not answer.
+int
+    wsr_node_sync (wsr_node_t *self);
+
+//  Handover (new): over; the rings go.
+void
+    wsr_node_presub_end (wsr_node_t *self);
+
 //  Handover: close every open session with 1012. Returns how many.
 int
     wsr_node_restart (wsr_node_t *self);

@@ -8,12 +8,22 @@
 //    3. The listener stops accepting; → LISTENER with a duplicate of the
 //       listening socket. ← ACK once the new node runs (its bridge links
 //       and listener are up; it accepts new connections from then on).
-//    4. Batches: the workers export up to WSR_UPGRADE_BATCH sessions (each
+//    4. Topics first: → TOPICS, one frame per worker with its topic keys;
+//       the new process subscribes every one of them (holding what arrives
+//       per topic in a ring, wsr_hring) and answers ← ACK "subscribed" once
+//       its bridges confirmed them (a SYNC barrier through the backplane).
+//       Then a barrier here (wsr_node_sync): everything the backplane sent
+//       before the new subscriptions has reached our workers. From now on
+//       every message reaches the new process, and any message our workers
+//       have not seen yet, it has.
+//    5. Batches: the workers export up to WSR_UPGRADE_BATCH sessions (each
 //       stops being read, writes what its socket takes, and leaves its
 //       topics); → SESSION × n with their fds, → ACK (commit); ← ACK with
 //       the count taken. The old process keeps its copies of the fds until
-//       that answer: if it does not come, it imports the batch back.
-//    5. Sessions that cannot go yet (a v1 opening) are waited for up to
+//       that answer: if it does not come, it imports the batch back. Each
+//       record carries, per topic, the mark of the last message queued for
+//       it; the new worker queues what its ring holds after that mark.
+//    6. Sessions that cannot go yet (a v1 opening) are waited for up to
 //       WSR_UPGRADE_LINGER_MS, then closed with 1012. → DONE; the caller
 //       exits without draining.
 //  Any failure: the sessions of the batch under way come back into the
@@ -21,7 +31,9 @@
 //  and reaped (killed if it does not go), and the failure is counted.
 //
 //  New process: HELLO, LISTENER, starts its node on that socket, ACK,
-//  then imports each committed batch (its workers subscribe the sessions'
+//  TOPICS → subscribe all, ACK "subscribed", then, after a barrier of its
+//  own per batch (so its rings hold whatever the old workers queued that
+//  was published after our subscriptions), imports each committed batch (its workers subscribe the sessions'
 //  topics as they take them) and answers ACK, until DONE. A batch not
 //  committed when the old process goes away is closed, never served twice.
 
@@ -84,6 +96,102 @@ s_expect (int sock, wsr_handover_type_t want, int timeout_ms, int *fd_p, char *w
     if (fd >= 0)
         close (fd);
     return 0;
+}
+
+//  Old side: every worker's topics, then the new process' confirmation,
+//  then our barrier. Returns 0, or -1 with why filled.
+static int
+s_give_topics (int sock, wsr_node_t *node, char *why, size_t why_size)
+{
+    int workers = wsr_node_workers (node);
+    size_t total = 0;
+    for (int i = 0; i < workers; i++) {
+        zmsg_t *keys = wsr_node_topics (node, i);
+        size_t n = keys? zmsg_size (keys): 0;
+        char **list = (char **) calloc (n + 1, sizeof (char *));
+        assert (list);
+        size_t k = 0;
+        char *key;
+        while (keys && k < n && (key = zmsg_popstr (keys)))
+            list [k++] = key;
+        zmsg_destroy (&keys);
+        size_t size = 0;
+        uint8_t *frame = wsr_handover_topics_encode (i, workers, (const char *const *) list, k,
+                                                     &size);
+        for (size_t j = 0; j < k; j++)
+            free (list [j]);
+        free (list);
+        total += k;
+        int rc = frame? wsr_passfd_send (sock, frame, size, -1, WSR_UPGRADE_TIMEOUT_MS): -1;
+        free (frame);
+        if (rc) {
+            snprintf (why, why_size, "sending topics: %s", strerror (errno));
+            return -1;
+        }
+    }
+    if (s_expect (sock, WSR_HANDOVER_ACK, WSR_UPGRADE_TIMEOUT_MS, NULL, why, why_size, NULL, 0))
+        return -1;
+    if (wsr_node_sync (node)) {
+        snprintf (why, why_size, "barrier: a bridge did not answer SYNC");
+        return -1;
+    }
+    zsys_info ("upgrade: the new process subscribed %zu topics first", total);
+    return 0;
+}
+
+//  New side: TOPICS from every old worker, subscribed, then ACK. Returns
+//  0, or -1 (logged; REFUSE sent when it is ours to say).
+static int
+s_take_topics (int sock, wsr_node_t *node)
+{
+    zlistx_t *lists [WSR_MAX_WORKERS] = { NULL };
+    int count = 0, got = 0, rc = -1;
+    char why [256] = "";
+    while (count == 0 || got < count) {
+        wsr_handover_type_t type;
+        uint8_t *body = NULL;
+        size_t size = 0;
+        int fd = -1;
+        if (wsr_handover_read (sock, &type, &body, &size, &fd, WSR_UPGRADE_TIMEOUT_MS)) {
+            snprintf (why, sizeof why, "old process: %s", strerror (errno));
+            goto done;
+        }
+        if (fd >= 0)
+            close (fd);
+        zlistx_t *list = zlistx_new ();
+        zlistx_set_destructor (list, (zlistx_destructor_fn *) zstr_free);
+        int index = 0, workers = 0;
+        if (type != WSR_HANDOVER_TOPICS
+        ||  wsr_handover_topics_decode (body, size, &index, &workers, list)
+        ||  workers > WSR_MAX_WORKERS || (count && workers != count) || lists [index]) {
+            snprintf (why, sizeof why, "expected TOPICS, got frame %d", (int) type);
+            zlistx_destroy (&list);
+            free (body);
+            goto done;
+        }
+        free (body);
+        count = workers;
+        lists [index] = list;
+        got++;
+    }
+    int64_t started = wsr_util_mono_ms ();
+    if (wsr_node_presub (node, lists, count)) {
+        snprintf (why, sizeof why, "subscriptions not confirmed by the backplane");
+        s_send (sock, WSR_HANDOVER_REFUSE, why, -1);
+        goto done;
+    }
+    size_t total = 0;
+    for (int i = 0; i < count; i++)
+        total += zlistx_size (lists [i]);
+    zsys_info ("upgrade: %zu topics subscribed in %" PRId64 " ms, before any session",
+               total, wsr_util_mono_ms () - started);
+    rc = s_send (sock, WSR_HANDOVER_ACK, "subscribed", -1);
+done:
+    if (rc)
+        zsys_error ("upgrade: topics: %s", *why? why: "ACK not sent");
+    for (int i = 0; i < WSR_MAX_WORKERS; i++)
+        zlistx_destroy (&lists [i]);
+    return rc;
 }
 
 //  Close the fds of a [frame][fd] message.
@@ -193,6 +301,8 @@ wsr_upgrade_give (wsr_node_t *node, char *const argv [])
     close (listen_fd);
     listen_fd = -1;
     if (s_expect (sock, WSR_HANDOVER_ACK, WSR_UPGRADE_START_MS, NULL, why, sizeof why, NULL, 0))
+        goto failed;
+    if (s_give_topics (sock, node, why, sizeof why))
         goto failed;
 
     int64_t linger_end = 0;
@@ -325,6 +435,8 @@ wsr_upgrade_take (int sock, wsr_node_t *node)
         zsys_error ("upgrade: READY not sent: %s", strerror (errno));
         goto done;
     }
+    if (s_take_topics (sock, node))
+        goto done;
     while (true) {
         wsr_handover_type_t type;
         uint8_t *body = NULL;
@@ -352,6 +464,14 @@ wsr_upgrade_take (int sock, wsr_node_t *node)
         if (fd >= 0)
             close (fd);
         if (type == WSR_HANDOVER_ACK) {
+            //  A barrier first: what the old workers queued before letting
+            //  these sessions go was published before now, so if it came
+            //  after our subscriptions it is in our rings by the time the
+            //  barrier is answered (a mark not found is then older than
+            //  every ring: the whole ring is new to the session)
+            if (zmsg_size (batch) && wsr_node_sync (node))
+                zsys_warning ("upgrade: a bridge did not answer SYNC; sessions of this "
+                              "batch may see a message twice");
             int n = zmsg_size (batch)? wsr_node_import (node, &batch): 0;
             if (!batch)
                 batch = zmsg_new ();
@@ -372,6 +492,7 @@ wsr_upgrade_take (int sock, wsr_node_t *node)
         }
     }
 done:
+    wsr_node_presub_end (node);
     //  A batch never committed stays with the old process
     s_close_fds (batch);
     zmsg_destroy (&batch);

@@ -29,6 +29,7 @@ s_tests [] = {
     { "outframe", wsr_outframe_test },
     { "passfd", wsr_passfd_test },
     { "handover", wsr_handover_test },
+    { "hring", wsr_hring_test },
     { "tls", wsr_tls_test },
     { "tlsrec", wsr_tlsrec_test },
     { "deflate", wsr_deflate_test },
