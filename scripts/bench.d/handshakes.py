@@ -4,7 +4,7 @@ the box, and where the CPU goes per handshake (issue 9's handshake target).
 
 usage: handshakes.py --wsrouter BIN [--baseline BIN] [--sessions N]
                      [--rounds R] [--inflight M] [--procs K] [--json OUT]
-                     [--backplane none|redis]
+                     [--backplane none|redis] [--own-generator]
 
 For each round, and in each round for each binary in turn (this build, then
 the baseline built from an earlier commit in a git worktree; the order flips
@@ -16,7 +16,7 @@ every round so that neither always runs first), on free loopback ports:
      disconnect are lifecycle events (PUBLISH) and presence updates (EVALSHA),
      the defaults;
   2. the load generator of THIS build (`wsrouter bench`, the same generator
-     for both servers) opens N sessions of N distinct users with minted HS256
+     for both servers; with --own-generator each binary's own) opens N sessions of N distinct users with minted HS256
      tokens as fast as it can (--ramp far above capacity, M in flight);
   3. the node's threads' CPU (utime+stime, /proc/PID/task/*/stat) is read
      before, when the generator has its report (all sessions up) and again
@@ -190,6 +190,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--inflight", type=int, default=2000)
     ap.add_argument("--procs", type=int, default=1)
+    ap.add_argument("--own-generator", action="store_true",
+                    help="each binary's own `wsrouter bench` (generator changes measured too)")
     ap.add_argument("--backplane", choices=("none", "redis"), default="none")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -198,10 +200,11 @@ def main():
     for r in range(args.rounds):
         order = builds if r % 2 == 0 else list(reversed(builds))
         for label, binary in order:
-            res = one_run(binary, args.wsrouter, args)
+            res = one_run(binary, binary if args.own_generator else args.wsrouter, args)
             runs[label].append(res)
             print("round %d %s: %s" % (r + 1, label, json.dumps(res)), file=sys.stderr)
-    result = {"sessions": args.sessions, "backplane": args.backplane, "rounds": args.rounds, "inflight": args.inflight,
+    result = {"sessions": args.sessions, "backplane": args.backplane,
+              "own_generator": args.own_generator, "rounds": args.rounds, "inflight": args.inflight,
               "procs": args.procs, "loadavg_start": open("/proc/loadavg").read().split()[:3],
               "builds": {}}
     for label, binary in builds:
