@@ -55,6 +55,7 @@
 #define S_READ_CHUNK        16384
 #define S_LINGER_MS         2000    //  after a last answer, wait this long for EOF
 #define S_LINGER_BYTES      16384   //  ... and drop at most this much input
+#define S_ADOPT_BATCH       64      //  upgrades judged and handed over per turn, at most
 #define S_KEY_ERROR         "{\"error\":\"missing or wrong api key\"}"
 
 typedef struct _s_hs_t s_hs_t;
@@ -81,6 +82,19 @@ struct _s_hs_t {
     uint32_t events;                //  epoll mask registered (TLS handshake may want OUT)
 };
 
+//  An upgrade whose token is judged at the end of the turn (HS256 here).
+typedef struct {
+    uint64_t id;
+    int fd;
+    int ip_slot;
+    int flags;
+    char accept [WSR_HTTP_ACCEPT_SIZE];
+    char peer [INET6_ADDRSTRLEN + 8];
+    zframe_t *token;
+    zframe_t *early;
+    SSL *ssl;
+} s_adopt_t;
+
 struct _wsr_listener_t {
     zactor_t *actor;                //  the listener thread
 };
@@ -98,6 +112,8 @@ typedef struct {
     wsr_jwt_t *verifier;            //  HS256 verifier (owned), NULL: auth verifies
     zsock_t *adopt [WSR_MAX_WORKERS];   //  PUSH ADOPT per worker, with verifier
     int workers;                    //  entries in adopt
+    s_adopt_t batch [S_ADOPT_BATCH];    //  upgrades of this turn, handed over at its end
+    size_t batch_size;
     int listen_fd;                  //  listening socket, -1 when draining
     int epoll_fd;                   //  epoll set
     int spare_fd;                   //  reserve descriptor for EMFILE shedding
@@ -460,6 +476,42 @@ s_route_presence (s_listener_t *self, s_hs_t *hs)
     return handed;
 }
 
+static void s_refuse (int fd, const char *response);
+
+//  Judge the upgrades gathered this turn and send each ADOPT to its worker
+//  (one after the other: a worker asleep wakes once for all of its share).
+//  A worker whose queue is full sheds the connection as auth would: 503 on
+//  plain TCP, closed on TLS; its per-address slot is given back.
+static void
+s_adopt_flush (s_listener_t *self)
+{
+    for (size_t i = 0; i < self->batch_size; i++) {
+        s_adopt_t *adopt = &self->batch [i];
+        zsock_t *out = self->adopt [wsr_msgs_worker_for (adopt->id, self->workers)];
+        if (wsr_auth_judge (self->verifier, self->metrics, out, adopt->id, adopt->fd,
+                            adopt->ip_slot, adopt->flags, adopt->accept, adopt->peer,
+                            (const char *) zframe_data (adopt->token), zframe_size (adopt->token),
+                            adopt->early, (void *) adopt->ssl) == -1) {
+            wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
+            wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+            if (adopt->ip_slot >= 0)
+                wsr_ipcount_release (self->opts.ipcount, adopt->ip_slot);
+            if (adopt->ssl) {
+                wsr_tls_free (&adopt->ssl);
+                close (adopt->fd);
+            }
+            else
+                s_refuse (adopt->fd, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                     "Content-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+        if (zframe_size (adopt->token))
+            sodium_memzero (zframe_data (adopt->token), zframe_size (adopt->token));
+        zframe_destroy (&adopt->token);
+        zframe_destroy (&adopt->early);
+    }
+    self->batch_size = 0;
+}
+
 //  True if a Sec-WebSocket-Protocol value (a comma-separated list, headers
 //  already joined by the parser) names wsrouter.v1. Tokens are compared
 //  exactly: subprotocol names are case-sensitive (RFC 6455 §4.1).
@@ -545,16 +597,26 @@ s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early
     if (self->opts.deflate
     &&  wsr_deflate_accepts (wsr_http_header (hs->http, "sec-websocket-extensions")))
         flags |= WSR_ADOPT_DEFLATE;
-    int rc;
-    if (self->verifier)
-        //  HS256: an HMAC costs less than a hop to the auth thread
-        rc = wsr_auth_judge (self->verifier, self->metrics,
-                             self->adopt [wsr_msgs_worker_for (hs->id, self->workers)],
-                             hs->id, hs->fd, hs->ip_slot, flags, accept, hs->peer,
-                             (const char *) zframe_data (token_frame), zframe_size (token_frame),
-                             early_frame, (void *) hs->ssl);
-    else
-        rc = zsock_send (self->auth, WSR_PIC_AUTH, WSR_MSG_AUTH, hs->id, hs->fd, hs->ip_slot,
+    if (self->verifier) {
+        //  HS256: an HMAC costs less than a hop to the auth thread. Judged
+        //  and handed over at the end of the turn, together: a worker then
+        //  wakes once for the turn's upgrades, not once for each
+        if (self->batch_size == S_ADOPT_BATCH)
+            s_adopt_flush (self);
+        s_adopt_t *adopt = &self->batch [self->batch_size++];
+        adopt->id = hs->id;
+        adopt->fd = hs->fd;
+        adopt->ip_slot = hs->ip_slot;
+        adopt->flags = flags;
+        memcpy (adopt->accept, accept, sizeof adopt->accept);
+        memcpy (adopt->peer, hs->peer, sizeof adopt->peer);
+        adopt->token = token_frame;
+        adopt->early = early_frame;
+        adopt->ssl = hs->ssl;
+        hs->ssl = NULL;             //  the batch owns it now, with the fd
+        return true;
+    }
+    int rc = zsock_send (self->auth, WSR_PIC_AUTH, WSR_MSG_AUTH, hs->id, hs->fd, hs->ip_slot,
                          flags, accept, hs->peer, token_frame, early_frame, (void *) hs->ssl);
     zframe_destroy (&token_frame);
     zframe_destroy (&early_frame);
@@ -1215,6 +1277,8 @@ s_listener_actor (zsock_t *pipe, void *args)
             if (tag >= S_TAG_MAX)
                 s_hs_read (self, (s_hs_t *) events [i].data.ptr);
         }
+        if (self->batch_size)
+            s_adopt_flush (self);
         //  Edge-triggered ZMQ_FD: check the pipe every turn
         while (!self->terminated && (zsock_events (pipe) & ZMQ_POLLIN))
             s_handle_pipe (self);
@@ -1236,6 +1300,8 @@ s_listener_actor (zsock_t *pipe, void *args)
         if (self->accept_paused && now >= self->accept_resume && self->listen_fd >= 0)
             s_accept_pause (self, false);
     }
+    if (self->batch_size)
+        s_adopt_flush (self);
     while (self->head)
         s_hs_end (self, self->head, true);
     while (self->linger_head)
