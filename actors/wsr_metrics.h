@@ -85,6 +85,8 @@ typedef enum {
     WSR_M_DEFLATE_COMPRESSED,       //  messages compressed (once per worker, not per recipient)
     WSR_M_DEFLATE_BYTES_IN,         //  payload bytes before compression
     WSR_M_DEFLATE_BYTES_OUT,        //  ... and after
+    WSR_M_BRIDGE_JS_CORE,           //  NATS messages delivered from core: JetStream silent
+    WSR_M_BRIDGE_JS_DUPLICATES,     //  ... copies dropped: the other one was delivered
     WSR_M_COUNT
 } wsr_metric_t;
 
