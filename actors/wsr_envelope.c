@@ -11,8 +11,6 @@
 #include "wsr_classes.h"
 #include <msgpack.h>
 
-#define S_DECODE_ZONE   512     //  bytes: an envelope's map (up to ~10 pairs)
-
 typedef struct {
     uint8_t *buf;               //  destination, NULL while counting
     size_t used;                //  bytes written or counted so far
@@ -162,23 +160,18 @@ wsr_envelope_decode (const uint8_t *buf, size_t len, wsr_envelope_t *env)
 {
     assert (env);
     memset (env, 0, sizeof *env);
-    //  Our own small zone: msgpack_unpack_next would make a zone with an
-    //  8 KiB chunk (two allocations, one of them large) for every message;
-    //  this one holds an envelope's map array in a single small chunk
-    msgpack_zone zone;
-    if (!msgpack_zone_init (&zone, S_DECODE_ZONE))
-        return -1;
-    msgpack_object result;
+    msgpack_unpacked result;
+    msgpack_unpacked_init (&result);
     size_t offset = 0;
     int rc = -1;
-    if (msgpack_unpack ((const char *) buf, len, &offset, &zone, &result)
+    if (msgpack_unpack_next (&result, (const char *) buf, len, &offset)
             != MSGPACK_UNPACK_SUCCESS
     ||  offset != len
-    ||  result.type != MSGPACK_OBJECT_MAP)
+    ||  result.data.type != MSGPACK_OBJECT_MAP)
         goto done;
     bool have_data = false;
     int64_t value;
-    msgpack_object_map *map = &result.via.map;
+    msgpack_object_map *map = &result.data.via.map;
     for (uint32_t i = 0; i < map->size; i++) {
         msgpack_object *key = &map->ptr [i].key;
         msgpack_object *val = &map->ptr [i].val;
@@ -258,7 +251,7 @@ wsr_envelope_decode (const uint8_t *buf, size_t len, wsr_envelope_t *env)
     rc = 0;
 done:
     //  The zone only holds the map array; str/bin point into buf
-    msgpack_zone_destroy (&zone);
+    msgpack_unpacked_destroy (&result);
     return rc;
 }
 
