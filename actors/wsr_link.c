@@ -796,8 +796,12 @@ wsr_link_flush (wsr_link_t *self)
         //  No heartbeat for long: the connection may be dead for good (ZeroMQ
         //  does not retry after a refused CURVE handshake, e.g. before our
         //  certificate was added to the bridge's directory): connect afresh,
-        //  under a new routing id. The socket (and its ZMQ_FD) stays.
-        if (now - bridge->connected >= WSR_PROTO_RECONNECT_MS
+        //  under a new routing id. The socket (and its ZMQ_FD) stays. Not
+        //  for an in-process bridge: nothing between us can fail, a late
+        //  heartbeat means its thread is busy, and a reconnect would only
+        //  add work (every topic subscribed again, the old peer's expired)
+        if (strncmp (bridge->endpoint, "inproc://", 9)
+        &&  now - bridge->connected >= WSR_PROTO_RECONNECT_MS
         &&  (!bridge->last_hb || now - bridge->last_hb >= WSR_PROTO_RECONNECT_MS)) {
             if (!bridge->silent)
                 zsys_warning ("link: no heartbeat from the bridge at %s for %d s; "

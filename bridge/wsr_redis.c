@@ -38,7 +38,8 @@
 
 #define S_BACKOFF_MIN_MS    100
 #define S_BACKOFF_MAX_MS    1000
-#define S_CONNECT_TIMEOUT   2000    //  connect must complete by then
+#define S_CONNECT_TIMEOUT   2000    //  TCP connect must complete by then
+#define S_HELLO_TIMEOUT     10000   //  ... and AUTH / PING be answered (a busy Redis is slow)
 #define S_PING_EVERY_MS     1000
 #define S_PING_DEAD_MS      3000    //  no PONG for this long: reconnect
 #define S_BATCH             512     //  channels per SUBSCRIBE
@@ -58,6 +59,7 @@ typedef struct {
     bool want_write;                //  hiredis asked for write events
     int64_t next_attempt;           //  mono ms, when DOWN
     int64_t started;                //  mono ms, connect start
+    int64_t last_read;              //  mono ms, bytes last read: Redis is alive
     int backoff;                    //  current backoff ms
     bool subscriber;                //  the sub connection
 } s_conn_t;
@@ -658,6 +660,8 @@ s_handle (s_conn_t *conn, zmq_pollitem_t *items, int count)
         if (!conn->ac || items [i].socket || items [i].fd != conn->ac->c.fd)
             continue;
         redisAsyncContext *ac = conn->ac;
+        if (items [i].revents & ZMQ_POLLIN)
+            conn->last_read = wsr_util_mono_ms ();
         if (items [i].revents & (ZMQ_POLLIN | ZMQ_POLLERR))
             redisAsyncHandleRead (ac);
         if (conn->ac == ac && (items [i].revents & ZMQ_POLLOUT))
@@ -685,8 +689,8 @@ wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
         if (conn->state == S_DOWN && now >= conn->next_attempt)
             s_connect (self, conn);
         else
-        if ((conn->state == S_CONNECTING || conn->state == S_HELLO)
-        &&  now - conn->started > S_CONNECT_TIMEOUT) {
+        if ((conn->state == S_CONNECTING && now - conn->started > S_CONNECT_TIMEOUT)
+        ||  (conn->state == S_HELLO && now - conn->started > S_HELLO_TIMEOUT)) {
             zsys_warning ("redis: connect to %s:%d timed out%s", self->host, self->port,
                           conn->state == S_HELLO? " (no answer to AUTH / PING)": "");
             s_reset (conn);
@@ -694,8 +698,14 @@ wsr_redis_process (wsr_redis_t *self, zmq_pollitem_t *items, int count)
     }
     if (self->pub.state == S_UP) {
         //  Dead only if a PING actually written long ago is still unanswered:
-        //  a stall of our own thread (replies wait unread) is not Redis' fault
-        if (self->ping_waiting && now - self->ping_waiting > S_PING_DEAD_MS) {
+        //  a stall of our own thread (replies wait unread) is not Redis' fault;
+        //  nor is a PONG queued behind a long backlog while Redis still sends
+        //  (e.g. thousands of SUBSCRIBE confirmations after a restart): taking
+        //  that for death would reconnect and subscribe everything again
+        int64_t heard = self->pub.last_read > self->sub.last_read
+                      ? self->pub.last_read: self->sub.last_read;
+        if (self->ping_waiting && now - self->ping_waiting > S_PING_DEAD_MS
+        &&  now - heard > S_PING_DEAD_MS) {
             //  Redis stopped answering: start both connections over
             zsys_warning ("redis: %s:%d not answering PING; reconnecting", self->host,
                           self->port);
