@@ -57,6 +57,48 @@ s_reason_metric (const char *reason)
     return WSR_M_HS_FAIL_TOKEN_INVALID;
 }
 
+//  --------------------------------------------------------------------------
+//  Judge an upgrade's token and send ADOPT with the verdict to a worker.
+int
+wsr_auth_judge (wsr_jwt_t *verifier, wsr_metrics_t *metrics, zsock_t *out, uint64_t id,
+                int fd, int ip_slot, int flags, const char *accept, const char *peer,
+                const char *token, size_t token_len, zframe_t *early, void *tls)
+{
+    assert (verifier && metrics && out && accept && peer && early);
+    wsr_claims_t claims;
+    const char *reason = NULL;
+    int code = 0;
+    int rc = wsr_jwt_verify (verifier, token? token: "", token? token_len: 0,
+                             (int64_t) time (NULL), &claims, &reason);
+    char channels [WSR_MAX_CHANNELS * (WSR_MAX_ID_LEN + 1) + 1] = "";
+    if (rc == 0) {
+        size_t used = 0;
+        for (size_t i = 0; i < claims.channels_count; i++)
+            used += (size_t) snprintf (channels + used, sizeof channels - used, "%s%s",
+                                       i? ",": "", claims.channels [i]);
+        reason = "";
+    }
+    else {
+        code = 1008;
+        claims.sub [0] = 0;
+        wsr_metrics_add (metrics, s_reason_metric (reason), 1);
+        wsr_debug ("auth: conn %" PRIu64 " from %s refused: %s", id, peer, reason);
+    }
+    //  The session ends at exp plus the leeway the verifier allowed
+    uint64_t expiry = rc == 0 && claims.exp > 0
+                    ? (uint64_t) claims.exp + (uint64_t) wsr_jwt_leeway (verifier): 0;
+    char response [384];
+    snprintf (response, sizeof response, "HTTP/1.1 101 Switching Protocols\r\n"
+              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Accept: %s\r\n%s%s\r\n", accept,
+              (flags & WSR_ADOPT_V1)? "Sec-WebSocket-Protocol: " WSR_V1_SUBPROTOCOL "\r\n": "",
+              (flags & WSR_ADOPT_DEFLATE)? WSR_DEFLATE_RESPONSE: "");
+    rc = zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, ip_slot,
+                     expiry, flags, reason, claims.sub, channels, response, early, tls);
+    sodium_memzero (&claims, sizeof claims);
+    return rc == -1? -1: 0;
+}
+
 static void
 s_handle_auth (s_auth_t *self)
 {
@@ -69,39 +111,10 @@ s_handle_auth (s_auth_t *self)
                     &peer, &token, &early, &tls) == -1)
         return;
     assert (streq (command, WSR_MSG_AUTH));
-
-    wsr_claims_t claims;
-    const char *reason = NULL;
-    int code = 0;
-    int rc = wsr_jwt_verify (self->verifier, (const char *) zframe_data (token),
-                             zframe_size (token), (int64_t) time (NULL), &claims, &reason);
-    char channels [WSR_MAX_CHANNELS * (WSR_MAX_ID_LEN + 1) + 1] = "";
-    if (rc == 0) {
-        size_t used = 0;
-        for (size_t i = 0; i < claims.channels_count; i++)
-            used += (size_t) snprintf (channels + used, sizeof channels - used, "%s%s",
-                                       i? ",": "", claims.channels [i]);
-        reason = "";
-    }
-    else {
-        code = 1008;
-        claims.sub [0] = 0;
-        wsr_metrics_add (self->metrics, s_reason_metric (reason), 1);
-        wsr_debug ("auth: conn %" PRIu64 " from %s refused: %s", id, peer, reason);
-    }
-    //  The session ends at exp plus the leeway the verifier allowed
-    uint64_t expiry = rc == 0 && claims.exp > 0
-                    ? (uint64_t) claims.exp + (uint64_t) wsr_jwt_leeway (self->verifier): 0;
-    char response [384];
-    snprintf (response, sizeof response, "HTTP/1.1 101 Switching Protocols\r\n"
-              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-              "Sec-WebSocket-Accept: %s\r\n%s%s\r\n", accept,
-              (flags & WSR_ADOPT_V1)? "Sec-WebSocket-Protocol: " WSR_V1_SUBPROTOCOL "\r\n": "",
-              (flags & WSR_ADOPT_DEFLATE)? WSR_DEFLATE_RESPONSE: "");
     zsock_t *out = self->out [wsr_msgs_worker_for (id, self->workers)];
-    if (zsock_send (out, WSR_PIC_ADOPT, WSR_MSG_ADOPT, id, fd, code, ip_slot,
-                    expiry, flags, reason, claims.sub, channels,
-                    response, early, tls) == -1) {
+    if (wsr_auth_judge (self->verifier, self->metrics, out, id, fd, ip_slot, flags, accept,
+                        peer, (const char *) zframe_data (token), zframe_size (token),
+                        early, tls) == -1) {
         //  Worker saturated: shed this connection, keep the node healthy
         wsr_tlsconn_t *ssl = (wsr_tlsconn_t *) tls;
         wsr_tls_free (&ssl);
@@ -111,7 +124,6 @@ s_handle_auth (s_auth_t *self)
         wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
         wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
     }
-    sodium_memzero (&claims, sizeof claims);
     zstr_free (&command);
     zstr_free (&accept);
     zstr_free (&peer);

@@ -98,6 +98,7 @@ struct _wsr_link_t {
     uint32_t old_live, revived;     //  S_MODE_MOVE: the live set before; bridges resynced
     uint64_t drops;                 //  messages that could not be sent
     uint64_t sent;                  //  messages sent (any bridge)
+    zlist_t *events;                //  EVENTs of this turn, sent at flush (zmsg_t *, owned)
     uint64_t moves;                 //  topics moved to another bridge
     uint64_t stale;                 //  deliveries dropped: not from the topic's owner
     wsr_metrics_t *metrics;         //  shared counters, or NULL (not owned)
@@ -259,6 +260,20 @@ s_batch_send_all (wsr_link_t *self)
         s_batch_send (self, b);
 }
 
+//  The lifecycle events gathered: after the (UN)SUB batches, so that a
+//  connect follows its session's SUBs; before anything else we send, so
+//  that they keep their place among the session's messages.
+static void
+s_events_send (wsr_link_t *self)
+{
+    if (!zlist_size (self->events))
+        return;
+    s_batch_send_all (self);
+    zmsg_t *msg;
+    while ((msg = (zmsg_t *) zlist_pop (self->events)))
+        s_send (self, s_primary (self), &msg);
+}
+
 //  Add a topic to bridge b's batch.
 static void
 s_batch_add (wsr_link_t *self, int b, const char *key, size_t key_size, bool on)
@@ -343,6 +358,7 @@ wsr_link_new (const wsr_link_opts_t *opts, wsr_link_topics_fn *topics, void *arg
     self->curve_secret = opts->curve_secret? strdup (opts->curve_secret): NULL;
     self->metrics = opts->metrics;
     self->started = wsr_util_mono_ms ();
+    self->events = zlist_new ();
     char *endpoints [WSR_LINK_MAX_BRIDGES] = { NULL };
     char *keys [WSR_LINK_MAX_BRIDGES] = { NULL };
     self->count = s_split (opts->endpoint, endpoints, WSR_LINK_MAX_BRIDGES);
@@ -416,6 +432,12 @@ wsr_link_destroy (wsr_link_t **self_p)
     assert (self_p);
     if (*self_p) {
         wsr_link_t *self = *self_p;
+        if (self->sock)
+            s_events_send (self);       //  a session's last words
+        zmsg_t *left;
+        while ((left = (zmsg_t *) zlist_pop (self->events)))
+            zmsg_destroy (&left);
+        zlist_destroy (&self->events);
         for (int b = 0; b < WSR_LINK_MAX_BRIDGES; b++)
             zmsg_destroy (&self->bridges [b].batch);
         zframe_destroy (&self->deliveries);
@@ -487,6 +509,7 @@ int
 wsr_link_send_up (wsr_link_t *self, zframe_t **envelope_p)
 {
     assert (self && envelope_p && *envelope_p);
+    s_events_send (self);               //  a session's connect before its messages
     int b = s_primary (self);
     s_batch_send (self, b);             //  a subscription sent first stays first
     zmsg_t *msg = zmsg_new ();
@@ -501,6 +524,7 @@ int
 wsr_link_publish (wsr_link_t *self, zframe_t **topic_p, zframe_t **envelope_p)
 {
     assert (self && topic_p && *topic_p && envelope_p && *envelope_p);
+    s_events_send (self);
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, WSR_PROTO_PUB);
     zmsg_append (msg, topic_p);
@@ -515,6 +539,7 @@ wsr_link_read (wsr_link_t *self, uint64_t request, const char *topic, const char
                uint64_t since, uint64_t max)
 {
     assert (self && topic);
+    s_events_send (self);
     int b = s_owner (self, topic, strlen (topic) + 1, self->live);
     s_batch_send (self, b);             //  its SUB goes first
     uint8_t number [8];
@@ -557,7 +582,6 @@ int
 wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event)
 {
     assert (self && event && event->user && event->channels && event->reason);
-    s_batch_send_all (self);            //  a connect follows the session's SUBs
     uint8_t number [8];
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, WSR_PROTO_EVENT);
@@ -573,7 +597,13 @@ wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event)
     zmsg_addstr (msg, event->reason);
     wsr_msgs_put_u64 (number, (uint64_t) event->duration_ms);
     zmsg_addmem (msg, number, 8);
-    return s_send (self, s_primary (self), &msg);
+    //  Sent with the turn's batches (wsr_link_flush), or before the next
+    //  message that goes at once: a burst of handshakes wakes the bridge
+    //  once per turn, not twice per session
+    if (zlist_size (self->events) >= WSR_PROTO_MAX_TOPICS)
+        s_events_send (self);
+    zlist_append (self->events, msg);
+    return 0;
 }
 
 //  --------------------------------------------------------------------------
@@ -583,6 +613,7 @@ wsr_link_presence (wsr_link_t *self, uint64_t request, const char *kind, const c
                    uint64_t limit)
 {
     assert (self && kind && id);
+    s_events_send (self);
     uint8_t number [8];
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, WSR_PROTO_PRESENCE);
@@ -879,6 +910,8 @@ wsr_link_flush (wsr_link_t *self)
             bridge->connected = now;
         }
         s_batch_send (self, b);
+        if (b == self->count - 1)
+            s_events_send (self);       //  after every batch, before a PING
         if (now - bridge->last_send >= WSR_PROTO_PING_MS) {
             zmsg_t *ping = zmsg_new ();
             zmsg_addstr (ping, WSR_PROTO_PING);
@@ -1446,13 +1479,18 @@ wsr_link_test (bool verbose)
     wsr_link_msg_reset (&in);
 
 
-    //  Lifecycle events go up with every field; a pending SUB goes first
+    //  Lifecycle events go up with every field, with the turn's batches
+    //  (flush); a pending SUB goes first
     wsr_link_subscribe (link, "user:ev", 8, true);
     wsr_link_event_t event = {
         .connect = false, .session = 42, .user = "ev", .channels = "a,b",
         .since_ms = 1700000000123, .code = 1001, .reason = "going away", .duration_ms = 4567
     };
+    uint64_t sent_before = wsr_link_sent (link);
     assert (wsr_link_event (link, &event) == 0);
+    assert (wsr_link_sent (link) == sent_before);   //  gathered, not sent yet
+    wsr_link_flush (link);
+    assert (wsr_link_sent (link) == sent_before + 2);
     msg = s_expect (router, WSR_PROTO_SUB, 1);
     zmsg_destroy (&msg);
     msg = s_expect (router, WSR_PROTO_EVENT, 8);
@@ -1466,6 +1504,15 @@ wsr_link_test (bool verbose)
     assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 1001);
     assert (zframe_streq (zmsg_next (msg), "going away"));
     assert (wsr_msgs_get_u64 (zframe_data (zmsg_next (msg))) == 4567);
+    zmsg_destroy (&msg);
+    //  A message that goes at once takes the gathered events before it
+    event.connect = true;
+    assert (wsr_link_event (link, &event) == 0);
+    zframe_t *up = zframe_new ("u", 1);
+    assert (wsr_link_send_up (link, &up) == 0);
+    msg = s_expect (router, WSR_PROTO_EVENT, 8);
+    zmsg_destroy (&msg);
+    msg = s_expect (router, WSR_PROTO_UP, 1);
     zmsg_destroy (&msg);
 
     //  Presence queries go up; answers come back with request and status;

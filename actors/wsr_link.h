@@ -100,7 +100,10 @@ int
     wsr_link_publish (wsr_link_t *self, zframe_t **topic_p, zframe_t **envelope_p);
 
 //  Report a session's connect or disconnect (presence and lifecycle events).
-//  Returns 0 or -1 (not sent: queue full, counted in wsr_link_drops).
+//  Gathered and sent with the turn's batches (wsr_link_flush), after the
+//  pending SUB/UNSUB batches, or earlier before any message that goes at once
+//  (UP, PUB, HIST, PRESENCE), so the order seen by the bridge is kept.
+//  Returns 0 (one that cannot be sent then is counted in wsr_link_drops).
 int
     wsr_link_event (wsr_link_t *self, const wsr_link_event_t *event);
 

@@ -56,6 +56,7 @@
 #define S_READ_CHUNK        16384
 #define S_LINGER_MS         2000    //  after a last answer, wait this long for EOF
 #define S_LINGER_BYTES      16384   //  ... and drop at most this much input
+#define S_ADOPT_BATCH       64      //  upgrades judged and handed over per turn, at most
 #define S_KEY_ERROR         "{\"error\":\"missing or wrong api key\"}"
 
 typedef struct _s_hs_t s_hs_t;
@@ -82,6 +83,19 @@ struct _s_hs_t {
     uint32_t events;                //  epoll mask registered (TLS handshake may want OUT)
 };
 
+//  An upgrade whose token is judged at the end of the turn (HS256 here).
+typedef struct {
+    uint64_t id;
+    int fd;
+    int ip_slot;
+    int flags;
+    char accept [WSR_HTTP_ACCEPT_SIZE];
+    char peer [INET6_ADDRSTRLEN + 8];
+    zframe_t *token;
+    zframe_t *early;
+    wsr_tlsconn_t *ssl;
+} s_adopt_t;
+
 struct _wsr_listener_t {
     zactor_t *actor;                //  the listener thread
 };
@@ -96,6 +110,11 @@ typedef struct {
     zsock_t *pipe;                  //  actor pipe (not owned)
     zsock_t *auth;                  //  PUSH AUTH
     zsock_t *publish;               //  PUSH PUBLISH
+    wsr_jwt_t *verifier;            //  HS256 verifier (owned), NULL: auth verifies
+    zsock_t *adopt [WSR_MAX_WORKERS];   //  PUSH ADOPT per worker, with verifier
+    int workers;                    //  entries in adopt
+    s_adopt_t batch [S_ADOPT_BATCH];    //  upgrades of this turn, handed over at its end
+    size_t batch_size;
     int listen_fd;                  //  listening socket, -1 when draining
     int epoll_fd;                   //  epoll set
     int spare_fd;                   //  reserve descriptor for EMFILE shedding
@@ -167,7 +186,8 @@ static void
 s_hs_end (s_listener_t *self, s_hs_t *hs, bool close_fd)
 {
     s_hs_unlink (self, hs);
-    epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, hs->fd, NULL);
+    if (hs->events)                 //  in the epoll set (not when handled at accept)
+        epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, hs->fd, NULL);
     if (close_fd) {
         wsr_tls_free (&hs->ssl);
         close (hs->fd);
@@ -185,17 +205,18 @@ s_hs_end (s_listener_t *self, s_hs_t *hs, bool close_fd)
 //  The last answer is out: linger instead of closing, so that input the
 //  client still sends (a body we did not want, a pipelined request) does not
 //  make the kernel answer with a RST that destroys the answer in flight.
-static void
+static bool
 s_hs_finish (s_listener_t *self, s_hs_t *hs)
 {
     if (hs->broken || hs->lingering) {
         s_hs_end (self, hs, true);
-        return;
+        return false;
     }
     shutdown (hs->fd, SHUT_WR);
     s_hs_unlink (self, hs);
     hs->lingering = true;
     s_hs_append (self, hs);
+    return true;
 }
 
 //  Best-effort response on a non-blocking socket; the connection closes next.
@@ -456,6 +477,42 @@ s_route_presence (s_listener_t *self, s_hs_t *hs)
     return handed;
 }
 
+static void s_refuse (int fd, const char *response);
+
+//  Judge the upgrades gathered this turn and send each ADOPT to its worker
+//  (one after the other: a worker asleep wakes once for all of its share).
+//  A worker whose queue is full sheds the connection as auth would: 503 on
+//  plain TCP, closed on TLS; its per-address slot is given back.
+static void
+s_adopt_flush (s_listener_t *self)
+{
+    for (size_t i = 0; i < self->batch_size; i++) {
+        s_adopt_t *adopt = &self->batch [i];
+        zsock_t *out = self->adopt [wsr_msgs_worker_for (adopt->id, self->workers)];
+        if (wsr_auth_judge (self->verifier, self->metrics, out, adopt->id, adopt->fd,
+                            adopt->ip_slot, adopt->flags, adopt->accept, adopt->peer,
+                            (const char *) zframe_data (adopt->token), zframe_size (adopt->token),
+                            adopt->early, (void *) adopt->ssl) == -1) {
+            wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_CAPACITY, 1);
+            wsr_metrics_add (self->metrics, WSR_M_CONNECTIONS_OPEN, -1);
+            if (adopt->ip_slot >= 0)
+                wsr_ipcount_release (self->opts.ipcount, adopt->ip_slot);
+            if (adopt->ssl) {
+                wsr_tls_free (&adopt->ssl);
+                close (adopt->fd);
+            }
+            else
+                s_refuse (adopt->fd, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                     "Content-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+        if (zframe_size (adopt->token))
+            sodium_memzero (zframe_data (adopt->token), zframe_size (adopt->token));
+        zframe_destroy (&adopt->token);
+        zframe_destroy (&adopt->early);
+    }
+    self->batch_size = 0;
+}
+
 //  True if a Sec-WebSocket-Protocol value (a comma-separated list, headers
 //  already joined by the parser) names wsrouter.v1. Tokens are compared
 //  exactly: subprotocol names are case-sensitive (RFC 6455 §4.1).
@@ -541,6 +598,25 @@ s_route_upgrade (s_listener_t *self, s_hs_t *hs, const char *early, size_t early
     if (self->opts.deflate
     &&  wsr_deflate_accepts (wsr_http_header (hs->http, "sec-websocket-extensions")))
         flags |= WSR_ADOPT_DEFLATE;
+    if (self->verifier) {
+        //  HS256: an HMAC costs less than a hop to the auth thread. Judged
+        //  and handed over at the end of the turn, together: a worker then
+        //  wakes once for the turn's upgrades, not once for each
+        if (self->batch_size == S_ADOPT_BATCH)
+            s_adopt_flush (self);
+        s_adopt_t *adopt = &self->batch [self->batch_size++];
+        adopt->id = hs->id;
+        adopt->fd = hs->fd;
+        adopt->ip_slot = hs->ip_slot;
+        adopt->flags = flags;
+        memcpy (adopt->accept, accept, sizeof adopt->accept);
+        memcpy (adopt->peer, hs->peer, sizeof adopt->peer);
+        adopt->token = token_frame;
+        adopt->early = early_frame;
+        adopt->ssl = hs->ssl;
+        hs->ssl = NULL;             //  the batch owns it now, with the fd
+        return true;
+    }
     int rc = zsock_send (self->auth, WSR_PIC_AUTH, WSR_MSG_AUTH, hs->id, hs->fd, hs->ip_slot,
                          flags, accept, hs->peer, token_frame, early_frame, (void *) hs->ssl);
     zframe_destroy (&token_frame);
@@ -613,40 +689,44 @@ s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
 //  --------------------------------------------------------------------------
 //  I/O
 
-//  Ask epoll for what the connection waits for, if that changed.
-static void
+//  Ask epoll for what the connection waits for, if that changed (the first
+//  time: add it to the set). Returns false if epoll refused.
+static bool
 s_hs_want (s_listener_t *self, s_hs_t *hs, uint32_t events)
 {
     if (events != hs->events) {
         struct epoll_event event = { .events = events };
         event.data.ptr = hs;
-        epoll_ctl (self->epoll_fd, EPOLL_CTL_MOD, hs->fd, &event);
+        if (epoll_ctl (self->epoll_fd, hs->events? EPOLL_CTL_MOD: EPOLL_CTL_ADD, hs->fd, &event))
+            return false;
         hs->events = events;
     }
+    return true;
 }
 
-//  TLS connection: drive the handshake. Returns true once it is complete.
-static bool
+//  TLS connection: drive the handshake. Returns 1 once it is complete, 0
+//  while it goes on, -1 if it failed (the connection is gone).
+static int
 s_hs_tls (s_listener_t *self, s_hs_t *hs)
 {
     bool want_write = false;
     int rc = wsr_tls_handshake (hs->ssl, &want_write);
     if (rc == 0) {
         s_hs_want (self, hs, want_write? EPOLLOUT: EPOLLIN);
-        return false;
+        return 0;
     }
     if (rc < 0) {
         wsr_metrics_add (self->metrics, WSR_M_TLS_HANDSHAKE_FAILED, 1);
         wsr_debug ("listener: conn %" PRIu64 " from %s: TLS handshake failed", hs->id, hs->peer);
         s_hs_end (self, hs, true);
-        return false;
+        return -1;
     }
     wsr_metrics_add (self->metrics, WSR_M_TLS_HANDSHAKES, 1);
     if (!wsr_tls_offloaded (hs->ssl))
         wsr_metrics_add (self->metrics, WSR_M_TLS_OPENSSL, 1);
     hs->tls_ready = true;
     s_hs_want (self, hs, EPOLLIN);
-    return true;
+    return 1;
 }
 
 //  Whether the connection may carry another request after this answer:
@@ -712,7 +792,7 @@ s_judge_headers (s_listener_t *self, s_hs_t *hs)
 }
 
 //  Lingering after the last answer: read and drop until EOF or the budget.
-static void
+static bool
 s_hs_drop (s_listener_t *self, s_hs_t *hs)
 {
     char buf [S_READ_CHUNK];
@@ -721,22 +801,28 @@ s_hs_drop (s_listener_t *self, s_hs_t *hs)
         n = recv (hs->fd, buf, sizeof buf, 0);
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return;
+        return true;
     if (n > 0)
         hs->dropped += (size_t) n;
-    if (n <= 0 || hs->dropped >= S_LINGER_BYTES)
+    if (n <= 0 || hs->dropped >= S_LINGER_BYTES) {
         s_hs_end (self, hs, true);
+        return false;
+    }
+    return true;
 }
 
-static void
+//  Read what the connection sent and act on it. Returns false if the
+//  connection is gone (closed or handed over), true if we still hold it.
+static bool
 s_hs_read (s_listener_t *self, s_hs_t *hs)
 {
-    if (hs->lingering) {
-        s_hs_drop (self, hs);
-        return;
+    if (hs->lingering)
+        return s_hs_drop (self, hs);
+    if (hs->ssl && !hs->tls_ready) {
+        int rc = s_hs_tls (self, hs);
+        if (rc <= 0)
+            return rc == 0;
     }
-    if (hs->ssl && !hs->tls_ready && !s_hs_tls (self, hs))
-        return;
     char buf [S_READ_CHUNK];
     ssize_t n;
 again:
@@ -744,10 +830,10 @@ again:
         n = hs->ssl? wsr_tls_recv (hs->ssl, buf, sizeof buf): recv (hs->fd, buf, sizeof buf, 0);
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return;
+        return true;
     if (n <= 0) {
         s_hs_end (self, hs, true);
-        return;
+        return false;
     }
     //  Keep-alive: answer each complete request in turn (pipelining too);
     //  an upgrade ends the loop by handing the connection over
@@ -765,26 +851,23 @@ again:
             hs->keep_alive = false;
             s_respond (hs, wsr_http_status (hs->http), "text/plain", NULL, body, (size_t) len);
             hs->dropped = (size_t) n - offset;
-            s_hs_finish (self, hs);
-            return;
+            return s_hs_finish (self, hs);
         }
         if (rc == WSR_HTTP_HEADERS) {
             if (s_judge_headers (self, hs)) {
                 hs->dropped = (size_t) n - offset;
-                s_hs_finish (self, hs);
-                return;
+                return s_hs_finish (self, hs);
             }
             continue;
         }
         hs->keep_alive = s_keep_alive (self, hs);
         if (s_route (self, hs, buf + offset, (size_t) n - offset)) {
             s_hs_end (self, hs, false);
-            return;
+            return false;
         }
         if (!hs->keep_alive || hs->broken) {
             hs->dropped = (size_t) n - offset;
-            s_hs_finish (self, hs);
-            return;
+            return s_hs_finish (self, hs);
         }
         hs->served = true;
         //  Next request: a fresh parser state and a fresh idle deadline
@@ -795,6 +878,7 @@ again:
     //  TLS input the session holds already (the socket may stay quiet)
     if (wsr_tls_pending (hs->ssl))
         goto again;
+    return true;
 }
 
 //  Refuse a fresh connection with a canned answer and close it.
@@ -917,13 +1001,16 @@ s_accept (s_listener_t *self, bool tls)
         }
         snprintf (hs->peer, sizeof hs->peer, "%s:%d", host, port);
         s_hs_append (self, hs);
-        struct epoll_event event = { .events = EPOLLIN };
-        event.data.ptr = hs;
-        hs->events = EPOLLIN;
-        if (tls && !(hs->ssl = wsr_tls_session (self->tls, fd)))
+        if (tls && !(hs->ssl = wsr_tls_session (self->tls, fd))) {
             s_hs_end (self, hs, true);  //  out of memory in OpenSSL
-        else
-        if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &event))
+            continue;
+        }
+        //  A plain client has usually sent its request by the time we accept
+        //  it: read it now, and the connection is often handed over without
+        //  ever entering the epoll set (two epoll_ctl saved per handshake)
+        if (!tls && !s_hs_read (self, hs))
+            continue;
+        if (!s_hs_want (self, hs, EPOLLIN))
             s_hs_end (self, hs, true);
     }
 }
@@ -1130,6 +1217,24 @@ s_listener_actor (zsock_t *pipe, void *args)
     if (zsock_connect (self->auth, WSR_EP_AUTH, a->name) == -1
     ||  zsock_connect (self->publish, WSR_EP_PUB, a->name) == -1)
         self->status = -1;
+    if (a->opts.jwt_secret && a->opts.jwt_secret_len) {
+        assert (a->opts.workers > 0 && a->opts.workers <= WSR_MAX_WORKERS);
+        self->verifier = wsr_jwt_new_hs256 (a->opts.jwt_secret, a->opts.jwt_secret_len);
+        assert (self->verifier);
+        wsr_jwt_set_leeway (self->verifier, a->opts.jwt_leeway >= 0? a->opts.jwt_leeway: 0);
+        wsr_jwt_set_require_exp (self->verifier, a->opts.require_exp);
+        self->workers = a->opts.workers;
+        for (int i = 0; i < self->workers; i++) {
+            self->adopt [i] = zsock_new (ZMQ_PUSH);
+            assert (self->adopt [i]);
+            zsock_set_sndhwm (self->adopt [i], WSR_HWM);
+            zsock_set_sndtimeo (self->adopt [i], 0);
+            zsock_set_linger (self->adopt [i], 0);
+            if (zsock_connect (self->adopt [i], WSR_EP_ADOPT, a->name, i) == -1)
+                self->status = -1;
+        }
+    }
+    self->opts.jwt_secret = NULL;   //  borrowed until we signal: not kept
     self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
     self->listen_fd = s_listen (self, a->opts.bind, a->opts.port, a->opts.inherit_fd,
                                 &self->port);
@@ -1179,6 +1284,8 @@ s_listener_actor (zsock_t *pipe, void *args)
             if (tag >= S_TAG_MAX)
                 s_hs_read (self, (s_hs_t *) events [i].data.ptr);
         }
+        if (self->batch_size)
+            s_adopt_flush (self);
         //  Edge-triggered ZMQ_FD: check the pipe every turn
         while (!self->terminated && (zsock_events (pipe) & ZMQ_POLLIN))
             s_handle_pipe (self);
@@ -1200,6 +1307,8 @@ s_listener_actor (zsock_t *pipe, void *args)
         if (self->accept_paused && now >= self->accept_resume && self->listen_fd >= 0)
             s_accept_pause (self, false);
     }
+    if (self->batch_size)
+        s_adopt_flush (self);
     while (self->head)
         s_hs_end (self, self->head, true);
     while (self->linger_head)
@@ -1212,6 +1321,9 @@ s_listener_actor (zsock_t *pipe, void *args)
         close (self->epoll_fd);
     zsock_destroy (&self->auth);
     zsock_destroy (&self->publish);
+    for (int i = 0; i < self->workers; i++)
+        zsock_destroy (&self->adopt [i]);
+    wsr_jwt_destroy (&self->verifier);
     wsr_tls_destroy (&self->tls);
     free (self->api_key);
     for (size_t i = 0; i < self->origin_count; i++)
@@ -1784,6 +1896,83 @@ wsr_listener_test (bool verbose)
         close (held [i]);
     wsr_listener_destroy (&listener);
     wsr_ipcount_destroy (&capped);
+
+    //  HS256 verified here: ADOPT goes straight to the workers (the test
+    //  plays two), round robin by id, with the verdict; nothing to auth
+    const char *secret = "listener-test-secret-0123456789abcdef";
+    zsock_t *workers [2] = { zsock_new_pull ("inproc://wsr-adopt-ltest3-0"),
+                             zsock_new_pull ("inproc://wsr-adopt-ltest3-1") };
+    zsock_t *auth3 = zsock_new_pull ("inproc://wsr-auth-ltest3");
+    zsock_t *router3 = zsock_new_pull ("inproc://wsr-pub-ltest3");
+    wsr_listener_opts_t inline_opts = {
+        .bind = "127.0.0.1", .port = 0, .max_pending = 100, .handshake_timeout_ms = 2000,
+        .max_message = 65536, .jwt_secret = (const uint8_t *) secret,
+        .jwt_secret_len = strlen (secret), .jwt_leeway = 30, .workers = 2
+    };
+    listener = wsr_listener_new ("ltest3", &inline_opts, metrics);
+    assert (listener);
+    port = wsr_listener_port (listener);
+    int64_t now_s = (int64_t) time (NULL);
+    char *good = wsr_jwt_mint_hs256 ((const uint8_t *) secret, strlen (secret), "alice",
+                                     now_s, now_s + 3600, "lobby");
+    char *forged = wsr_jwt_mint_hs256 ((const uint8_t *) "another-secret-0123456789abcdef",
+                                       31, "alice", now_s, 0, NULL);
+    int64_t bad_before = wsr_metrics_get (metrics, WSR_M_HS_FAIL_TOKEN_INVALID);
+    const char *tokens [3] = { good, forged, good };
+    for (int i = 0; i < 3; i++) {
+        int client = s_connect (port);
+        char request [1024];
+        snprintf (request, sizeof request, "GET /ws?token=%s HTTP/1.1\r\nHost: x\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Protocol: wsrouter.v1\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n", tokens [i]);
+        assert (send (client, request, strlen (request), 0) > 0);
+        zpoller_t *poller = zpoller_new (workers [0], workers [1], NULL);
+        zsock_t *which = (zsock_t *) zpoller_wait (poller, 5000);
+        zpoller_destroy (&poller);
+        assert (which);
+        char *a_verb, *a_reason, *a_user, *a_channels, *a_response;
+        uint64_t a_id, a_expiry;
+        int a_fd, a_code, a_slot, a_flags;
+        zframe_t *a_early;
+        void *a_tls;
+        assert (zsock_recv (which, WSR_PIC_ADOPT, &a_verb, &a_id, &a_fd, &a_code, &a_slot,
+                            &a_expiry, &a_flags, &a_reason, &a_user, &a_channels,
+                            &a_response, &a_early, &a_tls) == 0);
+        assert (streq (a_verb, WSR_MSG_ADOPT) && a_fd >= 0 && !a_tls);
+        assert (which == workers [wsr_msgs_worker_for (a_id, 2)]);
+        assert (a_flags == WSR_ADOPT_V1);
+        assert (strstr (a_response, "HTTP/1.1 101 Switching Protocols\r\n")
+                && strstr (a_response, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n")
+                && strstr (a_response, "Sec-WebSocket-Protocol: wsrouter.v1\r\n"));
+        if (tokens [i] == good) {
+            assert (a_code == 0 && streq (a_user, "alice") && streq (a_channels, "lobby"));
+            assert (a_expiry == (uint64_t) (now_s + 3600 + 30));
+        }
+        else
+            assert (a_code == 1008 && streq (a_reason, "bad signature") && !*a_user);
+        close (a_fd);
+        close (client);
+        zstr_free (&a_verb);
+        zstr_free (&a_reason);
+        zstr_free (&a_user);
+        zstr_free (&a_channels);
+        zstr_free (&a_response);
+        zframe_destroy (&a_early);
+    }
+    assert (wsr_metrics_get (metrics, WSR_M_HS_FAIL_TOKEN_INVALID) == bad_before + 1);
+    //  Nothing went to the auth actor
+    zsock_set_rcvtimeo (auth3, 100);
+    zmsg_t *none = zmsg_recv (auth3);
+    assert (!none);
+    wsr_listener_destroy (&listener);
+    free (good);
+    free (forged);
+    zsock_destroy (&workers [0]);
+    zsock_destroy (&workers [1]);
+    zsock_destroy (&auth3);
+    zsock_destroy (&router3);
 
     zsock_destroy (&auth);
     zsock_destroy (&router);

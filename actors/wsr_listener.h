@@ -33,6 +33,12 @@ typedef struct {
     int tls_port;                   //  0: the main port speaks TLS; > 0: a second port for
                                     //  TLS beside the plain one; WSR_LISTENER_ANY_PORT: any
     bool deflate;                   //  accept permessage-deflate offers
+    const uint8_t *jwt_secret;      //  HS256 secret: the listener verifies tokens itself
+                                    //  and sends ADOPT to the workers; NULL: AUTH to auth
+    size_t jwt_secret_len;
+    int jwt_leeway;                 //  seconds of clock skew allowed (with jwt_secret)
+    bool require_exp;               //  exp claim required (with jwt_secret)
+    int workers;                    //  session workers to send ADOPT to (with jwt_secret)
 } wsr_listener_opts_t;
 
 #define WSR_LISTENER_ANY_PORT   (-1)    //  tls_port: any free port (tests)

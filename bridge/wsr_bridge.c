@@ -935,6 +935,11 @@ s_publish_event (s_bridge_t *self, const char *type, const char *node, uint64_t 
                  const char *user, const char *channels, int64_t since_ms, int code,
                  const char *reason, int64_t duration_ms)
 {
+    if (!self->redis && !self->nats && !self->http) {
+        //  No backplane to tell: counted as lost, without building the JSON
+        wsr_metrics_add (self->metrics, WSR_M_BRIDGE_EVENTS_LOST, 1);
+        return;
+    }
     json_t *event = json_object ();
     json_object_set_new (event, "type", json_string (type));
     json_object_set_new (event, "user", json_string (user));

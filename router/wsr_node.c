@@ -2,8 +2,9 @@
 //
 //  Starts the actors in dependency order (the in-process bridge, unless the
 //  node uses a bridge process; the router; workers, which link to the bridge
-//  and bind what auth connects to; the listener last so no client arrives
-//  before the node can serve it) and stops them in reverse.
+//  and bind what auth (or the listener) connects to; auth only for EdDSA, as
+//  the listener verifies HS256 tokens itself; the listener last so no client
+//  arrives before the node can serve it) and stops them in reverse.
 //  Owns the shared metrics, which outlive every actor.
 
 #include "wsr_classes.h"
@@ -139,10 +140,15 @@ wsr_node_new (const wsr_node_opts_t *opts)
             goto failed;
         self->worker_count++;
     }
-    self->auth = wsr_auth_new (opts->name, opts->workers, &verifier, self->metrics,
-                               self->ipcount);
-    if (!self->auth)
-        goto failed;
+    //  HS256: the listener verifies tokens itself, no auth thread
+    if (streq (opts->jwt_alg, "HS256"))
+        wsr_jwt_destroy (&verifier);
+    else {
+        self->auth = wsr_auth_new (opts->name, opts->workers, &verifier, self->metrics,
+                                   self->ipcount);
+        if (!self->auth)
+            goto failed;
+    }
     wsr_listener_opts_t listener_opts = {
         .bind = opts->bind, .port = opts->port, .api_key = opts->api_key,
         .reuseport = opts->reuseport, .max_pending = WSR_MAX_PENDING_HANDSHAKES,
@@ -152,7 +158,12 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .keepalive_lifetime_ms = opts->keepalive_lifetime_ms,
         .keepalive_requests = opts->keepalive_requests, .inherit_fd = opts->inherit_fd,
         .tls_cert = opts->tls_cert, .tls_key = opts->tls_key,
-        .tls_port = opts->tls_port, .deflate = opts->deflate
+        .tls_port = opts->tls_port, .deflate = opts->deflate,
+        //  HS256: the listener verifies and hands over itself (the auth
+        //  thread stays for EdDSA, whose check would hold up accepting)
+        .jwt_secret = streq (opts->jwt_alg, "HS256")? opts->jwt_secret: NULL,
+        .jwt_secret_len = opts->jwt_secret_len, .jwt_leeway = opts->jwt_leeway,
+        .require_exp = opts->require_exp, .workers = opts->workers
     };
     self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);
     if (!self->listener)

@@ -936,6 +936,51 @@ def doc(docs, elapsed):
          f"({get(s1['r'], 'sessions_target'):,}), not by a limit we hit."
          if s1 and s1.get("r") else "") + "\n")
 
+    # --- handshakes of one node process
+    for bp in ("none", "redis"):
+        hs_path = os.path.join(res, "handshakes-%s.json" % bp)
+        if not os.path.exists(hs_path):
+            continue
+        hs = json.load(open(hs_path))
+        if bp == "none":
+            w("## 4b. Handshakes of one node process (HS256)\n")
+            w("Measured by `scripts/bench.d/handshakes.py`: one node (`--workers 2`, in-process "
+              "bridge), 10,000 sessions of distinct users opened as fast as the generator can "
+              "(`wsrouter bench`, minted HS256 tokens, 2,000 in flight), each binary with its "
+              "own generator; this build and the baseline in turn, "
+              f"{hs.get('rounds')} interleaved rounds, median (min–max). Node CPU per "
+              "handshake: all its threads while the sessions open, and then for the teardown "
+              "after the generator closes them; the generator's CPU per handshake. Target: "
+              "30,000 handshakes/s.\n")
+        w(f"Backplane: **{bp}**" + (" (each session SUBSCRIBEs its user on Redis; its "
+          "connect and disconnect are a lifecycle event and a presence update)"
+          if bp == "redis" else "") + f". Load average at start "
+          f"{' '.join(hs.get('loadavg_start', []))}.\n")
+
+        def rng(v, digits=0):
+            if not v:
+                return "—"
+            f = (lambda x: fnum(x, digits)) if digits else fnum
+            return f"{f(v['median'])} ({f(v['min'])}–{f(v['max'])})"
+        rows = []
+        for key in ("this", "baseline"):
+            b = hs.get("builds", {}).get(key)
+            if not b:
+                continue
+            threads = {}
+            for run in b.get("runs", []):
+                for name, us in (run.get("node_us_open_by_thread") or {}).items():
+                    threads.setdefault(name, []).append(us)
+            split = ", ".join(f"{n.replace('wsr-', '').rstrip('-')} {statistics.median(v):.0f}"
+                              for n, v in sorted(threads.items()) if statistics.median(v) >= 1)
+            rows.append([key, rng(b.get("handshakes_per_s")), rng(b.get("node_us_open")),
+                         split, rng(b.get("node_us_teardown")), rng(b.get("bench_us"))])
+        w(table(["build", "handshakes/s", "node µs / handshake (open)", "by thread (median µs)",
+                 "node µs (teardown)", "generator µs / handshake"], rows))
+        if hs.get("ratio_handshakes_per_s"):
+            w(f"\nHandshakes/s, this build over the baseline: **{hs['ratio_handshakes_per_s']}×**.\n")
+        w("")
+
     # --- against the floor
     pf_path = os.path.join(res, "push-floor.json")
     if os.path.exists(pf_path):

@@ -95,6 +95,8 @@ struct _wsr_bench_sessions_t {
     int64_t slow_deadline;          //  slow-session reading limit
     uint32_t slow_pending;          //  slow sessions still being read
     uint64_t published;             //  measured messages sent (all targets)
+    uint64_t key_seed [2];          //  Sec-WebSocket-Key = seed mixed with a counter
+    uint64_t key_count;
 };
 
 //  --------------------------------------------------------------------------
@@ -108,6 +110,7 @@ wsr_bench_sessions_new (const wsr_bench_opts_t *opts, wsr_bench_ident_t *ident, 
     wsr_bench_sessions_t *self =
         (wsr_bench_sessions_t *) zmalloc (sizeof (wsr_bench_sessions_t));
     assert (self);
+    randombytes_buf (self->key_seed, sizeof self->key_seed);
     self->opts = opts;
     self->ident = ident;
     self->epoll_fd = epoll_fd;
@@ -224,9 +227,9 @@ s_conn_socket (wsr_bench_sessions_t *self, s_conn_t *conn, const wsr_bench_url_t
     conn->fd = socket (AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (conn->fd < 0)
         return -1;              //  no descriptor left (EMFILE): a failed session
+    //  No TCP_NODELAY: a session writes its request once, then only pongs
+    //  and its close, and nothing it sends is timed
     int one = 1;
-    if (setsockopt (conn->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one))
-        return -1;
     if (conn->flags & S_FLAG_SLOW) {
         //  Before connect, so that the advertised window stays small
         int small = WSR_BENCH_SLOW_RCVBUF;
@@ -260,8 +263,16 @@ s_conn_start (wsr_bench_sessions_t *self, uint32_t index)
 
     //  Request first: a token that cannot be made is a failed session
     char *token = wsr_bench_ident_token (self->ident, g);
+    //  The key only has to be fresh, not secret: a random seed from the
+    //  start mixed with a counter (splitmix64), no getrandom() per session
     uint8_t raw_key [16];
-    randombytes_buf (raw_key, sizeof raw_key);
+    for (int half = 0; half < 2; half++) {
+        uint64_t z = self->key_seed [half] + ++self->key_count * 0x9e3779b97f4a7c15ULL;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        z ^= z >> 31;
+        memcpy (raw_key + 8 * half, &z, 8);
+    }
     char key [32];
     sodium_bin2base64 (key, sizeof key, raw_key, sizeof raw_key,
                        sodium_base64_VARIANT_ORIGINAL);
@@ -291,6 +302,25 @@ s_conn_start (wsr_bench_sessions_t *self, uint32_t index)
     self->inflight++;
     conn->state = S_CONN_CONNECTING;
     if (!have_token || s_conn_socket (self, conn, url)) {
+        s_hs_fail (self, conn, &self->rx->fail_socket);
+        return;
+    }
+    //  On loopback the connection is usually established when connect()
+    //  returns: send the request at once and wait only for the answer (no
+    //  EPOLLOUT turn, SO_ERROR look and epoll change); otherwise (not yet
+    //  connected, or a partial send) wait until the socket is writable
+    ssize_t sent = send (conn->fd, hs->request, hs->request_len, MSG_NOSIGNAL);
+    if (sent == (ssize_t) hs->request_len) {
+        hs->request_sent = hs->request_len;
+        conn->state = S_CONN_HANDSHAKE;
+        wsr_bench_epoll_set (self->epoll_fd, EPOLL_CTL_ADD, conn->fd, EPOLLIN,
+                             WSR_BENCH_TAG_CONN, index);
+        return;
+    }
+    if (sent > 0)
+        hs->request_sent = (size_t) sent;
+    else
+    if (errno != EAGAIN && errno != ENOTCONN && errno != EINTR) {
         s_hs_fail (self, conn, &self->rx->fail_socket);
         return;
     }
