@@ -33,6 +33,14 @@ typedef struct {
     int tls_port;                   //  0: the main port speaks TLS; > 0: a second port for
                                     //  TLS beside the plain one; WSR_LISTENER_ANY_PORT: any
     bool deflate;                   //  accept permessage-deflate offers
+    const char *console_key;        //  WEBSOCKET_CONSOLE_KEY: opens the console's endpoints
+                                    //  only (not /api/publish); NULL = none
+    const uint8_t *jwt_secret;      //  HS256 secret for the console's dev tokens (copied),
+    size_t jwt_secret_len;          //  NULL = cannot mint (public-key verification)
+    bool dev;                       //  --dev: the console may mint tokens without a
+                                    //  console key configured
+    wsr_census_t *census;           //  the workers' topic census (not owned), NULL = none
+    const char *node_name;          //  node id shown by the console, NULL = none
 } wsr_listener_opts_t;
 
 #define WSR_LISTENER_ANY_PORT   (-1)    //  tls_port: any free port (tests)

@@ -216,6 +216,19 @@ s_info [WSR_M_COUNT] = {
           "Payload bytes before and after compression" },
     [WSR_M_DEFLATE_BYTES_OUT] =
         { "wsrouter_deflate_bytes_total", "stage=\"out\"", "counter", NULL },
+    [WSR_M_LINK_BRIDGE_UP] =
+        { "wsrouter_link_bridge_up", NULL, "gauge",
+          "1 while the node's router hears the bridge's heartbeats" },
+    [WSR_M_LINK_REDIS] =
+        { "wsrouter_link_redis", NULL, "gauge",
+          "Redis as the bridge's heartbeats say: 1 up, 0 down, -1 not configured" },
+    [WSR_M_LINK_NATS] =
+        { "wsrouter_link_nats", NULL, "gauge",
+          "NATS as the bridge's heartbeats say: 1 up, 0 down, -1 not configured" },
+    [WSR_M_CONSOLE_REFUSED] =
+        { "wsrouter_console_refused_total", NULL, "counter",
+          "Console data requests (/api/stats, /api/topics, /api/token) with a missing or "
+          "wrong key" },
 };
 
 //  --------------------------------------------------------------------------

@@ -2234,6 +2234,25 @@ s_worker_fini (s_worker_t *self)
     s_node_purge ();
 }
 
+//  The console asks for the busiest topics (wsr_census): walk the table
+//  once, keep the top N. At most once per WSR_CENSUS_PERIOD_MS, and only
+//  while somebody looks.
+static void
+s_census_add (const char *key, size_t members, void *arg)
+{
+    s_worker_t *self = (s_worker_t *) arg;
+    wsr_census_add (self->opts.census, self->index, key, members);
+}
+
+static void
+s_census (s_worker_t *self)
+{
+    wsr_census_begin (self->opts.census, self->index);
+    wsr_topic_each (self->topics, s_census_add, self);
+    wsr_census_commit (self->opts.census, self->index, wsr_topic_size (self->topics),
+                       wsr_util_mono_ms ());
+}
+
 static void
 s_session_actor (zsock_t *pipe, void *args)
 {
@@ -2319,6 +2338,8 @@ s_session_actor (zsock_t *pipe, void *args)
             again |= s_drain_socket (self, wsr_link_socket (self->link), s_handle_link);
         uint64_t sent = self->link? wsr_link_sent (self->link): 0;
         s_after_batch (self);
+        if (self->opts.census && wsr_census_due (self->opts.census, self->index, now))
+            s_census (self);
         if (self->link) {
             wsr_link_flush (self->link);        //  subscriptions of this turn, PING
             //  A send after the drain (events, subscriptions, PING) makes

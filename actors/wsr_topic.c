@@ -177,6 +177,18 @@ wsr_topic_member_key (wsr_topic_member_t *member)
 }
 
 //  --------------------------------------------------------------------------
+//  Every topic with its count, from the entries themselves: a lookup inside
+//  a zhashx walk is not safe.
+void
+wsr_topic_each (wsr_topic_t *self, wsr_topic_each_fn *fn, void *arg)
+{
+    assert (self && fn);
+    for (s_entry_t *entry = (s_entry_t *) zhashx_first (self->topics); entry;
+         entry = (s_entry_t *) zhashx_next (self->topics))
+        fn (entry->key, entry->members, arg);
+}
+
+//  --------------------------------------------------------------------------
 //  Topics with members.
 size_t
 wsr_topic_size (wsr_topic_t *self)
@@ -205,6 +217,14 @@ wsr_topic_next_key (wsr_topic_t *self)
 
 //  --------------------------------------------------------------------------
 //  Selftest
+
+static void
+s_count_members (const char *key, size_t members, void *arg)
+{
+    assert (key);
+    *(size_t *) arg += members;
+}
+
 void
 wsr_topic_test (bool verbose)
 {
@@ -222,6 +242,9 @@ wsr_topic_test (bool verbose)
     assert (ma && first);
     wsr_topic_member_t *mb = wsr_topic_join (topics, "user:u1", &b, &first);
     assert (mb && !first);
+    size_t walked = 0;
+    wsr_topic_each (topics, s_count_members, &walked);
+    assert (walked == 2);
     wsr_topic_member_t *mc = wsr_topic_join (topics, "user:u10", &c, &first);
     assert (mc && first);
     //  Table full: a third distinct topic is refused

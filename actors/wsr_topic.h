@@ -51,6 +51,12 @@ void *
 const char *
     wsr_topic_member_key (wsr_topic_member_t *member);
 
+//  Call fn with every topic key and its member count (the console's census).
+//  The table must not change during the walk; keys are borrowed.
+typedef void (wsr_topic_each_fn) (const char *key, size_t members, void *arg);
+void
+    wsr_topic_each (wsr_topic_t *self, wsr_topic_each_fn *fn, void *arg);
+
 //  Number of topics with at least one member.
 size_t
     wsr_topic_size (wsr_topic_t *self);
