@@ -6,7 +6,18 @@
 //                          accept key, and hands the descriptor with the token
 //                          and any early frame bytes to the auth actor (AUTH);
 //    GET /healthz, /readyz, /metrics, POST /api/publish answer here and close.
+//    GET /console[/FILE]   the web console, compiled in from console/ (no key);
+//    GET /api/stats, /api/topics, POST /api/token: the console's data (API
+//                          key or console key; 403 with neither configured);
+//    GET /api/stats/stream the same figures every second as server-sent
+//                          events: the connection stays here on a third list
+//                          (streams, at most WSR_CONSOLE_STREAMS), written on
+//                          the loop's tick, ended when a write does not go
+//                          whole or the client goes.
 //  A publish becomes PUBLISH [topic key][downstream envelope] to the router.
+//  Topics come from the workers' census (wsr_census, shared state read under
+//  its lock, bounded to WSR_CENSUS_TOP per worker), never from a message to
+//  a worker.
 //
 //  Requests are judged from their headers (wsr_http stop-at-headers mode):
 //  a publish with a wrong or missing API key gets 401 (API disabled: 403)
@@ -43,6 +54,7 @@
 #include <jansson.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
@@ -1793,6 +1805,174 @@ s_post (int port, const char *key, const char *body)
     return s_http (port, request);
 }
 
+//  Read from a stream connection until `want` SSE events (blank-line ends
+//  after the header block) arrived, or 3 s. Caller owns the text.
+static char *
+s_read_events (int fd, int want)
+{
+    char *buf = (char *) zmalloc (65536);
+    size_t got = 0;
+    int64_t until = wsr_util_mono_ms () + 3000;
+    while (got < 65535 && wsr_util_mono_ms () < until) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        if (poll (&pfd, 1, 100) <= 0)
+            continue;
+        ssize_t n = recv (fd, buf + got, 65535 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t) n;
+        int events = 0;
+        for (char *at = strstr (buf, "\r\n\r\n"); at && (at = strstr (at + 1, "\n\n")); )
+            events++;
+        if (events >= want)
+            break;
+    }
+    return buf;
+}
+
+//  The console: the page without a key and with its security headers; data
+//  with the API key or the console key, 401 without, 403 with neither
+//  configured; the console key cannot publish; dev tokens verify with the
+//  node's secret; topics from the census; the live stream.
+static void
+s_console_test (wsr_metrics_t *metrics)
+{
+    wsr_census_t *census = wsr_census_new (1, WSR_CENSUS_TOP);
+    const char secret [] = "console-selftest-secret-0123456789abcdef";
+    wsr_listener_opts_t opts = {
+        .bind = "127.0.0.1", .port = 0, .api_key = "sekrit", .console_key = "peek",
+        .max_pending = 100, .handshake_timeout_ms = 2000, .max_message = 1024,
+        .jwt_secret = (const uint8_t *) secret, .jwt_secret_len = strlen (secret),
+        .census = census, .node_name = "lconsole"
+    };
+    wsr_listener_t *listener = wsr_listener_new ("lconsole", &opts, metrics);
+    assert (listener);
+    int port = wsr_listener_port (listener);
+
+    char *reply = s_http (port, "GET /console HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    assert (strstr (reply, "Content-Type: text/html"));
+    assert (strstr (reply, "Content-Security-Policy: default-src 'none'; script-src 'self';"));
+    assert (strstr (reply, "frame-ancestors 'none'") && strstr (reply, "X-Frame-Options: DENY"));
+    assert (strstr (reply, "id=\"sessions-open\""));
+    free (reply);
+    reply = s_http (port, "GET /console/console.js HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "sessionStorage"));
+    free (reply);
+    reply = s_http (port, "GET /console/../healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 404", 12) == 0);
+    free (reply);
+
+    //  Keys: none or wrong 401; the console key reads, cannot publish
+    int64_t refused = wsr_metrics_get (metrics, WSR_M_CONSOLE_REFUSED);
+    reply = s_http (port, "GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 401", 12) == 0);
+    free (reply);
+    reply = s_http (port, "GET /api/topics HTTP/1.1\r\nAuthorization: apikey peek2\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 401", 12) == 0);
+    free (reply);
+    assert (wsr_metrics_get (metrics, WSR_M_CONSOLE_REFUSED) == refused + 2);
+    reply = s_http (port, "GET /api/stats HTTP/1.1\r\nAuthorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "Cache-Control: no-store"));
+    assert (strstr (reply, "\"key\":\"console\"") && strstr (reply, "\"can_publish\":false"));
+    assert (strstr (reply, "\"can_mint\":true") && strstr (reply, "\"node\":\"lconsole\""));
+    free (reply);
+    reply = s_http (port, "GET /api/stats HTTP/1.1\r\nAuthorization: apikey sekrit\r\n\r\n");
+    assert (strstr (reply, "\"key\":\"api\"") && strstr (reply, "\"can_publish\":true"));
+    free (reply);
+    reply = s_post (port, "peek", "{\"user\":\"u1\",\"data\":\"x\"}");
+    assert (strncmp (reply, "HTTP/1.1 401", 12) == 0);
+    free (reply);
+
+    //  A dev token for the user asked, signed with the node's secret
+    reply = s_http (port, "POST /api/token?user=alice&channels=lobby HTTP/1.1\r\n"
+                          "Authorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    json_t *body = json_loads (strstr (reply, "\r\n\r\n") + 4, 0, NULL);
+    const char *token = json_string_value (json_object_get (body, "token"));
+    assert (token);
+    wsr_jwt_t *verifier = wsr_jwt_new_hs256 ((const uint8_t *) secret, strlen (secret));
+    wsr_claims_t claims;
+    const char *reason = NULL;
+    int64_t now = (int64_t) time (NULL);
+    assert (wsr_jwt_verify (verifier, token, strlen (token), now, &claims, &reason) == 0);
+    assert (streq (claims.sub, "alice") && claims.channels_count == 1);
+    assert (claims.exp > now && claims.exp <= now + WSR_CONSOLE_TOKEN_TTL_S);
+    wsr_jwt_destroy (&verifier);
+    json_decref (body);
+    free (reply);
+    reply = s_http (port, "POST /api/token?user=a%20b HTTP/1.1\r\n"
+                          "Authorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 400", 12) == 0);
+    free (reply);
+
+    //  Topics: asking starts the census; a worker's count shows next time
+    reply = s_http (port, "GET /api/topics HTTP/1.1\r\nAuthorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "\"age_ms\":-1"));
+    free (reply);
+    assert (wsr_census_due (census, 0, wsr_util_mono_ms ()));
+    wsr_census_begin (census, 0);
+    wsr_census_add (census, 0, "channel:hall", 3);
+    wsr_census_add (census, 0, "user:u1", 1);
+    wsr_census_commit (census, 0, 2, wsr_util_mono_ms ());
+    reply = s_http (port, "GET /api/topics?limit=1 HTTP/1.1\r\n"
+                          "Authorization: apikey sekrit\r\n\r\n");
+    assert (strstr (reply, "{\"topic\":\"channel:hall\",\"subscribers\":3}]"));
+    free (reply);
+    reply = s_http (port, "GET /api/topics?limit=0 HTTP/1.1\r\n"
+                          "Authorization: apikey sekrit\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 400", 12) == 0);
+    free (reply);
+
+    //  The live stream: an event at once, one a second after; it ends
+    //  when the client goes
+    assert (s_gauge_reaches (metrics, WSR_M_PENDING_CONNECTIONS, 0));
+    int fd = s_connect (port);
+    const char *ask = "GET /api/stats/stream HTTP/1.1\r\nAuthorization: apikey peek\r\n\r\n";
+    assert (send (fd, ask, strlen (ask), 0) == (ssize_t) strlen (ask));
+    reply = s_read_events (fd, 2);
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    assert (strstr (reply, "Content-Type: text/event-stream\r\n"));
+    char *first = strstr (reply, "data: {");
+    assert (first && strstr (first + 1, "data: {"));
+    free (reply);
+    assert (wsr_metrics_get (metrics, WSR_M_PENDING_CONNECTIONS) == 1);
+    close (fd);
+    assert (s_gauge_reaches (metrics, WSR_M_PENDING_CONNECTIONS, 0));
+    wsr_listener_destroy (&listener);
+
+    //  No key configured: the data endpoints are off, the page still loads;
+    //  no secret: no tokens
+    opts.api_key = NULL;
+    opts.console_key = NULL;
+    listener = wsr_listener_new ("lconsole", &opts, metrics);
+    port = wsr_listener_port (listener);
+    const char *off [] = { "GET /api/stats", "GET /api/stats/stream", "GET /api/topics",
+                           "POST /api/token?user=x" };
+    for (size_t i = 0; i < sizeof off / sizeof off [0]; i++) {
+        char request [256];
+        snprintf (request, sizeof request, "%s HTTP/1.1\r\nAuthorization: apikey x\r\n\r\n",
+                  off [i]);
+        reply = s_http (port, request);
+        assert (strncmp (reply, "HTTP/1.1 403", 12) == 0);
+        free (reply);
+    }
+    reply = s_http (port, "GET /console/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    free (reply);
+    wsr_listener_destroy (&listener);
+    opts.console_key = "peek";
+    opts.jwt_secret = NULL;
+    opts.jwt_secret_len = 0;
+    listener = wsr_listener_new ("lconsole", &opts, metrics);
+    port = wsr_listener_port (listener);
+    reply = s_http (port, "POST /api/token?user=x HTTP/1.1\r\nAuthorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 403", 12) == 0 && strstr (reply, "public key"));
+    free (reply);
+    wsr_listener_destroy (&listener);
+    wsr_census_destroy (&census);
+}
+
 void
 wsr_listener_test (bool verbose)
 {
@@ -2169,6 +2349,7 @@ wsr_listener_test (bool verbose)
     wsr_listener_destroy (&listener);
     wsr_ipcount_destroy (&capped);
 
+    s_console_test (metrics);
     zsock_destroy (&auth);
     zsock_destroy (&router);
     wsr_ipcount_destroy (&ipcount);
