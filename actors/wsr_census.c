@@ -2,10 +2,14 @@
 //
 //  Topic tables belong to the session workers and are never read by another
 //  thread. When the console asks (GET /api/topics, wsr_census_want), each
-//  worker, on a turn of its own loop, walks its table at most every
-//  WSR_CENSUS_PERIOD_MS and keeps its N largest topics in a bounded min-heap
-//  (O(topics · log N), no allocation); commit publishes the list under a
-//  mutex. Nobody asking: the workers do nothing but read one atomic.
+//  worker walks its own table (wsr_topic_walk) WSR_CENSUS_STEP topics per
+//  turn of its loop, so no turn is held up for long, and keeps its N
+//  largest topics in a bounded min-heap (O(topics · log N), no allocation);
+//  commit publishes the list under a mutex. A new count is due
+//  WSR_CENSUS_PERIOD_MS after the last, or 1 ms per WSR_CENSUS_TOPICS_PER_MS
+//  topics held if that is longer (a million topics: every 20 s), which keeps
+//  the walks' share of a worker small. Nobody asking: the workers do
+//  nothing but read one atomic.
 //  The answer sums each worker's top N by key: exact while each worker holds
 //  at most N topics, a lower bound for a topic that falls out of some
 //  worker's top N otherwise.
@@ -93,9 +97,12 @@ wsr_census_due (wsr_census_t *self, int worker, int64_t now_ms)
     assert (self && worker >= 0 && worker < self->workers);
     if (now_ms >= atomic_load_explicit (&self->wanted_until, memory_order_relaxed))
         return false;
-    //  Only this worker writes its `counted`: reading it here needs no lock
-    int64_t counted = self->worker [worker].counted;
-    return counted == 0 || now_ms - counted >= WSR_CENSUS_PERIOD_MS;
+    //  Only this worker writes its `counted` and `topics`: no lock to read them
+    s_worker_t *w = &self->worker [worker];
+    int64_t period = (int64_t) (w->topics / WSR_CENSUS_TOPICS_PER_MS);
+    if (period < WSR_CENSUS_PERIOD_MS)
+        period = WSR_CENSUS_PERIOD_MS;
+    return w->counted == 0 || now_ms - w->counted >= period;
 }
 
 //  --------------------------------------------------------------------------
@@ -261,6 +268,15 @@ wsr_census_test (bool verbose)
     assert (!wsr_census_due (census, 0, now + 1));
     assert (wsr_census_due (census, 0, now + WSR_CENSUS_PERIOD_MS));
     //  Worker 1: channel:b again (summed), and one of its own
+    wsr_census_begin (census, 1);
+    wsr_census_add (census, 1, "channel:b", 4);
+    wsr_census_add (census, 1, "channel:z", 3);
+    wsr_census_commit (census, 1, 2, now);
+    //  A large table is counted less often
+    wsr_census_begin (census, 1);
+    wsr_census_commit (census, 1, 200000, now);
+    assert (!wsr_census_due (census, 1, now + WSR_CENSUS_PERIOD_MS));
+    assert (wsr_census_due (census, 1, now + 200000 / WSR_CENSUS_TOPICS_PER_MS));
     wsr_census_begin (census, 1);
     wsr_census_add (census, 1, "channel:b", 4);
     wsr_census_add (census, 1, "channel:z", 3);

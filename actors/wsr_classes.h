@@ -44,7 +44,9 @@
 #define WSR_DEFAULT_DEFLATE_LEVEL   6       //  zlib level for permessage-deflate
 #define WSR_CENSUS_TOP              100     //  topics each worker reports to the console
 #define WSR_CENSUS_WANTED_MS        5000    //  workers count this long after a look
-#define WSR_CENSUS_PERIOD_MS        900     //  ... at most this often (they wake each 1 s)
+#define WSR_CENSUS_PERIOD_MS        900     //  ... at most this often (they wake each 1 s),
+#define WSR_CENSUS_TOPICS_PER_MS    50      //  ... and 1 ms per 50 topics held (1M: 20 s)
+#define WSR_CENSUS_STEP             1024    //  topics counted per turn of a worker's loop
 #define WSR_CONSOLE_TOKEN_TTL_S     600     //  dev tokens minted by the console
 #define WSR_CONSOLE_STREAMS         16      //  live-figure streams (SSE) at once per node
 

@@ -51,11 +51,14 @@ void *
 const char *
     wsr_topic_member_key (wsr_topic_member_t *member);
 
-//  Call fn with every topic key and its member count (the console's census).
-//  The table must not change during the walk; keys are borrowed.
-typedef void (wsr_topic_each_fn) (const char *key, size_t members, void *arg);
-void
-    wsr_topic_each (wsr_topic_t *self, wsr_topic_each_fn *fn, void *arg);
+//  Walk every topic with its member count (the console's census) a step at
+//  a time: each call visits at most budget topics (fn gets each key,
+//  borrowed, and count). The table may change between calls: topics added
+//  meanwhile may be missed, those gone are not visited. Returns true when
+//  the walk is complete; the next call starts a new one.
+typedef void (wsr_topic_walk_fn) (const char *key, size_t members, void *arg);
+bool
+    wsr_topic_walk (wsr_topic_t *self, size_t budget, wsr_topic_walk_fn *fn, void *arg);
 
 //  Number of topics with at least one member.
 size_t
