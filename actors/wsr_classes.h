@@ -82,6 +82,7 @@
 #include "wsr_presence.h"
 #include "wsr_v1sess.h"
 #include "wsr_peers.h"
+#include "wsr_jsmerge.h"
 #include "wsr_zap.h"
 #include "wsr_bridge.h"
 #include "wsr_node.h"

@@ -216,6 +216,13 @@ s_info [WSR_M_COUNT] = {
           "Payload bytes before and after compression" },
     [WSR_M_DEFLATE_BYTES_OUT] =
         { "wsrouter_deflate_bytes_total", "stage=\"out\"", "counter", NULL },
+    [WSR_M_BRIDGE_JS_CORE] =
+        { "wsrouter_bridge_jetstream_core_total", NULL, "counter",
+          "NATS messages delivered from the core subscription (no offset): the history "
+          "stream was silent or late" },
+    [WSR_M_BRIDGE_JS_DUPLICATES] =
+        { "wsrouter_bridge_jetstream_duplicates_total", NULL, "counter",
+          "Second copies dropped (core or stream): the other copy was delivered" },
     [WSR_M_LINK_BRIDGE_UP] =
         { "wsrouter_link_bridge_up", NULL, "gauge",
           "1 while the node's router hears the bridge's heartbeats" },

@@ -85,6 +85,8 @@ typedef enum {
     WSR_M_DEFLATE_COMPRESSED,       //  messages compressed (once per worker, not per recipient)
     WSR_M_DEFLATE_BYTES_IN,         //  payload bytes before compression
     WSR_M_DEFLATE_BYTES_OUT,        //  ... and after
+    WSR_M_BRIDGE_JS_CORE,           //  NATS messages delivered from core: JetStream silent
+    WSR_M_BRIDGE_JS_DUPLICATES,     //  ... copies dropped: the other one was delivered
     WSR_M_LINK_BRIDGE_UP,           //  gauge: 1 while the router hears the bridge's heartbeats
     WSR_M_LINK_REDIS,               //  gauge: Redis as the heartbeats say (1, 0, -1 none)
     WSR_M_LINK_NATS,                //  gauge: NATS as the heartbeats say (1, 0, -1 none)

@@ -86,6 +86,9 @@ typedef struct {
     wsr_jetstream_config_t js_config;   //  to make it again (strings in js_names)
     char js_names [3][512];         //  stream name, user and channel subjects
     char js_endpoint [64];          //  inproc endpoint of js_live
+    wsr_jsmerge_t *jsmerge;         //  core and stream copies of NATS messages, or NULL
+    char js_epoch [WSR_HISTORY_EPOCH_MAX + 1];  //  epoch of the stream copies seen
+    uint64_t js_last [2];           //  last stream sequence seen: users, channels
     wsr_hreads_t *hreads;           //  history reads for peers
     wsr_presence_t *presence;       //  presence in Redis, or NULL
     bool events;                    //  publish lifecycle events
@@ -384,9 +387,22 @@ s_on_redis_subscribed (void *arg, const char *channel, size_t channel_len)
         wsr_hreads_confirmed (self->hreads, channel, channel_len);
 }
 
+//  Some peer wants the topic.
+static bool
+s_wanted (s_bridge_t *self, const char *key)
+{
+    wsr_peer_t **peers;
+    return wsr_peers_recipients (self->peers, key, &peers) > 0;
+}
+
 //  The history stream's messages: [subject][payload][sequence][epoch]. The
 //  stream sequence is the offset; the previous one of the same subject is
 //  not known here (0).
+//
+//  Each message also comes from the core subscription of its subject (when
+//  a peer wants it); wsr_jsmerge delivers one of the two copies. A stream
+//  copy already seen (the live consumers made again from the last sequence
+//  seen after a reconnect) is dropped.
 static void
 s_handle_js_live (s_bridge_t *self)
 {
@@ -398,17 +414,46 @@ s_handle_js_live (s_bridge_t *self)
     zframe_t *seq = zmsg_next (msg);
     zframe_t *epoch = zmsg_next (msg);
     char epoch_text [WSR_HISTORY_EPOCH_MAX + 1];
-    if (subject && data && seq && epoch && zframe_size (seq) == 8
+    char key [WSR_TOPIC_MAX];
+    uint64_t offset = seq && zframe_size (seq) == 8? wsr_msgs_get_u64 (zframe_data (seq)): 0;
+    int key_size = subject? wsr_naming_to_topic (self->nats_names,
+                                                 (const char *) zframe_data (subject),
+                                                 zframe_size (subject), key, sizeof key): -1;
+    if (offset && data && key_size > 0 && epoch
     &&  zframe_size (epoch) > 0 && zframe_size (epoch) <= WSR_HISTORY_EPOCH_MAX) {
         memcpy (epoch_text, zframe_data (epoch), zframe_size (epoch));
         epoch_text [zframe_size (epoch)] = 0;
-        uint64_t offset = wsr_msgs_get_u64 (zframe_data (seq));
-        if (offset)
+        int kind = strncmp (key, WSR_TOPIC_USER, strlen (WSR_TOPIC_USER)) == 0? 0: 1;
+        if (strcmp (epoch_text, self->js_epoch)) {
+            snprintf (self->js_epoch, sizeof self->js_epoch, "%s", epoch_text);
+            self->js_last [0] = self->js_last [1] = 0;
+        }
+        bool deliver = offset > self->js_last [kind];
+        if (deliver)
+            self->js_last [kind] = offset;
+        if (deliver && self->jsmerge && s_wanted (self, key)
+        &&  wsr_jsmerge_stream (self->jsmerge, (const char *) zframe_data (subject),
+                                zframe_size (subject), zframe_data (data), zframe_size (data),
+                                wsr_util_mono_ms ()) == WSR_JSMERGE_DROP) {
+            wsr_metrics_add (self->metrics, WSR_M_BRIDGE_JS_DUPLICATES, 1);
+            deliver = false;
+        }
+        if (deliver)
             s_deliver_at (self, self->nats_names, NULL, (const char *) zframe_data (subject),
                           zframe_size (subject), zframe_data (data), zframe_size (data),
                           offset, 0, epoch_text);
     }
     zmsg_destroy (&msg);
+}
+
+//  A held core copy whose stream copy did not come: delivered without offset.
+static void
+s_on_merge_due (void *arg, const char *subject, size_t subject_len, const uint8_t *data,
+                size_t size)
+{
+    s_bridge_t *self = (s_bridge_t *) arg;
+    wsr_metrics_add (self->metrics, WSR_M_BRIDGE_JS_CORE, 1);
+    s_deliver (self, self->nats_names, NULL, subject, subject_len, data, size);
 }
 
 static void
@@ -419,10 +464,29 @@ s_handle_nats (s_bridge_t *self)
         return;
     zframe_t *subject = zmsg_first (msg);
     zframe_t *data = zmsg_next (msg);
-    //  NATS firehose patterns do not overlap: one delivery per message
-    if (subject && data)
-        s_deliver (self, self->nats_names, NULL, (const char *) zframe_data (subject),
-                   zframe_size (subject), zframe_data (data), zframe_size (data));
+    //  NATS firehose patterns do not overlap: one delivery per message.
+    //  With a history stream the copy from the stream is usually the one
+    //  delivered (s_handle_js_live)
+    if (subject && data) {
+        wsr_jsmerge_verdict_t verdict = WSR_JSMERGE_DELIVER;
+        char key [WSR_TOPIC_MAX];
+        if (self->jsmerge
+        &&  wsr_naming_to_topic (self->nats_names, (const char *) zframe_data (subject),
+                                 zframe_size (subject), key, sizeof key) > 0
+        &&  s_wanted (self, key)) {
+            verdict = wsr_jsmerge_core (self->jsmerge, (const char *) zframe_data (subject),
+                                        zframe_size (subject), zframe_data (data),
+                                        zframe_size (data), wsr_util_mono_ms ());
+            if (verdict == WSR_JSMERGE_DELIVER)
+                wsr_metrics_add (self->metrics, WSR_M_BRIDGE_JS_CORE, 1);
+            else
+            if (verdict == WSR_JSMERGE_DROP)
+                wsr_metrics_add (self->metrics, WSR_M_BRIDGE_JS_DUPLICATES, 1);
+        }
+        if (verdict == WSR_JSMERGE_DELIVER)
+            s_deliver (self, self->nats_names, NULL, (const char *) zframe_data (subject),
+                       zframe_size (subject), zframe_data (data), zframe_size (data));
+    }
     zmsg_destroy (&msg);
 }
 
@@ -444,9 +508,10 @@ s_backplane_subscribe (s_bridge_t *self, const char *topic, bool on)
                 wsr_hreads_unconfirmed (self->hreads, name);
         }
     }
-    //  With a JetStream history stream its consumer brings every subject
-    //  (with sequences): a core subscription would deliver twice
-    if (self->nats && !self->jetstream
+    //  With a JetStream history stream too: its copy of a message usually
+    //  comes second and is the one delivered, the core copy is there for
+    //  when the stream stops (wsr_jsmerge)
+    if (self->nats
     &&  wsr_naming_to_backplane (self->nats_names, topic, name, sizeof name) > 0) {
         if (on)
             wsr_nats_subscribe (self->nats, name);
@@ -1125,7 +1190,8 @@ s_jetstream_start (s_bridge_t *self, const wsr_bridge_opts_t *opts, int instance
         .ttl_s = opts->history_ttl_s > 0? opts->history_ttl_s: WSR_HISTORY_DEFAULT_TTL_S,
         .replicas = opts->nats_history_replicas > 0? opts->nats_history_replicas: 1
     };
-    if (!self->js_live) {
+    self->jsmerge = wsr_jsmerge_new (0);
+    if (!self->js_live || !self->jsmerge) {
         zsys_error ("bridge: cannot bind %s", self->js_endpoint);
         self->status = -1;
     }
@@ -1152,6 +1218,11 @@ s_jetstream_follow (s_bridge_t *self)
     wsr_jetstream_destroy (&self->jetstream);
     self->js_conn = conn;
     if (conn) {
+        //  After what this bridge saw (config.subjects: users, then channels)
+        self->js_config.resume [0] = self->js_last [0];
+        self->js_config.resume [1] = self->js_last [1];
+        snprintf (self->js_config.resume_epoch, sizeof self->js_config.resume_epoch, "%s",
+                  self->js_epoch);
         self->jetstream = wsr_jetstream_new ((natsConnection *) conn, &self->js_config,
                                              self->js_endpoint);
         if (!self->jetstream)
@@ -1537,6 +1608,11 @@ s_bridge_actor (zsock_t *pipe, void *args)
             if (http_timeout >= 0 && http_timeout < timeout)
                 timeout = http_timeout;
         }
+        if (self->jsmerge && wsr_jsmerge_due (self->jsmerge) < INT64_MAX) {
+            int64_t due = wsr_jsmerge_due (self->jsmerge) - now;
+            if (due < timeout)
+                timeout = due > 0? (long) due: 0;
+        }
         if (self->jetstream && wsr_jetstream_timeout (self->jetstream) < timeout)
             timeout = wsr_jetstream_timeout (self->jetstream);
         if (zmq_poll (items, count, timeout) == -1 && zmq_errno () != EINTR)
@@ -1567,6 +1643,8 @@ s_bridge_actor (zsock_t *pipe, void *args)
         for (int budget = WSR_WORKER_BUDGET; self->js_live && budget > 0
              && (zsock_events (self->js_live) & ZMQ_POLLIN); budget--)
             s_handle_js_live (self);
+        if (self->jsmerge)
+            wsr_jsmerge_expire (self->jsmerge, wsr_util_mono_ms (), s_on_merge_due, self);
         if (self->jetstream)
             wsr_jetstream_process (self->jetstream);
         if (self->redis)
@@ -1592,6 +1670,7 @@ s_bridge_actor (zsock_t *pipe, void *args)
     wsr_history_destroy (&self->history);
     wsr_jetstream_destroy (&self->jetstream);
     zsock_destroy (&self->js_live);
+    wsr_jsmerge_destroy (&self->jsmerge);
     wsr_hreads_destroy (&self->hreads);
     wsr_presence_destroy (&self->presence);
     free (self->redis_events);

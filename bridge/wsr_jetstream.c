@@ -81,6 +81,20 @@ typedef struct {
     size_t count;
 } s_read_t;
 
+//  What the libnats callbacks touch, under its lock. It lives until the
+//  owner let go of it and every subscription made on it said it completed
+//  (its last message callback is over), so closing a subscription never
+//  waits for libnats, nor for the JetStream API (a lost server, a stream
+//  without a leader): the owner's thread does not block.
+typedef struct {
+    pthread_mutex_t lock;
+    int refs;                       //  the owner, and each subscription not completed
+    bool closed;                    //  no more forwarding
+    zsock_t *push;                  //  API replies to the owner (PUSH; NULL once closed)
+    zsock_t *live_push;             //  live messages to the owner, or NULL
+    char live_epoch [WSR_HISTORY_EPOCH_MAX + 1];    //  epoch live messages carry
+} s_shared_t;
+
 struct _wsr_jetstream_t {
     natsConnection *conn;           //  borrowed
     wsr_jetstream_config_t config;  //  strings below are our copies
@@ -89,11 +103,7 @@ struct _wsr_jetstream_t {
     natsSubscription *replies;      //  on INBOX.*
     char pull_endpoint [64];
     zsock_t *pull;                  //  owner side of the reply queue
-    zsock_t *push;                  //  libnats side, used under lock
-    pthread_mutex_t lock;           //  guards push, closed, live_push, live_epoch, done
-    pthread_cond_t done_cond;       //  a subscription completed
-    bool closed;                    //  no more forwarding
-    int done;                       //  subscriptions completed
+    s_shared_t *shared;             //  what libnats' threads use (outlives us)
     s_read_t reads [S_SLOTS];       //  reads; the last slot is for control requests
     size_t inflight;                //  reads in flight
     uint64_t counter;               //  request ids
@@ -104,8 +114,6 @@ struct _wsr_jetstream_t {
     char epoch [WSR_HISTORY_EPOCH_MAX + 1];
     bool warned;                    //  stream problem logged since last success
     char *live_endpoint;            //  where live messages go, or NULL
-    zsock_t *live_push;             //  PUSH to it, used under lock
-    char live_epoch [WSR_HISTORY_EPOCH_MAX + 1];    //  epoch live messages carry (lock)
     jsCtx *js;                      //  for the live consumers
     char *subjects [WSR_JETSTREAM_MAX_SUBJECTS];    //  the stream's subjects (from its info)
     natsSubscription *live [WSR_JETSTREAM_MAX_SUBJECTS];    //  ordered consumer per subject
@@ -120,7 +128,7 @@ static void
 s_on_reply (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     (void) nc, (void) sub;
-    wsr_jetstream_t *self = (wsr_jetstream_t *) closure;
+    s_shared_t *self = (s_shared_t *) closure;
     const char *subject = natsMsg_GetSubject (msg);
     const char *dot = strrchr (subject, '.');
     uint64_t id = dot? strtoull (dot + 1, NULL, 10): 0;
@@ -147,7 +155,7 @@ static void
 s_on_live (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     (void) nc, (void) sub;
-    wsr_jetstream_t *self = (wsr_jetstream_t *) closure;
+    s_shared_t *self = (s_shared_t *) closure;
     jsMsgMetaData *meta = NULL;
     if (natsMsg_GetMetaData (&meta, msg) == NATS_OK) {
         uint8_t sequence [8];
@@ -172,34 +180,46 @@ s_on_live (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
     natsMsg_Destroy (msg);
 }
 
+//  Drop a reference to the shared part; the last one frees it.
+static void
+s_shared_release (s_shared_t *shared)
+{
+    pthread_mutex_lock (&shared->lock);
+    bool last = --shared->refs == 0;
+    pthread_mutex_unlock (&shared->lock);
+    if (last) {
+        pthread_mutex_destroy (&shared->lock);
+        free (shared);
+    }
+}
+
+//  A subscription is over: libnats calls nothing of it any more.
 static void
 s_on_complete (void *closure)
 {
-    wsr_jetstream_t *self = (wsr_jetstream_t *) closure;
-    pthread_mutex_lock (&self->lock);
-    self->done++;
-    pthread_cond_signal (&self->done_cond);
-    pthread_mutex_unlock (&self->lock);
+    s_shared_release ((s_shared_t *) closure);
 }
 
-//  Close a subscription and wait (5 s at most) until libnats is done with it.
+//  Hold the shared part for a new subscription until it completes.
+//  Without a completion callback (libnats refused it) the reference is
+//  never given back: the shared part then leaks rather than being used
+//  after it was freed.
 static void
-s_close_subscription (wsr_jetstream_t *self, natsSubscription **sub_p)
+s_shared_hold (wsr_jetstream_t *self, natsSubscription *sub)
 {
-    if (!*sub_p)
-        return;
-    pthread_mutex_lock (&self->lock);
-    int done = self->done;
-    pthread_mutex_unlock (&self->lock);
-    natsSubscription_Unsubscribe (*sub_p);
-    struct timespec until;
-    clock_gettime (CLOCK_REALTIME, &until);
-    until.tv_sec += 5;
-    pthread_mutex_lock (&self->lock);
-    while (self->done == done
-       &&  pthread_cond_timedwait (&self->done_cond, &self->lock, &until) == 0)
-        ;
-    pthread_mutex_unlock (&self->lock);
+    pthread_mutex_lock (&self->shared->lock);
+    self->shared->refs++;
+    pthread_mutex_unlock (&self->shared->lock);
+    if (natsSubscription_SetOnCompleteCB (sub, s_on_complete, self->shared) != NATS_OK)
+        zsys_warning ("jetstream: subscription without completion callback");
+}
+
+//  Close a subscription without waiting: no UNSUB-and-delete-consumer round
+//  trip (natsSubscription_Destroy only sends UNSUB; the server removes an
+//  ephemeral consumer without interest by itself).
+static void
+s_close_subscription (natsSubscription **sub_p)
+{
     natsSubscription_Destroy (*sub_p);
     *sub_p = NULL;
 }
@@ -221,38 +241,39 @@ wsr_jetstream_new (natsConnection *conn, const wsr_jetstream_config_t *config,
     self->config.stream = self->strings [0] = strdup (config->stream);
     for (int i = 0; i < WSR_JETSTREAM_MAX_SUBJECTS && config->subjects [i]; i++)
         self->config.subjects [i] = self->strings [i + 1] = strdup (config->subjects [i]);
-    pthread_mutex_init (&self->lock, NULL);
-    pthread_cond_init (&self->done_cond, NULL);
+    self->shared = (s_shared_t *) zmalloc (sizeof (s_shared_t));
+    assert (self->shared);
+    pthread_mutex_init (&self->shared->lock, NULL);
+    self->shared->refs = 1;
     snprintf (self->pull_endpoint, sizeof self->pull_endpoint, "inproc://wsr-jetstream-%p",
               (void *) self);
     self->pull = zsock_new (ZMQ_PULL);
-    self->push = zsock_new (ZMQ_PUSH);
-    assert (self->pull && self->push);
+    zsock_t *push = self->shared->push = zsock_new (ZMQ_PUSH);
+    assert (self->pull && push);
     zsock_set_rcvhwm (self->pull, WSR_HWM);
-    zsock_set_sndhwm (self->push, WSR_HWM);
-    zsock_set_sndtimeo (self->push, 0);
-    zsock_set_linger (self->push, 0);
+    zsock_set_sndhwm (push, WSR_HWM);
+    zsock_set_sndtimeo (push, 0);
+    zsock_set_linger (push, 0);
     int rc = zsock_bind (self->pull, "%s", self->pull_endpoint);
     if (rc == 0)
-        rc = zsock_connect (self->push, "%s", self->pull_endpoint);
+        rc = zsock_connect (push, "%s", self->pull_endpoint);
     if (rc == 0 && live) {
         self->live_endpoint = strdup (live);
-        self->live_push = zsock_new (ZMQ_PUSH);
-        assert (self->live_push);
-        zsock_set_sndhwm (self->live_push, WSR_HWM);
-        zsock_set_sndtimeo (self->live_push, 0);
-        zsock_set_linger (self->live_push, 0);
-        rc = zsock_connect (self->live_push, "%s", live);
+        zsock_t *live_push = self->shared->live_push = zsock_new (ZMQ_PUSH);
+        assert (live_push);
+        zsock_set_sndhwm (live_push, WSR_HWM);
+        zsock_set_sndtimeo (live_push, 0);
+        zsock_set_linger (live_push, 0);
+        rc = zsock_connect (live_push, "%s", live);
     }
     char wildcard [128];
     if (rc == 0 && natsInbox_Create (&self->inbox) == NATS_OK) {
         snprintf (wildcard, sizeof wildcard, "%s.*", self->inbox);
-        rc = natsConnection_Subscribe (&self->replies, conn, wildcard, s_on_reply, self)
-             == NATS_OK? 0: -1;
+        rc = natsConnection_Subscribe (&self->replies, conn, wildcard, s_on_reply,
+                                       self->shared) == NATS_OK? 0: -1;
         if (rc == 0) {
             natsSubscription_SetPendingLimits (self->replies, WSR_HWM, 256 * 1024 * 1024);
-            rc = natsSubscription_SetOnCompleteCB (self->replies, s_on_complete, self)
-                 == NATS_OK? 0: -1;
+            s_shared_hold (self, self->replies);
         }
     }
     else
@@ -282,16 +303,18 @@ wsr_jetstream_destroy (wsr_jetstream_t **self_p)
     assert (self_p);
     if (*self_p) {
         wsr_jetstream_t *self = *self_p;
+        //  Nothing is forwarded from now on; the sockets go in this thread
+        pthread_mutex_lock (&self->shared->lock);
+        self->shared->closed = true;
+        zsock_destroy (&self->shared->push);
+        zsock_destroy (&self->shared->live_push);
+        pthread_mutex_unlock (&self->shared->lock);
         for (int i = 0; i < WSR_JETSTREAM_MAX_SUBJECTS; i++) {
-            s_close_subscription (self, &self->live [i]);
+            s_close_subscription (&self->live [i]);
             free (self->subjects [i]);
         }
-        s_close_subscription (self, &self->replies);
-        pthread_mutex_lock (&self->lock);
-        self->closed = true;
-        zsock_destroy (&self->push);
-        zsock_destroy (&self->live_push);
-        pthread_mutex_unlock (&self->lock);
+        s_close_subscription (&self->replies);
+        s_shared_release (self->shared);
         jsCtx_Destroy (self->js);
         zsock_destroy (&self->pull);
         for (int i = 0; i < S_SLOTS; i++)
@@ -300,8 +323,6 @@ wsr_jetstream_destroy (wsr_jetstream_t **self_p)
         for (int i = 0; i <= WSR_JETSTREAM_MAX_SUBJECTS; i++)
             free (self->strings [i]);
         free (self->live_endpoint);
-        pthread_mutex_destroy (&self->lock);
-        pthread_cond_destroy (&self->done_cond);
         free (self);
         *self_p = NULL;
     }
@@ -675,6 +696,19 @@ s_create (wsr_jetstream_t *self)
     free (text);
 }
 
+//  Where the live consumer of subject resumes: after the sequence the
+//  owner saw last, if the stream is the one it was seen in (else 0).
+static uint64_t
+s_resume_point (wsr_jetstream_t *self, const char *subject)
+{
+    if (!*self->config.resume_epoch || strcmp (self->config.resume_epoch, self->epoch))
+        return 0;
+    for (int i = 0; i < WSR_JETSTREAM_MAX_SUBJECTS && self->config.subjects [i]; i++)
+        if (streq (self->config.subjects [i], subject))
+            return self->config.resume [i];
+    return 0;
+}
+
 //  (Re)make the live consumers, one ordered consumer per subject of the
 //  stream (a consumer filters on one subject): from new messages the first
 //  time, from the first message of a new stream after the epoch changed.
@@ -683,7 +717,7 @@ static void
 s_live_start (wsr_jetstream_t *self, bool from_start)
 {
     for (int i = 0; i < WSR_JETSTREAM_MAX_SUBJECTS; i++)
-        s_close_subscription (self, &self->live [i]);
+        s_close_subscription (&self->live [i]);
     self->live_started = true;
     snprintf (self->live_for, sizeof self->live_for, "%s", self->epoch);
     if (!self->js) {
@@ -699,14 +733,20 @@ s_live_start (wsr_jetstream_t *self, bool from_start)
         options.Stream = self->config.stream;
         options.Ordered = true;
         options.Config.DeliverPolicy = from_start? js_DeliverAll: js_DeliverNew;
+        //  Missed heartbeats make libnats remake the consumer (a lost
+        //  server): 1 s, not its 5 s default, so it notices in 2 s
+        options.Config.Heartbeat = (int64_t) WSR_JETSTREAM_HEARTBEAT_MS * 1000000;
+        uint64_t resume = s_resume_point (self, self->subjects [i]);
+        if (!from_start && resume) {
+            options.Config.DeliverPolicy = js_DeliverByStartSequence;
+            options.Config.OptStartSeq = resume + 1;
+        }
         jsErrCode code = 0;
         natsStatus rc = js_Subscribe (&self->live [i], self->js, self->subjects [i], s_on_live,
-                                      self, NULL, &options, &code);
+                                      self->shared, NULL, &options, &code);
         if (rc == NATS_OK) {
             natsSubscription_SetPendingLimits (self->live [i], WSR_HWM, 256 * 1024 * 1024);
-            if (natsSubscription_SetOnCompleteCB (self->live [i], s_on_complete, self)
-                != NATS_OK)
-                zsys_warning ("jetstream: live consumer without completion callback");
+            s_shared_hold (self, self->live [i]);
         }
         else {
             self->live [i] = NULL;
@@ -752,9 +792,9 @@ s_control_reply (wsr_jetstream_t *self, const uint8_t *data, size_t size)
     self->ready = true;
     self->direct = direct;
     snprintf (self->epoch, sizeof self->epoch, "%s", epoch);
-    pthread_mutex_lock (&self->lock);
-    snprintf (self->live_epoch, sizeof self->live_epoch, "%s", epoch);
-    pthread_mutex_unlock (&self->lock);
+    pthread_mutex_lock (&self->shared->lock);
+    snprintf (self->shared->live_epoch, sizeof self->shared->live_epoch, "%s", epoch);
+    pthread_mutex_unlock (&self->shared->lock);
     if (self->live_endpoint && (!self->live_started || strcmp (self->live_for, epoch)))
         s_live_start (self, *self->live_for && strcmp (self->live_for, epoch));
 }

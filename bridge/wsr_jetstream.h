@@ -12,6 +12,7 @@ extern "C" {
 #define WSR_JETSTREAM_CHECK_MS      1000    //  stream info refresh (epoch, existence)
 #define WSR_JETSTREAM_CONSUMER_WAIT_MS 1000 //  live consumer create / delete, blocking
 #define WSR_JETSTREAM_MAX_SUBJECTS  8       //  subjects of a stream we create
+#define WSR_JETSTREAM_HEARTBEAT_MS  1000    //  live consumers' idle heartbeat
 
 typedef struct _wsr_jetstream_t wsr_jetstream_t;
 typedef struct __natsConnection natsConnection;
@@ -25,6 +26,11 @@ typedef struct {
     int64_t ttl_s;                  //  max age in seconds (history TTL)
     int replicas;                   //  1 (more in a JetStream cluster)
     bool memory;                    //  memory storage instead of file
+    //  The live consumers start after these stream sequences (per subject
+    //  of subjects; 0: from new messages) if the stream's epoch is still
+    //  resume_epoch: made again after a reconnect, they miss nothing
+    uint64_t resume [WSR_JETSTREAM_MAX_SUBJECTS];
+    char resume_epoch [WSR_HISTORY_EPOCH_MAX + 1];
 } wsr_jetstream_config_t;
 
 //  Create on a libnats connection (borrowed: it must outlive this object).

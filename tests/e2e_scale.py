@@ -329,10 +329,15 @@ class NatsCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+_js_sid = 0
+
+
 async def js_request(nc, subject, body=b"", timeout=5.0):
     """A request over the raw NATS client; returns the decoded JSON reply."""
+    global _js_sid
+    _js_sid += 1                # a sid once: NATS keeps the first SUB of a sid
     inbox = "_INBOX.e2e%d" % time.monotonic_ns()
-    await nc.subscribe(inbox, 99)
+    await nc.subscribe(inbox, 1000 + _js_sid)
     await nc.publish_reply(subject, inbox, body)
     deadline = time.monotonic() + timeout
     while True:
@@ -341,22 +346,64 @@ async def js_request(nc, subject, body=b"", timeout=5.0):
             return json.loads(data)
 
 
-JS_RESUME_LIMIT_S = 25.0        # JetStream ordered consumers: measured 6-10 s, not 2 s
+JS_RESUME_LIMIT_S = RESUME_LIMIT_S  # with a history stream too (core copies while it is down)
+
+
+async def js_stream_ready(nc, name, create=None, budget=30.0):
+    """The stream's info once it has a leader (made first if create is given:
+    a STREAM.CREATE body). JetStream answers late or not at all while its
+    meta leader or the stream's leader is being elected: ask again."""
+    info = {}
+    deadline = time.monotonic() + budget
+    while "config" not in info or not info.get("cluster", {}).get("leader"):
+        try:
+            if create is not None and "config" not in info:
+                info = await js_request(nc, "$JS.API.STREAM.CREATE." + name,
+                                        json.dumps(create).encode(), timeout=2.0)
+                if info.get("error", {}).get("err_code") == 10058:     # exists already
+                    info = {}
+                    create = None
+            else:
+                info = await js_request(nc, "$JS.API.STREAM.INFO." + name, timeout=2.0)
+        except e.E2EError:
+            info = {}
+        if time.monotonic() > deadline:
+            raise e.E2EError("stream %s not made or leaderless: %s" % (name, info))
+        if "config" not in info or not info.get("cluster", {}).get("leader"):
+            await asyncio.sleep(0.2)
+    return info
 
 
 async def case_nats_cluster(ncl):
-    """Two nodes on server 1: "p" plain core NATS, "j" with the R3 history
-    stream (live delivery then comes from JetStream ordered consumers)."""
-    url = "nats://127.0.0.1:%d" % ncl.ports[0]
+    """Two nodes: "p" plain core NATS, "j" with the R3 history stream (live
+    delivery then comes from JetStream ordered consumers, with the core
+    copies for when the stream stops). The worst case: the server both
+    bridges were given is the stream's leader, and it is killed, so the
+    bridges reconnect, nothing is stored until the two others elect a new
+    leader (seconds), and the live consumers must be made again."""
+    nc = await Nats.open(ncl.ports[0])
+    info = await js_stream_ready(nc, "WSR_SCALE", create={
+        "name": "WSR_SCALE", "subjects": ["world.updates.user.*", "world.updates.channel.*"],
+        "num_replicas": 3, "max_msgs_per_subject": 100, "max_age": 3600 * 10**9,
+        "storage": "file", "retention": "limits", "allow_direct": True, "discard": "old"})
+    nc.close()
+    e.expect_eq(info["config"].get("num_replicas"), 3, "WSR_SCALE replicas")
+    cluster = info["cluster"]
+    leader = int(cluster["leader"][1:])         # servers are named n0, n1, n2
+    killed = ncl.ports[leader]
+    note("stream WSR_SCALE: leader %s, replicas %s: both bridges on it, it is killed" % (
+        cluster["leader"], [r.get("name") for r in cluster.get("replicas", [])]))
+    url = "nats://127.0.0.1:%d" % killed
     srv_p = start_node(workers=2, extra_args=["--nats-url", url])
     srv_j = start_node(workers=2, extra_args=["--nats-url", url],
                        env={"NATS_HISTORY_STREAM": "WSR_SCALE", "NATS_HISTORY_REPLICAS": "3"})
     users = ["p1", "j1"]
     limits = {"p1": RESUME_LIMIT_S, "j1": JS_RESUME_LIMIT_S}
     clients = [await Client.connect(srv_p, "p1"), await Client.connect(srv_j, "j1")]
-    nc = await Nats.open(ncl.ports[1])
+    other = next(p for p in ncl.ports if p != killed)
+    nc = await Nats.open(other)
     try:
-        #  Routes in place and both bridges subscribed: a probe from server 2 arrives
+        #  Routes in place and both bridges subscribed: a probe from another server arrives
         deadline = time.monotonic() + 10
         n = 0
         while not all(c.with_prefix("probe") for c in clients):
@@ -364,19 +411,8 @@ async def case_nats_cluster(ncl):
                 await nc.publish("world.updates.user." + u, "probe%d" % n)
             n += 1
             if time.monotonic() > deadline:
-                raise e.E2EError("no probe published on server 2 reached the clients")
+                raise e.E2EError("no probe published on another server reached the clients")
             await asyncio.sleep(0.1)
-        info = {}
-        deadline = time.monotonic() + 10
-        while "config" not in info:
-            info = await js_request(nc, "$JS.API.STREAM.INFO.WSR_SCALE")
-            if "config" not in info and time.monotonic() > deadline:
-                raise e.E2EError("stream WSR_SCALE not found: %s" % info)
-            await asyncio.sleep(0.2)
-        e.expect_eq(info["config"].get("num_replicas"), 3, "WSR_SCALE replicas")
-        cluster = info.get("cluster", {})
-        note("stream WSR_SCALE: leader %s, replicas %s" % (
-            cluster.get("leader"), [r.get("name") for r in cluster.get("replicas", [])]))
         #  Load, then kill the server both bridges were given
         sent = collections.defaultdict(list)
         stop = asyncio.Event()
@@ -392,7 +428,7 @@ async def case_nats_cluster(ncl):
 
         task = asyncio.ensure_future(publisher())
         await asyncio.sleep(1.0)
-        ncl.kill(ncl.ports[0])
+        ncl.kill(killed)
         t_kill = time.monotonic()
         #  Until both resumed (or the JetStream limit): poll, do not sleep it out
         deadline = t_kill + JS_RESUME_LIMIT_S + 0.5
@@ -423,6 +459,31 @@ async def case_nats_cluster(ncl):
                  % (u, len(sent[u]), len(set(seqs)), lost, first - t_kill))
             e.expect(first - t_kill <= limits[u], "%s: delivery resumed %.2f s after the "
                      "kill, limit %.1f s" % (u, first - t_kill, limits[u]))
+        #  "j": the core copies carried delivery while the stream was down;
+        #  once it has a leader again the stream delivers again (with
+        #  offsets), its copies of what went from core are dropped
+        m = srv_j.metrics()
+        core = m.get("wsrouter_bridge_jetstream_core_total", 0)
+        e.expect(core > 0, "j: no message delivered from core NATS while the stream was down")
+        info = await js_stream_ready(nc, "WSR_SCALE")
+        after = []
+        deadline = time.monotonic() + 15
+        while True:
+            tag = "after%d" % len(after)
+            after.append(tag)
+            await nc.publish("world.updates.user.j1", tag)
+            await clients[1].wait_for(tag, 5.0)
+            m = srv_j.metrics()
+            if m.get("wsrouter_bridge_jetstream_core_total", 0) == core:
+                break                   # came from the stream
+            core = m.get("wsrouter_bridge_jetstream_core_total", 0)
+            e.expect(time.monotonic() < deadline, "j: the stream (leader %s) does not deliver "
+                     "again after the failover" % info["cluster"]["leader"])
+            await asyncio.sleep(0.5)
+        note("j: %d delivered from core while the stream was down, %d second copies dropped; "
+             "the stream delivers again (leader %s)" % (
+                 core, m.get("wsrouter_bridge_jetstream_duplicates_total", 0),
+                 info["cluster"]["leader"]))
     except BaseException:
         if VERBOSE:
             for srv in (srv_p, srv_j):

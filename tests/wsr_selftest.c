@@ -51,6 +51,7 @@ s_tests [] = {
     { "v1sess", wsr_v1sess_test },
     { "nats", wsr_nats_test },
     { "jetstream", wsr_jetstream_test },
+    { "jsmerge", wsr_jsmerge_test },
     { "peers", wsr_peers_test },
     { "zap", wsr_zap_test },
     { "upstream_http", wsr_upstream_http_test },
