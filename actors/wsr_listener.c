@@ -550,6 +550,13 @@ s_mint_refusal (s_listener_t *self)
     return NULL;
 }
 
+//  A backplane as the console shows it: 1 up, 0 down, -1 not configured.
+static int
+s_backplane_state (wsr_metrics_t *m, wsr_metric_t configured, wsr_metric_t up)
+{
+    return wsr_metrics_get (m, configured) != 1? -1: wsr_metrics_get (m, up) == 1? 1: 0;
+}
+
 //  The node's figures now, as JSON (counters: the page takes differences).
 //  Caller owns the string.
 static char *
@@ -594,8 +601,10 @@ s_stats_json (s_listener_t *self, int kind)
         "drops", (json_int_t) dropped,
         "bridge_up", wsr_metrics_get (m, WSR_M_LINK_BRIDGE_UP) == 1,
         "backplane_up", wsr_metrics_get (m, WSR_M_BACKPLANE_UP) == 1,
-        "redis", (json_int_t) wsr_metrics_get (m, WSR_M_LINK_REDIS),
-        "nats", (json_int_t) wsr_metrics_get (m, WSR_M_LINK_NATS),
+        "redis", (json_int_t) s_backplane_state (m, WSR_M_LINK_REDIS_CONFIGURED,
+                                                 WSR_M_LINK_REDIS_UP),
+        "nats", (json_int_t) s_backplane_state (m, WSR_M_LINK_NATS_CONFIGURED,
+                                                WSR_M_LINK_NATS_UP),
         "tls", self->tls != NULL,
         "deflate", self->opts.deflate,
         "can_publish", kind == S_KEY_API,

@@ -83,8 +83,12 @@ s_check_ready (s_router_t *self)
     bool alive = wsr_link_bridge_up (self->link, &redis, &nats);
     //  What the console shows: the bridge and each backplane, as heard
     s_gauge_set (self->metrics, WSR_M_LINK_BRIDGE_UP, alive? 1: 0);
-    s_gauge_set (self->metrics, WSR_M_LINK_REDIS, alive? redis: 0);
-    s_gauge_set (self->metrics, WSR_M_LINK_NATS, alive? nats: 0);
+    s_gauge_set (self->metrics, WSR_M_LINK_REDIS_UP, alive && redis == 1);
+    s_gauge_set (self->metrics, WSR_M_LINK_NATS_UP, alive && nats == 1);
+    if (alive) {
+        s_gauge_set (self->metrics, WSR_M_LINK_REDIS_CONFIGURED, redis != -1);
+        s_gauge_set (self->metrics, WSR_M_LINK_NATS_CONFIGURED, nats != -1);
+    }
     s_set_ready (self, alive && redis != 0 && nats != 0);
 }
 
@@ -464,8 +468,10 @@ wsr_router_test (bool verbose)
     assert (wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) == 0);
     //  The console's gauges: the bridge heard, Redis down, NATS not configured
     assert (wsr_metrics_get (metrics, WSR_M_LINK_BRIDGE_UP) == 1);
-    assert (wsr_metrics_get (metrics, WSR_M_LINK_REDIS) == 0);
-    assert (wsr_metrics_get (metrics, WSR_M_LINK_NATS) == -1);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_REDIS_UP) == 0);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_REDIS_CONFIGURED) == 1);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_NATS_UP) == 0);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_NATS_CONFIGURED) == 0);
     zframe_destroy (&beat);
     beat = wsr_envelope_encode_heartbeat (1, 1);
     zsock_send (bridge, "fsbf", rid, WSR_PROTO_HB, epoch, (size_t) 8, beat);
