@@ -42,11 +42,19 @@
 #define WSR_DEFAULT_BRIDGE_MAX_TOPICS 4000000   //  topics per node at a bridge
 #define WSR_DEFAULT_DEFLATE_THRESHOLD 128   //  smaller payloads go out uncompressed
 #define WSR_DEFAULT_DEFLATE_LEVEL   6       //  zlib level for permessage-deflate
+#define WSR_CENSUS_TOP              100     //  topics each worker reports to the console
+#define WSR_CENSUS_WANTED_MS        5000    //  workers count this long after a look
+#define WSR_CENSUS_PERIOD_MS        900     //  ... at most this often (they wake each 1 s),
+#define WSR_CENSUS_TOPICS_PER_MS    50      //  ... and 1 ms per 50 topics held (1M: 20 s)
+#define WSR_CENSUS_STEP             1024    //  topics counted per turn of a worker's loop
+#define WSR_CONSOLE_TOKEN_TTL_S     600     //  dev tokens minted by the console
+#define WSR_CONSOLE_STREAMS         16      //  live-figure streams (SSE) at once per node
 
 #include "wsr_msgs.h"
 #include "wsr_util.h"
 #include "wsr_metrics.h"
 #include "wsr_topic.h"
+#include "wsr_census.h"
 #include "wsr_redis.h"
 #include "wsr_history.h"
 #include "wsr_envelope.h"

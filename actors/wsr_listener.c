@@ -6,7 +6,18 @@
 //                          accept key, and hands the descriptor with the token
 //                          and any early frame bytes to the auth actor (AUTH);
 //    GET /healthz, /readyz, /metrics, POST /api/publish answer here and close.
+//    GET /console[/FILE]   the web console, compiled in from console/ (no key);
+//    GET /api/stats, /api/topics, POST /api/token: the console's data (API
+//                          key or console key; 403 with neither configured);
+//    GET /api/stats/stream the same figures every second as server-sent
+//                          events: the connection stays here on a third list
+//                          (streams, at most WSR_CONSOLE_STREAMS), written on
+//                          the loop's tick, ended when a write does not go
+//                          whole or the client goes.
 //  A publish becomes PUBLISH [topic key][downstream envelope] to the router.
+//  Topics come from the workers' census (wsr_census, shared state read under
+//  its lock, bounded to WSR_CENSUS_TOP per worker), never from a message to
+//  a worker.
 //
 //  Requests are judged from their headers (wsr_http stop-at-headers mode):
 //  a publish with a wrong or missing API key gets 401 (API disabled: 403)
@@ -39,10 +50,12 @@
 //  descriptor (AUTH 'p' frame) and belongs to whoever owns the fd.
 
 #include "wsr_classes.h"
+#include "wsr_console_files.h"
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
@@ -58,6 +71,19 @@
 #define S_LINGER_BYTES      16384   //  ... and drop at most this much input
 #define S_ADOPT_BATCH       64      //  upgrades judged and handed over per turn, at most
 #define S_KEY_ERROR         "{\"error\":\"missing or wrong api key\"}"
+#define S_STREAM_PERIOD_MS  1000    //  live figures: one event a second
+#define S_STREAM_SNDBUF     (256 * 1024)    //  console answers go out in one write
+#define S_TOPICS_LIMIT_MAX  WSR_CENSUS_TOP  //  GET /api/topics?limit=
+//  The console's pages: scripts and styles from this node only, no frames
+#define S_CONSOLE_HEADERS \
+    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; " \
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; " \
+    "frame-ancestors 'none'\r\nX-Frame-Options: DENY\r\nX-Content-Type-Options: nosniff\r\n" \
+    "Referrer-Policy: no-referrer\r\n"
+//  Who a request's key says it is
+#define S_KEY_NONE          0       //  missing or wrong (or no key configured)
+#define S_KEY_API           1       //  WEBSOCKET_API_KEY: everything
+#define S_KEY_CONSOLE       2       //  WEBSOCKET_CONSOLE_KEY: the console's endpoints
 
 typedef struct _s_hs_t s_hs_t;
 struct _s_hs_t {
@@ -81,6 +107,8 @@ struct _s_hs_t {
     wsr_tlsconn_t *ssl;             //  TLS session (owned with fd), NULL on plain TCP
     bool tls_ready;                 //  its handshake is complete
     uint32_t events;                //  epoll mask registered (TLS handshake may want OUT)
+    bool streaming;                 //  a console live-figure stream (SSE), on the stream list
+    int stream_key;                 //  ... opened with this key (S_KEY_API, S_KEY_CONSOLE)
 };
 
 //  An upgrade whose token is judged at the end of the turn (HS256 here).
@@ -141,6 +169,14 @@ typedef struct {
     wsr_tls_t *tls;                 //  TLS certificate and context, NULL = plain only
     int tls_fd;                     //  second (TLS) listening socket, -1 if none
     int tls_port;                   //  its bound port (or the main port if that is TLS)
+    char *console_key;              //  console key (owned) or NULL
+    uint8_t console_key_hash [crypto_generichash_BYTES];
+    uint8_t *jwt_secret;            //  HS256 secret for dev tokens (owned) or NULL
+    size_t jwt_secret_len;
+    char *node_name;                //  shown by the console (owned) or NULL
+    s_hs_t *stream_head, *stream_tail;  //  live-figure streams (SSE), in the pending count
+    size_t streams;                 //  their number
+    int64_t stream_next;            //  mono ms of the next event
 } s_listener_t;
 
 //  --------------------------------------------------------------------------
@@ -149,8 +185,12 @@ typedef struct {
 static void
 s_hs_unlink (s_listener_t *self, s_hs_t *hs)
 {
-    s_hs_t **head = hs->lingering? &self->linger_head: &self->head;
-    s_hs_t **tail = hs->lingering? &self->linger_tail: &self->tail;
+    s_hs_t **head = hs->streaming? &self->stream_head:
+                    hs->lingering? &self->linger_head: &self->head;
+    s_hs_t **tail = hs->streaming? &self->stream_tail:
+                    hs->lingering? &self->linger_tail: &self->tail;
+    if (hs->streaming)
+        self->streams--;
     if (hs->prev)
         hs->prev->next = hs->next;
     else
@@ -164,12 +204,17 @@ s_hs_unlink (s_listener_t *self, s_hs_t *hs)
 
 //  Append to its list (pending or lingering) with a fresh deadline; the
 //  delay is the same for every entry of a list, so each list stays sorted.
+//  Streams have no deadline: they end when the client goes or a write fails.
 static void
 s_hs_append (s_listener_t *self, s_hs_t *hs)
 {
-    s_hs_t **head = hs->lingering? &self->linger_head: &self->head;
-    s_hs_t **tail = hs->lingering? &self->linger_tail: &self->tail;
-    hs->deadline = wsr_util_mono_ms ()
+    s_hs_t **head = hs->streaming? &self->stream_head:
+                    hs->lingering? &self->linger_head: &self->head;
+    s_hs_t **tail = hs->streaming? &self->stream_tail:
+                    hs->lingering? &self->linger_tail: &self->tail;
+    if (hs->streaming)
+        self->streams++;
+    hs->deadline = hs->streaming? INT64_MAX: wsr_util_mono_ms ()
                  + (hs->lingering? S_LINGER_MS: self->opts.handshake_timeout_ms);
     hs->prev = *tail;
     hs->next = NULL;
@@ -234,7 +279,7 @@ s_respond (s_hs_t *hs, int status, const char *content_type, const char *extra,
                        status == 501? "Not Implemented":
                        status == 503? "Service Unavailable":
                        status == 505? "HTTP Version Not Supported": "Error";
-    char head [512];
+    char head [1024];
     int n = snprintf (head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                       "Connection: %s\r\nCache-Control: no-store\r\n%s\r\n",
@@ -286,18 +331,31 @@ s_respond_json (s_hs_t *hs, int status, const char *json)
 //  --------------------------------------------------------------------------
 //  Routes
 
-static bool
-s_api_key_ok (s_listener_t *self, const char *header)
+//  Which key an Authorization header ("apikey KEY") carries: S_KEY_API,
+//  S_KEY_CONSOLE or S_KEY_NONE. Hashes on both sides keep the comparisons
+//  constant-time whatever the lengths; both are always made. Keys are never
+//  logged.
+static int
+s_key_kind (s_listener_t *self, const char *header)
 {
     if (!header || strncasecmp (header, "apikey ", 7))
-        return false;
+        return S_KEY_NONE;
     const char *key = header + 7;
     while (*key == ' ')
         key++;
-    //  Hash both sides so the comparison is constant-time whatever the lengths
     uint8_t hash [crypto_generichash_BYTES];
     crypto_generichash (hash, sizeof hash, (const uint8_t *) key, strlen (key), NULL, 0);
-    return sodium_memcmp (hash, self->api_key_hash, sizeof hash) == 0;
+    bool api = sodium_memcmp (hash, self->api_key_hash, sizeof hash) == 0;
+    bool console = sodium_memcmp (hash, self->console_key_hash, sizeof hash) == 0;
+    return api && self->api_key? S_KEY_API: console && self->console_key? S_KEY_CONSOLE
+                                                                        : S_KEY_NONE;
+}
+
+//  The publish API wants the API key itself: the console key cannot publish.
+static bool
+s_api_key_ok (s_listener_t *self, const char *header)
+{
+    return s_key_kind (self, header) == S_KEY_API;
 }
 
 //  POST /api/publish {"user"|"channel": id, "data": json | "data_base64": b64}
@@ -424,11 +482,12 @@ s_route_publish (s_listener_t *self, s_hs_t *hs)
 static bool
 s_route_presence (s_listener_t *self, s_hs_t *hs)
 {
-    if (!self->api_key) {
+    if (!self->api_key && !self->console_key) {
         s_respond_json (hs, 403, "{\"error\":\"API disabled: set WEBSOCKET_API_KEY\"}");
         return false;
     }
-    if (!s_api_key_ok (self, wsr_http_header (hs->http, "authorization"))) {
+    //  A read: the console key opens it too
+    if (s_key_kind (self, wsr_http_header (hs->http, "authorization")) == S_KEY_NONE) {
         wsr_metrics_add (self->metrics, WSR_M_PUBLISH_REJECTED, 1);
         s_respond (hs, 401, "application/json", "WWW-Authenticate: apikey\r\n",
                    S_KEY_ERROR, sizeof S_KEY_ERROR - 1);
@@ -511,6 +570,313 @@ s_adopt_flush (s_listener_t *self)
         zframe_destroy (&adopt->early);
     }
     self->batch_size = 0;
+}
+
+//  --------------------------------------------------------------------------
+//  The web console: /console (the page, embedded), and its data endpoints
+//  /api/stats, /api/stats/stream (SSE), /api/topics, /api/token. Data needs
+//  the API key or the console key; with neither configured it is off (403).
+
+//  Judge a console data request. Returns the key's kind, or S_KEY_NONE
+//  having answered 403 (no key configured) or 401.
+static int
+s_console_auth (s_listener_t *self, s_hs_t *hs)
+{
+    if (!self->api_key && !self->console_key) {
+        s_respond_json (hs, 403, "{\"error\":\"console disabled: set WEBSOCKET_API_KEY "
+                                 "or WEBSOCKET_CONSOLE_KEY\"}");
+        return S_KEY_NONE;
+    }
+    int kind = s_key_kind (self, wsr_http_header (hs->http, "authorization"));
+    if (kind == S_KEY_NONE) {
+        wsr_metrics_add (self->metrics, WSR_M_CONSOLE_REFUSED, 1);
+        s_respond (hs, 401, "application/json", "WWW-Authenticate: apikey\r\n",
+                   S_KEY_ERROR, sizeof S_KEY_ERROR - 1);
+    }
+    return kind;
+}
+
+//  Why the console cannot mint a dev token, or NULL if it can: only with an
+//  HS256 secret, and only in --dev or with a console key configured.
+static const char *
+s_mint_refusal (s_listener_t *self)
+{
+    if (!self->jwt_secret)
+        return "cannot mint: this node verifies tokens with a public key (no HS256 secret)";
+    if (!self->opts.dev && !self->console_key)
+        return "cannot mint: needs --dev or WEBSOCKET_CONSOLE_KEY";
+    return NULL;
+}
+
+//  A backplane as the console shows it: 1 up, 0 down, -1 not configured.
+static int
+s_backplane_state (wsr_metrics_t *m, wsr_metric_t configured, wsr_metric_t up)
+{
+    return wsr_metrics_get (m, configured) != 1? -1: wsr_metrics_get (m, up) == 1? 1: 0;
+}
+
+//  The node's figures now, as JSON (counters: the page takes differences).
+//  Caller owns the string.
+static char *
+s_stats_json (s_listener_t *self, int kind)
+{
+    wsr_metrics_t *m = self->metrics;
+    const wsr_metric_t fails [] = {
+        WSR_M_HS_FAIL_HTTP, WSR_M_HS_FAIL_TOKEN_MISSING, WSR_M_HS_FAIL_TOKEN_INVALID,
+        WSR_M_HS_FAIL_TOKEN_EXPIRED, WSR_M_HS_FAIL_CLAIMS, WSR_M_HS_FAIL_TIMEOUT,
+        WSR_M_HS_FAIL_CAPACITY
+    };
+    //  Messages lost on their way: slow consumers closed, full queues, a
+    //  backplane or backend down
+    const wsr_metric_t drops [] = {
+        WSR_M_QUEUE_DROPS, WSR_M_UPSTREAM_DROPS, WSR_M_DELIVER_DROPS,
+        WSR_M_BRIDGE_DELIVER_DROPS, WSR_M_BRIDGE_NATS_DROPS, WSR_M_BRIDGE_PUBLISH_LOST,
+        WSR_M_BRIDGE_UPSTREAM_LOST, WSR_M_LINK_STALE
+    };
+    int64_t failed = 0, dropped = 0;
+    for (size_t i = 0; i < sizeof fails / sizeof fails [0]; i++)
+        failed += wsr_metrics_get (m, fails [i]);
+    for (size_t i = 0; i < sizeof drops / sizeof drops [0]; i++)
+        dropped += wsr_metrics_get (m, drops [i]);
+    const char *refusal = s_mint_refusal (self);
+    json_t *root = json_pack (
+        "{s:I,s:s,s:s,s:s,s:I,s:b,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:I,s:I,"
+        "s:b,s:b,s:b,s:b,s:s?}",
+        "ts", (json_int_t) (wsr_util_now_us () / 1000),
+        "key", kind == S_KEY_API? "api": "console",
+        "node", self->node_name? self->node_name: "",
+        "build", wsr_util_build_id (),
+        "started", (json_int_t) wsr_util_start_ms (),
+        "ready", self->ready && !self->draining,
+        "draining", self->draining,
+        "sessions_open", (json_int_t) wsr_metrics_get (m, WSR_M_SESSIONS_OPEN),
+        "connections_open", (json_int_t) wsr_metrics_get (m, WSR_M_CONNECTIONS_OPEN),
+        "handshakes", (json_int_t) wsr_metrics_get (m, WSR_M_HANDSHAKES_OK),
+        "handshake_failures", (json_int_t) failed,
+        "messages_in", (json_int_t) wsr_metrics_get (m, WSR_M_MESSAGES_IN),
+        "messages_out", (json_int_t) wsr_metrics_get (m, WSR_M_MESSAGES_OUT),
+        "published", (json_int_t) wsr_metrics_get (m, WSR_M_PUBLISHED),
+        "drops", (json_int_t) dropped,
+        "bridge_up", wsr_metrics_get (m, WSR_M_LINK_BRIDGE_UP) == 1,
+        "backplane_up", wsr_metrics_get (m, WSR_M_BACKPLANE_UP) == 1,
+        "redis", (json_int_t) s_backplane_state (m, WSR_M_LINK_REDIS_CONFIGURED,
+                                                 WSR_M_LINK_REDIS_UP),
+        "nats", (json_int_t) s_backplane_state (m, WSR_M_LINK_NATS_CONFIGURED,
+                                                WSR_M_LINK_NATS_UP),
+        "tls", self->tls != NULL,
+        "deflate", self->opts.deflate,
+        "can_publish", kind == S_KEY_API,
+        "can_mint", refusal == NULL,
+        "mint_refusal", refusal);
+    assert (root);
+    char *text = json_dumps (root, JSON_COMPACT);
+    json_decref (root);
+    return text;
+}
+
+//  The whole of data, at once, or false. Console answers are small and
+//  their socket's buffer was made large enough (S_STREAM_SNDBUF).
+static bool
+s_send_all (s_hs_t *hs, const char *data, size_t size)
+{
+    struct iovec iov = { (void *) data, size };
+    size_t sent = 0;
+    if (hs->ssl) {
+        uint32_t retry = 0;
+        ssize_t more;
+        while (sent < size && (more = wsr_tls_writev (hs->ssl, &iov, 1, &retry)) > 0) {
+            sent += (size_t) more;
+            iov.iov_base = (char *) iov.iov_base + more;
+            iov.iov_len -= (size_t) more;
+        }
+    }
+    else {
+        ssize_t more = send (hs->fd, data, size, MSG_NOSIGNAL);
+        sent = more > 0? (size_t) more: 0;
+    }
+    return sent == size;
+}
+
+static void
+s_console_sndbuf (s_hs_t *hs)
+{
+    int size = S_STREAM_SNDBUF;
+    if (setsockopt (hs->fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size))
+        wsr_debug ("listener: conn %" PRIu64 ": SO_SNDBUF: %s", hs->id, strerror (errno));
+}
+
+//  GET /console, /console/FILE: the embedded page. No key: it shows only
+//  the key prompt until one is accepted.
+static void
+s_route_console_file (s_hs_t *hs, const char *path)
+{
+    const char *want = streq (path, "/console") || streq (path, "/console/")?
+                       "/console/index.html": path;
+    for (size_t i = 0; i < sizeof wsr_console_files / sizeof wsr_console_files [0]; i++)
+        if (streq (want, wsr_console_files [i].path)) {
+            s_console_sndbuf (hs);
+            s_respond (hs, 200, wsr_console_files [i].type, S_CONSOLE_HEADERS,
+                       wsr_console_files [i].body, wsr_console_files [i].size);
+            return;
+        }
+    s_respond (hs, 404, "text/plain", S_CONSOLE_HEADERS, "not found\n", 10);
+}
+
+//  GET /api/stats: the figures once.
+static void
+s_route_stats (s_listener_t *self, s_hs_t *hs)
+{
+    int kind = s_console_auth (self, hs);
+    if (kind == S_KEY_NONE)
+        return;
+    char *json = s_stats_json (self, kind);
+    s_respond_json (hs, 200, json);
+    free (json);
+}
+
+//  GET /api/stats/stream: the figures every second as server-sent events,
+//  until the client goes or cannot keep up. The connection moves to the
+//  stream list (hs->streaming); at most WSR_CONSOLE_STREAMS at once.
+static void
+s_route_stream (s_listener_t *self, s_hs_t *hs)
+{
+    int kind = s_console_auth (self, hs);
+    if (kind == S_KEY_NONE)
+        return;
+    if (self->streams >= WSR_CONSOLE_STREAMS) {
+        s_respond_json (hs, 503, "{\"error\":\"too many console streams\"}");
+        return;
+    }
+    char *json = s_stats_json (self, kind);
+    char *text = zsys_sprintf ("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                               "Cache-Control: no-store\r\nConnection: close\r\n"
+                               "X-Accel-Buffering: no\r\n\r\nretry: 2000\ndata: %s\n\n", json);
+    free (json);
+    s_console_sndbuf (hs);
+    bool sent = s_send_all (hs, text, strlen (text));
+    zstr_free (&text);
+    hs->keep_alive = false;
+    if (!sent) {
+        hs->broken = true;
+        return;
+    }
+    hs->requests++;
+    s_hs_unlink (self, hs);
+    hs->streaming = true;
+    hs->stream_key = kind;
+    s_hs_append (self, hs);
+}
+
+//  One event to every stream; a stream that cannot take it whole ends.
+static void
+s_streams_tick (s_listener_t *self)
+{
+    char *event [2] = { NULL, NULL };          //  per key kind: console, api
+    s_hs_t *hs = self->stream_head;
+    while (hs) {
+        s_hs_t *next = hs->next;
+        int which = hs->stream_key == S_KEY_API? 1: 0;
+        if (!event [which]) {
+            char *json = s_stats_json (self, which? S_KEY_API: S_KEY_CONSOLE);
+            event [which] = zsys_sprintf ("data: %s\n\n", json);
+            free (json);
+        }
+        if (!s_send_all (hs, event [which], strlen (event [which])))
+            s_hs_end (self, hs, true);
+        hs = next;
+    }
+    zstr_free (&event [0]);
+    zstr_free (&event [1]);
+}
+
+//  A stream's client said something, or went: anything it sends is dropped.
+//  Returns false if the stream ended.
+static bool
+s_stream_read (s_listener_t *self, s_hs_t *hs)
+{
+    char buf [512];
+    ssize_t n;
+    do
+        n = hs->ssl? wsr_tls_recv (hs->ssl, buf, sizeof buf): recv (hs->fd, buf, sizeof buf, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return true;
+    if (n <= 0) {
+        s_hs_end (self, hs, true);
+        return false;
+    }
+    return true;
+}
+
+//  GET /api/topics[?limit=N]: the busiest topics, from the workers' census
+//  (asking starts it: the first answers may be empty, "age_ms": -1).
+static void
+s_route_topics (s_listener_t *self, s_hs_t *hs)
+{
+    if (s_console_auth (self, hs) == S_KEY_NONE)
+        return;
+    char *limit_text = wsr_http_query (hs->http, "limit");
+    long limit = S_TOPICS_LIMIT_MAX;
+    if (limit_text) {
+        char *end = NULL;
+        limit = strtol (limit_text, &end, 10);
+        if (!*limit_text || *end || limit < 1 || limit > S_TOPICS_LIMIT_MAX)
+            limit = 0;
+    }
+    free (limit_text);
+    if (limit == 0)
+        s_respond_json (hs, 400, "{\"error\":\"limit must be 1..100\"}");
+    else
+    if (!self->opts.census)
+        s_respond_json (hs, 200, "{\"topics\":[],\"worker_topics\":0,\"age_ms\":-1}");
+    else {
+        wsr_census_want (self->opts.census);
+        char *json = wsr_census_json (self->opts.census, (size_t) limit);
+        s_respond_json (hs, 200, json);
+        free (json);
+    }
+}
+
+//  POST /api/token?user=U[&channels=a,b]: a short-lived HS256 token for the
+//  console's test client.
+static void
+s_route_token (s_listener_t *self, s_hs_t *hs)
+{
+    int kind = s_console_auth (self, hs);
+    if (kind == S_KEY_NONE)
+        return;
+    const char *refusal = s_mint_refusal (self);
+    if (refusal) {
+        json_t *body = json_pack ("{s:s}", "error", refusal);
+        char *text = json_dumps (body, JSON_COMPACT);
+        s_respond_json (hs, 403, text);
+        free (text);
+        json_decref (body);
+        return;
+    }
+    char *user = wsr_http_query (hs->http, "user");
+    char *channels = wsr_http_query (hs->http, "channels");
+    int64_t now = (int64_t) time (NULL);
+    char *token = user && wsr_util_id_valid (user, strlen (user))?
+        wsr_jwt_mint_hs256 (self->jwt_secret, self->jwt_secret_len, user, now,
+                            now + WSR_CONSOLE_TOKEN_TTL_S, channels): NULL;
+    if (!token)
+        s_respond_json (hs, 400, "{\"error\":\"give a valid user (and channels)\"}");
+    else {
+        zsys_info ("listener: console minted a dev token for user %s (%s key)", user,
+                   kind == S_KEY_API? "API": "console");
+        json_t *body = json_pack ("{s:s,s:s,s:I}", "token", token, "user", user,
+                                  "exp", (json_int_t) (now + WSR_CONSOLE_TOKEN_TTL_S));
+        char *text = json_dumps (body, JSON_COMPACT);
+        s_respond_json (hs, 200, text);
+        sodium_memzero (text, strlen (text));
+        sodium_memzero (token, strlen (token));
+        free (text);
+        free (token);
+        json_decref (body);
+    }
+    free (user);
+    free (channels);
 }
 
 //  True if a Sec-WebSocket-Protocol value (a comma-separated list, headers
@@ -677,9 +1043,27 @@ s_route (s_listener_t *self, s_hs_t *hs, const char *rest, size_t rest_size)
     if (!self->opts.status_only && s_path_is (path, "/api/presence") && streq (method, "GET"))
         return s_route_presence (self, hs);
     else
+    if (!self->opts.status_only && get && path
+    &&  (streq (path, "/console") || strncmp (path, "/console/", 9) == 0))
+        s_route_console_file (hs, path);
+    else
+    if (!self->opts.status_only && s_path_is (path, "/api/stats") && get)
+        s_route_stats (self, hs);
+    else
+    if (!self->opts.status_only && s_path_is (path, "/api/stats/stream") && streq (method, "GET"))
+        s_route_stream (self, hs);
+    else
+    if (!self->opts.status_only && s_path_is (path, "/api/topics") && get)
+        s_route_topics (self, hs);
+    else
+    if (!self->opts.status_only && s_path_is (path, "/api/token") && streq (method, "POST"))
+        s_route_token (self, hs);
+    else
     if (s_path_is (path, "/healthz") || s_path_is (path, "/readyz")
     ||  s_path_is (path, "/metrics") || s_path_is (path, "/api/publish")
-    ||  s_path_is (path, "/api/presence"))
+    ||  s_path_is (path, "/api/presence") || s_path_is (path, "/api/stats")
+    ||  s_path_is (path, "/api/stats/stream") || s_path_is (path, "/api/topics")
+    ||  s_path_is (path, "/api/token"))
         s_respond (hs, 405, "text/plain", NULL, "method not allowed\n", 19);
     else
         s_respond (hs, 404, "text/plain", NULL, "not found\n", 10);
@@ -779,7 +1163,8 @@ s_judge_headers (s_listener_t *self, s_hs_t *hs)
     hs->keep_alive = false;
     //  Routes that hand the connection on never take a body
     if (!self->opts.status_only && path && (streq (path, "/ws") || strncmp (path, "/ws/", 4) == 0
-                                        ||  streq (path, "/api/presence"))) {
+                                        ||  streq (path, "/api/presence")
+                                        ||  streq (path, "/api/stats/stream"))) {
         wsr_metrics_add (self->metrics, WSR_M_HTTP_REQUESTS, 1);
         wsr_metrics_add (self->metrics, WSR_M_HS_FAIL_HTTP, 1);
         s_respond (hs, 400, "text/plain", NULL, "body not allowed\n", 17);
@@ -816,6 +1201,8 @@ s_hs_drop (s_listener_t *self, s_hs_t *hs)
 static bool
 s_hs_read (s_listener_t *self, s_hs_t *hs)
 {
+    if (hs->streaming)
+        return s_stream_read (self, hs);
     if (hs->lingering)
         return s_hs_drop (self, hs);
     if (hs->ssl && !hs->tls_ready) {
@@ -865,6 +1252,8 @@ again:
             s_hs_end (self, hs, false);
             return false;
         }
+        if (hs->streaming)
+            return true;            //  a console stream now: on the stream list
         if (!hs->keep_alive || hs->broken) {
             hs->dropped = (size_t) n - offset;
             return s_hs_finish (self, hs);
@@ -1187,6 +1576,19 @@ s_listener_actor (zsock_t *pipe, void *args)
         crypto_generichash (self->api_key_hash, sizeof self->api_key_hash,
                             (const uint8_t *) self->api_key, strlen (self->api_key), NULL, 0);
     }
+    if (a->opts.console_key && *a->opts.console_key) {
+        self->console_key = strdup (a->opts.console_key);
+        crypto_generichash (self->console_key_hash, sizeof self->console_key_hash,
+                            (const uint8_t *) self->console_key, strlen (self->console_key),
+                            NULL, 0);
+    }
+    if (a->opts.jwt_secret && a->opts.jwt_secret_len) {
+        self->jwt_secret = (uint8_t *) malloc (a->opts.jwt_secret_len);
+        memcpy (self->jwt_secret, a->opts.jwt_secret, a->opts.jwt_secret_len);
+        self->jwt_secret_len = a->opts.jwt_secret_len;
+    }
+    self->node_name = a->opts.node_name? strdup (a->opts.node_name): NULL;
+    self->stream_next = wsr_util_mono_ms () + S_STREAM_PERIOD_MS;
     pthread_setname_np (pthread_self (), "wsr-listener");
     if (a->opts.allowed_origins && *a->opts.allowed_origins) {
         char *list = strdup (a->opts.allowed_origins);
@@ -1217,8 +1619,10 @@ s_listener_actor (zsock_t *pipe, void *args)
     if (zsock_connect (self->auth, WSR_EP_AUTH, a->name) == -1
     ||  zsock_connect (self->publish, WSR_EP_PUB, a->name) == -1)
         self->status = -1;
-    if (a->opts.jwt_secret && a->opts.jwt_secret_len) {
-        assert (a->opts.workers > 0 && a->opts.workers <= WSR_MAX_WORKERS);
+    //  Verified here when the node says where ADOPT goes (workers); with
+    //  no workers the secret only signs the console's dev tokens
+    if (a->opts.jwt_secret && a->opts.jwt_secret_len && a->opts.workers > 0) {
+        assert (a->opts.workers <= WSR_MAX_WORKERS);
         self->verifier = wsr_jwt_new_hs256 (a->opts.jwt_secret, a->opts.jwt_secret_len);
         assert (self->verifier);
         wsr_jwt_set_leeway (self->verifier, a->opts.jwt_leeway >= 0? a->opts.jwt_leeway: 0);
@@ -1306,9 +1710,16 @@ s_listener_actor (zsock_t *pipe, void *args)
             s_hs_end (self, self->linger_head, true);
         if (self->accept_paused && now >= self->accept_resume && self->listen_fd >= 0)
             s_accept_pause (self, false);
+        if (now >= self->stream_next) {
+            if (self->stream_head)
+                s_streams_tick (self);
+            self->stream_next = now + S_STREAM_PERIOD_MS;
+        }
     }
     if (self->batch_size)
         s_adopt_flush (self);
+    while (self->stream_head)
+        s_hs_end (self, self->stream_head, true);
     while (self->head)
         s_hs_end (self, self->head, true);
     while (self->linger_head)
@@ -1326,6 +1737,11 @@ s_listener_actor (zsock_t *pipe, void *args)
     wsr_jwt_destroy (&self->verifier);
     wsr_tls_destroy (&self->tls);
     free (self->api_key);
+    free (self->console_key);
+    if (self->jwt_secret)
+        sodium_memzero (self->jwt_secret, self->jwt_secret_len);
+    free (self->jwt_secret);
+    free (self->node_name);
     for (size_t i = 0; i < self->origin_count; i++)
         free (self->origins [i]);
     free (self->origins);
@@ -1519,6 +1935,174 @@ s_post (int port, const char *key, const char *body)
               "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
               key, strlen (body), body);
     return s_http (port, request);
+}
+
+//  Read from a stream connection until `want` SSE events (blank-line ends
+//  after the header block) arrived, or 3 s. Caller owns the text.
+static char *
+s_read_events (int fd, int want)
+{
+    char *buf = (char *) zmalloc (65536);
+    size_t got = 0;
+    int64_t until = wsr_util_mono_ms () + 3000;
+    while (got < 65535 && wsr_util_mono_ms () < until) {
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        if (poll (&pfd, 1, 100) <= 0)
+            continue;
+        ssize_t n = recv (fd, buf + got, 65535 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t) n;
+        int events = 0;
+        for (char *at = strstr (buf, "\r\n\r\n"); at && (at = strstr (at + 1, "\n\n")); )
+            events++;
+        if (events >= want)
+            break;
+    }
+    return buf;
+}
+
+//  The console: the page without a key and with its security headers; data
+//  with the API key or the console key, 401 without, 403 with neither
+//  configured; the console key cannot publish; dev tokens verify with the
+//  node's secret; topics from the census; the live stream.
+static void
+s_console_test (wsr_metrics_t *metrics)
+{
+    wsr_census_t *census = wsr_census_new (1, WSR_CENSUS_TOP);
+    const char secret [] = "console-selftest-secret-0123456789abcdef";
+    wsr_listener_opts_t opts = {
+        .bind = "127.0.0.1", .port = 0, .api_key = "sekrit", .console_key = "peek",
+        .max_pending = 100, .handshake_timeout_ms = 2000, .max_message = 1024,
+        .jwt_secret = (const uint8_t *) secret, .jwt_secret_len = strlen (secret),
+        .census = census, .node_name = "lconsole"
+    };
+    wsr_listener_t *listener = wsr_listener_new ("lconsole", &opts, metrics);
+    assert (listener);
+    int port = wsr_listener_port (listener);
+
+    char *reply = s_http (port, "GET /console HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    assert (strstr (reply, "Content-Type: text/html"));
+    assert (strstr (reply, "Content-Security-Policy: default-src 'none'; script-src 'self';"));
+    assert (strstr (reply, "frame-ancestors 'none'") && strstr (reply, "X-Frame-Options: DENY"));
+    assert (strstr (reply, "id=\"sessions-open\""));
+    free (reply);
+    reply = s_http (port, "GET /console/console.js HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "sessionStorage"));
+    free (reply);
+    reply = s_http (port, "GET /console/../healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 404", 12) == 0);
+    free (reply);
+
+    //  Keys: none or wrong 401; the console key reads, cannot publish
+    int64_t refused = wsr_metrics_get (metrics, WSR_M_CONSOLE_REFUSED);
+    reply = s_http (port, "GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 401", 12) == 0);
+    free (reply);
+    reply = s_http (port, "GET /api/topics HTTP/1.1\r\nAuthorization: apikey peek2\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 401", 12) == 0);
+    free (reply);
+    assert (wsr_metrics_get (metrics, WSR_M_CONSOLE_REFUSED) == refused + 2);
+    reply = s_http (port, "GET /api/stats HTTP/1.1\r\nAuthorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "Cache-Control: no-store"));
+    assert (strstr (reply, "\"key\":\"console\"") && strstr (reply, "\"can_publish\":false"));
+    assert (strstr (reply, "\"can_mint\":true") && strstr (reply, "\"node\":\"lconsole\""));
+    free (reply);
+    reply = s_http (port, "GET /api/stats HTTP/1.1\r\nAuthorization: apikey sekrit\r\n\r\n");
+    assert (strstr (reply, "\"key\":\"api\"") && strstr (reply, "\"can_publish\":true"));
+    free (reply);
+    reply = s_post (port, "peek", "{\"user\":\"u1\",\"data\":\"x\"}");
+    assert (strncmp (reply, "HTTP/1.1 401", 12) == 0);
+    free (reply);
+
+    //  A dev token for the user asked, signed with the node's secret
+    reply = s_http (port, "POST /api/token?user=alice&channels=lobby HTTP/1.1\r\n"
+                          "Authorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    json_t *body = json_loads (strstr (reply, "\r\n\r\n") + 4, 0, NULL);
+    const char *token = json_string_value (json_object_get (body, "token"));
+    assert (token);
+    wsr_jwt_t *verifier = wsr_jwt_new_hs256 ((const uint8_t *) secret, strlen (secret));
+    wsr_claims_t claims;
+    const char *reason = NULL;
+    int64_t now = (int64_t) time (NULL);
+    assert (wsr_jwt_verify (verifier, token, strlen (token), now, &claims, &reason) == 0);
+    assert (streq (claims.sub, "alice") && claims.channels_count == 1);
+    assert (claims.exp > now && claims.exp <= now + WSR_CONSOLE_TOKEN_TTL_S);
+    wsr_jwt_destroy (&verifier);
+    json_decref (body);
+    free (reply);
+    reply = s_http (port, "POST /api/token?user=a%20b HTTP/1.1\r\n"
+                          "Authorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 400", 12) == 0);
+    free (reply);
+
+    //  Topics: asking starts the census; a worker's count shows next time
+    reply = s_http (port, "GET /api/topics HTTP/1.1\r\nAuthorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0 && strstr (reply, "\"age_ms\":-1"));
+    free (reply);
+    assert (wsr_census_due (census, 0, wsr_util_mono_ms ()));
+    wsr_census_begin (census, 0);
+    wsr_census_add (census, 0, "channel:hall", 3);
+    wsr_census_add (census, 0, "user:u1", 1);
+    wsr_census_commit (census, 0, 2, wsr_util_mono_ms ());
+    reply = s_http (port, "GET /api/topics?limit=1 HTTP/1.1\r\n"
+                          "Authorization: apikey sekrit\r\n\r\n");
+    assert (strstr (reply, "{\"topic\":\"channel:hall\",\"subscribers\":3}]"));
+    free (reply);
+    reply = s_http (port, "GET /api/topics?limit=0 HTTP/1.1\r\n"
+                          "Authorization: apikey sekrit\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 400", 12) == 0);
+    free (reply);
+
+    //  The live stream: an event at once, one a second after; it ends
+    //  when the client goes
+    assert (s_gauge_reaches (metrics, WSR_M_PENDING_CONNECTIONS, 0));
+    int fd = s_connect (port);
+    const char *ask = "GET /api/stats/stream HTTP/1.1\r\nAuthorization: apikey peek\r\n\r\n";
+    assert (send (fd, ask, strlen (ask), 0) == (ssize_t) strlen (ask));
+    reply = s_read_events (fd, 2);
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    assert (strstr (reply, "Content-Type: text/event-stream\r\n"));
+    char *first = strstr (reply, "data: {");
+    assert (first && strstr (first + 1, "data: {"));
+    free (reply);
+    assert (wsr_metrics_get (metrics, WSR_M_PENDING_CONNECTIONS) == 1);
+    close (fd);
+    assert (s_gauge_reaches (metrics, WSR_M_PENDING_CONNECTIONS, 0));
+    wsr_listener_destroy (&listener);
+
+    //  No key configured: the data endpoints are off, the page still loads;
+    //  no secret: no tokens
+    opts.api_key = NULL;
+    opts.console_key = NULL;
+    listener = wsr_listener_new ("lconsole", &opts, metrics);
+    port = wsr_listener_port (listener);
+    const char *off [] = { "GET /api/stats", "GET /api/stats/stream", "GET /api/topics",
+                           "POST /api/token?user=x" };
+    for (size_t i = 0; i < sizeof off / sizeof off [0]; i++) {
+        char request [256];
+        snprintf (request, sizeof request, "%s HTTP/1.1\r\nAuthorization: apikey x\r\n\r\n",
+                  off [i]);
+        reply = s_http (port, request);
+        assert (strncmp (reply, "HTTP/1.1 403", 12) == 0);
+        free (reply);
+    }
+    reply = s_http (port, "GET /console/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 200", 12) == 0);
+    free (reply);
+    wsr_listener_destroy (&listener);
+    opts.console_key = "peek";
+    opts.jwt_secret = NULL;
+    opts.jwt_secret_len = 0;
+    listener = wsr_listener_new ("lconsole", &opts, metrics);
+    port = wsr_listener_port (listener);
+    reply = s_http (port, "POST /api/token?user=x HTTP/1.1\r\nAuthorization: apikey peek\r\n\r\n");
+    assert (strncmp (reply, "HTTP/1.1 403", 12) == 0 && strstr (reply, "public key"));
+    free (reply);
+    wsr_listener_destroy (&listener);
+    wsr_census_destroy (&census);
 }
 
 void
@@ -1974,6 +2558,7 @@ wsr_listener_test (bool verbose)
     zsock_destroy (&auth3);
     zsock_destroy (&router3);
 
+    s_console_test (metrics);
     zsock_destroy (&auth);
     zsock_destroy (&router);
     wsr_ipcount_destroy (&ipcount);

@@ -38,7 +38,14 @@ typedef struct {
     size_t jwt_secret_len;
     int jwt_leeway;                 //  seconds of clock skew allowed (with jwt_secret)
     bool require_exp;               //  exp claim required (with jwt_secret)
-    int workers;                    //  session workers to send ADOPT to (with jwt_secret)
+    int workers;                    //  session workers to send ADOPT to (with jwt_secret;
+                                    //  0: tokens go to auth, the secret only mints)
+    const char *console_key;        //  WEBSOCKET_CONSOLE_KEY: opens the console's endpoints
+                                    //  only (not /api/publish); NULL = none
+    bool dev;                       //  --dev: the console may mint tokens (with jwt_secret)
+                                    //  without a console key configured
+    wsr_census_t *census;           //  the workers' topic census (not owned), NULL = none
+    const char *node_name;          //  node id shown by the console, NULL = none
 } wsr_listener_opts_t;
 
 #define WSR_LISTENER_ANY_PORT   (-1)    //  tls_port: any free port (tests)

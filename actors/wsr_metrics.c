@@ -238,6 +238,23 @@ s_info [WSR_M_COUNT] = {
     [WSR_M_BRIDGE_JS_DUPLICATES] =
         { "wsrouter_bridge_jetstream_duplicates_total", NULL, "counter",
           "Second copies dropped (core or stream): the other copy was delivered" },
+    [WSR_M_LINK_BRIDGE_UP] =
+        { "wsrouter_link_bridge_up", NULL, "gauge",
+          "1 while the node's router hears the bridge's heartbeats" },
+    [WSR_M_LINK_REDIS_UP] =
+        { "wsrouter_link_backplane_up", "backplane=\"redis\"", "gauge",
+          "1 while the bridge's heartbeats say this backplane is up" },
+    [WSR_M_LINK_NATS_UP] =
+        { "wsrouter_link_backplane_up", "backplane=\"nats\"", "gauge", NULL },
+    [WSR_M_LINK_REDIS_CONFIGURED] =
+        { "wsrouter_link_backplane_configured", "backplane=\"redis\"", "gauge",
+          "1 if the bridge has this backplane, as its last heartbeat said" },
+    [WSR_M_LINK_NATS_CONFIGURED] =
+        { "wsrouter_link_backplane_configured", "backplane=\"nats\"", "gauge", NULL },
+    [WSR_M_CONSOLE_REFUSED] =
+        { "wsrouter_console_refused_total", NULL, "counter",
+          "Console data requests (/api/stats, /api/topics, /api/token) with a missing or "
+          "wrong key" },
 };
 
 //  --------------------------------------------------------------------------

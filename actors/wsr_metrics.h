@@ -91,6 +91,12 @@ typedef enum {
     WSR_M_DEFLATE_BYTES_OUT,        //  ... and after
     WSR_M_BRIDGE_JS_CORE,           //  NATS messages delivered from core: JetStream silent
     WSR_M_BRIDGE_JS_DUPLICATES,     //  ... copies dropped: the other one was delivered
+    WSR_M_LINK_BRIDGE_UP,           //  gauge: 1 while the router hears the bridge's heartbeats
+    WSR_M_LINK_REDIS_UP,            //  gauge: 1 while the heartbeats say Redis is up
+    WSR_M_LINK_NATS_UP,             //  gauge: ... NATS
+    WSR_M_LINK_REDIS_CONFIGURED,    //  gauge: 1 if the bridge has Redis (as last heard)
+    WSR_M_LINK_NATS_CONFIGURED,     //  gauge: ... NATS
+    WSR_M_CONSOLE_REFUSED,          //  console data requests with a missing or wrong key
     WSR_M_COUNT
 } wsr_metric_t;
 

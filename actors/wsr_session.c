@@ -159,6 +159,7 @@ typedef struct {
     wsr_session_opts_t opts;        //  limits
     wsr_metrics_t *metrics;         //  shared counters
     wsr_topic_t *topics;            //  topic → sessions
+    bool census_walking;            //  a count for the console (wsr_census) is under way
     zhashx_t *by_id;                //  session id → s_conn_t (not owned), for REPLY
     s_conn_t *all;                  //  every connection
     size_t count;                   //  connections in all
@@ -2427,6 +2428,31 @@ s_worker_fini (s_worker_t *self)
     s_node_purge ();
 }
 
+//  The console asks for the busiest topics (wsr_census): walk the table,
+//  WSR_CENSUS_STEP topics per turn, keep the top N. Only while somebody
+//  looks, and no more often than wsr_census_due says.
+static void
+s_census_add (const char *key, size_t members, void *arg)
+{
+    s_worker_t *self = (s_worker_t *) arg;
+    wsr_census_add (self->opts.census, self->index, key, members);
+}
+
+//  Returns true while the count is under way (the loop comes back at once).
+static bool
+s_census (s_worker_t *self)
+{
+    if (!self->census_walking)
+        wsr_census_begin (self->opts.census, self->index);
+    self->census_walking = true;
+    if (!wsr_topic_walk (self->topics, WSR_CENSUS_STEP, s_census_add, self))
+        return true;
+    wsr_census_commit (self->opts.census, self->index, wsr_topic_size (self->topics),
+                       wsr_util_mono_ms ());
+    self->census_walking = false;
+    return false;
+}
+
 static void
 s_session_actor (zsock_t *pipe, void *args)
 {
@@ -2519,6 +2545,9 @@ s_session_actor (zsock_t *pipe, void *args)
         }
         uint64_t sent = self->link? wsr_link_sent (self->link): 0;
         s_after_batch (self);
+        if (self->opts.census
+        &&  (self->census_walking || wsr_census_due (self->opts.census, self->index, now)))
+            again |= s_census (self);
         if (self->link) {
             wsr_link_flush (self->link);        //  subscriptions of this turn, PING
             //  A send after the drain (events, subscriptions, PING) makes

@@ -33,6 +33,8 @@ typedef struct {
     const char *curve_server;   //  the bridge's public certificate, or NULL
     int deflate_level;          //  permessage-deflate: zlib level (0 = the default, 6)
     size_t deflate_threshold;   //  ... smaller payloads go out plain
+    wsr_census_t *census;       //  the node's topic census (not owned), NULL = none:
+                                //  the worker counts its topics when the console asks
 } wsr_session_opts_t;
 
 //  Start session worker `index` of node `name`. It binds

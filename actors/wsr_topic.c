@@ -22,12 +22,16 @@ struct _s_entry_t {
     size_t members;                 //  list length
     uint64_t mark;                  //  what was last delivered (handover), 0 = nothing
     uint8_t mark_kind;              //  WSR_HANDOVER_MARK_*
+    s_entry_t *all_prev, *all_next; //  neighbours in the list of every topic (walks)
     char key [];                    //  topic key, NUL-terminated
 };
 
 struct _wsr_topic_t {
     zhashx_t *topics;               //  key → s_entry_t (owned)
     size_t max_topics;              //  configured bound on distinct topics
+    s_entry_t *all;                 //  every topic, newest first (wsr_topic_walk)
+    s_entry_t *cursor;              //  next topic of the walk under way, NULL at its end
+    bool walking;                   //  a walk is under way
 };
 
 //  --------------------------------------------------------------------------
@@ -102,6 +106,11 @@ wsr_topic_join (wsr_topic_t *self, const char *topic, void *owner, bool *first)
         size_t len = strlen (topic);
         entry = (s_entry_t *) zmalloc (sizeof (s_entry_t) + len + 1);
         memcpy (entry->key, topic, len + 1);
+        //  At the head: behind a walk's cursor, so a walk always ends
+        entry->all_next = self->all;
+        if (self->all)
+            self->all->all_prev = entry;
+        self->all = entry;
         zhashx_insert (self->topics, entry->key, entry);
         *first = true;
     }
@@ -135,6 +144,14 @@ wsr_topic_leave (wsr_topic_t *self, wsr_topic_member_t **member_p)
     free (member);
     *member_p = NULL;
     if (--entry->members == 0) {
+        if (self->cursor == entry)
+            self->cursor = entry->all_next;
+        if (entry->all_prev)
+            entry->all_prev->all_next = entry->all_next;
+        else
+            self->all = entry->all_next;
+        if (entry->all_next)
+            entry->all_next->all_prev = entry->all_prev;
         zhashx_delete (self->topics, entry->key);
         return true;
     }
@@ -197,6 +214,30 @@ wsr_topic_mark (wsr_topic_member_t *member, int *kind_p)
 }
 
 //  --------------------------------------------------------------------------
+//  A step of a walk over every topic with its count. The walk follows the
+//  list of all topics, so it survives joins (new topics go behind the
+//  cursor: not visited) and leaves (a leaving cursor moves on) between
+//  steps; a zhashx cursor would not.
+bool
+wsr_topic_walk (wsr_topic_t *self, size_t budget, wsr_topic_walk_fn *fn, void *arg)
+{
+    assert (self && fn);
+    if (!self->walking) {
+        self->cursor = self->all;
+        self->walking = true;
+    }
+    for (; self->cursor && budget > 0; budget--) {
+        s_entry_t *entry = self->cursor;
+        self->cursor = entry->all_next;
+        fn (entry->key, entry->members, arg);
+    }
+    if (self->cursor)
+        return false;
+    self->walking = false;
+    return true;
+}
+
+//  --------------------------------------------------------------------------
 //  Topics with members.
 size_t
 wsr_topic_size (wsr_topic_t *self)
@@ -225,6 +266,14 @@ wsr_topic_next_key (wsr_topic_t *self)
 
 //  --------------------------------------------------------------------------
 //  Selftest
+
+static void
+s_count_members (const char *key, size_t members, void *arg)
+{
+    assert (key);
+    *(size_t *) arg += members;
+}
+
 void
 wsr_topic_test (bool verbose)
 {
@@ -242,6 +291,9 @@ wsr_topic_test (bool verbose)
     assert (ma && first);
     wsr_topic_member_t *mb = wsr_topic_join (topics, "user:u1", &b, &first);
     assert (mb && !first);
+    size_t walked = 0;
+    assert (wsr_topic_walk (topics, 10, s_count_members, &walked));
+    assert (walked == 2);
     wsr_topic_member_t *mc = wsr_topic_join (topics, "user:u10", &c, &first);
     assert (mc && first);
     //  Table full: a third distinct topic is refused
@@ -289,4 +341,24 @@ wsr_topic_test (bool verbose)
     wsr_topic_leave (marked, &m1);
     wsr_topic_leave (marked, &m2);
     wsr_topic_destroy (&marked);
+    //  A walk in steps survives leaves and joins between them: a topic gone
+    //  is not visited, one added is not either, and the walk ends
+    topics = wsr_topic_new (100);
+    wsr_topic_member_t *members [5];
+    for (int i = 0; i < 5; i++) {
+        snprintf (key, sizeof key, "channel:c%d", i);
+        members [i] = wsr_topic_join (topics, key, &a, &first);
+    }
+    //  Newest first: c4, c3 now; c2 next
+    walked = 0;
+    assert (!wsr_topic_walk (topics, 2, s_count_members, &walked) && walked == 2);
+    assert (wsr_topic_leave (topics, &members [2]));        //  the cursor's topic
+    wsr_topic_member_t *late = wsr_topic_join (topics, "channel:late", &a, &first);
+    assert (!wsr_topic_walk (topics, 1, s_count_members, &walked) && walked == 3);    //  c1
+    assert (wsr_topic_walk (topics, 5, s_count_members, &walked) && walked == 4);     //  c0
+    //  The next walk starts afresh and sees every topic
+    walked = 0;
+    assert (wsr_topic_walk (topics, 100, s_count_members, &walked) && walked == 5);
+    wsr_topic_leave (topics, &late);
+    wsr_topic_destroy (&topics);
 }

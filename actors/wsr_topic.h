@@ -60,6 +60,15 @@ void
 uint64_t
     wsr_topic_mark (wsr_topic_member_t *member, int *kind_p);
 
+//  Walk every topic with its member count (the console's census) a step at
+//  a time: each call visits at most budget topics (fn gets each key,
+//  borrowed, and count). The table may change between calls: topics added
+//  meanwhile may be missed, those gone are not visited. Returns true when
+//  the walk is complete; the next call starts a new one.
+typedef void (wsr_topic_walk_fn) (const char *key, size_t members, void *arg);
+bool
+    wsr_topic_walk (wsr_topic_t *self, size_t budget, wsr_topic_walk_fn *fn, void *arg);
+
 //  Number of topics with at least one member.
 size_t
     wsr_topic_size (wsr_topic_t *self);

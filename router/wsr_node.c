@@ -5,13 +5,14 @@
 //  and bind what auth (or the listener) connects to; auth only for EdDSA, as
 //  the listener verifies HS256 tokens itself; the listener last so no client
 //  arrives before the node can serve it) and stops them in reverse.
-//  Owns the shared metrics, which outlive every actor.
+//  Owns the shared metrics and the topic census, which outlive every actor.
 
 #include "wsr_classes.h"
 
 struct _wsr_node_t {
     wsr_metrics_t *metrics;                     //  shared counters
     wsr_ipcount_t *ipcount;                     //  per-IP connection counters
+    wsr_census_t *census;                       //  the workers' topic counts (console)
     wsr_bridge_t *bridge;                       //  in-process bridge or NULL
     wsr_router_t *router;                       //  router actor
     wsr_session_t *workers [WSR_MAX_WORKERS];   //  session workers
@@ -132,6 +133,8 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .bridge = bridge, .curve_secret = cert, .curve_server = bridge_key,
         .deflate_level = opts->deflate_level, .deflate_threshold = opts->deflate_threshold
     };
+    self->census = wsr_census_new (opts->workers, WSR_CENSUS_TOP);
+    session_opts.census = self->census;
     self->ipcount = wsr_ipcount_new (opts->max_per_ip);
     for (int i = 0; i < opts->workers; i++) {
         self->workers [i] = wsr_session_new (opts->name, i, &session_opts, self->metrics,
@@ -160,10 +163,14 @@ wsr_node_new (const wsr_node_opts_t *opts)
         .tls_cert = opts->tls_cert, .tls_key = opts->tls_key,
         .tls_port = opts->tls_port, .deflate = opts->deflate,
         //  HS256: the listener verifies and hands over itself (the auth
-        //  thread stays for EdDSA, whose check would hold up accepting)
+        //  thread stays for EdDSA, whose check would hold up accepting); the
+        //  same secret signs the console's dev tokens
         .jwt_secret = streq (opts->jwt_alg, "HS256")? opts->jwt_secret: NULL,
-        .jwt_secret_len = opts->jwt_secret_len, .jwt_leeway = opts->jwt_leeway,
-        .require_exp = opts->require_exp, .workers = opts->workers
+        .jwt_secret_len = streq (opts->jwt_alg, "HS256")? opts->jwt_secret_len: 0,
+        .jwt_leeway = opts->jwt_leeway,
+        .require_exp = opts->require_exp, .workers = opts->workers,
+        .console_key = opts->console_key, .dev = opts->dev, .census = self->census,
+        .node_name = opts->name
     };
     self->listener = wsr_listener_new (opts->name, &listener_opts, self->metrics);
     if (!self->listener)
@@ -190,6 +197,7 @@ wsr_node_destroy (wsr_node_t **self_p)
         wsr_router_destroy (&self->router);
         wsr_bridge_destroy (&self->bridge);
         wsr_ipcount_destroy (&self->ipcount);
+        wsr_census_destroy (&self->census);
         wsr_metrics_destroy (&self->metrics);
         free (self);
         *self_p = NULL;

@@ -52,6 +52,8 @@ typedef struct {
     bool deflate;                   //  WEBSOCKET_DEFLATE: accept permessage-deflate
     int deflate_level;              //  WEBSOCKET_DEFLATE_LEVEL (zlib 1-9)
     size_t deflate_threshold;       //  WEBSOCKET_DEFLATE_THRESHOLD bytes
+    const char *console_key;        //  WEBSOCKET_CONSOLE_KEY: the console only, NULL = none
+    bool dev;                       //  --dev: the console may mint dev tokens
 } wsr_node_opts_t;
 
 //  Fill opts with the defaults (port 8080, one worker per core, ...).

@@ -68,6 +68,12 @@ s_set_ready (s_router_t *self, bool ready)
     self->ready = ready;
 }
 
+static void
+s_gauge_set (wsr_metrics_t *metrics, wsr_metric_t which, int64_t value)
+{
+    wsr_metrics_add (metrics, which, value - wsr_metrics_get (metrics, which));
+}
+
 //  Readiness from the last heartbeat: the bridge alive, and each configured
 //  backplane up.
 static void
@@ -75,6 +81,14 @@ s_check_ready (s_router_t *self)
 {
     int redis = 0, nats = 0;
     bool alive = wsr_link_bridge_up (self->link, &redis, &nats);
+    //  What the console shows: the bridge and each backplane, as heard
+    s_gauge_set (self->metrics, WSR_M_LINK_BRIDGE_UP, alive? 1: 0);
+    s_gauge_set (self->metrics, WSR_M_LINK_REDIS_UP, alive && redis == 1);
+    s_gauge_set (self->metrics, WSR_M_LINK_NATS_UP, alive && nats == 1);
+    if (alive) {
+        s_gauge_set (self->metrics, WSR_M_LINK_REDIS_CONFIGURED, redis != -1);
+        s_gauge_set (self->metrics, WSR_M_LINK_NATS_CONFIGURED, nats != -1);
+    }
     s_set_ready (self, alive && redis != 0 && nats != 0);
 }
 
@@ -452,6 +466,12 @@ wsr_router_test (bool verbose)
     for (int i = 0; i < 200 && wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) != 0; i++)
         zclock_sleep (5);
     assert (wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) == 0);
+    //  The console's gauges: the bridge heard, Redis down, NATS not configured
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_BRIDGE_UP) == 1);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_REDIS_UP) == 0);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_REDIS_CONFIGURED) == 1);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_NATS_UP) == 0);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_NATS_CONFIGURED) == 0);
     zframe_destroy (&beat);
     beat = wsr_envelope_encode_heartbeat (1, 1);
     zsock_send (bridge, "fsbf", rid, WSR_PROTO_HB, epoch, (size_t) 8, beat);
@@ -464,6 +484,7 @@ wsr_router_test (bool verbose)
         zclock_sleep (20);
     assert (wsr_metrics_get (metrics, WSR_M_BACKPLANE_UP) == 0);
     assert (zclock_mono () - start >= WSR_PROTO_HB_DEAD_MS - 100);
+    assert (wsr_metrics_get (metrics, WSR_M_LINK_BRIDGE_UP) == 0);
 
     zframe_destroy (&beat);
     zframe_destroy (&rid);

@@ -321,6 +321,8 @@ s_serve_usage (void)
 "  --deflate 0|1         accept permessage-deflate [WEBSOCKET_DEFLATE, 1]\n"
 "  --deflate-level N     zlib level 1-9 [WEBSOCKET_DEFLATE_LEVEL, 6]\n"
 "  --deflate-threshold B smaller messages go out plain [WEBSOCKET_DEFLATE_THRESHOLD, 128]\n"
+"  --console-key KEY     a key for the web console (/console) only: figures, topics,\n"
+"                        presence, dev tokens; not publishing [WEBSOCKET_CONSOLE_KEY]\n"
 "  (T: seconds, or with a unit: 500ms, 25s, 2m; N: a count, K/M/G suffixes allowed)\n"
 "  --node-id ID          node id in envelopes [WEBSOCKET_NODE_ID, host-pid]\n"
 "  --reuseport           share the port with other nodes (SO_REUSEPORT)\n"
@@ -372,6 +374,7 @@ s_serve (int argc, char *argv [])
     opts->jwt_alg = s_env ("JWT_ALGORITHM", "HS256");
     const char *public_key = s_env ("JWT_PUBLIC_KEY", NULL);
     opts->api_key = s_env ("WEBSOCKET_API_KEY", NULL);
+    opts->console_key = s_env ("WEBSOCKET_CONSOLE_KEY", NULL);
     const char *workers = s_env ("WEBSOCKET_WORKERS", NULL);
     opts->upstream = s_env ("WEBSOCKET_UPSTREAM_ENDPOINT", NULL);
     const char *max_message = s_env ("WEBSOCKET_MAX_MESSAGE", NULL);
@@ -440,6 +443,7 @@ s_serve (int argc, char *argv [])
         { "tls-port", required_argument, 0, 1402 }, { "deflate", required_argument, 0, 1403 },
         { "deflate-level", required_argument, 0, 1404 },
         { "deflate-threshold", required_argument, 0, 1405 },
+        { "console-key", required_argument, 0, 1406 },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     int c;
@@ -447,11 +451,11 @@ s_serve (int argc, char *argv [])
         if (s_backplane_flag (&opts->backplane, c))
             continue;
         if (c >= 1400 && c < 1450) {
-            const char **tls_values [6] = {
+            const char **tls_values [7] = {
                 &opts->tls_cert, &opts->tls_key, &tls_port, &deflate, &deflate_level,
-                &deflate_threshold
+                &deflate_threshold, &opts->console_key
             };
-            if (c - 1400 >= 6) {
+            if (c - 1400 >= 7) {
                 s_serve_usage ();
                 return 2;
             }
@@ -643,6 +647,9 @@ s_serve (int argc, char *argv [])
         fprintf (stderr, "wsrouter: unsupported JWT algorithm '%s'\n", opts->jwt_alg);
         return 2;
     }
+    opts->dev = serve.dev;
+    if (opts->console_key && !*opts->console_key)
+        opts->console_key = NULL;
     if (serve.dev && !secret)
         secret = serve.secret = s_random_hex (32);
     if (serve.dev && !opts->api_key)
@@ -729,6 +736,10 @@ s_serve (int argc, char *argv [])
                 opts->api_key, bound);
         free (token);
     }
+    if (opts->api_key || opts->console_key)
+        printf ("wsrouter: web console on http%s://%s:%d/console (%s)\n",
+                tls_bound == bound? "s": "", shown, bound,
+                opts->console_key? "API key or console key": "API key");
     fflush (stdout);
     if (handover >= 0)
         wsr_upgrade_take (handover, node);

@@ -22,6 +22,7 @@ s_tests [] = {
     { "util", wsr_util_test },
     { "metrics", wsr_metrics_test },
     { "topic", wsr_topic_test },
+    { "census", wsr_census_test },
     { "envelope", wsr_envelope_test },
     { "v1", wsr_v1_test },
     { "jwt", wsr_jwt_test },
