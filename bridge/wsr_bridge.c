@@ -490,7 +490,7 @@ s_handle_nats (s_bridge_t *self)
                                                               : sizeof name - 1;
         memcpy (name, zframe_data (subject), size);
         name [size] = 0;
-        if (strstr (name, S_SYNC_PREFIX + strlen (WSR_TOPIC_USER))) {
+        if (strstr (name, &S_SYNC_PREFIX [strlen (WSR_TOPIC_USER)])) {
             s_syncs_check (self, NULL, name);
             zmsg_destroy (&msg);
             return;
