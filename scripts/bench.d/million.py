@@ -168,8 +168,22 @@ def main():
         report["bridges"] = "one process" if args.split else "in-process, one per node"
         log("redis :%d; starting %d nodes" % (rport, nodes_n))
         nodes, ports = [], []
+        #  Node ports below the ephemeral range (32768-60999 here): a port
+        #  picked from that range could be taken by an outgoing connection
+        #  (the nodes' Redis links) before its node binds it
+        next_port = 21000
         for i in range(nodes_n):
-            port = free_port()
+            while True:
+                t = socket.socket()
+                try:
+                    t.bind(("127.0.0.1", next_port))
+                    break
+                except OSError:
+                    next_port += 1
+                finally:
+                    t.close()
+            port = next_port
+            next_port += 1
             path = os.path.join(tmp, "node-%d.log" % i)
             p = subprocess.Popen(
                 [BIN, "serve", "--bind", "127.0.0.1", "--port", str(port), "--workers", "1",
